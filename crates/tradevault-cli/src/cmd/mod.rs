@@ -1,0 +1,64 @@
+//! One file per subcommand, and what they share: loading the config and starting logs.
+
+pub mod check;
+pub mod init;
+pub mod serve;
+pub mod stats;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tradevault::Config;
+
+use crate::UsageError;
+
+/// Loads the config (defaults, file, environment), then applies `--data-dir`.
+pub fn load_config(file: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut config = Config::load(file, std::env::vars())?;
+    if let Some(dir) = data_dir {
+        config.store.data_dir = dir;
+    }
+    Ok(config)
+}
+
+/// Starts logging on stderr per `[log]`; `RUST_LOG` wins when set.
+pub fn start_logging(config: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.is_empty() => EnvFilter::try_new(f).context("RUST_LOG is not a valid filter")?,
+        _ => EnvFilter::try_new(&config.log.level)
+            .map_err(|e| UsageError(format!("invalid config: key `log.level`: {e}")))?,
+    };
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let result = if config.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    result.map_err(|e| anyhow::anyhow!("start logging: {e}"))
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value).context("encode json")?);
+    Ok(())
+}
+
+/// A table for human output.
+pub fn table(header: &[&str]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING).set_header(header.iter().copied());
+    t
+}
+
+/// Bytes as a short human figure: `12.4 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}

@@ -1,0 +1,73 @@
+//! The `tradevault` command: parse arguments, load config, start logging, dispatch, and map
+//! errors to exit codes (0 ok, 1 failure, 2 usage or config).
+
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// TradeVault: a durable trading store on embedded SQLite.
+#[derive(Debug, Parser)]
+#[command(name = "tradevault", version, about, propagate_version = true)]
+struct Cli {
+    /// TOML config file (see tradevault.example.toml); TRADEVAULT_<SECTION>_<KEY> variables override it.
+    #[arg(long, global = true, env = "TRADEVAULT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory of the store (default ./data); the database is DIR/tradevault.db.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Open the store and serve the HTTP API.
+    Serve(cmd::serve::Args),
+    /// Create the store (or migrate it) and exit.
+    Init(cmd::init::Args),
+    /// Row counts, file sizes, pages, integrity and schema version.
+    Stats(cmd::stats::Args),
+    /// Check integrity, foreign keys and positions against fills; exit 1 if anything is wrong.
+    Check(cmd::check::Args),
+}
+
+/// A failure that is the user's to fix in how they called us: exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => cmd::serve::run(cli.config.as_deref(), cli.data_dir, args),
+        Command::Init(args) => cmd::init::run(cli.config.as_deref(), cli.data_dir, args),
+        Command::Stats(args) => cmd::stats::run(cli.config.as_deref(), cli.data_dir, args),
+        Command::Check(args) => cmd::check::run(cli.config.as_deref(), cli.data_dir, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => report(&err),
+    }
+}
+
+/// Prints `tradevault: <chain>` and a hint, and picks the exit code.
+fn report(err: &anyhow::Error) -> ExitCode {
+    eprintln!("tradevault: {err:#}");
+    let lib = err.chain().find_map(|e| e.downcast_ref::<tradevault::Error>());
+    if let Some(hint) = lib.and_then(tradevault::Error::hint) {
+        eprintln!("hint: {hint}");
+    }
+    let usage = err.chain().any(|e| e.downcast_ref::<UsageError>().is_some())
+        || matches!(lib, Some(tradevault::Error::Config { .. } | tradevault::Error::ConfigFile { .. }));
+    if usage { ExitCode::from(2) } else { ExitCode::from(1) }
+}

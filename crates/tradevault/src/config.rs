@@ -1,0 +1,335 @@
+//! Typed configuration: defaults, the TOML file, `TRADEVAULT_<SECTION>_<KEY>` environment
+//! overrides, and `validate`. Every limit has its unit in its name and a default here.
+//!
+//! Precedence, lowest first: defaults, the file, the environment, command-line flags (applied by
+//! the binary after loading). Errors name the key and where its value came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "TRADEVAULT_";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The HTTP server.
+    pub server: ServerConfig,
+    /// The trading store.
+    pub store: StoreConfig,
+    /// Limits of the HTTP API.
+    pub api: ApiConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`: the HTTP listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, `host:port`.
+    pub listen: String,
+    /// Largest request body accepted, in bytes.
+    pub body_bytes_max: u64,
+    /// A request that takes longer is answered 503, in seconds.
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: "127.0.0.1:7878".into(), body_bytes_max: 1 << 20, request_timeout_seconds: 30 }
+    }
+}
+
+/// `[store]`: the SQLite trading store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory holding `tradevault.db`.
+    pub data_dir: PathBuf,
+    /// How long a connection waits for a lock held by another process, in milliseconds.
+    pub busy_timeout_ms: u64,
+    /// Read-only connections serving queries.
+    pub read_connections: u64,
+    /// Most requests committed together in one transaction (group commit).
+    pub group_commit_max: u64,
+    /// Most write requests waiting for the writer; more wait in the HTTP layer.
+    pub write_queue_max: u64,
+    /// The writer checkpoints the WAL into the database once it holds this many bytes.
+    pub checkpoint_wal_bytes: u64,
+    /// SQLite page cache per connection, in KiB.
+    pub cache_kib: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: PathBuf::from("./data"),
+            busy_timeout_ms: 5_000,
+            read_connections: 4,
+            group_commit_max: 512,
+            write_queue_max: 4_096,
+            checkpoint_wal_bytes: 16 << 20,
+            cache_kib: 16 << 10,
+        }
+    }
+}
+
+/// `[api]`: limits of the HTTP API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Most items in one batch write.
+    pub batch_items_max: u64,
+    /// Rows per page when the request gives no `limit`.
+    pub page_limit_default: u64,
+    /// Largest `limit` a request may ask for.
+    pub page_limit_max: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { batch_items_max: 1_000, page_limit_default: 100, page_limit_max: 1_000 }
+    }
+}
+
+/// `[log]`: diagnostics on stderr.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`, or a full filter (`tradevault=debug,info`).
+    pub level: String,
+    /// `text` or `json` (one object per line).
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: "text".into() }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then `TRADEVAULT_*` variables from `env`, and validates.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+        let defaults = to_table(&Config::default());
+        let mut merged = defaults.clone();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::ConfigFile { path: path.to_owned(), message: e.to_string() })?;
+            let table: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| Error::ConfigFile { path: path.to_owned(), message: e.to_string() })?;
+            merge_checked(&mut merged, &defaults, table, &path.display().to_string())?;
+        }
+        let mut vars: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        vars.sort();
+        for (name, value) in vars {
+            apply_env(&mut merged, &defaults, &name, &value)?;
+        }
+        let config: Config = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| Error::Config {
+            source_name: file.map_or_else(|| "environment".into(), |p| p.display().to_string()),
+            key: "?".into(),
+            message: e.to_string(),
+        })?;
+        config.validate(file.map_or_else(|| "defaults".into(), |p| p.display().to_string()))?;
+        Ok(config)
+    }
+
+    /// Checks every value's meaning (types were checked on load). `origin` names the source in errors.
+    pub fn validate(&self, origin: String) -> Result<()> {
+        let bad = |key: &str, message: String| Error::Config { source_name: origin.clone(), key: key.into(), message };
+        self.listen_addr().map_err(|m| bad("server.listen", m))?;
+        let positive = [
+            ("server.body_bytes_max", self.server.body_bytes_max),
+            ("server.request_timeout_seconds", self.server.request_timeout_seconds),
+            ("store.read_connections", self.store.read_connections),
+            ("store.group_commit_max", self.store.group_commit_max),
+            ("store.write_queue_max", self.store.write_queue_max),
+            ("store.checkpoint_wal_bytes", self.store.checkpoint_wal_bytes),
+            ("api.batch_items_max", self.api.batch_items_max),
+            ("api.page_limit_default", self.api.page_limit_default),
+            ("api.page_limit_max", self.api.page_limit_max),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(bad(key, "must be greater than 0".into()));
+            }
+        }
+        if self.store.read_connections > 64 {
+            return Err(bad("store.read_connections", "must be at most 64".into()));
+        }
+        if self.api.page_limit_default > self.api.page_limit_max {
+            return Err(bad("api.page_limit_default", "must not exceed api.page_limit_max".into()));
+        }
+        if self.store.data_dir.as_os_str().is_empty() {
+            return Err(bad("store.data_dir", "must not be empty".into()));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(bad("log.format", format!("must be \"text\" or \"json\", not {:?}", self.log.format)));
+        }
+        Ok(())
+    }
+
+    /// The listen address, parsed.
+    pub fn listen_addr(&self) -> std::result::Result<SocketAddr, String> {
+        self.server
+            .listen
+            .parse()
+            .map_err(|_| format!("{:?} is not an address of the form host:port (e.g. 127.0.0.1:7878)", self.server.listen))
+    }
+
+    /// Path of the store's database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.store.data_dir.join(crate::store::DATABASE_FILE)
+    }
+}
+
+fn to_table(config: &Config) -> toml::Table {
+    match toml::Value::try_from(config) {
+        Ok(toml::Value::Table(t)) => t,
+        // A struct of plain fields always serializes to a table.
+        _ => unreachable!("config serializes to a table"),
+    }
+}
+
+/// Copies `incoming` into `merged`, refusing unknown keys and values of the wrong type.
+fn merge_checked(merged: &mut toml::Table, defaults: &toml::Table, incoming: toml::Table, origin: &str) -> Result<()> {
+    let bad = |key: String, message: String| Error::Config { source_name: origin.into(), key, message };
+    for (section, value) in incoming {
+        let Some(toml::Value::Table(default_section)) = defaults.get(&section) else {
+            let known: Vec<&str> = defaults.keys().map(String::as_str).collect();
+            return Err(bad(section, format!("unknown section; known sections: {}", known.join(", "))));
+        };
+        let toml::Value::Table(entries) = value else {
+            return Err(bad(section, "must be a table ([section])".into()));
+        };
+        for (key, value) in entries {
+            let full = format!("{section}.{key}");
+            let Some(default) = default_section.get(&key) else {
+                let known: Vec<&str> = default_section.keys().map(String::as_str).collect();
+                return Err(bad(full, format!("unknown key; keys in [{section}]: {}", known.join(", "))));
+            };
+            if default.type_str() != value.type_str() {
+                return Err(bad(full, format!("must be {}, not {}", article(default.type_str()), article(value.type_str()))));
+            }
+            if let toml::Value::Integer(i) = value
+                && i < 0
+            {
+                return Err(bad(full, "must not be negative".into()));
+            }
+            if let Some(toml::Value::Table(target)) = merged.get_mut(&section) {
+                target.insert(key, value);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies one `TRADEVAULT_<SECTION>_<KEY>` variable, typed after the default value of that key.
+fn apply_env(merged: &mut toml::Table, defaults: &toml::Table, name: &str, raw: &str) -> Result<()> {
+    let rest = &name[ENV_PREFIX.len()..];
+    let Some((section, key)) = rest.split_once('_') else { return Ok(()) };
+    let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+    // Variables of other sections (TRADEVAULT_CONFIG, say) are not config keys.
+    let Some(toml::Value::Table(default_section)) = defaults.get(&section) else { return Ok(()) };
+    let bad = |message: String| Error::Config { source_name: format!("environment variable {name}"), key: format!("{section}.{key}"), message };
+    let Some(default) = default_section.get(&key) else {
+        return Err(bad("unknown key".into()));
+    };
+    let value = match default {
+        toml::Value::Integer(_) => raw
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|v| i64::try_from(v).ok())
+            .map(toml::Value::Integer)
+            .ok_or_else(|| bad(format!("must be a non-negative integer, not {raw:?}")))?,
+        toml::Value::Boolean(_) => match raw.trim() {
+            "true" | "1" => toml::Value::Boolean(true),
+            "false" | "0" => toml::Value::Boolean(false),
+            _ => return Err(bad(format!("must be true or false, not {raw:?}"))),
+        },
+        _ => toml::Value::String(raw.to_owned()),
+    };
+    if let Some(toml::Value::Table(target)) = merged.get_mut(&section) {
+        target.insert(key, value);
+    }
+    Ok(())
+}
+
+fn article(type_str: &str) -> String {
+    match type_str {
+        "integer" | "array" => format!("an {type_str}"),
+        other => format!("a {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, text).expect("write");
+        Config::load(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_are_valid_and_zero_config() {
+        let c = Config::load(None, Vec::new()).expect("defaults load");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.database_path(), PathBuf::from("./data/tradevault.db"));
+        assert_eq!(c.listen_addr().expect("addr").to_string(), "127.0.0.1:7878");
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let c = load_text("[server]\nlisten = \"127.0.0.1:9000\"\n[store]\nread_connections = 2\n", &[
+            ("TRADEVAULT_STORE_READ_CONNECTIONS", "8"),
+            ("TRADEVAULT_CONFIG", "ignored.toml"),
+            ("OTHER_VAR", "x"),
+        ])
+        .expect("load");
+        assert_eq!(c.server.listen, "127.0.0.1:9000");
+        assert_eq!(c.store.read_connections, 8);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_source() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            ("[server]\nlisten = 5\n", &[], "server.listen"),
+            ("[server]\nlisen = \"x\"\n", &[], "server.lisen"),
+            ("[nope]\na = 1\n", &[], "nope"),
+            ("[server]\nlisten = \"localhost\"\n", &[], "server.listen"),
+            ("[api]\npage_limit_max = 0\n", &[], "api.page_limit_max"),
+            ("[api]\npage_limit_default = 5000\n", &[], "api.page_limit_default"),
+            ("[store]\nbusy_timeout_ms = -1\n", &[], "store.busy_timeout_ms"),
+            ("", &[("TRADEVAULT_STORE_READ_CONNECTIONS", "many")], "store.read_connections"),
+            ("", &[("TRADEVAULT_SERVER_LISTN", "x")], "server.listn"),
+            ("[log]\nformat = \"xml\"\n", &[], "log.format"),
+        ];
+        for (text, env, key) in cases {
+            match load_text(text, env) {
+                Err(Error::Config { key: k, source_name, .. }) => {
+                    assert_eq!(&k, key, "for {text:?}");
+                    assert!(source_name.ends_with("t.toml") || source_name.contains("TRADEVAULT_"), "{source_name}");
+                }
+                other => panic!("expected a config error for {text:?}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unparsable_file_names_the_file() {
+        let err = load_text("[server\n", &[]).expect_err("parse error");
+        assert!(matches!(err, Error::ConfigFile { .. }), "{err:?}");
+        assert!(err.to_string().contains("t.toml"));
+    }
+}

@@ -1,0 +1,180 @@
+//! The library's one error type. Variants carry what an operator needs to act on them:
+//! the path, the field, the id. `Error::hint` gives the next step where one exists.
+
+use std::path::PathBuf;
+
+/// Result with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong inside TradeVault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid; `key` names the offending setting.
+    #[error("invalid config: {source_name}: key `{key}`: {message}")]
+    Config {
+        /// The file or environment variable the value came from.
+        source_name: String,
+        /// `section.key` of the setting.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The configuration file cannot be read or parsed.
+    #[error("read config file {path}: {message}")]
+    ConfigFile {
+        /// The config file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        message: String,
+    },
+    /// An I/O operation on a named path failed.
+    #[error("{action} {path}")]
+    Io {
+        /// What was being done, lowercase (`create data directory`).
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite failed.
+    #[error("sqlite: {action}")]
+    Sqlite {
+        /// What was being done.
+        action: &'static str,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database file failed its integrity check and is refused.
+    #[error("database {path} is corrupt: {detail}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// The first lines SQLite reported.
+        detail: String,
+    },
+    /// The database does not exist.
+    #[error("no database at {path}")]
+    NotInitialized {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// Another process holds the store's lock.
+    #[error("store {path} is in use by another tradevault process")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The database was written by a newer TradeVault.
+    #[error("database {path} has schema version {found}; this tradevault knows up to {known}")]
+    SchemaTooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its `user_version`.
+        found: i64,
+        /// The newest version this build knows.
+        known: i64,
+    },
+    /// A request is invalid; nothing was written.
+    #[error("{message}")]
+    Invalid {
+        /// Machine-readable code (`invalid_value`, `missing_field`, ...).
+        code: &'static str,
+        /// The field at fault, if any (`qty`, `[2].price`).
+        field: Option<String>,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// A request references a row that does not exist; nothing was written.
+    #[error("{message}")]
+    UnknownReference {
+        /// The referencing field (`order_id`, `signal_id`).
+        field: String,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// An id was re-sent with different content; nothing was written.
+    #[error("{message}")]
+    Conflict {
+        /// The id field (`trade_id`).
+        field: String,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// The requested row does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for, e.g. `order "abc"`.
+        what: String,
+    },
+    /// The writer refused a write because an earlier write or fsync failed.
+    #[error("store is poisoned after a failed write and refuses writes until restarted: {cause}")]
+    Poisoned {
+        /// The failure that poisoned it.
+        cause: String,
+    },
+    /// The writer thread has stopped.
+    #[error("store writer has stopped")]
+    WriterStopped,
+}
+
+impl Error {
+    /// Wraps an I/O error with the action and path.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { action, path: path.into(), source }
+    }
+
+    /// Wraps a SQLite error with the action.
+    pub fn sqlite(action: &'static str, source: rusqlite::Error) -> Self {
+        Error::Sqlite { action, source }
+    }
+
+    /// An invalid request with a code, a field and a message.
+    pub fn invalid(code: &'static str, field: impl Into<Option<String>>, message: impl Into<String>) -> Self {
+        Error::Invalid { code, field: field.into(), message: message.into() }
+    }
+
+    /// True when the error means the database or its disk may be damaged, so the writer must poison itself.
+    pub fn is_fatal(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            Error::Io { .. } | Error::Corrupt { .. } | Error::Poisoned { .. } | Error::WriterStopped => true,
+            Error::Sqlite { source, .. } => match source.sqlite_error_code() {
+                Some(code) => matches!(
+                    code,
+                    C::SystemIoFailure
+                        | C::DiskFull
+                        | C::DatabaseCorrupt
+                        | C::NotADatabase
+                        | C::CannotOpen
+                        | C::OutOfMemory
+                        | C::ReadOnly
+                        | C::FileLockingProtocolFailed
+                ),
+                // Errors that did not come from the engine (a type mismatch in our own code) are bugs,
+                // not damage: the request fails, the store stays writable.
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// The next thing an operator can do about this error, when there is one.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Error::Corrupt { .. } => Some(
+                "the file was not opened for writing; restore it from a backup or replica, or run 'tradevault check --full' for details",
+            ),
+            Error::NotInitialized { .. } => Some("run 'tradevault init' or 'tradevault serve' to create it, or pass --data-dir"),
+            Error::Locked { .. } => Some("stop the other 'tradevault serve' first, or use another --data-dir"),
+            Error::Poisoned { .. } => Some("check the disk (space, errors in the kernel log), then restart 'tradevault serve'"),
+            Error::Config { .. } | Error::ConfigFile { .. } => {
+                Some("see tradevault.example.toml for every key, its type and its default")
+            }
+            Error::SchemaTooNew { .. } => Some("run the newer tradevault that wrote this database"),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! TradeVault keeps a trading team's data safe: a journal of trades, orders, positions (with
+//! their audit trail), signals, logs and bot state on embedded SQLite, written through one
+//! durable group-committing writer and served over an HTTP API.
+//!
+//! - [`config`]: typed settings, defaults, TOML and environment overrides.
+//! - [`store`]: the journal: open, migrations, the single writer, queries, stats and checks.
+//! - [`api`]: what the HTTP API accepts: field specs that validate JSON into [`store::model`] types.
+//! - [`http`]: the axum router, handlers, OpenAPI document, and a small HTTP client.
+//! - [`exact`]: exact decimals and timestamps at the edges.
+//! - [`metrics`]: every metric name.
+//! - [`clock`]: time is handed in, never read from the wall inside the library.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod exact;
+pub mod http;
+pub mod metrics;
+pub mod store;
+
+pub use crate::config::Config;
+pub use crate::error::{Error, Result};
+pub use crate::store::Store;

@@ -1,0 +1,86 @@
+//! Every metric name is defined here and nowhere else. Metrics are public API: `tradevault_`
+//! prefix, `_total` on counters, base units (`_seconds`, `_bytes`).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// HTTP requests answered, by `route` (the matched path template), `method` and `status`.
+pub const HTTP_REQUESTS_TOTAL: &str = "tradevault_http_requests_total";
+/// Time to answer an HTTP request, by `route` and `method`.
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "tradevault_http_request_duration_seconds";
+/// Transactions committed by the writer.
+pub const STORE_COMMITS_TOTAL: &str = "tradevault_store_commits_total";
+/// Time from BEGIN to durable COMMIT of one group.
+pub const STORE_COMMIT_DURATION_SECONDS: &str = "tradevault_store_commit_duration_seconds";
+/// Requests committed together in one transaction.
+pub const STORE_COMMIT_REQUESTS: &str = "tradevault_store_commit_requests";
+/// Rows inserted or updated, by `table`.
+pub const STORE_ROWS_WRITTEN_TOTAL: &str = "tradevault_store_rows_written_total";
+/// Size of the database file.
+pub const STORE_DATABASE_BYTES: &str = "tradevault_store_database_bytes";
+/// Size of the WAL file.
+pub const STORE_WAL_BYTES: &str = "tradevault_store_wal_bytes";
+/// WAL checkpoints run by the writer.
+pub const STORE_CHECKPOINTS_TOTAL: &str = "tradevault_store_checkpoints_total";
+/// Time one checkpoint took.
+pub const STORE_CHECKPOINT_DURATION_SECONDS: &str = "tradevault_store_checkpoint_duration_seconds";
+/// 1 while the writer refuses writes after a failed write or fsync, else 0.
+pub const STORE_WRITER_POISONED: &str = "tradevault_store_writer_poisoned";
+/// Always 1; labelled with the `version` running.
+pub const BUILD_INFO: &str = "tradevault_build_info";
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once) and returns the handle that renders it, or `None`
+/// if another recorder was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_COMMIT_REQUESTS.into()), GROUP_BUCKETS));
+            let handle = builder.ok()?.install_recorder().ok()?;
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            gauge!(STORE_WRITER_POISONED).set(0.0);
+            Some(handle)
+        })
+        .clone()
+}
+
+pub(crate) fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
+    counter!(HTTP_REQUESTS_TOTAL, "route" => route.to_owned(), "method" => method.to_owned(), "status" => status.to_string())
+        .increment(1);
+    histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route.to_owned(), "method" => method.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn commit(elapsed: Duration, requests: usize) {
+    counter!(STORE_COMMITS_TOTAL).increment(1);
+    histogram!(STORE_COMMIT_DURATION_SECONDS).record(elapsed.as_secs_f64());
+    histogram!(STORE_COMMIT_REQUESTS).record(requests as f64);
+}
+
+pub(crate) fn rows_written(table: &'static str, n: u64) {
+    counter!(STORE_ROWS_WRITTEN_TOTAL, "table" => table).increment(n);
+}
+
+pub(crate) fn checkpoint(elapsed: Duration) {
+    counter!(STORE_CHECKPOINTS_TOTAL).increment(1);
+    histogram!(STORE_CHECKPOINT_DURATION_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn set_writer_poisoned(poisoned: bool) {
+    gauge!(STORE_WRITER_POISONED).set(if poisoned { 1.0 } else { 0.0 });
+}
+
+pub(crate) fn file_sizes(database_bytes: u64, wal_bytes: u64) {
+    gauge!(STORE_DATABASE_BYTES).set(database_bytes as f64);
+    gauge!(STORE_WAL_BYTES).set(wal_bytes as f64);
+}

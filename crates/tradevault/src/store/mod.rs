@@ -1,0 +1,336 @@
+//! The trading journal on embedded SQLite: open with durable pragmas, refuse corrupt files,
+//! migrate, then serve writes through the single [`writer`] and reads through a pool of
+//! read-only connections.
+//!
+//! Only this module (and, later, `wal`) opens SQLite.
+
+pub mod model;
+pub mod position;
+pub mod query;
+pub mod schema;
+mod stats;
+mod write;
+pub mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::Semaphore;
+
+pub use self::stats::{Check, CheckReport, Stats, recompute_positions};
+use self::model::*;
+use self::writer::{CheckpointOwner, CommitListener, Writer, WriterOptions};
+pub use self::writer::{Commit, Tx};
+use crate::clock::Clock;
+use crate::config::StoreConfig;
+use crate::error::{Error, Result};
+
+/// File name of the store's database inside the data directory.
+pub const DATABASE_FILE: &str = "tradevault.db";
+
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// Extra wiring for [`Store::open_with`]: who is told about commits and who checkpoints.
+pub struct Hooks {
+    /// Told about every commit.
+    pub listeners: Vec<Arc<dyn CommitListener>>,
+    /// Who checkpoints the WAL.
+    pub checkpoint: CheckpointOwner,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks { listeners: Vec::new(), checkpoint: CheckpointOwner::Writer }
+    }
+}
+
+/// An open store: one writer thread, a pool of readers, and an exclusive lock on the data directory.
+pub struct Store {
+    path: PathBuf,
+    writer: Writer,
+    readers: Mutex<Vec<Connection>>,
+    reader_permits: Semaphore,
+    integrity: Mutex<(String, jiff::Timestamp)>,
+    clock: Arc<dyn Clock>,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `config.data_dir`, with the writer checkpointing.
+    pub fn open(config: &StoreConfig, clock: Arc<dyn Clock>) -> Result<Store> {
+        Store::open_with(config, clock, Hooks::default())
+    }
+
+    /// Opens the store with commit listeners and a checkpoint owner.
+    pub fn open_with(config: &StoreConfig, clock: Arc<dyn Clock>, hooks: Hooks) -> Result<Store> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create data directory", dir, e))?;
+        let path = dir.join(DATABASE_FILE);
+        let lock = lock_data_dir(dir)?;
+        refuse_foreign_file(&path)?;
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)
+            .map_err(|e| Error::sqlite("open database", e))?;
+        configure(&conn, config, &path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .and_then(|_| conn.pragma_query_value(None, "journal_mode", |r| r.get::<_, String>(0)))
+            .map_err(|e| corrupt_or(&path, e, "enable WAL"))
+            .and_then(|mode| {
+                if mode.eq_ignore_ascii_case("wal") {
+                    Ok(())
+                } else {
+                    Err(Error::Corrupt { path: path.clone(), detail: format!("journal_mode stays {mode}, not wal") })
+                }
+            })?;
+        let integrity = quick_check(&conn, &path)?;
+        schema::migrate(&conn, &path)?;
+        let pragmas = [
+            ("synchronous", "FULL".to_owned()),
+            ("foreign_keys", "ON".to_owned()),
+            ("wal_autocheckpoint", "0".to_owned()),
+            ("journal_size_limit", config.checkpoint_wal_bytes.to_string()),
+        ];
+        for (name, value) in pragmas {
+            conn.pragma_update(None, name, &value).map_err(|e| Error::sqlite("set write pragmas", e))?;
+        }
+        let readers = (0..config.read_connections)
+            .map(|_| open_reader(&path, config))
+            .collect::<Result<Vec<_>>>()?;
+        let writer = Writer::start(conn, clock.clone(), WriterOptions {
+            group_commit_max: usize::try_from(config.group_commit_max).unwrap_or(usize::MAX),
+            queue_max: usize::try_from(config.write_queue_max).unwrap_or(usize::MAX),
+            checkpoint: hooks.checkpoint,
+            checkpoint_wal_bytes: config.checkpoint_wal_bytes,
+            wal_path: wal_path(&path),
+            listeners: hooks.listeners,
+        })?;
+        let now = clock.now();
+        tracing::info!(path = %path.display(), schema_version = schema::SCHEMA_VERSION, "store opened");
+        Ok(Store {
+            path,
+            writer,
+            reader_permits: Semaphore::new(readers.len()),
+            readers: Mutex::new(readers),
+            integrity: Mutex::new((integrity, now)),
+            clock,
+            _lock: lock,
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Why the writer refuses writes, if it does.
+    pub fn poisoned(&self) -> Option<String> {
+        self.writer.health.poisoned()
+    }
+
+    /// Stops accepting work, lets the writer finish its queue and closes the database.
+    pub fn close(self) {
+        let Store { writer, readers, .. } = self;
+        drop(readers);
+        writer.shutdown();
+    }
+
+    /// Runs `f` in the next group commit; returns once the commit is durable.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        self.writer.write(f).await
+    }
+
+    /// Runs `f` on a read-only connection, off the async threads.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let _permit = self.reader_permits.acquire().await.map_err(|_| Error::WriterStopped)?;
+        let conn = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop().ok_or(Error::WriterStopped)?;
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let r = f(&conn);
+            (conn, r)
+        })
+        .await
+        .map_err(|_| Error::WriterStopped)?;
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        result
+    }
+
+    /// Stores trades atomically: all of them (each new one applied to its position) or none.
+    /// Each result says whether the trade was created or is an identical re-send.
+    pub async fn insert_trades(&self, trades: Vec<NewTrade>, batch: bool) -> Result<Vec<(Trade, bool)>> {
+        self.write(move |tx| {
+            let mut out = Vec::with_capacity(trades.len());
+            for (i, t) in trades.iter().enumerate() {
+                out.push(write::insert_trade(tx, t, &write::field_prefix(batch, i))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Stores orders atomically.
+    pub async fn insert_orders(&self, orders: Vec<NewOrder>, batch: bool) -> Result<Vec<(Order, bool)>> {
+        self.write(move |tx| {
+            let mut out = Vec::with_capacity(orders.len());
+            for (i, o) in orders.iter().enumerate() {
+                out.push(write::insert_order(tx, o, &write::field_prefix(batch, i))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Changes an order's status.
+    pub async fn update_order_status(&self, client_order_id: String, status: String) -> Result<(Order, bool)> {
+        self.write(move |tx| write::update_order_status(tx, &client_order_id, &status)).await
+    }
+
+    /// Stores signals atomically.
+    pub async fn insert_signals(&self, signals: Vec<NewSignal>, batch: bool) -> Result<Vec<(Signal, bool)>> {
+        self.write(move |tx| {
+            let mut out = Vec::with_capacity(signals.len());
+            for (i, s) in signals.iter().enumerate() {
+                out.push(write::insert_signal(tx, s, &write::field_prefix(batch, i))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Appends log entries atomically.
+    pub async fn insert_logs(&self, logs: Vec<NewLog>) -> Result<Vec<LogEntry>> {
+        self.write(move |tx| logs.iter().map(|l| write::insert_log(tx, l)).collect()).await
+    }
+
+    /// Sets a status value.
+    pub async fn put_status(&self, key: String, value: serde_json::Value, test_mode: bool, bot_version: Option<String>) -> Result<Status> {
+        self.write(move |tx| write::put_status(tx, &key, &value, test_mode, bot_version.as_deref())).await
+    }
+
+    /// Row counts, file sizes, pages, schema version and the last integrity result. With
+    /// `check_now`, runs `PRAGMA quick_check` first.
+    pub async fn stats(&self, check_now: bool) -> Result<Stats> {
+        let path = self.path.clone();
+        if check_now {
+            let p = path.clone();
+            let result = self.read(move |conn| stats::quick_check_text(conn, &p)).await?;
+            *self.integrity.lock().unwrap_or_else(|p| p.into_inner()) = (result, self.clock.now());
+        }
+        let (integrity, checked_at) = self.integrity.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.read(move |conn| stats::collect(conn, &path, integrity, Some(checked_at))).await
+    }
+}
+
+/// Opens an existing store read-only, for `stats` and `check` beside a running server.
+/// Refuses a missing or foreign file; never migrates or writes.
+pub fn open_read_only(path: &Path) -> Result<Connection> {
+    if !path.exists() {
+        return Err(Error::NotInitialized { path: path.to_owned() });
+    }
+    refuse_foreign_file(path)?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| Error::sqlite("open database read-only", e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| Error::sqlite("set busy timeout", e))?;
+    let version = schema::version(&conn).map_err(|_| Error::Corrupt { path: path.to_owned(), detail: "cannot read the header".into() })?;
+    if version > schema::SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew { path: path.to_owned(), found: version, known: schema::SCHEMA_VERSION });
+    }
+    Ok(conn)
+}
+
+/// Runs the checks of `tradevault check` on a connection to the store.
+pub fn check(conn: &Connection, path: &Path, full: bool) -> Result<CheckReport> {
+    stats::check(conn, path, full)
+}
+
+/// Counts and sizes of the store at `path`, as `tradevault stats` shows them.
+pub fn stats_of(conn: &Connection, path: &Path) -> Result<Stats> {
+    let integrity = stats::quick_check_text(conn, path)?;
+    stats::collect(conn, path, integrity, None)
+}
+
+/// The WAL file beside a database.
+pub fn wal_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+fn lock_data_dir(dir: &Path) -> Result<File> {
+    let lock_path = dir.join(format!("{DATABASE_FILE}.lock"));
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io("open lock file", &lock_path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path: lock_path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock data directory", &lock_path, e)),
+    }
+}
+
+/// Refuses a non-empty file that does not start with SQLite's magic: never let SQLite "open" it.
+fn refuse_foreign_file(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    match File::open(path) {
+        Ok(mut f) => {
+            let n = f.read(&mut header).map_err(|e| Error::io("read database header", path, e))?;
+            if n == 0 || (n == 16 && &header == SQLITE_MAGIC) {
+                Ok(())
+            } else {
+                Err(Error::Corrupt { path: path.to_owned(), detail: "the file is not a SQLite database (bad header)".into() })
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("open database", path, e)),
+    }
+}
+
+fn configure(conn: &Connection, config: &StoreConfig, path: &Path) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_millis(config.busy_timeout_ms))
+        .map_err(|e| Error::sqlite("set busy timeout", e))?;
+    let cache = -i64::try_from(config.cache_kib).unwrap_or(i64::MAX);
+    conn.pragma_update(None, "cache_size", cache).map_err(|e| corrupt_or(path, e, "set cache size"))?;
+    Ok(())
+}
+
+fn open_reader(path: &Path, config: &StoreConfig) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| Error::sqlite("open read connection", e))?;
+    configure(&conn, config, path)?;
+    Ok(conn)
+}
+
+/// Maps SQLite's "not a database" and "corrupt" codes to [`Error::Corrupt`].
+fn corrupt_or(path: &Path, e: rusqlite::Error, action: &'static str) -> Error {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::NotADatabase | C::DatabaseCorrupt) => Error::Corrupt { path: path.to_owned(), detail: e.to_string() },
+        _ => Error::sqlite(action, e),
+    }
+}
+
+fn quick_check(conn: &Connection, path: &Path) -> Result<String> {
+    let result = stats::quick_check_text(conn, path)?;
+    if result != "ok" {
+        return Err(Error::Corrupt { path: path.to_owned(), detail: result });
+    }
+    Ok(result)
+}

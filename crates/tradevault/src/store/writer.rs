@@ -1,0 +1,325 @@
+//! The single writer: one thread owns the only write connection. Requests queue on a bounded
+//! channel; the thread takes every request waiting (up to `group_commit_max`), runs each inside
+//! its own savepoint in one transaction, commits once (one fsync for the group), then answers
+//! them all. A request that fails rolls back to its savepoint and fails alone.
+//!
+//! After any failed write, commit or checkpoint that may have damaged the database (I/O errors,
+//! full disk, corruption) the writer poisons itself: every later request is refused until the
+//! process restarts and reopens the store. An fsync is never retried.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use jiff::Timestamp;
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::exact::format_timestamp;
+use crate::metrics as m;
+
+/// What a write closure is given: the connection inside a transaction, the commit time, and a
+/// tally of rows written (reported as metrics once the commit succeeds).
+pub struct Tx<'a> {
+    /// The write connection, inside a transaction and a savepoint.
+    pub conn: &'a Connection,
+    /// The time this group of requests commits at.
+    pub now: Timestamp,
+    /// `now` as stored text.
+    pub now_text: &'a str,
+    rows: Vec<(&'static str, u64)>,
+}
+
+impl Tx<'_> {
+    /// Counts `n` rows written to `table`.
+    pub fn count(&mut self, table: &'static str, n: u64) {
+        match self.rows.iter_mut().find(|(t, _)| *t == table) {
+            Some((_, c)) => *c += n,
+            None => self.rows.push((table, n)),
+        }
+    }
+}
+
+/// One committed transaction, as told to every [`CommitListener`].
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// Commits since the store opened, from 1.
+    pub seq: u64,
+    /// Requests that succeeded in it.
+    pub requests: usize,
+    /// Its commit time.
+    pub at: Timestamp,
+    /// Size of the WAL file after it, in bytes.
+    pub wal_bytes: u64,
+}
+
+/// Told about every commit, on the writer thread, right after it is durable. Must be quick.
+pub trait CommitListener: Send + Sync + 'static {
+    /// Called once per commit, in commit order.
+    fn committed(&self, commit: &Commit);
+}
+
+/// Who checkpoints the WAL into the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointOwner {
+    /// The writer runs a PASSIVE checkpoint once the WAL holds `checkpoint_wal_bytes`.
+    Writer,
+    /// Someone else (the replication engine) does; the writer never checkpoints.
+    External,
+}
+
+/// The writer's shared state: whether it is poisoned, and why.
+#[derive(Debug, Default)]
+pub struct WriterHealth {
+    poisoned: Mutex<Option<String>>,
+}
+
+impl WriterHealth {
+    /// The failure that poisoned the writer, if it is poisoned.
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn poison(&self, cause: String) {
+        let mut slot = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            tracing::error!(cause = %cause, "store writer poisoned; writes refused until restart");
+            m::set_writer_poisoned(true);
+            *slot = Some(cause);
+        }
+    }
+}
+
+/// The outcome of running one job, kept until the group commits.
+struct Done {
+    ok: bool,
+    fatal: Option<String>,
+    rows: Vec<(&'static str, u64)>,
+    /// Sends the answer; given the commit failure, if any.
+    finish: Box<dyn FnOnce(Option<&str>) + Send>,
+}
+
+/// A queued request: run it in a transaction, or refuse it unrun.
+trait Job: Send {
+    fn run(self: Box<Self>, tx: &mut Tx<'_>) -> Done;
+    fn refuse(self: Box<Self>, cause: &str);
+}
+
+struct TypedJob<T, F> {
+    f: F,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Job for TypedJob<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+{
+    fn run(self: Box<Self>, tx: &mut Tx<'_>) -> Done {
+        let TypedJob { f, reply } = *self;
+        let result = f(tx);
+        let ok = result.is_ok();
+        let fatal = match &result {
+            Err(e) if e.is_fatal() => Some(error_chain(e)),
+            _ => None,
+        };
+        Done {
+            ok,
+            fatal,
+            rows: std::mem::take(&mut tx.rows),
+            finish: Box::new(move |commit_failure: Option<&str>| {
+                let answer = match (result, commit_failure) {
+                    (Ok(_), Some(cause)) => Err(Error::Poisoned { cause: cause.to_owned() }),
+                    (r, _) => r,
+                };
+                let _ = reply.send(answer);
+            }),
+        }
+    }
+
+    fn refuse(self: Box<Self>, cause: &str) {
+        let _ = self.reply.send(Err(Error::Poisoned { cause: cause.to_owned() }));
+    }
+}
+
+/// Settings of the writer thread.
+pub(crate) struct WriterOptions {
+    pub group_commit_max: usize,
+    pub queue_max: usize,
+    pub checkpoint: CheckpointOwner,
+    pub checkpoint_wal_bytes: u64,
+    pub wal_path: std::path::PathBuf,
+    pub listeners: Vec<Arc<dyn CommitListener>>,
+}
+
+/// Handle to the writer thread; dropping every handle stops the thread after it drains.
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Box<dyn Job>>,
+    pub(crate) health: Arc<WriterHealth>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writer {
+    pub(crate) fn start(conn: Connection, clock: Arc<dyn Clock>, opts: WriterOptions) -> Result<Writer> {
+        let (tx, rx) = mpsc::channel::<Box<dyn Job>>(opts.queue_max);
+        let health = Arc::new(WriterHealth::default());
+        let thread_health = health.clone();
+        let thread = std::thread::Builder::new()
+            .name("tradevault-writer".into())
+            .spawn(move || run(conn, rx, clock, opts, thread_health))
+            .map_err(|e| Error::io("start writer thread", "tradevault-writer", e))?;
+        Ok(Writer { tx, health, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Runs `f` in the next group commit and returns its result once the commit is durable.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        if let Some(cause) = self.health.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
+        let (reply, reply_rx) = oneshot::channel::<Result<T>>();
+        let job: Box<dyn Job> = Box::new(TypedJob { f, reply });
+        self.tx.send(job).await.map_err(|_| Error::WriterStopped)?;
+        reply_rx.await.map_err(|_| Error::WriterStopped)?
+    }
+
+    /// Closes the queue and waits for the thread to drain it and close its connection.
+    pub(crate) fn shutdown(self) {
+        let Writer { tx, thread, .. } = self;
+        drop(tx);
+        if let Some(h) = thread.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Clock>, opts: WriterOptions, health: Arc<WriterHealth>) {
+    let mut seq = 0u64;
+    let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(opts.group_commit_max);
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < opts.group_commit_max {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Some(cause) = health.poisoned() {
+            for job in group.drain(..) {
+                job.refuse(&cause);
+            }
+            continue;
+        }
+        let now = clock.now();
+        let now_text = format_timestamp(now);
+        let started = std::time::Instant::now();
+        let (dones, failure) = run_group(&conn, &mut group, now, &now_text);
+        if let Some(cause) = &failure {
+            health.poison(cause.clone());
+        }
+        let succeeded = dones.iter().filter(|d| d.ok).count();
+        for done in dones {
+            if failure.is_none() && done.ok {
+                for (table, n) in &done.rows {
+                    m::rows_written(table, *n);
+                }
+            }
+            (done.finish)(failure.as_deref());
+        }
+        if failure.is_some() || succeeded == 0 {
+            continue;
+        }
+        seq += 1;
+        m::commit(started.elapsed(), succeeded);
+        let wal_bytes = std::fs::metadata(&opts.wal_path).map(|md| md.len()).unwrap_or(0);
+        let commit = Commit { seq, requests: succeeded, at: now, wal_bytes };
+        for l in &opts.listeners {
+            l.committed(&commit);
+        }
+        if opts.checkpoint == CheckpointOwner::Writer && wal_bytes >= opts.checkpoint_wal_bytes {
+            checkpoint(&conn, &health);
+        }
+    }
+    tracing::debug!("store writer stopped");
+}
+
+/// Runs one group in one transaction. Returns each job's outcome, and the failure that poisons
+/// the writer if the group could not be committed.
+fn run_group(conn: &Connection, group: &mut Vec<Box<dyn Job>>, now: Timestamp, now_text: &str) -> (Vec<Done>, Option<String>) {
+    let mut dones = Vec::with_capacity(group.len());
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let cause = format!("begin transaction: {e}");
+        for job in group.drain(..) {
+            job.refuse(&cause);
+        }
+        return (dones, Some(cause));
+    }
+    let mut failure: Option<String> = None;
+    for job in group.drain(..) {
+        if let Some(cause) = &failure {
+            job.refuse(cause);
+            continue;
+        }
+        if let Err(e) = conn.execute_batch("SAVEPOINT request") {
+            failure = Some(format!("savepoint: {e}"));
+            job.refuse(failure.as_deref().unwrap_or_default());
+            continue;
+        }
+        let mut tx = Tx { conn, now, now_text, rows: Vec::new() };
+        let done = job.run(&mut tx);
+        let end = if done.ok { "RELEASE request" } else { "ROLLBACK TO request; RELEASE request" };
+        if let Some(cause) = &done.fatal {
+            failure = Some(cause.clone());
+        } else if let Err(e) = conn.execute_batch(end) {
+            failure = Some(format!("end savepoint: {e}"));
+        }
+        dones.push(done);
+    }
+    // A group in which every request failed changed nothing: end it without a commit and its fsync.
+    let end = if dones.iter().any(|d| d.ok) { "COMMIT" } else { "ROLLBACK" };
+    if failure.is_none()
+        && let Err(e) = conn.execute_batch(end)
+    {
+        failure = Some(format!("{end}: {e}"));
+    }
+    if failure.is_some() {
+        // The transaction may already be gone (SQLite rolls back on some I/O errors).
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    (dones, failure)
+}
+
+fn checkpoint(conn: &Connection, health: &WriterHealth) {
+    let started = std::time::Instant::now();
+    let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    });
+    match result {
+        Ok((busy, log, done)) => {
+            m::checkpoint(started.elapsed());
+            tracing::debug!(busy, log_frames = log, checkpointed_frames = done, "wal checkpoint");
+        }
+        Err(e) => {
+            let err = Error::sqlite("checkpoint wal", e);
+            tracing::warn!(error = %error_chain(&err), "wal checkpoint failed");
+            if err.is_fatal() {
+                health.poison(error_chain(&err));
+            }
+        }
+    }
+}
