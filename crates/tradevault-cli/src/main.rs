@@ -63,11 +63,22 @@ fn main() -> ExitCode {
 /// Prints `tradevault: <chain>` and a hint, and picks the exit code.
 fn report(err: &anyhow::Error) -> ExitCode {
     eprintln!("tradevault: {err:#}");
-    let lib = err.chain().find_map(|e| e.downcast_ref::<tradevault::Error>());
+    let lib = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<tradevault::Error>());
     if let Some(hint) = lib.and_then(tradevault::Error::hint) {
         eprintln!("hint: {hint}");
     }
-    let usage = err.chain().any(|e| e.downcast_ref::<UsageError>().is_some())
-        || matches!(lib, Some(tradevault::Error::Config { .. } | tradevault::Error::ConfigFile { .. }));
-    if usage { ExitCode::from(2) } else { ExitCode::from(1) }
+    let usage = err
+        .chain()
+        .any(|e| e.downcast_ref::<UsageError>().is_some())
+        || matches!(
+            lib,
+            Some(tradevault::Error::Config { .. } | tradevault::Error::ConfigFile { .. })
+        );
+    if usage {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    }
 }

@@ -42,7 +42,11 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:7878".into(), body_bytes_max: 1 << 20, request_timeout_seconds: 30 }
+        ServerConfig {
+            listen: "127.0.0.1:7878".into(),
+            body_bytes_max: 1 << 20,
+            request_timeout_seconds: 30,
+        }
     }
 }
 
@@ -94,7 +98,11 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { batch_items_max: 1_000, page_limit_default: 100, page_limit_max: 1_000 }
+        ApiConfig {
+            batch_items_max: 1_000,
+            page_limit_default: 100,
+            page_limit_max: 1_000,
+        }
     }
 }
 
@@ -110,48 +118,76 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: "text".into() }
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 
 impl Config {
     /// Loads defaults, then `file` if given, then `TRADEVAULT_*` variables from `env`, and validates.
-    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
         let defaults = to_table(&Config::default());
         let mut merged = defaults.clone();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::ConfigFile { path: path.to_owned(), message: e.to_string() })?;
-            let table: toml::Table = text
-                .parse()
-                .map_err(|e: toml::de::Error| Error::ConfigFile { path: path.to_owned(), message: e.to_string() })?;
+            let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| Error::ConfigFile {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?;
             merge_checked(&mut merged, &defaults, table, &path.display().to_string())?;
         }
-        let mut vars: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
         vars.sort();
         for (name, value) in vars {
             apply_env(&mut merged, &defaults, &name, &value)?;
         }
-        let config: Config = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| Error::Config {
-            source_name: file.map_or_else(|| "environment".into(), |p| p.display().to_string()),
-            key: "?".into(),
-            message: e.to_string(),
-        })?;
+        let config: Config =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e: toml::de::Error| Error::Config {
+                    source_name: file
+                        .map_or_else(|| "environment".into(), |p| p.display().to_string()),
+                    key: "?".into(),
+                    message: e.to_string(),
+                })?;
         config.validate(file.map_or_else(|| "defaults".into(), |p| p.display().to_string()))?;
         Ok(config)
     }
 
     /// Checks every value's meaning (types were checked on load). `origin` names the source in errors.
     pub fn validate(&self, origin: String) -> Result<()> {
-        let bad = |key: &str, message: String| Error::Config { source_name: origin.clone(), key: key.into(), message };
+        let bad = |key: &str, message: String| Error::Config {
+            source_name: origin.clone(),
+            key: key.into(),
+            message,
+        };
         self.listen_addr().map_err(|m| bad("server.listen", m))?;
         let positive = [
             ("server.body_bytes_max", self.server.body_bytes_max),
-            ("server.request_timeout_seconds", self.server.request_timeout_seconds),
+            (
+                "server.request_timeout_seconds",
+                self.server.request_timeout_seconds,
+            ),
             ("store.read_connections", self.store.read_connections),
             ("store.group_commit_max", self.store.group_commit_max),
             ("store.write_queue_max", self.store.write_queue_max),
-            ("store.checkpoint_wal_bytes", self.store.checkpoint_wal_bytes),
+            (
+                "store.checkpoint_wal_bytes",
+                self.store.checkpoint_wal_bytes,
+            ),
             ("api.batch_items_max", self.api.batch_items_max),
             ("api.page_limit_default", self.api.page_limit_default),
             ("api.page_limit_max", self.api.page_limit_max),
@@ -165,23 +201,31 @@ impl Config {
             return Err(bad("store.read_connections", "must be at most 64".into()));
         }
         if self.api.page_limit_default > self.api.page_limit_max {
-            return Err(bad("api.page_limit_default", "must not exceed api.page_limit_max".into()));
+            return Err(bad(
+                "api.page_limit_default",
+                "must not exceed api.page_limit_max".into(),
+            ));
         }
         if self.store.data_dir.as_os_str().is_empty() {
             return Err(bad("store.data_dir", "must not be empty".into()));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(bad("log.format", format!("must be \"text\" or \"json\", not {:?}", self.log.format)));
+            return Err(bad(
+                "log.format",
+                format!("must be \"text\" or \"json\", not {:?}", self.log.format),
+            ));
         }
         Ok(())
     }
 
     /// The listen address, parsed.
     pub fn listen_addr(&self) -> std::result::Result<SocketAddr, String> {
-        self.server
-            .listen
-            .parse()
-            .map_err(|_| format!("{:?} is not an address of the form host:port (e.g. 127.0.0.1:7878)", self.server.listen))
+        self.server.listen.parse().map_err(|_| {
+            format!(
+                "{:?} is not an address of the form host:port (e.g. 127.0.0.1:7878)",
+                self.server.listen
+            )
+        })
     }
 
     /// Path of the store's database file.
@@ -199,12 +243,24 @@ fn to_table(config: &Config) -> toml::Table {
 }
 
 /// Copies `incoming` into `merged`, refusing unknown keys and values of the wrong type.
-fn merge_checked(merged: &mut toml::Table, defaults: &toml::Table, incoming: toml::Table, origin: &str) -> Result<()> {
-    let bad = |key: String, message: String| Error::Config { source_name: origin.into(), key, message };
+fn merge_checked(
+    merged: &mut toml::Table,
+    defaults: &toml::Table,
+    incoming: toml::Table,
+    origin: &str,
+) -> Result<()> {
+    let bad = |key: String, message: String| Error::Config {
+        source_name: origin.into(),
+        key,
+        message,
+    };
     for (section, value) in incoming {
         let Some(toml::Value::Table(default_section)) = defaults.get(&section) else {
             let known: Vec<&str> = defaults.keys().map(String::as_str).collect();
-            return Err(bad(section, format!("unknown section; known sections: {}", known.join(", "))));
+            return Err(bad(
+                section,
+                format!("unknown section; known sections: {}", known.join(", ")),
+            ));
         };
         let toml::Value::Table(entries) = value else {
             return Err(bad(section, "must be a table ([section])".into()));
@@ -213,10 +269,20 @@ fn merge_checked(merged: &mut toml::Table, defaults: &toml::Table, incoming: tom
             let full = format!("{section}.{key}");
             let Some(default) = default_section.get(&key) else {
                 let known: Vec<&str> = default_section.keys().map(String::as_str).collect();
-                return Err(bad(full, format!("unknown key; keys in [{section}]: {}", known.join(", "))));
+                return Err(bad(
+                    full,
+                    format!("unknown key; keys in [{section}]: {}", known.join(", ")),
+                ));
             };
             if default.type_str() != value.type_str() {
-                return Err(bad(full, format!("must be {}, not {}", article(default.type_str()), article(value.type_str()))));
+                return Err(bad(
+                    full,
+                    format!(
+                        "must be {}, not {}",
+                        article(default.type_str()),
+                        article(value.type_str())
+                    ),
+                ));
             }
             if let toml::Value::Integer(i) = value
                 && i < 0
@@ -232,13 +298,26 @@ fn merge_checked(merged: &mut toml::Table, defaults: &toml::Table, incoming: tom
 }
 
 /// Applies one `TRADEVAULT_<SECTION>_<KEY>` variable, typed after the default value of that key.
-fn apply_env(merged: &mut toml::Table, defaults: &toml::Table, name: &str, raw: &str) -> Result<()> {
+fn apply_env(
+    merged: &mut toml::Table,
+    defaults: &toml::Table,
+    name: &str,
+    raw: &str,
+) -> Result<()> {
     let rest = &name[ENV_PREFIX.len()..];
-    let Some((section, key)) = rest.split_once('_') else { return Ok(()) };
+    let Some((section, key)) = rest.split_once('_') else {
+        return Ok(());
+    };
     let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
     // Variables of other sections (TRADEVAULT_CONFIG, say) are not config keys.
-    let Some(toml::Value::Table(default_section)) = defaults.get(&section) else { return Ok(()) };
-    let bad = |message: String| Error::Config { source_name: format!("environment variable {name}"), key: format!("{section}.{key}"), message };
+    let Some(toml::Value::Table(default_section)) = defaults.get(&section) else {
+        return Ok(());
+    };
+    let bad = |message: String| Error::Config {
+        source_name: format!("environment variable {name}"),
+        key: format!("{section}.{key}"),
+        message,
+    };
     let Some(default) = default_section.get(&key) else {
         return Err(bad("unknown key".into()));
     };
@@ -278,7 +357,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.toml");
         std::fs::write(&path, text).expect("write");
-        Config::load(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        Config::load(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
     }
 
     #[test]
@@ -291,11 +373,14 @@ mod tests {
 
     #[test]
     fn file_then_env_override() {
-        let c = load_text("[server]\nlisten = \"127.0.0.1:9000\"\n[store]\nread_connections = 2\n", &[
-            ("TRADEVAULT_STORE_READ_CONNECTIONS", "8"),
-            ("TRADEVAULT_CONFIG", "ignored.toml"),
-            ("OTHER_VAR", "x"),
-        ])
+        let c = load_text(
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[store]\nread_connections = 2\n",
+            &[
+                ("TRADEVAULT_STORE_READ_CONNECTIONS", "8"),
+                ("TRADEVAULT_CONFIG", "ignored.toml"),
+                ("OTHER_VAR", "x"),
+            ],
+        )
         .expect("load");
         assert_eq!(c.server.listen, "127.0.0.1:9000");
         assert_eq!(c.store.read_connections, 8);
@@ -309,17 +394,36 @@ mod tests {
             ("[nope]\na = 1\n", &[], "nope"),
             ("[server]\nlisten = \"localhost\"\n", &[], "server.listen"),
             ("[api]\npage_limit_max = 0\n", &[], "api.page_limit_max"),
-            ("[api]\npage_limit_default = 5000\n", &[], "api.page_limit_default"),
-            ("[store]\nbusy_timeout_ms = -1\n", &[], "store.busy_timeout_ms"),
-            ("", &[("TRADEVAULT_STORE_READ_CONNECTIONS", "many")], "store.read_connections"),
+            (
+                "[api]\npage_limit_default = 5000\n",
+                &[],
+                "api.page_limit_default",
+            ),
+            (
+                "[store]\nbusy_timeout_ms = -1\n",
+                &[],
+                "store.busy_timeout_ms",
+            ),
+            (
+                "",
+                &[("TRADEVAULT_STORE_READ_CONNECTIONS", "many")],
+                "store.read_connections",
+            ),
             ("", &[("TRADEVAULT_SERVER_LISTN", "x")], "server.listn"),
             ("[log]\nformat = \"xml\"\n", &[], "log.format"),
         ];
         for (text, env, key) in cases {
             match load_text(text, env) {
-                Err(Error::Config { key: k, source_name, .. }) => {
+                Err(Error::Config {
+                    key: k,
+                    source_name,
+                    ..
+                }) => {
                     assert_eq!(&k, key, "for {text:?}");
-                    assert!(source_name.ends_with("t.toml") || source_name.contains("TRADEVAULT_"), "{source_name}");
+                    assert!(
+                        source_name.ends_with("t.toml") || source_name.contains("TRADEVAULT_"),
+                        "{source_name}"
+                    );
                 }
                 other => panic!("expected a config error for {text:?}, got {other:?}"),
             }

@@ -123,7 +123,11 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the action and path.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { action, path: path.into(), source }
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
     }
 
     /// Wraps a SQLite error with the action.
@@ -132,15 +136,26 @@ impl Error {
     }
 
     /// An invalid request with a code, a field and a message.
-    pub fn invalid(code: &'static str, field: impl Into<Option<String>>, message: impl Into<String>) -> Self {
-        Error::Invalid { code, field: field.into(), message: message.into() }
+    pub fn invalid(
+        code: &'static str,
+        field: impl Into<Option<String>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Invalid {
+            code,
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// True when the error means the database or its disk may be damaged, so the writer must poison itself.
     pub fn is_fatal(&self) -> bool {
         use rusqlite::ErrorCode as C;
         match self {
-            Error::Io { .. } | Error::Corrupt { .. } | Error::Poisoned { .. } | Error::WriterStopped => true,
+            Error::Io { .. }
+            | Error::Corrupt { .. }
+            | Error::Poisoned { .. }
+            | Error::WriterStopped => true,
             Error::Sqlite { source, .. } => match source.sqlite_error_code() {
                 Some(code) => matches!(
                     code,
@@ -167,9 +182,15 @@ impl Error {
             Error::Corrupt { .. } => Some(
                 "the file was not opened for writing; restore it from a backup or replica, or run 'tradevault check --full' for details",
             ),
-            Error::NotInitialized { .. } => Some("run 'tradevault init' or 'tradevault serve' to create it, or pass --data-dir"),
-            Error::Locked { .. } => Some("stop the other 'tradevault serve' first, or use another --data-dir"),
-            Error::Poisoned { .. } => Some("check the disk (space, errors in the kernel log), then restart 'tradevault serve'"),
+            Error::NotInitialized { .. } => {
+                Some("run 'tradevault init' or 'tradevault serve' to create it, or pass --data-dir")
+            }
+            Error::Locked { .. } => {
+                Some("stop the other 'tradevault serve' first, or use another --data-dir")
+            }
+            Error::Poisoned { .. } => Some(
+                "check the disk (space, errors in the kernel log), then restart 'tradevault serve'",
+            ),
             Error::Config { .. } | Error::ConfigFile { .. } => {
                 Some("see tradevault.example.toml for every key, its type and its default")
             }

@@ -23,7 +23,9 @@ impl std::fmt::Display for DecimalError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DecimalError::NotANumber => f.write_str("not a finite decimal number"),
-            DecimalError::TooPrecise => f.write_str("more than 28 significant digits, or out of range"),
+            DecimalError::TooPrecise => {
+                f.write_str("more than 28 significant digits, or out of range")
+            }
         }
     }
 }
@@ -72,7 +74,11 @@ fn is_integer(s: &str) -> bool {
 /// Formats a decimal canonically: no exponent, no trailing zeros, `0` never negative.
 pub fn format_decimal(d: Decimal) -> String {
     let n = d.normalize();
-    if n.is_zero() { "0".to_owned() } else { n.to_string() }
+    if n.is_zero() {
+        "0".to_owned()
+    } else {
+        n.to_string()
+    }
 }
 
 /// Reads back a decimal this crate stored; the text is canonical, so failure means a damaged row.
@@ -93,9 +99,11 @@ impl std::fmt::Display for TimestampError {
 /// Parses an RFC 3339 timestamp with an offset (`2026-11-22T09:30:00.25+01:00`, `...Z`).
 /// Years before 1970 or after 9999 are refused so that the stored text sorts by time.
 pub fn parse_timestamp(text: &str) -> Result<Timestamp, TimestampError> {
-    let ts: Timestamp = text
-        .parse()
-        .map_err(|_| TimestampError(format!("`{text}` is not an RFC 3339 timestamp with an offset")))?;
+    let ts: Timestamp = text.parse().map_err(|_| {
+        TimestampError(format!(
+            "`{text}` is not an RFC 3339 timestamp with an offset"
+        ))
+    })?;
     if ts < Timestamp::UNIX_EPOCH {
         return Err(TimestampError(format!("`{text}` is before 1970")));
     }
@@ -122,8 +130,14 @@ mod tests {
             ("1e3", "1000"),
             ("1.5E-3", "0.0015"),
             ("+7", "7"),
-            ("0.30000000000000000000000001", "0.30000000000000000000000001"),
-            ("99999999999999999999.12345678", "99999999999999999999.12345678"),
+            (
+                "0.30000000000000000000000001",
+                "0.30000000000000000000000001",
+            ),
+            (
+                "99999999999999999999.12345678",
+                "99999999999999999999.12345678",
+            ),
         ];
         for (input, want) in cases {
             let d = parse_decimal(input).unwrap_or_else(|e| panic!("{input}: {e}"));
@@ -141,11 +155,25 @@ mod tests {
 
     #[test]
     fn non_numbers_and_lossy_values_are_refused() {
-        for bad in ["NaN", "nan", "Infinity", "-inf", "", " 1", "1 ", "1.2.3", "abc", "1e", "0x10", "--1"] {
-            assert_eq!(parse_decimal(bad), Err(DecimalError::NotANumber), "input {bad:?}");
+        for bad in [
+            "NaN", "nan", "Infinity", "-inf", "", " 1", "1 ", "1.2.3", "abc", "1e", "0x10", "--1",
+        ] {
+            assert_eq!(
+                parse_decimal(bad),
+                Err(DecimalError::NotANumber),
+                "input {bad:?}"
+            );
         }
-        for bad in ["1.00000000000000000000000000001", "123456789012345678901234567890", "1e40"] {
-            assert_eq!(parse_decimal(bad), Err(DecimalError::TooPrecise), "input {bad:?}");
+        for bad in [
+            "1.00000000000000000000000000001",
+            "123456789012345678901234567890",
+            "1e40",
+        ] {
+            assert_eq!(
+                parse_decimal(bad),
+                Err(DecimalError::TooPrecise),
+                "input {bad:?}"
+            );
         }
     }
 
@@ -156,7 +184,10 @@ mod tests {
         let z = parse_timestamp("2026-01-02T03:04:05Z").unwrap();
         assert_eq!(format_timestamp(z), "2026-01-02T03:04:05.000000000Z");
         assert!(parse_timestamp("2026-01-02").is_err());
-        assert!(parse_timestamp("2026-01-02T03:04:05").is_err(), "an offset is required");
+        assert!(
+            parse_timestamp("2026-01-02T03:04:05").is_err(),
+            "an offset is required"
+        );
         assert!(parse_timestamp("1969-12-31T23:59:59Z").is_err());
         assert!(parse_timestamp("yesterday").is_err());
     }

@@ -15,7 +15,11 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(config_file: Option<&Path>, data_dir: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(
+    config_file: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config_file, data_dir)?;
     let path = config.database_path();
     let conn = tradevault::store::open_read_only(&path)?;
@@ -25,7 +29,11 @@ pub fn run(config_file: Option<&Path>, data_dir: Option<PathBuf>, args: Args) ->
     } else {
         let mut t = super::table(&["check", "result", "detail"]);
         for c in &report.checks {
-            t.add_row(vec![c.name.clone(), if c.ok { "ok".into() } else { "FAILED".into() }, c.detail.clone()]);
+            t.add_row(vec![
+                c.name.clone(),
+                if c.ok { "ok".into() } else { "FAILED".into() },
+                c.detail.clone(),
+            ]);
         }
         println!("{t}");
     }

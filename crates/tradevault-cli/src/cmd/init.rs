@@ -15,7 +15,11 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(config_file: Option<&Path>, data_dir: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(
+    config_file: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config_file, data_dir)?;
     let store = tradevault::Store::open(&config.store, Arc::new(SystemClock))?;
     let path = store.path().display().to_string();

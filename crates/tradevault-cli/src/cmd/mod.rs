@@ -25,7 +25,9 @@ pub fn load_config(file: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Re
 pub fn start_logging(config: &Config) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
-        Ok(f) if !f.is_empty() => EnvFilter::try_new(f).context("RUST_LOG is not a valid filter")?,
+        Ok(f) if !f.is_empty() => {
+            EnvFilter::try_new(f).context("RUST_LOG is not a valid filter")?
+        }
         _ => EnvFilter::try_new(&config.log.level)
             .map_err(|e| UsageError(format!("invalid config: key `log.level`: {e}")))?,
     };
@@ -34,20 +36,28 @@ pub fn start_logging(config: &Config) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let result = if config.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let result = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
     result.map_err(|e| anyhow::anyhow!("start logging: {e}"))
 }
 
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value).context("encode json")?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).context("encode json")?
+    );
     Ok(())
 }
 
 /// A table for human output.
 pub fn table(header: &[&str]) -> comfy_table::Table {
     let mut t = comfy_table::Table::new();
-    t.load_style(comfy_table::presets::NOTHING).set_header(header.iter().copied());
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_header(header.iter().copied());
     t
 }
 
@@ -60,5 +70,9 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }

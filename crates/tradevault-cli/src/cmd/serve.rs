@@ -17,18 +17,29 @@ pub struct Args {
     listen: Option<String>,
 }
 
-pub fn run(config_file: Option<&Path>, data_dir: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(
+    config_file: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
     let mut config = super::load_config(config_file, data_dir)?;
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
-    let addr = config.listen_addr().map_err(|m| UsageError(format!("--listen: {m}")))?;
+    let addr = config
+        .listen_addr()
+        .map_err(|m| UsageError(format!("--listen: {m}")))?;
     super::start_logging(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listen on {addr} (is another process using it? pass --listen with another port)"))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "listen on {addr} (is another process using it? pass --listen with another port)"
+            )
+        })?;
         let store = tradevault::Store::open(&config.store, Arc::new(SystemClock))?;
         tradevault::http::serve(&config, store, listener, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
@@ -39,13 +50,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -14,7 +14,11 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(config_file: Option<&Path>, data_dir: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(
+    config_file: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config_file, data_dir)?;
     let path = config.database_path();
     let conn = tradevault::store::open_read_only(&path)?;
@@ -30,10 +34,25 @@ pub fn run(config_file: Option<&Path>, data_dir: Option<PathBuf>, args: Args) ->
     println!("{t}\n");
     let mut s = super::table(&["", ""]);
     s.add_row(vec!["database".to_owned(), stats.database_path.clone()]);
-    s.add_row(vec!["schema version".to_owned(), stats.schema_version.to_string()]);
-    s.add_row(vec!["database file".to_owned(), human_bytes(stats.database_file_size_bytes)]);
-    s.add_row(vec!["wal file".to_owned(), human_bytes(stats.wal_file_size_bytes)]);
-    s.add_row(vec!["pages".to_owned(), format!("{} x {} B ({} free)", stats.page_count, stats.page_size, stats.freelist_count)]);
+    s.add_row(vec![
+        "schema version".to_owned(),
+        stats.schema_version.to_string(),
+    ]);
+    s.add_row(vec![
+        "database file".to_owned(),
+        human_bytes(stats.database_file_size_bytes),
+    ]);
+    s.add_row(vec![
+        "wal file".to_owned(),
+        human_bytes(stats.wal_file_size_bytes),
+    ]);
+    s.add_row(vec![
+        "pages".to_owned(),
+        format!(
+            "{} x {} B ({} free)",
+            stats.page_count, stats.page_size, stats.freelist_count
+        ),
+    ]);
     s.add_row(vec!["integrity".to_owned(), stats.integrity.clone()]);
     println!("{s}");
     Ok(ExitCode::SUCCESS)

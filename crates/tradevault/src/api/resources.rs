@@ -8,11 +8,21 @@ use crate::store::model::*;
 use crate::store::query::{Filter, PageRequest};
 
 const fn req(name: &'static str, kind: Kind, doc: &'static str) -> Field {
-    Field { name, kind, required: true, doc }
+    Field {
+        name,
+        kind,
+        required: true,
+        doc,
+    }
 }
 
 const fn opt(name: &'static str, kind: Kind, doc: &'static str) -> Field {
-    Field { name, kind, required: false, doc }
+    Field {
+        name,
+        kind,
+        required: false,
+        doc,
+    }
 }
 
 const SYMBOL: Kind = Kind::Text { max: 64 };
@@ -22,63 +32,170 @@ const SIDES: &[&str] = &["buy", "sell"];
 
 /// `POST /v1/trades`.
 pub const TRADE_FIELDS: &[Field] = &[
-    req("trade_id", Kind::Id, "Unique id chosen by the client; re-sending it is idempotent."),
+    req(
+        "trade_id",
+        Kind::Id,
+        "Unique id chosen by the client; re-sending it is idempotent.",
+    ),
     req("symbol", SYMBOL, "Instrument, e.g. BTCUSD."),
     req("side", Kind::OneOf(SIDES), "buy or sell."),
-    req("qty", Kind::Decimal(Range::Positive), "Quantity filled, greater than 0."),
-    req("price", Kind::Decimal(Range::Positive), "Fill price, greater than 0."),
-    opt("fee", Kind::Decimal(Range::NonNegative), "Fee paid, 0 or more (default 0)."),
-    opt("fee_currency", Kind::Text { max: 16 }, "Currency of the fee."),
-    opt("ts", Kind::Timestamp, "When the fill happened (default: when the store received it)."),
-    opt("order_id", Kind::Id, "client_order_id of the order this fills; the order must exist."),
-    opt("signal_id", Kind::Id, "The signal that caused the trade; the signal must exist."),
+    req(
+        "qty",
+        Kind::Decimal(Range::Positive),
+        "Quantity filled, greater than 0.",
+    ),
+    req(
+        "price",
+        Kind::Decimal(Range::Positive),
+        "Fill price, greater than 0.",
+    ),
+    opt(
+        "fee",
+        Kind::Decimal(Range::NonNegative),
+        "Fee paid, 0 or more (default 0).",
+    ),
+    opt(
+        "fee_currency",
+        Kind::Text { max: 16 },
+        "Currency of the fee.",
+    ),
+    opt(
+        "ts",
+        Kind::Timestamp,
+        "When the fill happened (default: when the store received it).",
+    ),
+    opt(
+        "order_id",
+        Kind::Id,
+        "client_order_id of the order this fills; the order must exist.",
+    ),
+    opt(
+        "signal_id",
+        Kind::Id,
+        "The signal that caused the trade; the signal must exist.",
+    ),
     opt("strategy", LABEL, "Strategy that traded."),
-    opt("test_mode", Kind::Bool, "Test data, kept out of production reads (default false)."),
+    opt(
+        "test_mode",
+        Kind::Bool,
+        "Test data, kept out of production reads (default false).",
+    ),
     opt("bot_version", VERSION, "Version of the bot that wrote it."),
 ];
 
 /// `POST /v1/orders`.
 pub const ORDER_FIELDS: &[Field] = &[
-    req("client_order_id", Kind::Id, "Unique id chosen by the client; re-sending it is idempotent."),
+    req(
+        "client_order_id",
+        Kind::Id,
+        "Unique id chosen by the client; re-sending it is idempotent.",
+    ),
     req("symbol", SYMBOL, "Instrument."),
     req("side", Kind::OneOf(SIDES), "buy or sell."),
     req("type", Kind::OneOf(ORDER_TYPES), "market or limit."),
-    req("qty", Kind::Decimal(Range::Positive), "Quantity, greater than 0."),
-    opt("limit_price", Kind::Decimal(Range::Positive), "Limit price: required for limit orders, refused for market orders."),
-    opt("ts", Kind::Timestamp, "When the order was placed (default: when the store received it)."),
-    opt("status", Kind::OneOf(ORDER_STATUSES), "Initial status (default new)."),
+    req(
+        "qty",
+        Kind::Decimal(Range::Positive),
+        "Quantity, greater than 0.",
+    ),
+    opt(
+        "limit_price",
+        Kind::Decimal(Range::Positive),
+        "Limit price: required for limit orders, refused for market orders.",
+    ),
+    opt(
+        "ts",
+        Kind::Timestamp,
+        "When the order was placed (default: when the store received it).",
+    ),
+    opt(
+        "status",
+        Kind::OneOf(ORDER_STATUSES),
+        "Initial status (default new).",
+    ),
     opt("strategy", LABEL, "Strategy that placed it."),
-    opt("signal_id", Kind::Id, "The signal behind it; the signal must exist."),
+    opt(
+        "signal_id",
+        Kind::Id,
+        "The signal behind it; the signal must exist.",
+    ),
     opt("test_mode", Kind::Bool, "Test data (default false)."),
     opt("bot_version", VERSION, "Version of the bot that wrote it."),
 ];
 
 /// `PATCH /v1/orders/{client_order_id}`.
-pub const ORDER_PATCH_FIELDS: &[Field] =
-    &[req("status", Kind::OneOf(ORDER_STATUSES), "New status; filled, canceled, rejected and expired are final.")];
+pub const ORDER_PATCH_FIELDS: &[Field] = &[req(
+    "status",
+    Kind::OneOf(ORDER_STATUSES),
+    "New status; filled, canceled, rejected and expired are final.",
+)];
 
 /// `POST /v1/signals`.
 pub const SIGNAL_FIELDS: &[Field] = &[
-    req("signal_id", Kind::Id, "Unique id chosen by the client; re-sending it is idempotent."),
-    opt("ts", Kind::Timestamp, "When the signal was produced (default: when the store received it)."),
+    req(
+        "signal_id",
+        Kind::Id,
+        "Unique id chosen by the client; re-sending it is idempotent.",
+    ),
+    opt(
+        "ts",
+        Kind::Timestamp,
+        "When the signal was produced (default: when the store received it).",
+    ),
     req("symbol", SYMBOL, "Instrument."),
-    req("price", Kind::Decimal(Range::Positive), "Price the signal was computed at."),
-    req("final_signal", Kind::OneOf(FINAL_SIGNALS), "buy, sell or hold."),
-    req("confidence", Kind::Decimal(Range::UnitInterval), "Confidence from 0 to 1."),
-    opt("aggregation_method", Kind::Text { max: 64 }, "How the strategies were combined."),
-    opt("strategies", Kind::Object, "Per-strategy breakdown, stored verbatim (default {})."),
-    opt("strategy_version", LABEL, "Version or hash of the strategy set."),
+    req(
+        "price",
+        Kind::Decimal(Range::Positive),
+        "Price the signal was computed at.",
+    ),
+    req(
+        "final_signal",
+        Kind::OneOf(FINAL_SIGNALS),
+        "buy, sell or hold.",
+    ),
+    req(
+        "confidence",
+        Kind::Decimal(Range::UnitInterval),
+        "Confidence from 0 to 1.",
+    ),
+    opt(
+        "aggregation_method",
+        Kind::Text { max: 64 },
+        "How the strategies were combined.",
+    ),
+    opt(
+        "strategies",
+        Kind::Object,
+        "Per-strategy breakdown, stored verbatim (default {}).",
+    ),
+    opt(
+        "strategy_version",
+        LABEL,
+        "Version or hash of the strategy set.",
+    ),
     opt("test_mode", Kind::Bool, "Test data (default false)."),
     opt("bot_version", VERSION, "Version of the bot that wrote it."),
 ];
 
 /// `POST /v1/logs`.
 pub const LOG_FIELDS: &[Field] = &[
-    opt("ts", Kind::Timestamp, "When it happened (default: when the store received it)."),
-    req("level", Kind::OneOf(LOG_LEVELS), "debug, info, warning, error or critical."),
+    opt(
+        "ts",
+        Kind::Timestamp,
+        "When it happened (default: when the store received it).",
+    ),
+    req(
+        "level",
+        Kind::OneOf(LOG_LEVELS),
+        "debug, info, warning, error or critical.",
+    ),
     req("source", LABEL, "Component that logged it."),
     req("message", Kind::LongText { max: 16 * 1024 }, "The message."),
-    opt("context", Kind::Any, "Structured context, any JSON, stored verbatim."),
+    opt(
+        "context",
+        Kind::Any,
+        "Structured context, any JSON, stored verbatim.",
+    ),
     opt("test_mode", Kind::Bool, "Test data (default false)."),
     opt("bot_version", VERSION, "Version of the bot that wrote it."),
 ];
@@ -90,12 +207,27 @@ pub const STATUS_FIELDS: &[Field] = &[
     opt("bot_version", VERSION, "Version of the bot that set it."),
 ];
 
-const TEST_MODE_PARAM: Field =
-    opt("test_mode", Kind::OneOf(&["false", "true", "all"]), "false (default): production rows; true: test rows; all: both.");
-const LIMIT: Field = opt("limit", Kind::Count, "Most rows to return (default and maximum are configured: api.page_limit_*).");
+const TEST_MODE_PARAM: Field = opt(
+    "test_mode",
+    Kind::OneOf(&["false", "true", "all"]),
+    "false (default): production rows; true: test rows; all: both.",
+);
+const LIMIT: Field = opt(
+    "limit",
+    Kind::Count,
+    "Most rows to return (default and maximum are configured: api.page_limit_*).",
+);
 const CURSOR: Field = opt("cursor", Kind::Cursor, "next_cursor of the previous page.");
-const FROM: Field = opt("from", Kind::Timestamp, "Only rows with ts at or after this time.");
-const TO: Field = opt("to", Kind::Timestamp, "Only rows with ts strictly before this time.");
+const FROM: Field = opt(
+    "from",
+    Kind::Timestamp,
+    "Only rows with ts at or after this time.",
+);
+const TO: Field = opt(
+    "to",
+    Kind::Timestamp,
+    "Only rows with ts strictly before this time.",
+);
 
 /// `GET /v1/trades`.
 pub const TRADE_QUERY: &[Field] = &[
@@ -117,7 +249,11 @@ pub const ORDER_QUERY: &[Field] = &[
     TEST_MODE_PARAM,
     opt("strategy", LABEL, "Only this strategy."),
     opt("signal_id", Kind::Id, "Only orders caused by this signal."),
-    opt("status", Kind::OneOf(ORDER_STATUSES), "Only orders in this status."),
+    opt(
+        "status",
+        Kind::OneOf(ORDER_STATUSES),
+        "Only orders in this status.",
+    ),
     LIMIT,
     CURSOR,
 ];
@@ -127,7 +263,11 @@ pub const SIGNAL_QUERY: &[Field] = &[
     FROM,
     TO,
     TEST_MODE_PARAM,
-    opt("final_signal", Kind::OneOf(FINAL_SIGNALS), "Only this final signal."),
+    opt(
+        "final_signal",
+        Kind::OneOf(FINAL_SIGNALS),
+        "Only this final signal.",
+    ),
     LIMIT,
     CURSOR,
 ];
@@ -142,27 +282,45 @@ pub const LOG_QUERY: &[Field] = &[
     CURSOR,
 ];
 /// `GET /v1/positions` and `GET /v1/positions/{symbol}`.
-pub const POSITION_QUERY: &[Field] = &[TEST_MODE_PARAM, opt("symbol", SYMBOL, "Only this instrument.")];
+pub const POSITION_QUERY: &[Field] = &[
+    TEST_MODE_PARAM,
+    opt("symbol", SYMBOL, "Only this instrument."),
+];
 /// Lists under one parent (`/v1/positions/{symbol}/history`, `/v1/signals/{id}/trades`).
 pub const CHILD_QUERY: &[Field] = &[TEST_MODE_PARAM, LIMIT, CURSOR];
 /// Single-row reads.
 pub const MODE_QUERY: &[Field] = &[TEST_MODE_PARAM];
 /// `GET /v1/stats`.
-pub const STATS_QUERY: &[Field] = &[opt("check", Kind::Bool, "Run PRAGMA quick_check now instead of reporting the last result.")];
+pub const STATS_QUERY: &[Field] = &[opt(
+    "check",
+    Kind::Bool,
+    "Run PRAGMA quick_check now instead of reporting the last result.",
+)];
 
 /// The objects of a body: one object, or a batch (array) of 1 to `max` objects.
 /// Returns them with a flag saying whether the body was a batch.
 pub fn body_items(body: &Value, max: u64) -> Result<(Vec<&Value>, bool)> {
     match body {
-        Value::Array(items) if items.is_empty() => Err(Error::invalid("empty_batch", None, "the batch is empty; send at least one item")),
+        Value::Array(items) if items.is_empty() => Err(Error::invalid(
+            "empty_batch",
+            None,
+            "the batch is empty; send at least one item",
+        )),
         Value::Array(items) if items.len() as u64 > max => Err(Error::invalid(
             "batch_too_large",
             None,
-            format!("the batch has {} items; the limit is {max} (api.batch_items_max)", items.len()),
+            format!(
+                "the batch has {} items; the limit is {max} (api.batch_items_max)",
+                items.len()
+            ),
         )),
         Value::Array(items) => Ok((items.iter().collect(), true)),
         Value::Object(_) => Ok((vec![body], false)),
-        _ => Err(Error::invalid("invalid_type", None, "the request body must be a JSON object or an array of objects")),
+        _ => Err(Error::invalid(
+            "invalid_type",
+            None,
+            "the request body must be a JSON object or an array of objects",
+        )),
     }
 }
 
@@ -177,7 +335,11 @@ pub fn parse_items<T>(
     let mut out = Vec::with_capacity(items.len());
     let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for (i, item) in items.iter().enumerate() {
-        let prefix = if batch { format!("[{i}].") } else { String::new() };
+        let prefix = if batch {
+            format!("[{i}].")
+        } else {
+            String::new()
+        };
         let parsed = parse_object(item, spec, &prefix)?;
         if let Some(id_field) = id_field
             && let Some(id) = item.get(id_field).and_then(Value::as_str)
@@ -196,9 +358,15 @@ pub fn parse_items<T>(
 
 fn prefix_field(e: Error, prefix: &str) -> Error {
     match e {
-        Error::Invalid { code, field: Some(f), message } if !prefix.is_empty() => {
-            Error::Invalid { code, field: Some(format!("{prefix}{f}")), message: format!("{prefix}{message}") }
-        }
+        Error::Invalid {
+            code,
+            field: Some(f),
+            message,
+        } if !prefix.is_empty() => Error::Invalid {
+            code,
+            field: Some(format!("{prefix}{f}")),
+            message: format!("{prefix}{message}"),
+        },
         other => other,
     }
 }
@@ -224,7 +392,13 @@ pub fn new_trade(mut p: Parsed) -> Result<NewTrade> {
 
 fn side(p: &mut Parsed) -> Result<Side> {
     let s = p.required_text("side")?;
-    Side::parse(&s).ok_or_else(|| Error::invalid("invalid_value", Some("side".into()), format!("side must be buy or sell, not {s:?}")))
+    Side::parse(&s).ok_or_else(|| {
+        Error::invalid(
+            "invalid_value",
+            Some("side".into()),
+            format!("side must be buy or sell, not {s:?}"),
+        )
+    })
 }
 
 /// A validated order.
@@ -232,9 +406,19 @@ pub fn new_order(mut p: Parsed) -> Result<NewOrder> {
     let order_type = p.required_text("type")?;
     let limit_price = p.decimal("limit_price");
     match (order_type.as_str(), limit_price) {
-        ("limit", None) => return Err(Error::invalid("missing_field", Some("limit_price".into()), "limit_price is required for a limit order")),
+        ("limit", None) => {
+            return Err(Error::invalid(
+                "missing_field",
+                Some("limit_price".into()),
+                "limit_price is required for a limit order",
+            ));
+        }
         ("market", Some(_)) => {
-            return Err(Error::invalid("invalid_value", Some("limit_price".into()), "limit_price must be absent for a market order"));
+            return Err(Error::invalid(
+                "invalid_value",
+                Some("limit_price".into()),
+                "limit_price must be absent for a market order",
+            ));
         }
         _ => {}
     }
@@ -264,7 +448,9 @@ pub fn new_signal(mut p: Parsed) -> Result<NewSignal> {
         final_signal: p.required_text("final_signal")?,
         confidence: p.required_decimal("confidence")?,
         aggregation_method: p.text("aggregation_method"),
-        strategies: p.json("strategies").unwrap_or_else(|| Value::Object(Default::default())),
+        strategies: p
+            .json("strategies")
+            .unwrap_or_else(|| Value::Object(Default::default())),
         strategy_version: p.text("strategy_version"),
         test_mode: p.bool("test_mode").unwrap_or(false),
         bot_version: p.text("bot_version"),
@@ -314,11 +500,23 @@ pub fn filter(p: &mut Parsed) -> Filter {
 pub fn page(p: &mut Parsed, limit_default: u64, limit_max: u64) -> Result<PageRequest> {
     let limit = p.count("limit").unwrap_or(limit_default);
     if limit == 0 || limit > limit_max {
-        return Err(Error::invalid("invalid_query", Some("limit".into()), format!("limit must be from 1 to {limit_max}, not {limit}")));
+        return Err(Error::invalid(
+            "invalid_query",
+            Some("limit".into()),
+            format!("limit must be from 1 to {limit_max}, not {limit}"),
+        ));
     }
     let after = p
         .count("cursor")
-        .map(|c| i64::try_from(c).map_err(|_| Error::invalid("invalid_query", Some("cursor".into()), "cursor is out of range")))
+        .map(|c| {
+            i64::try_from(c).map_err(|_| {
+                Error::invalid(
+                    "invalid_query",
+                    Some("cursor".into()),
+                    "cursor is out of range",
+                )
+            })
+        })
         .transpose()?;
     Ok(PageRequest { limit, after })
 }

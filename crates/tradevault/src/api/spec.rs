@@ -155,22 +155,44 @@ impl Parsed {
 }
 
 fn missing(name: &str, prefix: &str) -> Error {
-    Error::invalid("missing_field", Some(format!("{prefix}{name}")), format!("{prefix}{name} is required"))
+    Error::invalid(
+        "missing_field",
+        Some(format!("{prefix}{name}")),
+        format!("{prefix}{name} is required"),
+    )
 }
 
 /// Parses a request body as JSON. Numbers keep their exact text.
 pub fn parse_json(body: &[u8]) -> Result<Value> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::invalid("malformed_json", None, "the request body is empty; send a JSON object or array"));
+        return Err(Error::invalid(
+            "malformed_json",
+            None,
+            "the request body is empty; send a JSON object or array",
+        ));
     }
-    serde_json::from_slice(body).map_err(|e| Error::invalid("malformed_json", None, format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        Error::invalid(
+            "malformed_json",
+            None,
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })
 }
 
 /// Validates one JSON object against `spec`. `prefix` (`[2].`) locates it inside a batch.
 pub fn parse_object(value: &Value, spec: &[Field], prefix: &str) -> Result<Parsed> {
     let Value::Object(map) = value else {
-        let at = if prefix.is_empty() { "the request body".to_owned() } else { prefix.trim_end_matches('.').to_owned() };
-        return Err(Error::invalid("invalid_type", none_if_empty(prefix), format!("{at} must be a JSON object")));
+        let at = if prefix.is_empty() {
+            "the request body".to_owned()
+        } else {
+            prefix.trim_end_matches('.').to_owned()
+        };
+        return Err(Error::invalid(
+            "invalid_type",
+            none_if_empty(prefix),
+            format!("{at} must be a JSON object"),
+        ));
     };
     for key in map.keys() {
         if !spec.iter().any(|f| f.name == key) {
@@ -178,7 +200,10 @@ pub fn parse_object(value: &Value, spec: &[Field], prefix: &str) -> Result<Parse
             return Err(Error::invalid(
                 "unknown_field",
                 Some(format!("{prefix}{key}")),
-                format!("unknown field {prefix}{key}; known fields: {}", known.join(", ")),
+                format!(
+                    "unknown field {prefix}{key}; known fields: {}",
+                    known.join(", ")
+                ),
             ));
         }
     }
@@ -187,24 +212,36 @@ pub fn parse_object(value: &Value, spec: &[Field], prefix: &str) -> Result<Parse
         match map.get(field.name) {
             None | Some(Value::Null) if field.required => return Err(missing(field.name, prefix)),
             None | Some(Value::Null) => {}
-            Some(v) => parsed.vals.push((field.name, parse_value(field, v, prefix)?)),
+            Some(v) => parsed
+                .vals
+                .push((field.name, parse_value(field, v, prefix)?)),
         }
     }
     Ok(parsed)
 }
 
 fn none_if_empty(prefix: &str) -> Option<String> {
-    if prefix.is_empty() { None } else { Some(prefix.trim_end_matches('.').to_owned()) }
+    if prefix.is_empty() {
+        None
+    } else {
+        Some(prefix.trim_end_matches('.').to_owned())
+    }
 }
 
 fn parse_value(field: &Field, v: &Value, prefix: &str) -> Result<Val> {
     let name = format!("{prefix}{}", field.name);
     let wrong_type = |expected: &str| {
-        Error::invalid("invalid_type", Some(name.clone()), format!("{name} must be {expected}, not {}", json_type(v)))
+        Error::invalid(
+            "invalid_type",
+            Some(name.clone()),
+            format!("{name} must be {expected}, not {}", json_type(v)),
+        )
     };
     match field.kind {
         Kind::Id | Kind::Text { .. } | Kind::LongText { .. } | Kind::OneOf(_) => {
-            let Value::String(s) = v else { return Err(wrong_type("a string")) };
+            let Value::String(s) = v else {
+                return Err(wrong_type("a string"));
+            };
             check_text(field.kind, s, &name).map(Val::Text)
         }
         Kind::Decimal(range) => {
@@ -216,8 +253,12 @@ fn parse_value(field: &Field, v: &Value, prefix: &str) -> Result<Val> {
             check_decimal(range, &text, &name).map(Val::Decimal)
         }
         Kind::Timestamp => {
-            let Value::String(s) = v else { return Err(wrong_type("an RFC 3339 timestamp string")) };
-            parse_timestamp(s).map(Val::Time).map_err(|e| Error::invalid("invalid_value", Some(name.clone()), format!("{name}: {e}")))
+            let Value::String(s) = v else {
+                return Err(wrong_type("an RFC 3339 timestamp string"));
+            };
+            parse_timestamp(s).map(Val::Time).map_err(|e| {
+                Error::invalid("invalid_value", Some(name.clone()), format!("{name}: {e}"))
+            })
         }
         Kind::Bool => match v {
             Value::Bool(b) => Ok(Val::Bool(*b)),
@@ -229,14 +270,18 @@ fn parse_value(field: &Field, v: &Value, prefix: &str) -> Result<Val> {
         },
         Kind::Any => Ok(Val::Json(v.clone())),
         Kind::Count | Kind::Cursor => match v {
-            Value::Number(n) => n.as_u64().map(Val::Count).ok_or_else(|| wrong_type("a non-negative integer")),
+            Value::Number(n) => n
+                .as_u64()
+                .map(Val::Count)
+                .ok_or_else(|| wrong_type("a non-negative integer")),
             _ => Err(wrong_type("a non-negative integer")),
         },
     }
 }
 
 fn check_text(kind: Kind, s: &str, name: &str) -> Result<String> {
-    let invalid = |code: &'static str, message: String| Error::invalid(code, Some(name.to_owned()), message);
+    let invalid =
+        |code: &'static str, message: String| Error::invalid(code, Some(name.to_owned()), message);
     let (max, multiline) = match kind {
         Kind::Id => (128, false),
         Kind::Text { max } => (max, false),
@@ -245,29 +290,51 @@ fn check_text(kind: Kind, s: &str, name: &str) -> Result<String> {
             return if allowed.contains(&s) {
                 Ok(s.to_owned())
             } else {
-                Err(invalid("invalid_value", format!("{name} must be one of {}, not {s:?}", allowed.join(", "))))
+                Err(invalid(
+                    "invalid_value",
+                    format!("{name} must be one of {}, not {s:?}", allowed.join(", ")),
+                ))
             };
         }
         _ => (usize::MAX, true),
     };
     if s.is_empty() {
-        return Err(invalid("invalid_value", format!("{name} must not be empty")));
+        return Err(invalid(
+            "invalid_value",
+            format!("{name} must not be empty"),
+        ));
     }
     if s.len() > max {
-        return Err(invalid("too_long", format!("{name} is {} bytes long; the limit is {max}", s.len())));
+        return Err(invalid(
+            "too_long",
+            format!("{name} is {} bytes long; the limit is {max}", s.len()),
+        ));
     }
-    if s.chars().any(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t'))) {
-        return Err(invalid("invalid_value", format!("{name} must not contain control characters")));
+    if s.chars()
+        .any(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')))
+    {
+        return Err(invalid(
+            "invalid_value",
+            format!("{name} must not contain control characters"),
+        ));
     }
     if kind == Kind::Id && s.trim() != s {
-        return Err(invalid("invalid_value", format!("{name} must not start or end with whitespace")));
+        return Err(invalid(
+            "invalid_value",
+            format!("{name} must not start or end with whitespace"),
+        ));
     }
     Ok(s.to_owned())
 }
 
 fn check_decimal(range: Range, text: &str, name: &str) -> Result<Decimal> {
-    let d = parse_decimal(text)
-        .map_err(|e| Error::invalid("invalid_value", Some(name.to_owned()), format!("{name}: {text:?} is {e}")))?;
+    let d = parse_decimal(text).map_err(|e| {
+        Error::invalid(
+            "invalid_value",
+            Some(name.to_owned()),
+            format!("{name}: {text:?} is {e}"),
+        )
+    })?;
     let ok = match range {
         Range::Positive => d > Decimal::ZERO,
         Range::NonNegative => d >= Decimal::ZERO,
@@ -279,7 +346,11 @@ fn check_decimal(range: Range, text: &str, name: &str) -> Result<Decimal> {
             Range::NonNegative => "0 or more",
             Range::UnitInterval => "between 0 and 1",
         };
-        return Err(Error::invalid("invalid_value", Some(name.to_owned()), format!("{name} must be {want}, not {text}")));
+        return Err(Error::invalid(
+            "invalid_value",
+            Some(name.to_owned()),
+            format!("{name} must be {want}, not {text}"),
+        ));
     }
     Ok(d)
 }
@@ -306,30 +377,57 @@ pub fn parse_query(pairs: &[(String, String)], spec: &[Field]) -> Result<Parsed>
     for (i, (key, raw)) in pairs.iter().enumerate() {
         let Some(field) = spec.iter().find(|f| f.name == key) else {
             let known: Vec<&str> = spec.iter().map(|f| f.name).collect();
-            let list = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
-            return Err(Error::invalid("invalid_query", Some(key.clone()), format!("unknown query parameter {key}; known: {list}")));
+            let list = if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            };
+            return Err(Error::invalid(
+                "invalid_query",
+                Some(key.clone()),
+                format!("unknown query parameter {key}; known: {list}"),
+            ));
         };
         if pairs[..i].iter().any(|(k, _)| k == key) {
-            return Err(Error::invalid("invalid_query", Some(key.clone()), format!("query parameter {key} is given more than once")));
+            return Err(Error::invalid(
+                "invalid_query",
+                Some(key.clone()),
+                format!("query parameter {key} is given more than once"),
+            ));
         }
         let value = match field.kind {
             Kind::Bool => match raw.as_str() {
                 "true" | "1" => Val::Bool(true),
                 "false" | "0" => Val::Bool(false),
-                _ => return Err(Error::invalid("invalid_query", Some(key.clone()), format!("{key} must be true or false, not {raw:?}"))),
+                _ => {
+                    return Err(Error::invalid(
+                        "invalid_query",
+                        Some(key.clone()),
+                        format!("{key} must be true or false, not {raw:?}"),
+                    ));
+                }
             },
             Kind::Count | Kind::Cursor => match raw.parse::<u64>() {
                 Ok(n) => Val::Count(n),
                 Err(_) => {
-                    let what = if field.kind == Kind::Cursor { "a next_cursor value from a previous page" } else { "a non-negative integer" };
-                    return Err(Error::invalid("invalid_query", Some(key.clone()), format!("{key} must be {what}, not {raw:?}")));
+                    let what = if field.kind == Kind::Cursor {
+                        "a next_cursor value from a previous page"
+                    } else {
+                        "a non-negative integer"
+                    };
+                    return Err(Error::invalid(
+                        "invalid_query",
+                        Some(key.clone()),
+                        format!("{key} must be {what}, not {raw:?}"),
+                    ));
                 }
             },
-            _ => parse_value(field, &Value::String(raw.clone()), "")
-                .map_err(|e| match e {
-                    Error::Invalid { field, message, .. } => Error::invalid("invalid_query", field, message),
-                    other => other,
-                })?,
+            _ => parse_value(field, &Value::String(raw.clone()), "").map_err(|e| match e {
+                Error::Invalid { field, message, .. } => {
+                    Error::invalid("invalid_query", field, message)
+                }
+                other => other,
+            })?,
         };
         parsed.vals.push((field.name, value));
     }
@@ -342,10 +440,30 @@ mod tests {
     use serde_json::json;
 
     const SPEC: &[Field] = &[
-        Field { name: "id", kind: Kind::Id, required: true, doc: "" },
-        Field { name: "qty", kind: Kind::Decimal(Range::Positive), required: true, doc: "" },
-        Field { name: "note", kind: Kind::Text { max: 4 }, required: false, doc: "" },
-        Field { name: "ok", kind: Kind::Bool, required: false, doc: "" },
+        Field {
+            name: "id",
+            kind: Kind::Id,
+            required: true,
+            doc: "",
+        },
+        Field {
+            name: "qty",
+            kind: Kind::Decimal(Range::Positive),
+            required: true,
+            doc: "",
+        },
+        Field {
+            name: "note",
+            kind: Kind::Text { max: 4 },
+            required: false,
+            doc: "",
+        },
+        Field {
+            name: "ok",
+            kind: Kind::Bool,
+            required: false,
+            doc: "",
+        },
     ];
 
     fn code_and_field(r: Result<Parsed>) -> (String, Option<String>) {
@@ -357,12 +475,24 @@ mod tests {
 
     #[test]
     fn decimals_keep_their_exact_digits_from_json_numbers() {
-        let v: Value = serde_json::from_str(r#"{"id":"a","qty":0.1000000000000000055511151231}"#).expect("json");
+        let v: Value = serde_json::from_str(r#"{"id":"a","qty":0.1000000000000000055511151231}"#)
+            .expect("json");
         let mut p = parse_object(&v, SPEC, "").expect("valid");
-        assert_eq!(p.decimal("qty").expect("qty").to_string(), "0.1000000000000000055511151231");
+        assert_eq!(
+            p.decimal("qty").expect("qty").to_string(),
+            "0.1000000000000000055511151231"
+        );
         // More digits than can be held exactly are refused, never rounded.
-        let v: Value = serde_json::from_str(r#"{"id":"a","qty":0.1000000000000000055511151231257827}"#).expect("json");
-        assert!(matches!(parse_object(&v, SPEC, ""), Err(Error::Invalid { code: "invalid_value", .. })));
+        let v: Value =
+            serde_json::from_str(r#"{"id":"a","qty":0.1000000000000000055511151231257827}"#)
+                .expect("json");
+        assert!(matches!(
+            parse_object(&v, SPEC, ""),
+            Err(Error::Invalid {
+                code: "invalid_value",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -370,14 +500,38 @@ mod tests {
         let cases = [
             (json!({"qty": "1"}), "missing_field", Some("id")),
             (json!({"id": "a", "qty": "0"}), "invalid_value", Some("qty")),
-            (json!({"id": "a", "qty": "-1"}), "invalid_value", Some("qty")),
-            (json!({"id": "a", "qty": "NaN"}), "invalid_value", Some("qty")),
+            (
+                json!({"id": "a", "qty": "-1"}),
+                "invalid_value",
+                Some("qty"),
+            ),
+            (
+                json!({"id": "a", "qty": "NaN"}),
+                "invalid_value",
+                Some("qty"),
+            ),
             (json!({"id": "a", "qty": true}), "invalid_type", Some("qty")),
-            (json!({"id": "a", "qty": 1, "x": 1}), "unknown_field", Some("x")),
-            (json!({"id": "a", "qty": 1, "note": "toolong"}), "too_long", Some("note")),
+            (
+                json!({"id": "a", "qty": 1, "x": 1}),
+                "unknown_field",
+                Some("x"),
+            ),
+            (
+                json!({"id": "a", "qty": 1, "note": "toolong"}),
+                "too_long",
+                Some("note"),
+            ),
             (json!({"id": "", "qty": 1}), "invalid_value", Some("id")),
-            (json!({"id": "a\u{0}b", "qty": 1}), "invalid_value", Some("id")),
-            (json!({"id": "a", "qty": 1, "ok": "yes"}), "invalid_type", Some("ok")),
+            (
+                json!({"id": "a\u{0}b", "qty": 1}),
+                "invalid_value",
+                Some("id"),
+            ),
+            (
+                json!({"id": "a", "qty": 1, "ok": "yes"}),
+                "invalid_type",
+                Some("ok"),
+            ),
             (json!({"id": null, "qty": 1}), "missing_field", Some("id")),
             (json!([1]), "invalid_type", None),
         ];
@@ -391,16 +545,48 @@ mod tests {
 
     #[test]
     fn malformed_json_is_refused() {
-        for body in [&b""[..], b"  ", b"{", b"{\"a\":}", b"NaN", b"{\"qty\": NaN}", b"{\"qty\": Infinity}"] {
-            assert!(matches!(parse_json(body), Err(Error::Invalid { code: "malformed_json", .. })), "{body:?}");
+        for body in [
+            &b""[..],
+            b"  ",
+            b"{",
+            b"{\"a\":}",
+            b"NaN",
+            b"{\"qty\": NaN}",
+            b"{\"qty\": Infinity}",
+        ] {
+            assert!(
+                matches!(
+                    parse_json(body),
+                    Err(Error::Invalid {
+                        code: "malformed_json",
+                        ..
+                    })
+                ),
+                "{body:?}"
+            );
         }
     }
 
     #[test]
     fn query_strings_refuse_unknown_and_repeated_parameters() {
-        let q = |pairs: &[(&str, &str)]| pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
-        let spec = &[Field { name: "limit", kind: Kind::Count, required: false, doc: "" }];
-        assert_eq!(parse_query(&q(&[("limit", "5")]), spec).expect("ok").count("limit"), Some(5));
+        let q = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let spec = &[Field {
+            name: "limit",
+            kind: Kind::Count,
+            required: false,
+            doc: "",
+        }];
+        assert_eq!(
+            parse_query(&q(&[("limit", "5")]), spec)
+                .expect("ok")
+                .count("limit"),
+            Some(5)
+        );
         assert!(parse_query(&q(&[("limit", "-1")]), spec).is_err());
         assert!(parse_query(&q(&[("limt", "5")]), spec).is_err());
         assert!(parse_query(&q(&[("limit", "5"), ("limit", "6")]), spec).is_err());

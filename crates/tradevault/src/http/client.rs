@@ -20,7 +20,8 @@ pub struct Response {
 impl Response {
     /// The body parsed as JSON.
     pub fn json(&self) -> io::Result<serde_json::Value> {
-        serde_json::from_slice(&self.body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        serde_json::from_slice(&self.body)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     /// The body as text.
@@ -30,7 +31,10 @@ impl Response {
 
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -45,7 +49,11 @@ pub struct Client {
 impl Client {
     /// A client for `addr`; each request times out after `timeout`.
     pub fn new(addr: SocketAddr, timeout: Duration) -> Client {
-        Client { addr, timeout, conn: None }
+        Client {
+            addr,
+            timeout,
+            conn: None,
+        }
     }
 
     /// `GET path`.
@@ -59,7 +67,12 @@ impl Client {
     }
 
     /// Sends one request and reads its answer. An error leaves the client disconnected.
-    pub fn request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> io::Result<Response> {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> io::Result<Response> {
         let result = self.try_request(method, path, body);
         if result.is_err() {
             self.conn = None;
@@ -67,7 +80,12 @@ impl Client {
         result
     }
 
-    fn try_request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> io::Result<Response> {
+    fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> io::Result<Response> {
         if self.conn.is_none() {
             let stream = TcpStream::connect_timeout(&self.addr, self.timeout)?;
             stream.set_nodelay(true)?;
@@ -75,17 +93,26 @@ impl Client {
             stream.set_write_timeout(Some(self.timeout))?;
             self.conn = Some(BufReader::new(stream));
         }
-        let conn = self.conn.as_mut().ok_or_else(|| io::Error::other("not connected"))?;
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| io::Error::other("not connected"))?;
         let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.addr);
         if let Some(b) = body {
-            head.push_str(&format!("content-type: application/json\r\ncontent-length: {}\r\n", b.len()));
+            head.push_str(&format!(
+                "content-type: application/json\r\ncontent-length: {}\r\n",
+                b.len()
+            ));
         }
         head.push_str("\r\n");
         let mut out = head.into_bytes();
         out.extend_from_slice(body.unwrap_or_default());
         conn.get_mut().write_all(&out)?;
         let response = read_response(conn)?;
-        if response.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+        if response
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
             self.conn = None;
         }
         Ok(response)
@@ -96,9 +123,16 @@ fn read_response(r: &mut BufReader<TcpStream>) -> io::Result<Response> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "server closed the connection",
+        ));
     }
-    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status line"))?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
     let mut headers = Vec::new();
     loop {
         line.clear();
@@ -113,7 +147,12 @@ fn read_response(r: &mut BufReader<TcpStream>) -> io::Result<Response> {
             headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
         }
     }
-    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
     let mut body = Vec::new();
     if let Some(len) = header("content-length") {
         let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
@@ -123,7 +162,8 @@ fn read_response(r: &mut BufReader<TcpStream>) -> io::Result<Response> {
         loop {
             line.clear();
             r.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).map_err(|_| bad("bad chunk size"))?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| bad("bad chunk size"))?;
             let start = body.len();
             body.resize(start + size, 0);
             r.read_exact(&mut body[start..])?;
@@ -134,5 +174,9 @@ fn read_response(r: &mut BufReader<TcpStream>) -> io::Result<Response> {
             }
         }
     }
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }

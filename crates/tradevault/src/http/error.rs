@@ -22,28 +22,62 @@ pub struct ApiError {
 impl ApiError {
     /// An error with no field.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), field: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         match e {
-            Error::Invalid { code, field, message } => ApiError { status: StatusCode::BAD_REQUEST, code, message, field },
-            Error::UnknownReference { field, message } => {
-                ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, code: "unknown_reference", message, field: Some(field) }
-            }
-            Error::Conflict { field, message } => ApiError { status: StatusCode::CONFLICT, code: "conflict", message, field: Some(field) },
-            Error::NotFound { what } => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found")),
-            e @ (Error::Poisoned { .. } | Error::WriterStopped) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
-            }
-            e @ Error::Sqlite { .. } if is_constraint(&e) => {
-                ApiError::new(StatusCode::CONFLICT, "constraint", format!("refused by the store's constraints: {e}"))
-            }
+            Error::Invalid {
+                code,
+                field,
+                message,
+            } => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code,
+                message,
+                field,
+            },
+            Error::UnknownReference { field, message } => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "unknown_reference",
+                message,
+                field: Some(field),
+            },
+            Error::Conflict { field, message } => ApiError {
+                status: StatusCode::CONFLICT,
+                code: "conflict",
+                message,
+                field: Some(field),
+            },
+            Error::NotFound { what } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
+            e @ (Error::Poisoned { .. } | Error::WriterStopped) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            ),
+            e @ Error::Sqlite { .. } if is_constraint(&e) => ApiError::new(
+                StatusCode::CONFLICT,
+                "constraint",
+                format!("refused by the store's constraints: {e}"),
+            ),
             other => {
                 tracing::error!(error = %chain(&other), "request failed inside the store");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the store failed; see the server log")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the store failed; see the server log",
+                )
             }
         }
     }
@@ -66,7 +100,8 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message, "field": self.field } });
+        let body =
+            json!({ "error": { "code": self.code, "message": self.message, "field": self.field } });
         (self.status, axum::Json(body)).into_response()
     }
 }

@@ -21,7 +21,11 @@ type P = Result<Path<String>, PathRejection>;
 fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body exceeds server.body_bytes_max")
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body exceeds server.body_bytes_max",
+            )
         } else {
             ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", r.body_text())
         }
@@ -30,18 +34,24 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
 }
 
 fn query_of(q: Q, spec: &[Field]) -> Result<Parsed, ApiError> {
-    let Query(pairs) = q.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text()))?;
+    let Query(pairs) =
+        q.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text()))?;
     Ok(api::spec::parse_query(&pairs, spec)?)
 }
 
 fn path_of(p: P) -> Result<String, ApiError> {
-    p.map(|Path(s)| s).map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", r.body_text()))
+    p.map(|Path(s)| s)
+        .map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", r.body_text()))
 }
 
 /// 201 when anything was created, 200 when every item was an identical re-send; the body has the
 /// shape of the request: one object, or an array.
 fn written<T: Serialize>(rows: Vec<(T, bool)>, batch: bool) -> Answer {
-    let status = if rows.iter().any(|(_, created)| *created) { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if rows.iter().any(|(_, created)| *created) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let items: Vec<T> = rows.into_iter().map(|(t, _)| t).collect();
     Ok(if batch {
         (status, Json(items)).into_response()
@@ -71,7 +81,11 @@ pub(super) async fn live() -> Json<Value> {
 pub(super) async fn ready(State(s): State<AppState>) -> Response {
     match s.store.poisoned() {
         None => Json(json!({ "status": "ready" })).into_response(),
-        Some(cause) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not_ready", "reason": cause }))).into_response(),
+        Some(cause) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": cause })),
+        )
+            .into_response(),
     }
 }
 
@@ -87,45 +101,89 @@ pub(super) async fn openapi() -> Json<Value> {
     Json(super::openapi::document())
 }
 
-pub(super) async fn create_trades(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Answer {
+pub(super) async fn create_trades(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
     let body = json_body(body)?;
     let (items, batch) = api::body_items(&body, s.batch_items_max)?;
-    let trades = api::parse_items(&items, batch, api::TRADE_FIELDS, Some("trade_id"), api::new_trade)?;
+    let trades = api::parse_items(
+        &items,
+        batch,
+        api::TRADE_FIELDS,
+        Some("trade_id"),
+        api::new_trade,
+    )?;
     written(s.store.insert_trades(trades, batch).await?, batch)
 }
 
 pub(super) async fn list_trades(State(s): State<AppState>, q: Q) -> Answer {
     let mut p = query_of(q, api::TRADE_QUERY)?;
     let (filter, page) = (api::filter(&mut p), page_of(&mut p, &s)?);
-    Ok(Json(s.store.read(move |c| query::trades(c, &filter, page)).await?).into_response())
+    Ok(Json(
+        s.store
+            .read(move |c| query::trades(c, &filter, page))
+            .await?,
+    )
+    .into_response())
 }
 
 pub(super) async fn get_trade(State(s): State<AppState>, id: P, q: Q) -> Answer {
-    let (id, mode) = (path_of(id)?, api::test_mode(&mut query_of(q, api::MODE_QUERY)?));
+    let (id, mode) = (
+        path_of(id)?,
+        api::test_mode(&mut query_of(q, api::MODE_QUERY)?),
+    );
     let key = id.clone();
-    found(s.store.read(move |c| query::trade(c, &key, mode)).await?, || format!("trade {id:?}"))
+    found(
+        s.store.read(move |c| query::trade(c, &key, mode)).await?,
+        || format!("trade {id:?}"),
+    )
 }
 
-pub(super) async fn create_orders(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Answer {
+pub(super) async fn create_orders(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
     let body = json_body(body)?;
     let (items, batch) = api::body_items(&body, s.batch_items_max)?;
-    let orders = api::parse_items(&items, batch, api::ORDER_FIELDS, Some("client_order_id"), api::new_order)?;
+    let orders = api::parse_items(
+        &items,
+        batch,
+        api::ORDER_FIELDS,
+        Some("client_order_id"),
+        api::new_order,
+    )?;
     written(s.store.insert_orders(orders, batch).await?, batch)
 }
 
 pub(super) async fn list_orders(State(s): State<AppState>, q: Q) -> Answer {
     let mut p = query_of(q, api::ORDER_QUERY)?;
     let (filter, page) = (api::filter(&mut p), page_of(&mut p, &s)?);
-    Ok(Json(s.store.read(move |c| query::orders(c, &filter, page)).await?).into_response())
+    Ok(Json(
+        s.store
+            .read(move |c| query::orders(c, &filter, page))
+            .await?,
+    )
+    .into_response())
 }
 
 pub(super) async fn get_order(State(s): State<AppState>, id: P, q: Q) -> Answer {
-    let (id, mode) = (path_of(id)?, api::test_mode(&mut query_of(q, api::MODE_QUERY)?));
+    let (id, mode) = (
+        path_of(id)?,
+        api::test_mode(&mut query_of(q, api::MODE_QUERY)?),
+    );
     let key = id.clone();
-    found(s.store.read(move |c| query::order(c, &key, mode)).await?, || format!("order {id:?}"))
+    found(
+        s.store.read(move |c| query::order(c, &key, mode)).await?,
+        || format!("order {id:?}"),
+    )
 }
 
-pub(super) async fn patch_order(State(s): State<AppState>, id: P, body: Result<Bytes, BytesRejection>) -> Answer {
+pub(super) async fn patch_order(
+    State(s): State<AppState>,
+    id: P,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
     let id = path_of(id)?;
     let body = json_body(body)?;
     let mut p = api::spec::parse_object(&body, api::ORDER_PATCH_FIELDS, "")?;
@@ -137,14 +195,23 @@ pub(super) async fn patch_order(State(s): State<AppState>, id: P, body: Result<B
 pub(super) async fn list_positions(State(s): State<AppState>, q: Q) -> Answer {
     let mut p = query_of(q, api::POSITION_QUERY)?;
     let (mode, symbol) = (api::test_mode(&mut p), p.text("symbol"));
-    let items = s.store.read(move |c| query::positions(c, mode, symbol.as_deref())).await?;
+    let items = s
+        .store
+        .read(move |c| query::positions(c, mode, symbol.as_deref()))
+        .await?;
     Ok(Json(json!({ "items": items })).into_response())
 }
 
 pub(super) async fn get_position(State(s): State<AppState>, symbol: P, q: Q) -> Answer {
-    let (symbol, mode) = (path_of(symbol)?, api::test_mode(&mut query_of(q, api::MODE_QUERY)?));
+    let (symbol, mode) = (
+        path_of(symbol)?,
+        api::test_mode(&mut query_of(q, api::MODE_QUERY)?),
+    );
     let key = symbol.clone();
-    let rows = s.store.read(move |c| query::positions(c, mode, Some(&key))).await?;
+    let rows = s
+        .store
+        .read(move |c| query::positions(c, mode, Some(&key)))
+        .await?;
     found(rows.into_iter().next(), || format!("position {symbol:?}"))
 }
 
@@ -152,26 +219,51 @@ pub(super) async fn position_history(State(s): State<AppState>, symbol: P, q: Q)
     let symbol = path_of(symbol)?;
     let mut p = query_of(q, api::CHILD_QUERY)?;
     let (mode, page) = (api::test_mode(&mut p), page_of(&mut p, &s)?);
-    Ok(Json(s.store.read(move |c| query::position_history(c, &symbol, mode, page)).await?).into_response())
+    Ok(Json(
+        s.store
+            .read(move |c| query::position_history(c, &symbol, mode, page))
+            .await?,
+    )
+    .into_response())
 }
 
-pub(super) async fn create_signals(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Answer {
+pub(super) async fn create_signals(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
     let body = json_body(body)?;
     let (items, batch) = api::body_items(&body, s.batch_items_max)?;
-    let signals = api::parse_items(&items, batch, api::SIGNAL_FIELDS, Some("signal_id"), api::new_signal)?;
+    let signals = api::parse_items(
+        &items,
+        batch,
+        api::SIGNAL_FIELDS,
+        Some("signal_id"),
+        api::new_signal,
+    )?;
     written(s.store.insert_signals(signals, batch).await?, batch)
 }
 
 pub(super) async fn list_signals(State(s): State<AppState>, q: Q) -> Answer {
     let mut p = query_of(q, api::SIGNAL_QUERY)?;
     let (filter, page) = (api::filter(&mut p), page_of(&mut p, &s)?);
-    Ok(Json(s.store.read(move |c| query::signals(c, &filter, page)).await?).into_response())
+    Ok(Json(
+        s.store
+            .read(move |c| query::signals(c, &filter, page))
+            .await?,
+    )
+    .into_response())
 }
 
 pub(super) async fn get_signal(State(s): State<AppState>, id: P, q: Q) -> Answer {
-    let (id, mode) = (path_of(id)?, api::test_mode(&mut query_of(q, api::MODE_QUERY)?));
+    let (id, mode) = (
+        path_of(id)?,
+        api::test_mode(&mut query_of(q, api::MODE_QUERY)?),
+    );
     let key = id.clone();
-    found(s.store.read(move |c| query::signal(c, &key, mode)).await?, || format!("signal {id:?}"))
+    found(
+        s.store.read(move |c| query::signal(c, &key, mode)).await?,
+        || format!("signal {id:?}"),
+    )
 }
 
 pub(super) async fn signal_trades(State(s): State<AppState>, id: P, q: Q) -> Answer {
@@ -185,14 +277,21 @@ pub(super) async fn signal_trades(State(s): State<AppState>, id: P, q: Q) -> Ans
             if query::signal(c, &key, mode)?.is_none() {
                 return Ok(None);
             }
-            let filter = query::Filter { signal_id: Some(key), test_mode: mode, ..Default::default() };
+            let filter = query::Filter {
+                signal_id: Some(key),
+                test_mode: mode,
+                ..Default::default()
+            };
             query::trades(c, &filter, page).map(Some)
         })
         .await?;
     found(result, || format!("signal {id:?}"))
 }
 
-pub(super) async fn create_logs(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Answer {
+pub(super) async fn create_logs(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
     let body = json_body(body)?;
     let (items, batch) = api::body_items(&body, s.batch_items_max)?;
     let logs = api::parse_items(&items, batch, api::LOG_FIELDS, None, api::new_log)?;
@@ -213,37 +312,67 @@ pub(super) async fn list_status(State(s): State<AppState>, q: Q) -> Answer {
 }
 
 pub(super) async fn get_status(State(s): State<AppState>, key: P, q: Q) -> Answer {
-    let (key, mode) = (path_of(key)?, api::test_mode(&mut query_of(q, api::MODE_QUERY)?));
+    let (key, mode) = (
+        path_of(key)?,
+        api::test_mode(&mut query_of(q, api::MODE_QUERY)?),
+    );
     let k = key.clone();
-    found(s.store.read(move |c| query::status(c, &k, mode)).await?, || format!("status {key:?}"))
+    found(
+        s.store.read(move |c| query::status(c, &k, mode)).await?,
+        || format!("status {key:?}"),
+    )
 }
 
-pub(super) async fn put_status(State(s): State<AppState>, key: P, body: Result<Bytes, BytesRejection>) -> Answer {
+pub(super) async fn put_status(
+    State(s): State<AppState>,
+    key: P,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
     let key = path_of(key)?;
     api::spec::check_id("key", &key)?;
     let body = json_body(body)?;
     let mut p = api::spec::parse_object(&body, api::STATUS_FIELDS, "")?;
     let value = p.json("value").unwrap_or(Value::Null);
     let (test_mode, bot_version) = (p.bool("test_mode").unwrap_or(false), p.text("bot_version"));
-    Ok(Json(s.store.put_status(key, value, test_mode, bot_version).await?).into_response())
+    Ok(Json(
+        s.store
+            .put_status(key, value, test_mode, bot_version)
+            .await?,
+    )
+    .into_response())
 }
 
 pub(super) async fn stats(State(s): State<AppState>, q: Q) -> Answer {
-    let check = query_of(q, api::STATS_QUERY)?.bool("check").unwrap_or(false);
+    let check = query_of(q, api::STATS_QUERY)?
+        .bool("check")
+        .unwrap_or(false);
     let stats = s.store.stats(check).await?;
     crate::metrics::file_sizes(stats.database_file_size_bytes, stats.wal_file_size_bytes);
     Ok(Json(stats).into_response())
 }
 
 pub(super) async fn no_route(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {}; see /openapi.json", uri.path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {method} {}; see /openapi.json", uri.path()),
+    )
 }
 
 pub(super) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed on {}", uri.path()))
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 pub(super) fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server failed; see its log").into_response()
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the server failed; see its log",
+    )
+    .into_response()
 }

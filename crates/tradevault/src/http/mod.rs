@@ -72,32 +72,232 @@ pub struct Route {
 pub fn routes() -> Vec<Route> {
     use crate::api::*;
     use handlers as h;
-    let r = |method, path, summary, body, query, ok, add| Route { method, path, summary, body, query, ok, add };
+    let r = |method, path, summary, body, query, ok, add| Route {
+        method,
+        path,
+        summary,
+        body,
+        query,
+        ok,
+        add,
+    };
     vec![
-        r("GET", "/health/live", "The process is up.", None, &[], 200, |m| m.get(h::live)),
-        r("GET", "/health/ready", "The store is open and accepts writes (503 otherwise).", None, &[], 200, |m| m.get(h::ready)),
-        r("GET", "/metrics", "Prometheus metrics.", None, &[], 200, |m| m.get(h::metrics)),
-        r("GET", "/openapi.json", "This document.", None, &[], 200, |m| m.get(h::openapi)),
-        r("POST", "/v1/trades", "Store trades (fills) and update positions; idempotent on trade_id.", Some(BodySpec::OneOrBatch(TRADE_FIELDS)), &[], 201, |m| m.post(h::create_trades)),
-        r("GET", "/v1/trades", "List trades.", None, TRADE_QUERY, 200, |m| m.get(h::list_trades)),
-        r("GET", "/v1/trades/{trade_id}", "One trade.", None, MODE_QUERY, 200, |m| m.get(h::get_trade)),
-        r("POST", "/v1/orders", "Store orders; idempotent on client_order_id.", Some(BodySpec::OneOrBatch(ORDER_FIELDS)), &[], 201, |m| m.post(h::create_orders)),
-        r("GET", "/v1/orders", "List orders.", None, ORDER_QUERY, 200, |m| m.get(h::list_orders)),
-        r("GET", "/v1/orders/{client_order_id}", "One order.", None, MODE_QUERY, 200, |m| m.get(h::get_order)),
-        r("PATCH", "/v1/orders/{client_order_id}", "Change an order's status.", Some(BodySpec::One(ORDER_PATCH_FIELDS)), &[], 200, |m| m.patch(h::patch_order)),
-        r("GET", "/v1/positions", "Positions, one per symbol and mode, maintained from fills.", None, POSITION_QUERY, 200, |m| m.get(h::list_positions)),
-        r("GET", "/v1/positions/{symbol}", "One symbol's position.", None, MODE_QUERY, 200, |m| m.get(h::get_position)),
-        r("GET", "/v1/positions/{symbol}/history", "Every change of one symbol's position, with old and new values.", None, CHILD_QUERY, 200, |m| m.get(h::position_history)),
-        r("POST", "/v1/signals", "Store signals; idempotent on signal_id.", Some(BodySpec::OneOrBatch(SIGNAL_FIELDS)), &[], 201, |m| m.post(h::create_signals)),
-        r("GET", "/v1/signals", "List signals.", None, SIGNAL_QUERY, 200, |m| m.get(h::list_signals)),
-        r("GET", "/v1/signals/{signal_id}", "One signal.", None, MODE_QUERY, 200, |m| m.get(h::get_signal)),
-        r("GET", "/v1/signals/{signal_id}/trades", "The trades attributed to a signal.", None, CHILD_QUERY, 200, |m| m.get(h::signal_trades)),
-        r("POST", "/v1/logs", "Append log entries.", Some(BodySpec::OneOrBatch(LOG_FIELDS)), &[], 201, |m| m.post(h::create_logs)),
-        r("GET", "/v1/logs", "List log entries.", None, LOG_QUERY, 200, |m| m.get(h::list_logs)),
-        r("GET", "/v1/status", "Every bot status value.", None, MODE_QUERY, 200, |m| m.get(h::list_status)),
-        r("GET", "/v1/status/{key}", "One bot status value.", None, MODE_QUERY, 200, |m| m.get(h::get_status)),
-        r("PUT", "/v1/status/{key}", "Set one bot status value.", Some(BodySpec::One(STATUS_FIELDS)), &[], 200, |m| m.put(h::put_status)),
-        r("GET", "/v1/stats", "Row counts, file sizes, pages, integrity and schema version.", None, STATS_QUERY, 200, |m| m.get(h::stats)),
+        r(
+            "GET",
+            "/health/live",
+            "The process is up.",
+            None,
+            &[],
+            200,
+            |m| m.get(h::live),
+        ),
+        r(
+            "GET",
+            "/health/ready",
+            "The store is open and accepts writes (503 otherwise).",
+            None,
+            &[],
+            200,
+            |m| m.get(h::ready),
+        ),
+        r(
+            "GET",
+            "/metrics",
+            "Prometheus metrics.",
+            None,
+            &[],
+            200,
+            |m| m.get(h::metrics),
+        ),
+        r(
+            "GET",
+            "/openapi.json",
+            "This document.",
+            None,
+            &[],
+            200,
+            |m| m.get(h::openapi),
+        ),
+        r(
+            "POST",
+            "/v1/trades",
+            "Store trades (fills) and update positions; idempotent on trade_id.",
+            Some(BodySpec::OneOrBatch(TRADE_FIELDS)),
+            &[],
+            201,
+            |m| m.post(h::create_trades),
+        ),
+        r(
+            "GET",
+            "/v1/trades",
+            "List trades.",
+            None,
+            TRADE_QUERY,
+            200,
+            |m| m.get(h::list_trades),
+        ),
+        r(
+            "GET",
+            "/v1/trades/{trade_id}",
+            "One trade.",
+            None,
+            MODE_QUERY,
+            200,
+            |m| m.get(h::get_trade),
+        ),
+        r(
+            "POST",
+            "/v1/orders",
+            "Store orders; idempotent on client_order_id.",
+            Some(BodySpec::OneOrBatch(ORDER_FIELDS)),
+            &[],
+            201,
+            |m| m.post(h::create_orders),
+        ),
+        r(
+            "GET",
+            "/v1/orders",
+            "List orders.",
+            None,
+            ORDER_QUERY,
+            200,
+            |m| m.get(h::list_orders),
+        ),
+        r(
+            "GET",
+            "/v1/orders/{client_order_id}",
+            "One order.",
+            None,
+            MODE_QUERY,
+            200,
+            |m| m.get(h::get_order),
+        ),
+        r(
+            "PATCH",
+            "/v1/orders/{client_order_id}",
+            "Change an order's status.",
+            Some(BodySpec::One(ORDER_PATCH_FIELDS)),
+            &[],
+            200,
+            |m| m.patch(h::patch_order),
+        ),
+        r(
+            "GET",
+            "/v1/positions",
+            "Positions, one per symbol and mode, maintained from fills.",
+            None,
+            POSITION_QUERY,
+            200,
+            |m| m.get(h::list_positions),
+        ),
+        r(
+            "GET",
+            "/v1/positions/{symbol}",
+            "One symbol's position.",
+            None,
+            MODE_QUERY,
+            200,
+            |m| m.get(h::get_position),
+        ),
+        r(
+            "GET",
+            "/v1/positions/{symbol}/history",
+            "Every change of one symbol's position, with old and new values.",
+            None,
+            CHILD_QUERY,
+            200,
+            |m| m.get(h::position_history),
+        ),
+        r(
+            "POST",
+            "/v1/signals",
+            "Store signals; idempotent on signal_id.",
+            Some(BodySpec::OneOrBatch(SIGNAL_FIELDS)),
+            &[],
+            201,
+            |m| m.post(h::create_signals),
+        ),
+        r(
+            "GET",
+            "/v1/signals",
+            "List signals.",
+            None,
+            SIGNAL_QUERY,
+            200,
+            |m| m.get(h::list_signals),
+        ),
+        r(
+            "GET",
+            "/v1/signals/{signal_id}",
+            "One signal.",
+            None,
+            MODE_QUERY,
+            200,
+            |m| m.get(h::get_signal),
+        ),
+        r(
+            "GET",
+            "/v1/signals/{signal_id}/trades",
+            "The trades attributed to a signal.",
+            None,
+            CHILD_QUERY,
+            200,
+            |m| m.get(h::signal_trades),
+        ),
+        r(
+            "POST",
+            "/v1/logs",
+            "Append log entries.",
+            Some(BodySpec::OneOrBatch(LOG_FIELDS)),
+            &[],
+            201,
+            |m| m.post(h::create_logs),
+        ),
+        r(
+            "GET",
+            "/v1/logs",
+            "List log entries.",
+            None,
+            LOG_QUERY,
+            200,
+            |m| m.get(h::list_logs),
+        ),
+        r(
+            "GET",
+            "/v1/status",
+            "Every bot status value.",
+            None,
+            MODE_QUERY,
+            200,
+            |m| m.get(h::list_status),
+        ),
+        r(
+            "GET",
+            "/v1/status/{key}",
+            "One bot status value.",
+            None,
+            MODE_QUERY,
+            200,
+            |m| m.get(h::get_status),
+        ),
+        r(
+            "PUT",
+            "/v1/status/{key}",
+            "Set one bot status value.",
+            Some(BodySpec::One(STATUS_FIELDS)),
+            &[],
+            200,
+            |m| m.put(h::put_status),
+        ),
+        r(
+            "GET",
+            "/v1/stats",
+            "Row counts, file sizes, pages, integrity and schema version.",
+            None,
+            STATS_QUERY,
+            200,
+            |m| m.get(h::stats),
+        ),
     ]
 }
 
@@ -117,16 +317,23 @@ pub fn router(state: AppState, body_bytes_max: u64, request_timeout: Duration) -
     router
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
-        .layer(DefaultBodyLimit::max(usize::try_from(body_bytes_max).unwrap_or(usize::MAX)))
+        .layer(DefaultBodyLimit::max(
+            usize::try_from(body_bytes_max).unwrap_or(usize::MAX),
+        ))
         .layer(middleware::from_fn_with_state(request_timeout, observe))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(handlers::panicked))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            handlers::panicked,
+        ))
         .with_state(state)
 }
 
 /// Times out slow requests with a JSON 503 and records per-route metrics.
 async fn observe(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().as_str().to_owned();
     let response = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(r) => r,
@@ -137,7 +344,12 @@ async fn observe(State(timeout): State<Duration>, req: Request, next: Next) -> R
         )
         .into_response(),
     };
-    crate::metrics::http_request(&route, &method, response.status().as_u16(), started.elapsed());
+    crate::metrics::http_request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -148,7 +360,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let addr: SocketAddr = listener.local_addr().map_err(|e| Error::io("read listen address", "socket", e))?;
+    let addr: SocketAddr = listener
+        .local_addr()
+        .map_err(|e| Error::io("read listen address", "socket", e))?;
     let store = Arc::new(store);
     let state = AppState {
         store: store.clone(),
@@ -157,7 +371,11 @@ pub async fn serve(
         page_limit_max: config.api.page_limit_max,
         metrics: crate::metrics::install(),
     };
-    let app = router(state, config.server.body_bytes_max, Duration::from_secs(config.server.request_timeout_seconds));
+    let app = router(
+        state,
+        config.server.body_bytes_max,
+        Duration::from_secs(config.server.request_timeout_seconds),
+    );
     tracing::info!(addr = %addr, "listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -166,7 +384,9 @@ pub async fn serve(
     tracing::info!("http server stopped; closing the store");
     match Arc::try_unwrap(store) {
         Ok(store) => store.close(),
-        Err(_) => tracing::warn!("store still in use at shutdown; its writer stops when the last request ends"),
+        Err(_) => tracing::warn!(
+            "store still in use at shutdown; its writer stops when the last request ends"
+        ),
     }
     Ok(())
 }

@@ -10,7 +10,9 @@ use crate::api::{Field, Kind, Range};
 pub fn document() -> Value {
     let mut paths = Map::new();
     for route in routes() {
-        let entry = paths.entry(route.path.to_owned()).or_insert_with(|| json!({}));
+        let entry = paths
+            .entry(route.path.to_owned())
+            .or_insert_with(|| json!({}));
         let mut parameters: Vec<Value> = path_params(route.path)
             .into_iter()
             .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
@@ -53,7 +55,9 @@ pub fn document() -> Value {
 }
 
 fn path_params(path: &str) -> Vec<&str> {
-    path.split('/').filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect()
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .collect()
 }
 
 fn operation_id(method: &str, path: &str) -> String {
@@ -102,14 +106,20 @@ pub fn object_schema(fields: &[Field]) -> Value {
         s["description"] = Value::String(f.doc.to_owned());
         props.insert(f.name.to_owned(), s);
     }
-    let required: Vec<&str> = fields.iter().filter(|f| f.required).map(|f| f.name).collect();
+    let required: Vec<&str> = fields
+        .iter()
+        .filter(|f| f.required)
+        .map(|f| f.name)
+        .collect();
     json!({ "type": "object", "additionalProperties": false, "required": required, "properties": props })
 }
 
 fn field_schema(kind: Kind) -> Value {
     match kind {
         Kind::Id => json!({ "type": "string", "minLength": 1, "maxLength": 128 }),
-        Kind::Text { max } | Kind::LongText { max } => json!({ "type": "string", "minLength": 1, "maxLength": max }),
+        Kind::Text { max } | Kind::LongText { max } => {
+            json!({ "type": "string", "minLength": 1, "maxLength": max })
+        }
         Kind::Decimal(range) => {
             let range_doc = match range {
                 Range::Positive => "greater than 0",

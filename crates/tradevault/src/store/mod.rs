@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
 
-pub use self::stats::{Check, CheckReport, Stats, recompute_positions};
 use self::model::*;
+pub use self::stats::{Check, CheckReport, Stats, recompute_positions};
 use self::writer::{CheckpointOwner, CommitListener, Writer, WriterOptions};
 pub use self::writer::{Commit, Tx};
 use crate::clock::Clock;
@@ -43,7 +43,10 @@ pub struct Hooks {
 
 impl Default for Hooks {
     fn default() -> Self {
-        Hooks { listeners: Vec::new(), checkpoint: CheckpointOwner::Writer }
+        Hooks {
+            listeners: Vec::new(),
+            checkpoint: CheckpointOwner::Writer,
+        }
     }
 }
 
@@ -60,7 +63,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,8 +82,11 @@ impl Store {
         let path = dir.join(DATABASE_FILE);
         let lock = lock_data_dir(dir)?;
         refuse_foreign_file(&path)?;
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)
-            .map_err(|e| Error::sqlite("open database", e))?;
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )
+        .map_err(|e| Error::sqlite("open database", e))?;
         configure(&conn, config, &path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .and_then(|_| conn.pragma_query_value(None, "journal_mode", |r| r.get::<_, String>(0)))
@@ -87,7 +95,10 @@ impl Store {
                 if mode.eq_ignore_ascii_case("wal") {
                     Ok(())
                 } else {
-                    Err(Error::Corrupt { path: path.clone(), detail: format!("journal_mode stays {mode}, not wal") })
+                    Err(Error::Corrupt {
+                        path: path.clone(),
+                        detail: format!("journal_mode stays {mode}, not wal"),
+                    })
                 }
             })?;
         let integrity = quick_check(&conn, &path)?;
@@ -96,22 +107,30 @@ impl Store {
             ("synchronous", "FULL".to_owned()),
             ("foreign_keys", "ON".to_owned()),
             ("wal_autocheckpoint", "0".to_owned()),
-            ("journal_size_limit", config.checkpoint_wal_bytes.to_string()),
+            (
+                "journal_size_limit",
+                config.checkpoint_wal_bytes.to_string(),
+            ),
         ];
         for (name, value) in pragmas {
-            conn.pragma_update(None, name, &value).map_err(|e| Error::sqlite("set write pragmas", e))?;
+            conn.pragma_update(None, name, &value)
+                .map_err(|e| Error::sqlite("set write pragmas", e))?;
         }
         let readers = (0..config.read_connections)
             .map(|_| open_reader(&path, config))
             .collect::<Result<Vec<_>>>()?;
-        let writer = Writer::start(conn, clock.clone(), WriterOptions {
-            group_commit_max: usize::try_from(config.group_commit_max).unwrap_or(usize::MAX),
-            queue_max: usize::try_from(config.write_queue_max).unwrap_or(usize::MAX),
-            checkpoint: hooks.checkpoint,
-            checkpoint_wal_bytes: config.checkpoint_wal_bytes,
-            wal_path: wal_path(&path),
-            listeners: hooks.listeners,
-        })?;
+        let writer = Writer::start(
+            conn,
+            clock.clone(),
+            WriterOptions {
+                group_commit_max: usize::try_from(config.group_commit_max).unwrap_or(usize::MAX),
+                queue_max: usize::try_from(config.write_queue_max).unwrap_or(usize::MAX),
+                checkpoint: hooks.checkpoint,
+                checkpoint_wal_bytes: config.checkpoint_wal_bytes,
+                wal_path: wal_path(&path),
+                listeners: hooks.listeners,
+            },
+        )?;
         let now = clock.now();
         tracing::info!(path = %path.display(), schema_version = schema::SCHEMA_VERSION, "store opened");
         Ok(Store {
@@ -137,7 +156,9 @@ impl Store {
 
     /// Stops accepting work, lets the writer finish its queue and closes the database.
     pub fn close(self) {
-        let Store { writer, readers, .. } = self;
+        let Store {
+            writer, readers, ..
+        } = self;
         drop(readers);
         writer.shutdown();
     }
@@ -157,21 +178,37 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let _permit = self.reader_permits.acquire().await.map_err(|_| Error::WriterStopped)?;
-        let conn = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop().ok_or(Error::WriterStopped)?;
+        let _permit = self
+            .reader_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::WriterStopped)?;
+        let conn = self
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .ok_or(Error::WriterStopped)?;
         let (conn, result) = tokio::task::spawn_blocking(move || {
             let r = f(&conn);
             (conn, r)
         })
         .await
         .map_err(|_| Error::WriterStopped)?;
-        self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
         result
     }
 
     /// Stores trades atomically: all of them (each new one applied to its position) or none.
     /// Each result says whether the trade was created or is an identical re-send.
-    pub async fn insert_trades(&self, trades: Vec<NewTrade>, batch: bool) -> Result<Vec<(Trade, bool)>> {
+    pub async fn insert_trades(
+        &self,
+        trades: Vec<NewTrade>,
+        batch: bool,
+    ) -> Result<Vec<(Trade, bool)>> {
         self.write(move |tx| {
             let mut out = Vec::with_capacity(trades.len());
             for (i, t) in trades.iter().enumerate() {
@@ -183,7 +220,11 @@ impl Store {
     }
 
     /// Stores orders atomically.
-    pub async fn insert_orders(&self, orders: Vec<NewOrder>, batch: bool) -> Result<Vec<(Order, bool)>> {
+    pub async fn insert_orders(
+        &self,
+        orders: Vec<NewOrder>,
+        batch: bool,
+    ) -> Result<Vec<(Order, bool)>> {
         self.write(move |tx| {
             let mut out = Vec::with_capacity(orders.len());
             for (i, o) in orders.iter().enumerate() {
@@ -195,12 +236,21 @@ impl Store {
     }
 
     /// Changes an order's status.
-    pub async fn update_order_status(&self, client_order_id: String, status: String) -> Result<(Order, bool)> {
-        self.write(move |tx| write::update_order_status(tx, &client_order_id, &status)).await
+    pub async fn update_order_status(
+        &self,
+        client_order_id: String,
+        status: String,
+    ) -> Result<(Order, bool)> {
+        self.write(move |tx| write::update_order_status(tx, &client_order_id, &status))
+            .await
     }
 
     /// Stores signals atomically.
-    pub async fn insert_signals(&self, signals: Vec<NewSignal>, batch: bool) -> Result<Vec<(Signal, bool)>> {
+    pub async fn insert_signals(
+        &self,
+        signals: Vec<NewSignal>,
+        batch: bool,
+    ) -> Result<Vec<(Signal, bool)>> {
         self.write(move |tx| {
             let mut out = Vec::with_capacity(signals.len());
             for (i, s) in signals.iter().enumerate() {
@@ -213,12 +263,20 @@ impl Store {
 
     /// Appends log entries atomically.
     pub async fn insert_logs(&self, logs: Vec<NewLog>) -> Result<Vec<LogEntry>> {
-        self.write(move |tx| logs.iter().map(|l| write::insert_log(tx, l)).collect()).await
+        self.write(move |tx| logs.iter().map(|l| write::insert_log(tx, l)).collect())
+            .await
     }
 
     /// Sets a status value.
-    pub async fn put_status(&self, key: String, value: serde_json::Value, test_mode: bool, bot_version: Option<String>) -> Result<Status> {
-        self.write(move |tx| write::put_status(tx, &key, &value, test_mode, bot_version.as_deref())).await
+    pub async fn put_status(
+        &self,
+        key: String,
+        value: serde_json::Value,
+        test_mode: bool,
+        bot_version: Option<String>,
+    ) -> Result<Status> {
+        self.write(move |tx| write::put_status(tx, &key, &value, test_mode, bot_version.as_deref()))
+            .await
     }
 
     /// Row counts, file sizes, pages, schema version and the last integrity result. With
@@ -227,11 +285,18 @@ impl Store {
         let path = self.path.clone();
         if check_now {
             let p = path.clone();
-            let result = self.read(move |conn| stats::quick_check_text(conn, &p)).await?;
+            let result = self
+                .read(move |conn| stats::quick_check_text(conn, &p))
+                .await?;
             *self.integrity.lock().unwrap_or_else(|p| p.into_inner()) = (result, self.clock.now());
         }
-        let (integrity, checked_at) = self.integrity.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        self.read(move |conn| stats::collect(conn, &path, integrity, Some(checked_at))).await
+        let (integrity, checked_at) = self
+            .integrity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.read(move |conn| stats::collect(conn, &path, integrity, Some(checked_at)))
+            .await
     }
 }
 
@@ -239,15 +304,25 @@ impl Store {
 /// Refuses a missing or foreign file; never migrates or writes.
 pub fn open_read_only(path: &Path) -> Result<Connection> {
     if !path.exists() {
-        return Err(Error::NotInitialized { path: path.to_owned() });
+        return Err(Error::NotInitialized {
+            path: path.to_owned(),
+        });
     }
     refuse_foreign_file(path)?;
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| Error::sqlite("open database read-only", e))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| Error::sqlite("set busy timeout", e))?;
-    let version = schema::version(&conn).map_err(|_| Error::Corrupt { path: path.to_owned(), detail: "cannot read the header".into() })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| Error::sqlite("set busy timeout", e))?;
+    let version = schema::version(&conn).map_err(|_| Error::Corrupt {
+        path: path.to_owned(),
+        detail: "cannot read the header".into(),
+    })?;
     if version > schema::SCHEMA_VERSION {
-        return Err(Error::SchemaTooNew { path: path.to_owned(), found: version, known: schema::SCHEMA_VERSION });
+        return Err(Error::SchemaTooNew {
+            path: path.to_owned(),
+            found: version,
+            known: schema::SCHEMA_VERSION,
+        });
     }
     Ok(conn)
 }
@@ -281,7 +356,9 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path: lock_path }),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock data directory", &lock_path, e)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::io("lock data directory", &lock_path, e))
+        }
     }
 }
 
@@ -291,11 +368,16 @@ fn refuse_foreign_file(path: &Path) -> Result<()> {
     let mut header = [0u8; 16];
     match File::open(path) {
         Ok(mut f) => {
-            let n = f.read(&mut header).map_err(|e| Error::io("read database header", path, e))?;
+            let n = f
+                .read(&mut header)
+                .map_err(|e| Error::io("read database header", path, e))?;
             if n == 0 || (n == 16 && &header == SQLITE_MAGIC) {
                 Ok(())
             } else {
-                Err(Error::Corrupt { path: path.to_owned(), detail: "the file is not a SQLite database (bad header)".into() })
+                Err(Error::Corrupt {
+                    path: path.to_owned(),
+                    detail: "the file is not a SQLite database (bad header)".into(),
+                })
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -307,13 +389,17 @@ fn configure(conn: &Connection, config: &StoreConfig, path: &Path) -> Result<()>
     conn.busy_timeout(std::time::Duration::from_millis(config.busy_timeout_ms))
         .map_err(|e| Error::sqlite("set busy timeout", e))?;
     let cache = -i64::try_from(config.cache_kib).unwrap_or(i64::MAX);
-    conn.pragma_update(None, "cache_size", cache).map_err(|e| corrupt_or(path, e, "set cache size"))?;
+    conn.pragma_update(None, "cache_size", cache)
+        .map_err(|e| corrupt_or(path, e, "set cache size"))?;
     Ok(())
 }
 
 fn open_reader(path: &Path, config: &StoreConfig) -> Result<Connection> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|e| Error::sqlite("open read connection", e))?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::sqlite("open read connection", e))?;
     configure(&conn, config, path)?;
     Ok(conn)
 }
@@ -322,7 +408,10 @@ fn open_reader(path: &Path, config: &StoreConfig) -> Result<Connection> {
 fn corrupt_or(path: &Path, e: rusqlite::Error, action: &'static str) -> Error {
     use rusqlite::ErrorCode as C;
     match e.sqlite_error_code() {
-        Some(C::NotADatabase | C::DatabaseCorrupt) => Error::Corrupt { path: path.to_owned(), detail: e.to_string() },
+        Some(C::NotADatabase | C::DatabaseCorrupt) => Error::Corrupt {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        },
         _ => Error::sqlite(action, e),
     }
 }
@@ -330,7 +419,10 @@ fn corrupt_or(path: &Path, e: rusqlite::Error, action: &'static str) -> Error {
 fn quick_check(conn: &Connection, path: &Path) -> Result<String> {
     let result = stats::quick_check_text(conn, path)?;
     if result != "ok" {
-        return Err(Error::Corrupt { path: path.to_owned(), detail: result });
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            detail: result,
+        });
     }
     Ok(result)
 }

@@ -152,8 +152,16 @@ impl Trade {
 /// Order type.
 pub const ORDER_TYPES: &[&str] = &["market", "limit"];
 /// Order statuses; the last four are terminal.
-pub const ORDER_STATUSES: &[&str] =
-    &["new", "pending", "open", "partially_filled", "filled", "canceled", "rejected", "expired"];
+pub const ORDER_STATUSES: &[&str] = &[
+    "new",
+    "pending",
+    "open",
+    "partially_filled",
+    "filled",
+    "canceled",
+    "rejected",
+    "expired",
+];
 /// Statuses an order never leaves.
 pub const TERMINAL_STATUSES: &[&str] = &["filled", "canceled", "rejected", "expired"];
 
@@ -357,8 +365,7 @@ pub struct Position {
 }
 
 impl Position {
-    pub(crate) const COLUMNS: &'static str =
-        "symbol, qty, avg_price, realized_pnl, fees, test_mode, trade_count, last_trade_id, bot_version, updated_at";
+    pub(crate) const COLUMNS: &'static str = "symbol, qty, avg_price, realized_pnl, fees, test_mode, trade_count, last_trade_id, bot_version, updated_at";
 
     pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Position> {
         Ok(Position {
@@ -536,6 +543,7 @@ fn json_column(r: &Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Value> {
 }
 
 fn parse_json(text: &str, idx: usize) -> rusqlite::Result<serde_json::Value> {
-    serde_json::from_str(text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
 }

@@ -73,17 +73,29 @@ pub fn apply(pos: PositionState, fill: Fill) -> Result<(PositionState, PositionE
     let fees = add(pos.fees, fill.fee)?;
     let new_qty = add(pos.qty, fill.qty)?;
     let same_direction = pos.qty.is_sign_positive() == fill.qty.is_sign_positive();
-    let mut next = PositionState { qty: new_qty, avg_price: pos.avg_price, realized_pnl: pos.realized_pnl, fees };
+    let mut next = PositionState {
+        qty: new_qty,
+        avg_price: pos.avg_price,
+        realized_pnl: pos.realized_pnl,
+        fees,
+    };
     let event = if pos.qty.is_zero() {
         next.avg_price = fill.price;
         PositionEvent::Opened
     } else if same_direction {
-        let cost = add(mul(pos.qty.abs(), pos.avg_price)?, mul(fill.qty.abs(), fill.price)?)?;
+        let cost = add(
+            mul(pos.qty.abs(), pos.avg_price)?,
+            mul(fill.qty.abs(), fill.price)?,
+        )?;
         next.avg_price = cost.checked_div(new_qty.abs()).ok_or(Overflow)?.normalize();
         PositionEvent::Increased
     } else {
         let closed = fill.qty.abs().min(pos.qty.abs());
-        let direction = if pos.qty.is_sign_positive() { Decimal::ONE } else { Decimal::NEGATIVE_ONE };
+        let direction = if pos.qty.is_sign_positive() {
+            Decimal::ONE
+        } else {
+            Decimal::NEGATIVE_ONE
+        };
         let pnl = mul(mul(fill.price - pos.avg_price, closed)?, direction)?;
         next.realized_pnl = add(pos.realized_pnl, pnl)?;
         if new_qty.is_zero() {
@@ -112,22 +124,89 @@ mod tests {
     }
 
     fn fill(qty: &str, price: &str, fee: &str) -> Fill {
-        Fill { qty: d(qty), price: d(price), fee: d(fee) }
+        Fill {
+            qty: d(qty),
+            price: d(price),
+            fee: d(fee),
+        }
     }
 
     /// Each row: the fill, then the expected event, qty, avg_price, realized_pnl, fees.
     #[test]
     fn table_of_fills() {
         let steps = [
-            (fill("10", "100", "1"), PositionEvent::Opened, "10", "100", "0", "1"),
-            (fill("10", "110", "1"), PositionEvent::Increased, "20", "105", "0", "2"),
-            (fill("-5", "120", "0.5"), PositionEvent::Reduced, "15", "105", "75", "2.5"),
-            (fill("-15", "100", "0"), PositionEvent::Closed, "0", "0", "0", "2.5"),
-            (fill("-4", "50", "0.1"), PositionEvent::Opened, "-4", "50", "0", "2.6"),
-            (fill("-4", "60", "0"), PositionEvent::Increased, "-8", "55", "0", "2.6"),
-            (fill("2", "45", "0"), PositionEvent::Reduced, "-6", "55", "20", "2.6"),
-            (fill("10", "40", "0.4"), PositionEvent::Flipped, "4", "40", "110", "3"),
-            (fill("-0.5", "41.5", "0"), PositionEvent::Reduced, "3.5", "40", "110.75", "3"),
+            (
+                fill("10", "100", "1"),
+                PositionEvent::Opened,
+                "10",
+                "100",
+                "0",
+                "1",
+            ),
+            (
+                fill("10", "110", "1"),
+                PositionEvent::Increased,
+                "20",
+                "105",
+                "0",
+                "2",
+            ),
+            (
+                fill("-5", "120", "0.5"),
+                PositionEvent::Reduced,
+                "15",
+                "105",
+                "75",
+                "2.5",
+            ),
+            (
+                fill("-15", "100", "0"),
+                PositionEvent::Closed,
+                "0",
+                "0",
+                "0",
+                "2.5",
+            ),
+            (
+                fill("-4", "50", "0.1"),
+                PositionEvent::Opened,
+                "-4",
+                "50",
+                "0",
+                "2.6",
+            ),
+            (
+                fill("-4", "60", "0"),
+                PositionEvent::Increased,
+                "-8",
+                "55",
+                "0",
+                "2.6",
+            ),
+            (
+                fill("2", "45", "0"),
+                PositionEvent::Reduced,
+                "-6",
+                "55",
+                "20",
+                "2.6",
+            ),
+            (
+                fill("10", "40", "0.4"),
+                PositionEvent::Flipped,
+                "4",
+                "40",
+                "110",
+                "3",
+            ),
+            (
+                fill("-0.5", "41.5", "0"),
+                PositionEvent::Reduced,
+                "3.5",
+                "40",
+                "110.75",
+                "3",
+            ),
         ];
         let mut pos = PositionState::default();
         for (i, (f, event, qty, avg, pnl, fees)) in steps.into_iter().enumerate() {
@@ -154,8 +233,16 @@ mod tests {
 
     #[test]
     fn overflow_is_reported_not_panicked() {
-        let pos = apply(PositionState::default(), fill("10000000000000000000", "10000000000", "0")).expect("ok").0;
-        assert_eq!(apply(pos, fill("10000000000000000000", "10000000000", "0")), Err(Overflow));
+        let pos = apply(
+            PositionState::default(),
+            fill("10000000000000000000", "10000000000", "0"),
+        )
+        .expect("ok")
+        .0;
+        assert_eq!(
+            apply(pos, fill("10000000000000000000", "10000000000", "0")),
+            Err(Overflow)
+        );
     }
 
     proptest::proptest! {

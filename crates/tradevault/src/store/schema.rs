@@ -133,18 +133,31 @@ CREATE TABLE bot_status (
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Tables whose rows `stats` counts, in display order.
-pub const TABLES: &[&str] = &["trades", "orders", "positions", "position_history", "signals", "logs", "bot_status"];
+pub const TABLES: &[&str] = &[
+    "trades",
+    "orders",
+    "positions",
+    "position_history",
+    "signals",
+    "logs",
+    "bot_status",
+];
 
 /// Reads `PRAGMA user_version`.
 pub fn version(conn: &Connection) -> Result<i64> {
-    conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| Error::sqlite("read schema version", e))
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| Error::sqlite("read schema version", e))
 }
 
 /// Applies every migration newer than the database's version, each in its own transaction.
 pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<i64> {
     let current = version(conn)?;
     if current > SCHEMA_VERSION {
-        return Err(Error::SchemaTooNew { path: path.to_owned(), found: current, known: SCHEMA_VERSION });
+        return Err(Error::SchemaTooNew {
+            path: path.to_owned(),
+            found: current,
+            known: SCHEMA_VERSION,
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let target = i as i64 + 1;

@@ -47,7 +47,9 @@ pub(crate) fn quick_check_text(conn: &Connection, path: &Path) -> Result<String>
 }
 
 fn integrity_text(conn: &Connection, path: &Path, pragma: &str) -> Result<String> {
-    let mut stmt = conn.prepare(&format!("PRAGMA {pragma}(20)")).map_err(|e| corrupt(path, e))?;
+    let mut stmt = conn
+        .prepare(&format!("PRAGMA {pragma}(20)"))
+        .map_err(|e| corrupt(path, e))?;
     let lines: Vec<String> = stmt
         .query_map([], |r| r.get::<_, String>(0))
         .and_then(|rows| rows.collect())
@@ -58,13 +60,24 @@ fn integrity_text(conn: &Connection, path: &Path, pragma: &str) -> Result<String
 fn corrupt(path: &Path, e: rusqlite::Error) -> Error {
     use rusqlite::ErrorCode as C;
     match e.sqlite_error_code() {
-        Some(C::NotADatabase | C::DatabaseCorrupt) => Error::Corrupt { path: path.to_owned(), detail: e.to_string() },
+        Some(C::NotADatabase | C::DatabaseCorrupt) => Error::Corrupt {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        },
         _ => Error::sqlite("check integrity", e),
     }
 }
 
-pub(crate) fn collect(conn: &Connection, path: &Path, integrity: String, checked_at: Option<jiff::Timestamp>) -> Result<Stats> {
-    let q = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(|e| Error::sqlite("read stats", e));
+pub(crate) fn collect(
+    conn: &Connection,
+    path: &Path,
+    integrity: String,
+    checked_at: Option<jiff::Timestamp>,
+) -> Result<Stats> {
+    let q = |sql: &str| {
+        conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map_err(|e| Error::sqlite("read stats", e))
+    };
     let mut tables = BTreeMap::new();
     for t in schema::TABLES {
         tables.insert((*t).to_owned(), q(&format!("SELECT count(*) FROM {t}"))?);
@@ -112,20 +125,37 @@ pub struct CheckReport {
 
 pub(crate) fn check(conn: &Connection, path: &Path, full: bool) -> Result<CheckReport> {
     let mut checks = Vec::new();
-    let pragma = if full { "integrity_check" } else { "quick_check" };
+    let pragma = if full {
+        "integrity_check"
+    } else {
+        "quick_check"
+    };
     let integrity = integrity_text(conn, path, pragma)?;
-    checks.push(Check { name: "integrity".into(), ok: integrity == "ok", detail: format!("PRAGMA {pragma}: {integrity}") });
+    checks.push(Check {
+        name: "integrity".into(),
+        ok: integrity == "ok",
+        detail: format!("PRAGMA {pragma}: {integrity}"),
+    });
     let version = schema::version(conn)?;
     checks.push(Check {
         name: "schema".into(),
         ok: version == schema::SCHEMA_VERSION,
-        detail: format!("version {version}, this tradevault writes {}", schema::SCHEMA_VERSION),
+        detail: format!(
+            "version {version}, this tradevault writes {}",
+            schema::SCHEMA_VERSION
+        ),
     });
     if integrity == "ok" && version == schema::SCHEMA_VERSION {
         let fk: i64 = conn
-            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
             .map_err(|e| Error::sqlite("check foreign keys", e))?;
-        checks.push(Check { name: "foreign_keys".into(), ok: fk == 0, detail: format!("{fk} rows reference missing rows") });
+        checks.push(Check {
+            name: "foreign_keys".into(),
+            ok: fk == 0,
+            detail: format!("{fk} rows reference missing rows"),
+        });
         let mismatches = positions_mismatches(conn)?;
         checks.push(Check {
             name: "positions".into(),
@@ -138,7 +168,11 @@ pub(crate) fn check(conn: &Connection, path: &Path, full: bool) -> Result<CheckR
         });
     }
     let ok = checks.iter().all(|c| c.ok);
-    Ok(CheckReport { database_path: path.display().to_string(), ok, checks })
+    Ok(CheckReport {
+        database_path: path.display().to_string(),
+        ok,
+        checks,
+    })
 }
 
 /// Positions recomputed from every fill, in commit order, keyed by (symbol, test_mode).
@@ -148,17 +182,35 @@ pub fn recompute_positions(conn: &Connection) -> Result<BTreeMap<(String, bool),
         .map_err(|e| Error::sqlite("read fills", e))?;
     let mut rows = stmt.query([]).map_err(|e| Error::sqlite("read fills", e))?;
     let mut out: BTreeMap<(String, bool), PositionState> = BTreeMap::new();
-    let bad = |what: &str| Error::invalid("corrupt_row", None, format!("a stored fill has an unreadable {what}"));
+    let bad = |what: &str| {
+        Error::invalid(
+            "corrupt_row",
+            None,
+            format!("a stored fill has an unreadable {what}"),
+        )
+    };
     while let Some(r) = rows.next().map_err(|e| Error::sqlite("read fills", e))? {
-        let (symbol, test_mode, side): (String, bool, String) =
-            (r.get(0).map_err(|e| Error::sqlite("read fill", e))?, r.get(1).map_err(|e| Error::sqlite("read fill", e))?, r.get(2).map_err(|e| Error::sqlite("read fill", e))?);
+        let (symbol, test_mode, side): (String, bool, String) = (
+            r.get(0).map_err(|e| Error::sqlite("read fill", e))?,
+            r.get(1).map_err(|e| Error::sqlite("read fill", e))?,
+            r.get(2).map_err(|e| Error::sqlite("read fill", e))?,
+        );
         let dec = |i: usize| -> Result<rust_decimal::Decimal> {
             let text: String = r.get(i).map_err(|e| Error::sqlite("read fill", e))?;
             stored_decimal(&text).map_err(|_| bad("decimal"))
         };
         let qty = if side == "sell" { -dec(3)? } else { dec(3)? };
         let entry = out.entry((symbol, test_mode)).or_default();
-        *entry = position::apply(*entry, Fill { qty, price: dec(4)?, fee: dec(5)? }).map_err(|_| bad("quantity (overflow)"))?.0;
+        *entry = position::apply(
+            *entry,
+            Fill {
+                qty,
+                price: dec(4)?,
+                fee: dec(5)?,
+            },
+        )
+        .map_err(|_| bad("quantity (overflow)"))?
+        .0;
     }
     Ok(out)
 }
@@ -169,15 +221,28 @@ fn positions_mismatches(conn: &Connection) -> Result<Vec<String>> {
         .prepare("SELECT symbol, test_mode, qty, avg_price, realized_pnl, fees FROM positions")
         .map_err(|e| Error::sqlite("read positions", e))?;
     let stored: Vec<(String, bool, [String; 4])> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?])))
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?],
+            ))
+        })
         .and_then(|rows| rows.collect())
         .map_err(|e| Error::sqlite("read positions", e))?;
     let mut mismatches = Vec::new();
     for (symbol, test_mode, values) in &stored {
-        let want = expected.get(&(symbol.clone(), *test_mode)).copied().unwrap_or_default();
-        let want_text = [want.qty, want.avg_price, want.realized_pnl, want.fees].map(format_decimal);
+        let want = expected
+            .get(&(symbol.clone(), *test_mode))
+            .copied()
+            .unwrap_or_default();
+        let want_text =
+            [want.qty, want.avg_price, want.realized_pnl, want.fees].map(format_decimal);
         if &want_text != values {
-            mismatches.push(format!("{symbol}{}", if *test_mode { " (test)" } else { "" }));
+            mismatches.push(format!(
+                "{symbol}{}",
+                if *test_mode { " (test)" } else { "" }
+            ));
         }
     }
     for (symbol, test_mode) in expected.keys() {

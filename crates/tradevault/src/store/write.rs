@@ -17,7 +17,11 @@ fn sql(action: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
 
 /// `[3].` inside a batch, nothing for a single object: prefixes field names in errors.
 pub(crate) fn field_prefix(batch: bool, index: usize) -> String {
-    if batch { format!("[{index}].") } else { String::new() }
+    if batch {
+        format!("[{index}].")
+    } else {
+        String::new()
+    }
 }
 
 fn conflict(prefix: &str, id_field: &str, id: &str, differing: Vec<&str>) -> Error {
@@ -62,7 +66,10 @@ fn ts_text(ts: Option<jiff::Timestamp>, tx: &Tx<'_>) -> String {
 pub(crate) fn insert_trade(tx: &mut Tx<'_>, t: &NewTrade, prefix: &str) -> Result<(Trade, bool)> {
     let existing = tx
         .conn
-        .prepare_cached(&format!("SELECT {} FROM trades WHERE trade_id = ?1", Trade::COLUMNS))
+        .prepare_cached(&format!(
+            "SELECT {} FROM trades WHERE trade_id = ?1",
+            Trade::COLUMNS
+        ))
         .and_then(|mut s| s.query_row([&t.trade_id], Trade::from_row).optional())
         .map_err(sql("look up trade"))?;
     if let Some(stored) = existing {
@@ -120,7 +127,10 @@ pub(crate) fn insert_trade(tx: &mut Tx<'_>, t: &NewTrade, prefix: &str) -> Resul
             ])
         })
         .map_err(sql("insert trade"))?;
-    let trade = Trade { id: tx.conn.last_insert_rowid(), ..trade };
+    let trade = Trade {
+        id: tx.conn.last_insert_rowid(),
+        ..trade
+    };
     tx.count("trades", 1);
     apply_to_position(tx, t, &trade, prefix)?;
     Ok((trade, true))
@@ -150,7 +160,11 @@ fn trade_differences(t: &NewTrade, s: &Trade) -> Vec<&'static str> {
 }
 
 /// Reads a position's state; flat and empty when it has never traded.
-pub(crate) fn position_state(conn: &rusqlite::Connection, symbol: &str, test_mode: bool) -> Result<(PositionState, i64)> {
+pub(crate) fn position_state(
+    conn: &rusqlite::Connection,
+    symbol: &str,
+    test_mode: bool,
+) -> Result<(PositionState, i64)> {
     let row = conn
         .prepare_cached("SELECT qty, avg_price, realized_pnl, fees, trade_count FROM positions WHERE symbol = ?1 AND test_mode = ?2")
         .and_then(|mut s| {
@@ -160,11 +174,27 @@ pub(crate) fn position_state(conn: &rusqlite::Connection, symbol: &str, test_mod
             .optional()
         })
         .map_err(sql("read position"))?;
-    let Some((qty, avg, pnl, fees, count)) = row else { return Ok((PositionState::default(), 0)) };
-    let dec = |text: &str| {
-        stored_decimal(text).map_err(|_| Error::invalid("corrupt_row", None, format!("position {symbol}: stored value {text:?} is not a decimal")))
+    let Some((qty, avg, pnl, fees, count)) = row else {
+        return Ok((PositionState::default(), 0));
     };
-    Ok((PositionState { qty: dec(&qty)?, avg_price: dec(&avg)?, realized_pnl: dec(&pnl)?, fees: dec(&fees)? }, count))
+    let dec = |text: &str| {
+        stored_decimal(text).map_err(|_| {
+            Error::invalid(
+                "corrupt_row",
+                None,
+                format!("position {symbol}: stored value {text:?} is not a decimal"),
+            )
+        })
+    };
+    Ok((
+        PositionState {
+            qty: dec(&qty)?,
+            avg_price: dec(&avg)?,
+            realized_pnl: dec(&pnl)?,
+            fees: dec(&fees)?,
+        },
+        count,
+    ))
 }
 
 fn apply_to_position(tx: &mut Tx<'_>, t: &NewTrade, trade: &Trade, prefix: &str) -> Result<()> {
@@ -236,7 +266,10 @@ fn apply_to_position(tx: &mut Tx<'_>, t: &NewTrade, trade: &Trade, prefix: &str)
 
 fn get_order(tx: &Tx<'_>, client_order_id: &str) -> Result<Option<Order>> {
     tx.conn
-        .prepare_cached(&format!("SELECT {} FROM orders WHERE client_order_id = ?1", Order::COLUMNS))
+        .prepare_cached(&format!(
+            "SELECT {} FROM orders WHERE client_order_id = ?1",
+            Order::COLUMNS
+        ))
         .and_then(|mut s| s.query_row([client_order_id], Order::from_row).optional())
         .map_err(sql("look up order"))
 }
@@ -252,7 +285,10 @@ pub(crate) fn insert_order(tx: &mut Tx<'_>, o: &NewOrder, prefix: &str) -> Resul
             ("type", stored.order_type == o.order_type),
             ("qty", stored.qty == format_decimal(o.qty)),
             ("limit_price", stored.limit_price == opt(o.limit_price)),
-            ("ts", o.ts.is_none_or(|ts| stored.ts == format_timestamp(ts))),
+            (
+                "ts",
+                o.ts.is_none_or(|ts| stored.ts == format_timestamp(ts)),
+            ),
             ("strategy", stored.strategy == o.strategy),
             ("signal_id", stored.signal_id == o.signal_id),
             ("test_mode", stored.test_mode == o.test_mode),
@@ -266,7 +302,12 @@ pub(crate) fn insert_order(tx: &mut Tx<'_>, o: &NewOrder, prefix: &str) -> Resul
         if differing.is_empty() {
             return Ok((stored, false));
         }
-        return Err(conflict(prefix, "client_order_id", &o.client_order_id, differing));
+        return Err(conflict(
+            prefix,
+            "client_order_id",
+            &o.client_order_id,
+            differing,
+        ));
     }
     if let Some(signal_id) = &o.signal_id {
         require_signal(tx, prefix, signal_id)?;
@@ -297,16 +338,23 @@ pub(crate) fn insert_order(tx: &mut Tx<'_>, o: &NewOrder, prefix: &str) -> Resul
         })
         .map_err(sql("insert order"))?;
     tx.count("orders", 1);
-    let stored = get_order(tx, &o.client_order_id)?
-        .ok_or_else(|| Error::NotFound { what: format!("order {:?} just inserted", o.client_order_id) })?;
+    let stored = get_order(tx, &o.client_order_id)?.ok_or_else(|| Error::NotFound {
+        what: format!("order {:?} just inserted", o.client_order_id),
+    })?;
     Ok((stored, true))
 }
 
 /// Moves an order to `status`. Re-sending the current status changes nothing; a terminal
 /// status (`filled`, `canceled`, ...) is never left.
-pub(crate) fn update_order_status(tx: &mut Tx<'_>, client_order_id: &str, status: &str) -> Result<(Order, bool)> {
+pub(crate) fn update_order_status(
+    tx: &mut Tx<'_>,
+    client_order_id: &str,
+    status: &str,
+) -> Result<(Order, bool)> {
     let Some(order) = get_order(tx, client_order_id)? else {
-        return Err(Error::NotFound { what: format!("order {client_order_id:?}") });
+        return Err(Error::NotFound {
+            what: format!("order {client_order_id:?}"),
+        });
     };
     if order.status == status {
         return Ok((order, false));
@@ -314,7 +362,10 @@ pub(crate) fn update_order_status(tx: &mut Tx<'_>, client_order_id: &str, status
     if TERMINAL_STATUSES.contains(&order.status.as_str()) {
         return Err(Error::Conflict {
             field: "status".into(),
-            message: format!("order {client_order_id:?} is {} and cannot become {status}", order.status),
+            message: format!(
+                "order {client_order_id:?} is {} and cannot become {status}",
+                order.status
+            ),
         });
     }
     tx.conn
@@ -322,29 +373,52 @@ pub(crate) fn update_order_status(tx: &mut Tx<'_>, client_order_id: &str, status
         .and_then(|mut s| s.execute(params![status, tx.now_text, client_order_id]))
         .map_err(sql("update order status"))?;
     tx.count("orders", 1);
-    let updated = Order { status: status.to_owned(), updated_at: tx.now_text.to_owned(), ..order };
+    let updated = Order {
+        status: status.to_owned(),
+        updated_at: tx.now_text.to_owned(),
+        ..order
+    };
     Ok((updated, true))
 }
 
 /// Stores a signal, or returns the identical signal stored before.
-pub(crate) fn insert_signal(tx: &mut Tx<'_>, s: &NewSignal, prefix: &str) -> Result<(Signal, bool)> {
+pub(crate) fn insert_signal(
+    tx: &mut Tx<'_>,
+    s: &NewSignal,
+    prefix: &str,
+) -> Result<(Signal, bool)> {
     let get = |tx: &Tx<'_>| {
         tx.conn
-            .prepare_cached(&format!("SELECT {} FROM signals WHERE signal_id = ?1", Signal::COLUMNS))
+            .prepare_cached(&format!(
+                "SELECT {} FROM signals WHERE signal_id = ?1",
+                Signal::COLUMNS
+            ))
             .and_then(|mut st| st.query_row([&s.signal_id], Signal::from_row).optional())
             .map_err(sql("look up signal"))
     };
     if let Some(stored) = get(tx)? {
         let mut differing = Vec::new();
         for (name, same) in [
-            ("ts", s.ts.is_none_or(|ts| stored.ts == format_timestamp(ts))),
+            (
+                "ts",
+                s.ts.is_none_or(|ts| stored.ts == format_timestamp(ts)),
+            ),
             ("symbol", stored.symbol == s.symbol),
             ("price", stored.price == format_decimal(s.price)),
             ("final_signal", stored.final_signal == s.final_signal),
-            ("confidence", stored.confidence == format_decimal(s.confidence)),
-            ("aggregation_method", stored.aggregation_method == s.aggregation_method),
+            (
+                "confidence",
+                stored.confidence == format_decimal(s.confidence),
+            ),
+            (
+                "aggregation_method",
+                stored.aggregation_method == s.aggregation_method,
+            ),
             ("strategies", stored.strategies == s.strategies),
-            ("strategy_version", stored.strategy_version == s.strategy_version),
+            (
+                "strategy_version",
+                stored.strategy_version == s.strategy_version,
+            ),
             ("test_mode", stored.test_mode == s.test_mode),
             ("bot_version", stored.bot_version == s.bot_version),
         ] {
@@ -357,8 +431,13 @@ pub(crate) fn insert_signal(tx: &mut Tx<'_>, s: &NewSignal, prefix: &str) -> Res
         }
         return Err(conflict(prefix, "signal_id", &s.signal_id, differing));
     }
-    let strategies = serde_json::to_string(&s.strategies)
-        .map_err(|e| Error::invalid("invalid_value", Some(format!("{prefix}strategies")), e.to_string()))?;
+    let strategies = serde_json::to_string(&s.strategies).map_err(|e| {
+        Error::invalid(
+            "invalid_value",
+            Some(format!("{prefix}strategies")),
+            e.to_string(),
+        )
+    })?;
     tx.conn
         .prepare_cached(
             "INSERT INTO signals (signal_id, ts, symbol, price, final_signal, confidence, aggregation_method, strategies,
@@ -383,7 +462,9 @@ pub(crate) fn insert_signal(tx: &mut Tx<'_>, s: &NewSignal, prefix: &str) -> Res
         })
         .map_err(sql("insert signal"))?;
     tx.count("signals", 1);
-    let stored = get(tx)?.ok_or_else(|| Error::NotFound { what: format!("signal {:?} just inserted", s.signal_id) })?;
+    let stored = get(tx)?.ok_or_else(|| Error::NotFound {
+        what: format!("signal {:?} just inserted", s.signal_id),
+    })?;
     Ok((stored, true))
 }
 

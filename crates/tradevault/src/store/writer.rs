@@ -78,7 +78,10 @@ pub struct WriterHealth {
 impl WriterHealth {
     /// The failure that poisoned the writer, if it is poisoned.
     pub fn poisoned(&self) -> Option<String> {
-        self.poisoned.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.poisoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn poison(&self, cause: String) {
@@ -91,13 +94,16 @@ impl WriterHealth {
     }
 }
 
+/// Answers a request once its group has committed (or failed to: the argument says why).
+type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+
 /// The outcome of running one job, kept until the group commits.
 struct Done {
     ok: bool,
     fatal: Option<String>,
     rows: Vec<(&'static str, u64)>,
     /// Sends the answer; given the commit failure, if any.
-    finish: Box<dyn FnOnce(Option<&str>) + Send>,
+    finish: Finish,
 }
 
 /// A queued request: run it in a transaction, or refuse it unrun.
@@ -130,7 +136,9 @@ where
             rows: std::mem::take(&mut tx.rows),
             finish: Box::new(move |commit_failure: Option<&str>| {
                 let answer = match (result, commit_failure) {
-                    (Ok(_), Some(cause)) => Err(Error::Poisoned { cause: cause.to_owned() }),
+                    (Ok(_), Some(cause)) => Err(Error::Poisoned {
+                        cause: cause.to_owned(),
+                    }),
                     (r, _) => r,
                 };
                 let _ = reply.send(answer);
@@ -139,7 +147,9 @@ where
     }
 
     fn refuse(self: Box<Self>, cause: &str) {
-        let _ = self.reply.send(Err(Error::Poisoned { cause: cause.to_owned() }));
+        let _ = self.reply.send(Err(Error::Poisoned {
+            cause: cause.to_owned(),
+        }));
     }
 }
 
@@ -161,7 +171,11 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn start(conn: Connection, clock: Arc<dyn Clock>, opts: WriterOptions) -> Result<Writer> {
+    pub(crate) fn start(
+        conn: Connection,
+        clock: Arc<dyn Clock>,
+        opts: WriterOptions,
+    ) -> Result<Writer> {
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>(opts.queue_max);
         let health = Arc::new(WriterHealth::default());
         let thread_health = health.clone();
@@ -169,7 +183,11 @@ impl Writer {
             .name("tradevault-writer".into())
             .spawn(move || run(conn, rx, clock, opts, thread_health))
             .map_err(|e| Error::io("start writer thread", "tradevault-writer", e))?;
-        Ok(Writer { tx, health, thread: Mutex::new(Some(thread)) })
+        Ok(Writer {
+            tx,
+            health,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// Runs `f` in the next group commit and returns its result once the commit is durable.
@@ -208,7 +226,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Clock>, opts: WriterOptions, health: Arc<WriterHealth>) {
+fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn Job>>,
+    clock: Arc<dyn Clock>,
+    opts: WriterOptions,
+    health: Arc<WriterHealth>,
+) {
     let mut seq = 0u64;
     let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(opts.group_commit_max);
     while let Some(first) = rx.blocking_recv() {
@@ -246,8 +270,15 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Cl
         }
         seq += 1;
         m::commit(started.elapsed(), succeeded);
-        let wal_bytes = std::fs::metadata(&opts.wal_path).map(|md| md.len()).unwrap_or(0);
-        let commit = Commit { seq, requests: succeeded, at: now, wal_bytes };
+        let wal_bytes = std::fs::metadata(&opts.wal_path)
+            .map(|md| md.len())
+            .unwrap_or(0);
+        let commit = Commit {
+            seq,
+            requests: succeeded,
+            at: now,
+            wal_bytes,
+        };
         for l in &opts.listeners {
             l.committed(&commit);
         }
@@ -260,7 +291,12 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Cl
 
 /// Runs one group in one transaction. Returns each job's outcome, and the failure that poisons
 /// the writer if the group could not be committed.
-fn run_group(conn: &Connection, group: &mut Vec<Box<dyn Job>>, now: Timestamp, now_text: &str) -> (Vec<Done>, Option<String>) {
+fn run_group(
+    conn: &Connection,
+    group: &mut Vec<Box<dyn Job>>,
+    now: Timestamp,
+    now_text: &str,
+) -> (Vec<Done>, Option<String>) {
     let mut dones = Vec::with_capacity(group.len());
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let cause = format!("begin transaction: {e}");
@@ -280,9 +316,18 @@ fn run_group(conn: &Connection, group: &mut Vec<Box<dyn Job>>, now: Timestamp, n
             job.refuse(failure.as_deref().unwrap_or_default());
             continue;
         }
-        let mut tx = Tx { conn, now, now_text, rows: Vec::new() };
+        let mut tx = Tx {
+            conn,
+            now,
+            now_text,
+            rows: Vec::new(),
+        };
         let done = job.run(&mut tx);
-        let end = if done.ok { "RELEASE request" } else { "ROLLBACK TO request; RELEASE request" };
+        let end = if done.ok {
+            "RELEASE request"
+        } else {
+            "ROLLBACK TO request; RELEASE request"
+        };
         if let Some(cause) = &done.fatal {
             failure = Some(cause.clone());
         } else if let Err(e) = conn.execute_batch(end) {
@@ -291,7 +336,11 @@ fn run_group(conn: &Connection, group: &mut Vec<Box<dyn Job>>, now: Timestamp, n
         dones.push(done);
     }
     // A group in which every request failed changed nothing: end it without a commit and its fsync.
-    let end = if dones.iter().any(|d| d.ok) { "COMMIT" } else { "ROLLBACK" };
+    let end = if dones.iter().any(|d| d.ok) {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
     if failure.is_none()
         && let Err(e) = conn.execute_batch(end)
     {
@@ -307,12 +356,21 @@ fn run_group(conn: &Connection, group: &mut Vec<Box<dyn Job>>, now: Timestamp, n
 fn checkpoint(conn: &Connection, health: &WriterHealth) {
     let started = std::time::Instant::now();
     let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
     });
     match result {
         Ok((busy, log, done)) => {
             m::checkpoint(started.elapsed());
-            tracing::debug!(busy, log_frames = log, checkpointed_frames = done, "wal checkpoint");
+            tracing::debug!(
+                busy,
+                log_frames = log,
+                checkpointed_frames = done,
+                "wal checkpoint"
+            );
         }
         Err(e) => {
             let err = Error::sqlite("checkpoint wal", e);

@@ -1,0 +1,190 @@
+//! Test harness: start the real binary on a free port, talk to it, kill it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tradevault::http::client::Client;
+
+/// Path of the built binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tradevault")
+}
+
+/// A `tradevault` command with a clean environment for config variables.
+pub fn command() -> Command {
+    let mut c = Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TRADEVAULT_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("RUST_LOG", "info");
+    c
+}
+
+/// A running `tradevault serve`.
+pub struct Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts a server on `dir` with extra environment variables, and waits until it listens.
+    pub fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::try_start(command(), dir, env)
+            .unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    /// Starts a server on `dir`.
+    pub fn start(dir: &Path) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    /// Starts `cmd` as a server; `Err` with its stderr if it exits before listening.
+    pub fn try_start(mut cmd: Command, dir: &Path, env: &[(&str, &str)]) -> Result<Server, String> {
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Keep draining after the test stops listening, so the server never blocks on stderr.
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = String::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    if let Some(addr) = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("addr="))
+                    {
+                        let addr = addr
+                            .parse()
+                            .map_err(|e| format!("bad addr in {line:?}: {e}"))?;
+                        return Ok(Server { child, addr });
+                    }
+                    seen.push_str(&line);
+                    seen.push('\n');
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().map_err(|e| e.to_string())?;
+                    return Err(format!(
+                        "exited ({status}) before listening; stderr:\n{seen}"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// A client for this server.
+    pub fn client(&self) -> Api {
+        Api(Client::new(self.addr, Duration::from_secs(30)))
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait for server")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// JSON helpers over the client.
+pub struct Api(pub Client);
+
+impl Api {
+    /// Sends a request and returns status and JSON body (`Value::Null` when the body is not JSON).
+    pub fn call(&mut self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let r = self
+            .0
+            .request(method, path, body.map(str::as_bytes))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (r.status, r.json().unwrap_or(Value::Null))
+    }
+
+    /// GET.
+    pub fn get(&mut self, path: &str) -> (u16, Value) {
+        self.call("GET", path, None)
+    }
+
+    /// POST with a JSON body.
+    pub fn post(&mut self, path: &str, body: &Value) -> (u16, Value) {
+        self.call("POST", path, Some(&body.to_string()))
+    }
+
+    /// Row counts per table, from /v1/stats.
+    pub fn counts(&mut self) -> Value {
+        let (status, stats) = self.get("/v1/stats");
+        assert_eq!(status, 200, "{stats}");
+        stats["tables"].clone()
+    }
+}
+
+/// A small deterministic random generator (xorshift64*), seeded from the environment or the clock.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded by `TRADEVAULT_TEST_SEED` or the time; prints the seed so a failure can be replayed.
+    pub fn from_env(test: &str) -> Rng {
+        let seed = std::env::var("TRADEVAULT_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+                    | 1
+            });
+        eprintln!("{test}: SEED={seed} (set TRADEVAULT_TEST_SEED to replay)");
+        Rng(seed)
+    }
+
+    /// Next value.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A value in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+/// Opens the store's database directly (the server must be stopped or killed).
+pub fn open_db(dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(dir.join("tradevault.db")).expect("open database")
+}

@@ -1,0 +1,8 @@
+//! One integration binary that drives the built `tradevault` binary: the HTTP API, the CLI, and
+//! crash tests with SIGKILL.
+
+mod api;
+mod cli;
+mod common;
+mod crash;
+mod faults;
