@@ -98,6 +98,11 @@ impl Server {
         Api(Client::new(self.addr, Duration::from_secs(30)))
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
