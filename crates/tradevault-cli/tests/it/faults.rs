@@ -159,3 +159,59 @@ fn a_full_disk_poisons_the_writer_and_loses_nothing_acknowledged() {
         "a restart clears the poison"
     );
 }
+
+/// Under continuous writes the WAL is checkpointed and restarted, never left to grow: with a
+/// 256 KiB threshold, 8 concurrent writers put many times that through the WAL and the file stays
+/// within the hard bound (four times the threshold, plus one group).
+#[test]
+fn the_wal_stays_bounded_under_continuous_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let threshold: u64 = 256 * 1024;
+    let server = Server::start_with(
+        dir.path(),
+        &[("TRADEVAULT_STORE_CHECKPOINT_WAL_BYTES", "262144")],
+    );
+    // Batches keep the writer busy back to back, as a bot flushing fills does.
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let mut api = server.client();
+            std::thread::spawn(move || {
+                for b in 0..40 {
+                    let batch: Vec<_> = (0..25)
+                        .map(|i| json!({ "trade_id": format!("w{w}-{b}-{i}"), "symbol": format!("S{}", (b * 25 + i) % 37),
+                                         "side": "buy", "qty": "1", "price": "1", "strategy": "x".repeat(100) }))
+                        .collect();
+                    assert_eq!(api.post("/v1/trades", &serde_json::Value::Array(batch)).0, 201);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let mut api = server.client();
+    let metrics = api.0.get("/metrics").expect("metrics").text();
+    let checkpoints: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("tradevault_store_checkpoints_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(checkpoints >= 2.0, "checkpoints ran: {checkpoints}");
+    let wal = std::fs::metadata(dir.path().join("tradevault.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    eprintln!("wal {wal} bytes after {checkpoints} checkpoints");
+    let db = std::fs::metadata(dir.path().join("tradevault.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(
+        db > 4 * threshold,
+        "enough was written to need several checkpoints: db {db}"
+    );
+    assert!(
+        wal <= 5 * threshold,
+        "the WAL file stays bounded: {wal} bytes for a {threshold}-byte threshold"
+    );
+    assert_eq!(api.counts()["trades"], 8000);
+}

@@ -45,7 +45,7 @@ impl Default for Hooks {
     fn default() -> Self {
         Hooks {
             listeners: Vec::new(),
-            checkpoint: CheckpointOwner::Writer,
+            checkpoint: CheckpointOwner::Store,
         }
     }
 }
@@ -119,15 +119,25 @@ impl Store {
         let readers = (0..config.read_connections)
             .map(|_| open_reader(&path, config))
             .collect::<Result<Vec<_>>>()?;
+        let checkpoint_conn = match hooks.checkpoint {
+            CheckpointOwner::Store => Some(open_checkpointer(&path, config)?),
+            CheckpointOwner::External => None,
+        };
+        let page_size: i64 = conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .map_err(|e| Error::sqlite("read page size", e))?;
         let writer = Writer::start(
             conn,
+            checkpoint_conn,
             clock.clone(),
             WriterOptions {
                 group_commit_max: usize::try_from(config.group_commit_max).unwrap_or(usize::MAX),
                 queue_max: usize::try_from(config.write_queue_max).unwrap_or(usize::MAX),
-                checkpoint: hooks.checkpoint,
-                checkpoint_wal_bytes: config.checkpoint_wal_bytes,
-                wal_path: wal_path(&path),
+                wal_frames: Arc::default(),
+                wal_backfilled: Arc::default(),
+                checkpoint_request: None,
+                checkpoint_wal_frames: (config.checkpoint_wal_bytes / page_size.max(512) as u64)
+                    .max(1),
                 listeners: hooks.listeners,
             },
         )?;
@@ -392,6 +402,19 @@ fn configure(conn: &Connection, config: &StoreConfig, path: &Path) -> Result<()>
     conn.pragma_update(None, "cache_size", cache)
         .map_err(|e| corrupt_or(path, e, "set cache size"))?;
     Ok(())
+}
+
+/// The checkpointer's connection: it writes checkpointed pages into the database file, never rows.
+fn open_checkpointer(path: &Path, config: &StoreConfig) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::sqlite("open checkpoint connection", e))?;
+    configure(&conn, config, path)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| Error::sqlite("set checkpoint pragmas", e))?;
+    Ok(conn)
 }
 
 fn open_reader(path: &Path, config: &StoreConfig) -> Result<Connection> {

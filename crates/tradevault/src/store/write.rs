@@ -63,29 +63,9 @@ fn ts_text(ts: Option<jiff::Timestamp>, tx: &Tx<'_>) -> String {
 }
 
 /// Stores a trade and applies it to its position, or returns the identical trade stored before.
+/// The common case (a new trade) costs one INSERT: the unique index finds re-sends and the
+/// foreign keys find missing references.
 pub(crate) fn insert_trade(tx: &mut Tx<'_>, t: &NewTrade, prefix: &str) -> Result<(Trade, bool)> {
-    let existing = tx
-        .conn
-        .prepare_cached(&format!(
-            "SELECT {} FROM trades WHERE trade_id = ?1",
-            Trade::COLUMNS
-        ))
-        .and_then(|mut s| s.query_row([&t.trade_id], Trade::from_row).optional())
-        .map_err(sql("look up trade"))?;
-    if let Some(stored) = existing {
-        let differing = trade_differences(t, &stored);
-        if differing.is_empty() {
-            return Ok((stored, false));
-        }
-        return Err(conflict(prefix, "trade_id", &t.trade_id, differing));
-    }
-    if let Some(order_id) = &t.order_id {
-        require_order(tx, prefix, "order_id", order_id)?;
-    }
-    if let Some(signal_id) = &t.signal_id {
-        require_signal(tx, prefix, signal_id)?;
-    }
-    let ts = ts_text(t.ts, tx);
     let trade = Trade {
         id: 0,
         trade_id: t.trade_id.clone(),
@@ -95,7 +75,7 @@ pub(crate) fn insert_trade(tx: &mut Tx<'_>, t: &NewTrade, prefix: &str) -> Resul
         price: format_decimal(t.price),
         fee: format_decimal(t.fee),
         fee_currency: t.fee_currency.clone(),
-        ts,
+        ts: ts_text(t.ts, tx),
         order_id: t.order_id.clone(),
         signal_id: t.signal_id.clone(),
         strategy: t.strategy.clone(),
@@ -103,10 +83,12 @@ pub(crate) fn insert_trade(tx: &mut Tx<'_>, t: &NewTrade, prefix: &str) -> Resul
         bot_version: t.bot_version.clone(),
         created_at: tx.now_text.to_owned(),
     };
-    tx.conn
+    let inserted = tx
+        .conn
         .prepare_cached(
             "INSERT INTO trades (trade_id, symbol, side, qty, price, fee, fee_currency, ts, order_id, signal_id, \
-             strategy, test_mode, bot_version, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             strategy, test_mode, bot_version, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+             ON CONFLICT (trade_id) DO NOTHING",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -125,8 +107,35 @@ pub(crate) fn insert_trade(tx: &mut Tx<'_>, t: &NewTrade, prefix: &str) -> Resul
                 trade.bot_version,
                 trade.created_at
             ])
-        })
-        .map_err(sql("insert trade"))?;
+        });
+    match inserted {
+        Ok(1) => {}
+        Ok(_) => {
+            let stored = tx
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {} FROM trades WHERE trade_id = ?1",
+                    Trade::COLUMNS
+                ))
+                .and_then(|mut s| s.query_row([&t.trade_id], Trade::from_row))
+                .map_err(sql("look up trade"))?;
+            let differing = trade_differences(t, &stored);
+            if differing.is_empty() {
+                return Ok((stored, false));
+            }
+            return Err(conflict(prefix, "trade_id", &t.trade_id, differing));
+        }
+        Err(e) if is_foreign_key_violation(&e) => {
+            if let Some(order_id) = &t.order_id {
+                require_order(tx, prefix, "order_id", order_id)?;
+            }
+            if let Some(signal_id) = &t.signal_id {
+                require_signal(tx, prefix, signal_id)?;
+            }
+            return Err(Error::sqlite("insert trade", e));
+        }
+        Err(e) => return Err(Error::sqlite("insert trade", e)),
+    }
     let trade = Trade {
         id: tx.conn.last_insert_rowid(),
         ..trade
@@ -134,6 +143,10 @@ pub(crate) fn insert_trade(tx: &mut Tx<'_>, t: &NewTrade, prefix: &str) -> Resul
     tx.count("trades", 1);
     apply_to_position(tx, t, &trade, prefix)?;
     Ok((trade, true))
+}
+
+fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
 }
 
 fn trade_differences(t: &NewTrade, s: &Trade) -> Vec<&'static str> {

@@ -7,6 +7,7 @@
 //! full disk, corruption) the writer poisons itself: every later request is refused until the
 //! process restarts and reopens the store. An fsync is never retried.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -50,8 +51,8 @@ pub struct Commit {
     pub requests: usize,
     /// Its commit time.
     pub at: Timestamp,
-    /// Size of the WAL file after it, in bytes.
-    pub wal_bytes: u64,
+    /// Frames in the WAL after it (SQLite's wal_hook count; 0 right after a WAL restart).
+    pub wal_frames: u64,
 }
 
 /// Told about every commit, on the writer thread, right after it is durable. Must be quick.
@@ -63,8 +64,9 @@ pub trait CommitListener: Send + Sync + 'static {
 /// Who checkpoints the WAL into the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckpointOwner {
-    /// The writer runs a PASSIVE checkpoint once the WAL holds `checkpoint_wal_bytes`.
-    Writer,
+    /// The store's checkpointer thread, on its own connection, runs a PASSIVE checkpoint once the
+    /// WAL holds `checkpoint_wal_bytes`; the writer never waits for it.
+    Store,
     /// Someone else (the replication engine) does; the writer never checkpoints.
     External,
 }
@@ -157,36 +159,64 @@ where
 pub(crate) struct WriterOptions {
     pub group_commit_max: usize,
     pub queue_max: usize,
-    pub checkpoint: CheckpointOwner,
-    pub checkpoint_wal_bytes: u64,
-    pub wal_path: std::path::PathBuf,
+    /// Frames in the WAL after the last commit, kept up to date by the connection's wal_hook.
+    pub wal_frames: Arc<AtomicU64>,
+    /// Frames the last checkpoint copied into the database (of the WAL generation it saw).
+    pub wal_backfilled: Arc<AtomicU64>,
+    /// Woken (never blocked on) when the WAL passes the checkpoint threshold.
+    pub checkpoint_request: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Frames that trigger a checkpoint request.
+    pub checkpoint_wal_frames: u64,
     pub listeners: Vec<Arc<dyn CommitListener>>,
 }
 
-/// Handle to the writer thread; dropping every handle stops the thread after it drains.
+/// Handle to the writer thread (and the checkpointer); dropping it stops them after they drain.
 pub(crate) struct Writer {
     tx: mpsc::Sender<Box<dyn Job>>,
     pub(crate) health: Arc<WriterHealth>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Writer {
+    /// Starts the writer on `conn`. With `checkpoint_conn`, the store checkpoints on that
+    /// connection in its own thread; without, someone else owns checkpoints.
     pub(crate) fn start(
-        conn: Connection,
+        mut conn: Connection,
+        checkpoint_conn: Option<Connection>,
         clock: Arc<dyn Clock>,
-        opts: WriterOptions,
+        mut opts: WriterOptions,
     ) -> Result<Writer> {
+        let frames = opts.wal_frames.clone();
+        conn.wal_hook(Some(
+            move |_: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
+                frames.store(u64::try_from(pages).unwrap_or(0), Ordering::Relaxed);
+                Ok(())
+            },
+        ))
+        .map_err(|e| Error::sqlite("install wal hook", e))?;
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>(opts.queue_max);
         let health = Arc::new(WriterHealth::default());
+        let mut threads = Vec::new();
+        if let Some(cp) = checkpoint_conn {
+            let (request, requests) = std::sync::mpsc::sync_channel(1);
+            opts.checkpoint_request = Some(request);
+            threads.push(start_checkpointer(
+                cp,
+                requests,
+                opts.wal_backfilled.clone(),
+                health.clone(),
+            )?);
+        }
         let thread_health = health.clone();
-        let thread = std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("tradevault-writer".into())
             .spawn(move || run(conn, rx, clock, opts, thread_health))
             .map_err(|e| Error::io("start writer thread", "tradevault-writer", e))?;
+        threads.insert(0, writer);
         Ok(Writer {
             tx,
             health,
-            thread: Mutex::new(Some(thread)),
+            threads: Mutex::new(threads),
         })
     }
 
@@ -205,11 +235,11 @@ impl Writer {
         reply_rx.await.map_err(|_| Error::WriterStopped)?
     }
 
-    /// Closes the queue and waits for the thread to drain it and close its connection.
+    /// Closes the queue and waits for the writer to drain it, then for the checkpointer.
     pub(crate) fn shutdown(self) {
-        let Writer { tx, thread, .. } = self;
+        let Writer { tx, threads, .. } = self;
         drop(tx);
-        if let Some(h) = thread.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        for h in threads.into_inner().unwrap_or_else(|p| p.into_inner()) {
             let _ = h.join();
         }
     }
@@ -270,20 +300,40 @@ fn run(
         }
         seq += 1;
         m::commit(started.elapsed(), succeeded);
-        let wal_bytes = std::fs::metadata(&opts.wal_path)
-            .map(|md| md.len())
-            .unwrap_or(0);
+        let wal_frames = opts.wal_frames.load(Ordering::Relaxed);
         let commit = Commit {
             seq,
             requests: succeeded,
             at: now,
-            wal_bytes,
+            wal_frames,
         };
         for l in &opts.listeners {
             l.committed(&commit);
         }
-        if opts.checkpoint == CheckpointOwner::Writer && wal_bytes >= opts.checkpoint_wal_bytes {
-            checkpoint(&conn, &health);
+        if let Some(request) = &opts.checkpoint_request
+            && wal_frames >= opts.checkpoint_wal_frames
+        {
+            // The checkpointer copies the bulk of the WAL beside the writer, but a checkpoint running
+            // beside a writer never ends with every frame copied, and SQLite only restarts the WAL
+            // from its beginning when every frame was. So once the checkpointer has left a short tail
+            // (or the WAL passes four times the threshold), the writer copies the rest itself
+            // between groups; the next transaction then restarts the WAL and it stops growing.
+            let backfilled = opts.wal_backfilled.load(Ordering::Relaxed);
+            let remaining = if backfilled > wal_frames {
+                wal_frames
+            } else {
+                wal_frames - backfilled
+            };
+            if remaining <= (opts.checkpoint_wal_frames / 8).max(64)
+                || wal_frames >= 4 * opts.checkpoint_wal_frames
+            {
+                if let Some((_, _, done)) = checkpoint(&conn, &health) {
+                    opts.wal_backfilled.store(done, Ordering::Relaxed);
+                }
+            } else {
+                // Full means a checkpoint is already requested; either way the writer goes on.
+                let _ = request.try_send(());
+            }
         }
     }
     tracing::debug!("store writer stopped");
@@ -298,7 +348,7 @@ fn run_group(
     now_text: &str,
 ) -> (Vec<Done>, Option<String>) {
     let mut dones = Vec::with_capacity(group.len());
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let cause = format!("begin transaction: {e}");
         for job in group.drain(..) {
             job.refuse(&cause);
@@ -311,7 +361,7 @@ fn run_group(
             job.refuse(cause);
             continue;
         }
-        if let Err(e) = conn.execute_batch("SAVEPOINT request") {
+        if let Err(e) = exec(conn, "SAVEPOINT request") {
             failure = Some(format!("savepoint: {e}"));
             job.refuse(failure.as_deref().unwrap_or_default());
             continue;
@@ -324,13 +374,13 @@ fn run_group(
         };
         let done = job.run(&mut tx);
         let end = if done.ok {
-            "RELEASE request"
+            exec(conn, "RELEASE request")
         } else {
-            "ROLLBACK TO request; RELEASE request"
+            exec(conn, "ROLLBACK TO request").and_then(|()| exec(conn, "RELEASE request"))
         };
         if let Some(cause) = &done.fatal {
             failure = Some(cause.clone());
-        } else if let Err(e) = conn.execute_batch(end) {
+        } else if let Err(e) = end {
             failure = Some(format!("end savepoint: {e}"));
         }
         dones.push(done);
@@ -342,7 +392,7 @@ fn run_group(
         "ROLLBACK"
     };
     if failure.is_none()
-        && let Err(e) = conn.execute_batch(end)
+        && let Err(e) = exec(conn, end)
     {
         failure = Some(format!("{end}: {e}"));
     }
@@ -353,7 +403,33 @@ fn run_group(
     (dones, failure)
 }
 
-fn checkpoint(conn: &Connection, health: &WriterHealth) {
+/// Runs a transaction-control statement, prepared once per connection.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// Runs the store's checkpoints on their own connection, so the writer never stalls on one.
+pub(crate) fn start_checkpointer(
+    conn: Connection,
+    requests: std::sync::mpsc::Receiver<()>,
+    backfilled: Arc<AtomicU64>,
+    health: Arc<WriterHealth>,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("tradevault-checkpoint".into())
+        .spawn(move || {
+            // Ends when the writer, holding the sender, stops.
+            while requests.recv().is_ok() {
+                if let Some((_, _, done)) = checkpoint(&conn, &health) {
+                    backfilled.store(done, Ordering::Relaxed);
+                }
+            }
+        })
+        .map_err(|e| Error::io("start checkpoint thread", "tradevault-checkpoint", e))
+}
+
+/// Runs a PASSIVE checkpoint; returns (busy, frames in the WAL, frames copied), or `None` on error.
+fn checkpoint(conn: &Connection, health: &WriterHealth) -> Option<(i64, u64, u64)> {
     let started = std::time::Instant::now();
     let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((
@@ -371,6 +447,11 @@ fn checkpoint(conn: &Connection, health: &WriterHealth) {
                 checkpointed_frames = done,
                 "wal checkpoint"
             );
+            Some((
+                busy,
+                u64::try_from(log).unwrap_or(0),
+                u64::try_from(done).unwrap_or(0),
+            ))
         }
         Err(e) => {
             let err = Error::sqlite("checkpoint wal", e);
@@ -378,6 +459,7 @@ fn checkpoint(conn: &Connection, health: &WriterHealth) {
             if err.is_fatal() {
                 health.poison(error_chain(&err));
             }
+            None
         }
     }
 }
