@@ -64,6 +64,36 @@ fn acknowledged_trades_survive_sigkill() {
         verify(dir.path(), &acked, cycle);
     }
     assert!(total_acked > 0, "the clients got acknowledgements");
+    // The server restarts on what the last kill left, and says so through its API.
+    let server = Server::start(dir.path());
+    let mut api = server.client();
+    let (status, stats) = api.get("/v1/stats?check=true");
+    assert_eq!(
+        (status, stats["integrity"].as_str()),
+        (200, Some("ok")),
+        "{stats}"
+    );
+    assert!(
+        stats["tables"]["trades"]
+            .as_u64()
+            .is_some_and(|n| n as usize >= total_acked),
+        "{stats}"
+    );
+    let (_, positions) = api.get("/v1/positions");
+    let expected = tradevault::store::recompute_positions(&open_db(dir.path())).expect("recompute");
+    for p in positions["items"].as_array().expect("items") {
+        let want = expected[&(p["symbol"].as_str().unwrap_or("").to_owned(), false)];
+        assert_eq!(
+            p["qty"].as_str(),
+            Some(tradevault::exact::format_decimal(want.qty).as_str()),
+            "{p}"
+        );
+        assert_eq!(
+            p["realized_pnl"].as_str(),
+            Some(tradevault::exact::format_decimal(want.realized_pnl).as_str()),
+            "{p}"
+        );
+    }
     eprintln!(
         "crash test: {cycles} SIGKILL cycles, {total_acked} acknowledged trades, all present exactly once"
     );
