@@ -101,7 +101,7 @@ fn run(clients: usize, duration: Duration) -> Run {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let side = if n % 3 == 0 { "sell" } else { "buy" };
+                    let side = if n.is_multiple_of(3) { "sell" } else { "buy" };
                     let body = format!(
                         r#"{{"trade_id":"c{c}-{n}","symbol":"SYM{}","side":"{side}","qty":"0.{:03}","price":"{}.{:02}","fee":"0.01","strategy":"bench"}}"#,
                         n % 50,

@@ -61,7 +61,11 @@ fn run(clients: u64, duration: Duration) -> (f64, u64, u64) {
                         let trade = NewTrade {
                             trade_id: format!("c{c}-{n}"),
                             symbol: format!("SYM{}", n % 50),
-                            side: if n % 3 == 0 { Side::Sell } else { Side::Buy },
+                            side: if n.is_multiple_of(3) {
+                                Side::Sell
+                            } else {
+                                Side::Buy
+                            },
                             qty: Decimal::new((n % 997 + 1) as i64, 3),
                             price: Decimal::new(10_000 + (n % 1_700) as i64, 2),
                             fee: Decimal::new(1, 2),

@@ -4,6 +4,7 @@
 //! Precedence, lowest first: defaults, the file, the environment, command-line flags (applied by
 //! the binary after loading). Errors name the key and where its value came from.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -127,12 +128,14 @@ impl Default for LogConfig {
 
 impl Config {
     /// Loads defaults, then `file` if given, then `TRADEVAULT_*` variables from `env`, and validates.
+    /// Errors name the key and where its value came from: the file, or the variable.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config> {
         let defaults = to_table(&Config::default());
         let mut merged = defaults.clone();
+        let mut origins: HashMap<String, String> = HashMap::new();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
                 path: path.to_owned(),
@@ -144,7 +147,13 @@ impl Config {
                         path: path.to_owned(),
                         message: e.to_string(),
                     })?;
-            merge_checked(&mut merged, &defaults, table, &path.display().to_string())?;
+            merge_checked(
+                &mut merged,
+                &defaults,
+                table,
+                &path.display().to_string(),
+                &mut origins,
+            )?;
         }
         let mut vars: Vec<(String, String)> = env
             .into_iter()
@@ -152,7 +161,7 @@ impl Config {
             .collect();
         vars.sort();
         for (name, value) in vars {
-            apply_env(&mut merged, &defaults, &name, &value)?;
+            apply_env(&mut merged, &defaults, &name, &value, &mut origins)?;
         }
         let config: Config =
             toml::Value::Table(merged)
@@ -163,42 +172,69 @@ impl Config {
                     key: "?".into(),
                     message: e.to_string(),
                 })?;
-        config.validate(file.map_or_else(|| "defaults".into(), |p| p.display().to_string()))?;
+        config.validate_with(&|key| {
+            origins
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| "defaults".into())
+        })?;
         Ok(config)
     }
 
-    /// Checks every value's meaning (types were checked on load). `origin` names the source in errors.
-    pub fn validate(&self, origin: String) -> Result<()> {
+    /// Checks every value's meaning and bounds (types are checked on load).
+    pub fn validate(&self) -> Result<()> {
+        self.validate_with(&|_| "config".into())
+    }
+
+    /// [`Config::validate`], naming where each key's value came from with `origin(key)`.
+    fn validate_with(&self, origin: &dyn Fn(&str) -> String) -> Result<()> {
         let bad = |key: &str, message: String| Error::Config {
-            source_name: origin.clone(),
+            source_name: origin(key),
             key: key.into(),
             message,
         };
         self.listen_addr().map_err(|m| bad("server.listen", m))?;
-        let positive = [
-            ("server.body_bytes_max", self.server.body_bytes_max),
+        // (key, value, largest accepted): every limit is at least 1 and at most something sane.
+        let bounded = [
+            ("server.body_bytes_max", self.server.body_bytes_max, 1 << 30),
             (
                 "server.request_timeout_seconds",
                 self.server.request_timeout_seconds,
+                3_600,
             ),
-            ("store.read_connections", self.store.read_connections),
-            ("store.group_commit_max", self.store.group_commit_max),
-            ("store.write_queue_max", self.store.write_queue_max),
+            (
+                "store.busy_timeout_ms",
+                self.store.busy_timeout_ms.max(1),
+                3_600_000,
+            ),
+            ("store.read_connections", self.store.read_connections, 64),
+            (
+                "store.group_commit_max",
+                self.store.group_commit_max,
+                65_536,
+            ),
+            ("store.write_queue_max", self.store.write_queue_max, 1 << 20),
             (
                 "store.checkpoint_wal_bytes",
                 self.store.checkpoint_wal_bytes,
+                1 << 32,
             ),
-            ("api.batch_items_max", self.api.batch_items_max),
-            ("api.page_limit_default", self.api.page_limit_default),
-            ("api.page_limit_max", self.api.page_limit_max),
+            ("store.cache_kib", self.store.cache_kib.max(1), 16 << 20),
+            ("api.batch_items_max", self.api.batch_items_max, 100_000),
+            (
+                "api.page_limit_default",
+                self.api.page_limit_default,
+                100_000,
+            ),
+            ("api.page_limit_max", self.api.page_limit_max, 100_000),
         ];
-        for (key, value) in positive {
+        for (key, value, max) in bounded {
             if value == 0 {
                 return Err(bad(key, "must be greater than 0".into()));
             }
-        }
-        if self.store.read_connections > 64 {
-            return Err(bad("store.read_connections", "must be at most 64".into()));
+            if value > max {
+                return Err(bad(key, format!("must be at most {max}, not {value}")));
+            }
         }
         if self.api.page_limit_default > self.api.page_limit_max {
             return Err(bad(
@@ -248,6 +284,7 @@ fn merge_checked(
     defaults: &toml::Table,
     incoming: toml::Table,
     origin: &str,
+    origins: &mut HashMap<String, String>,
 ) -> Result<()> {
     let bad = |key: String, message: String| Error::Config {
         source_name: origin.into(),
@@ -290,6 +327,7 @@ fn merge_checked(
                 return Err(bad(full, "must not be negative".into()));
             }
             if let Some(toml::Value::Table(target)) = merged.get_mut(&section) {
+                origins.insert(full, origin.to_owned());
                 target.insert(key, value);
             }
         }
@@ -303,6 +341,7 @@ fn apply_env(
     defaults: &toml::Table,
     name: &str,
     raw: &str,
+    origins: &mut HashMap<String, String>,
 ) -> Result<()> {
     let rest = &name[ENV_PREFIX.len()..];
     let Some((section, key)) = rest.split_once('_') else {
@@ -337,6 +376,10 @@ fn apply_env(
         _ => toml::Value::String(raw.to_owned()),
     };
     if let Some(toml::Value::Table(target)) = merged.get_mut(&section) {
+        origins.insert(
+            format!("{section}.{key}"),
+            format!("environment variable {name}"),
+        );
         target.insert(key, value);
     }
     Ok(())
@@ -411,6 +454,21 @@ mod tests {
             ),
             ("", &[("TRADEVAULT_SERVER_LISTN", "x")], "server.listn"),
             ("[log]\nformat = \"xml\"\n", &[], "log.format"),
+            (
+                "",
+                &[("TRADEVAULT_API_PAGE_LIMIT_MAX", "0")],
+                "api.page_limit_max",
+            ),
+            (
+                "",
+                &[("TRADEVAULT_STORE_WRITE_QUEUE_MAX", "4611686018427387904")],
+                "store.write_queue_max",
+            ),
+            (
+                "[store]\ngroup_commit_max = 99999999\n",
+                &[],
+                "store.group_commit_max",
+            ),
         ];
         for (text, env, key) in cases {
             match load_text(text, env) {

@@ -118,6 +118,18 @@ pub enum Error {
     /// The writer thread has stopped.
     #[error("store writer has stopped")]
     WriterStopped,
+    /// The database is locked by another process beyond the busy timeout; nothing was written.
+    #[error("the database is locked by another process: {message}")]
+    Busy {
+        /// What SQLite said.
+        message: String,
+    },
+    /// A bug: something that should not happen did. Details are in the log.
+    #[error("internal error: {message}")]
+    Internal {
+        /// What happened.
+        message: String,
+    },
 }
 
 impl Error {

@@ -23,7 +23,11 @@ pub const STORE_ROWS_WRITTEN_TOTAL: &str = "tradevault_store_rows_written_total"
 pub const STORE_DATABASE_BYTES: &str = "tradevault_store_database_bytes";
 /// Size of the WAL file.
 pub const STORE_WAL_BYTES: &str = "tradevault_store_wal_bytes";
-/// WAL checkpoints run by the writer.
+/// Frames in the WAL after the last commit.
+pub const STORE_WAL_FRAMES: &str = "tradevault_store_wal_frames";
+/// The most frames the WAL held after any commit since the store opened (its high-water mark).
+pub const STORE_WAL_FRAMES_PEAK: &str = "tradevault_store_wal_frames_peak";
+/// WAL checkpoints run by the store.
 pub const STORE_CHECKPOINTS_TOTAL: &str = "tradevault_store_checkpoints_total";
 /// Time one checkpoint took.
 pub const STORE_CHECKPOINT_DURATION_SECONDS: &str = "tradevault_store_checkpoint_duration_seconds";
@@ -81,6 +85,10 @@ pub(crate) fn rows_written(table: &'static str, n: u64) {
 pub(crate) fn checkpoint(elapsed: Duration) {
     counter!(STORE_CHECKPOINTS_TOTAL).increment(1);
     histogram!(STORE_CHECKPOINT_DURATION_SECONDS).record(elapsed.as_secs_f64());
+}
+pub(crate) fn wal_frames(now: u64, peak: u64) {
+    gauge!(STORE_WAL_FRAMES).set(now as f64);
+    gauge!(STORE_WAL_FRAMES_PEAK).set(peak as f64);
 }
 
 pub(crate) fn set_writer_poisoned(poisoned: bool) {

@@ -195,6 +195,78 @@ fn test_rows_stay_out_of_production_reads() {
             .map(Vec::len),
         Some(1)
     );
+    // Orders, signals, a signal's trades and status values follow the same rule.
+    let sig = json!({ "signal_id": "TS", "symbol": "BTC", "price": "1", "final_signal": "buy", "confidence": "0.5", "test_mode": true });
+    assert_eq!(api.post("/v1/signals", &sig).0, 201);
+    let order = json!({ "client_order_id": "TO", "symbol": "BTC", "side": "buy", "type": "market", "qty": "1", "test_mode": true, "signal_id": "TS" });
+    assert_eq!(api.post("/v1/orders", &order).0, 201);
+    let mut attributed = trade("T2", "BTC", "buy", "1", "1");
+    attributed["test_mode"] = json!(true);
+    attributed["signal_id"] = json!("TS");
+    assert_eq!(api.post("/v1/trades", &attributed).0, 201);
+    for (path, test_path) in [
+        ("/v1/signals", "/v1/signals?test_mode=true"),
+        ("/v1/orders", "/v1/orders?test_mode=1"),
+    ] {
+        assert_eq!(
+            api.get(path).1["items"].as_array().map(Vec::len),
+            Some(0),
+            "{path}"
+        );
+        assert_eq!(
+            api.get(test_path).1["items"].as_array().map(Vec::len),
+            Some(1),
+            "{test_path}"
+        );
+    }
+    assert_eq!(api.get("/v1/signals/TS").0, 404);
+    assert_eq!(api.get("/v1/orders/TO").0, 404);
+    assert_eq!(api.get("/v1/signals/TS/trades").0, 404);
+    assert_eq!(
+        api.get("/v1/signals/TS/trades?test_mode=true").1["items"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        api.call(
+            "PUT",
+            "/v1/status/mode",
+            Some(r#"{"value":"test run","test_mode":true}"#)
+        )
+        .0,
+        200
+    );
+    assert_eq!(api.get("/v1/status/mode").0, 404);
+    assert_eq!(
+        api.get("/v1/status/mode?test_mode=true").1["value"],
+        "test run"
+    );
+    assert_eq!(
+        api.get("/v1/status").1["items"].as_array().map(Vec::len),
+        Some(0)
+    );
+}
+
+/// Clients fill URL templates: an empty value means the parameter was not given.
+#[test]
+fn empty_query_values_mean_not_given() {
+    let (_dir, _server, mut api) = started();
+    assert_eq!(
+        api.post("/v1/trades", &trade("E1", "BTC", "buy", "1", "1"))
+            .0,
+        201
+    );
+    let (s, page) =
+        api.get("/v1/trades?symbol=&from=&to=&test_mode=&strategy=&signal_id=&limit=&cursor=");
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        api.get("/v1/positions?test_mode=").1["items"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
 }
 
 #[test]

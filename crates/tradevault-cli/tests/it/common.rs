@@ -98,7 +98,8 @@ impl Server {
         Api(Client::new(self.addr, Duration::from_secs(30)))
     }
 
-    /// The server's process id.
+    /// The server's process id (the benchmark reads its memory).
+    #[allow(dead_code)]
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -189,7 +190,23 @@ impl Rng {
     }
 }
 
-/// Opens the store's database directly (the server must be stopped or killed).
+/// Opens the store's database directly (the server must be stopped or killed). Closing it never
+/// checkpoints, so a WAL left by a crash is still there for the next server to recover.
 pub fn open_db(dir: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open(dir.join("tradevault.db")).expect("open database")
+    let conn = rusqlite::Connection::open(dir.join("tradevault.db")).expect("open database");
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .expect("no checkpoint on close");
+    conn
+}
+
+/// A metric's value from a `/metrics` text, 0 when absent.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }

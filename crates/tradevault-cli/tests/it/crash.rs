@@ -23,7 +23,11 @@ fn acknowledged_trades_survive_sigkill() {
     let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let mut total_acked = 0usize;
     for cycle in 0..cycles {
-        let mut server = Server::start(dir.path());
+        // A small checkpoint threshold, so kills also land while checkpoints run.
+        let mut server = Server::start_with(
+            dir.path(),
+            &[("TRADEVAULT_STORE_CHECKPOINT_WAL_BYTES", "65536")],
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let writers: Vec<_> = (0..3)
             .map(|w| {
@@ -113,11 +117,36 @@ fn verify(dir: &std::path::Path, acked: &HashMap<String, String>, cycle: u64) {
         .expect("query")
         .map(|r| r.expect("row"))
         .collect();
-    for id in acked.keys() {
+    let mut stmt = conn
+        .prepare("SELECT symbol, side, qty, price, fee FROM trades WHERE trade_id = ?1")
+        .expect("prepare");
+    for (id, body) in acked {
         assert_eq!(
             present.get(id),
             Some(&1),
             "cycle {cycle}: acknowledged trade {id} is present exactly once"
+        );
+        let sent: serde_json::Value = serde_json::from_str(body).expect("sent json");
+        let stored: [String; 5] = stmt
+            .query_row([id], |r| {
+                Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?])
+            })
+            .expect("stored trade");
+        let canon = |v: &serde_json::Value| {
+            tradevault::exact::format_decimal(
+                tradevault::exact::parse_decimal(v.as_str().expect("str")).expect("decimal"),
+            )
+        };
+        let want = [
+            sent["symbol"].as_str().expect("symbol").to_owned(),
+            sent["side"].as_str().expect("side").to_owned(),
+            canon(&sent["qty"]),
+            canon(&sent["price"]),
+            canon(&sent["fee"]),
+        ];
+        assert_eq!(
+            stored, want,
+            "cycle {cycle}: trade {id} is stored as it was acknowledged"
         );
     }
     let history: i64 = conn

@@ -45,14 +45,25 @@ fn a_damaged_database_is_refused_with_a_hint_to_restore() {
             201
         );
     }
-    // Checkpoint everything into the main file, then scribble over a b-tree page.
+    // Checkpoint everything into the main file, then leave a live WAL behind a crash.
     open_db(dir.path())
         .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .expect("checkpoint");
+    {
+        let mut server = Server::start(dir.path());
+        let t =
+            json!({ "trade_id": "late", "symbol": "S1", "side": "sell", "qty": "1", "price": "2" });
+        assert_eq!(server.client().post("/v1/trades", &t).0, 201);
+        server.kill();
+    }
     let path = dir.path().join("tradevault.db");
+    let wal_path = dir.path().join("tradevault.db-wal");
+    let wal = std::fs::read(&wal_path).expect("a WAL is left by the kill");
+    assert!(wal.len() > 32, "the WAL holds the last commit");
+    // Scribble over b-tree pages of the database file.
     let mut bytes = std::fs::read(&path).expect("read");
-    assert!(bytes.len() > 8 * 4096, "database has pages to damage");
-    for b in &mut bytes[5 * 4096..6 * 4096] {
+    assert!(bytes.len() > 12 * 4096, "database has pages to damage");
+    for b in &mut bytes[4 * 4096..12 * 4096] {
         *b = 0x5a;
     }
     std::fs::write(&path, &bytes).expect("write");
@@ -62,6 +73,11 @@ fn a_damaged_database_is_refused_with_a_hint_to_restore() {
         std::fs::read(&path).expect("read"),
         bytes,
         "the damaged file is left as it was, for recovery"
+    );
+    assert_eq!(
+        std::fs::read(&wal_path).expect("the WAL is still there"),
+        wal,
+        "the WAL is neither applied nor deleted"
     );
     let out = command()
         .args(["check", "--data-dir", dir.path().to_str().expect("utf8")])
@@ -191,13 +207,15 @@ fn the_wal_stays_bounded_under_continuous_writes() {
     }
     let mut api = server.client();
     let metrics = api.0.get("/metrics").expect("metrics").text();
-    let checkpoints: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("tradevault_store_checkpoints_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let checkpoints = crate::common::metric(&metrics, "tradevault_store_checkpoints_total");
     assert!(checkpoints >= 2.0, "checkpoints ran: {checkpoints}");
+    // The high-water mark of the WAL, after every commit of the run: the hard bound is four times
+    // the threshold (64 frames of 4 KiB) plus what one group adds (at most 8 batches of 25 trades).
+    let peak = crate::common::metric(&metrics, "tradevault_store_wal_frames_peak");
+    assert!(
+        peak > 0.0 && peak <= 4.0 * 64.0 + 800.0,
+        "the WAL peaked at {peak} frames"
+    );
     let wal = std::fs::metadata(dir.path().join("tradevault.db-wal"))
         .map(|m| m.len())
         .unwrap_or(0);
@@ -214,4 +232,37 @@ fn the_wal_stays_bounded_under_continuous_writes() {
         "the WAL file stays bounded: {wal} bytes for a {threshold}-byte threshold"
     );
     assert_eq!(api.counts()["trades"], 8000);
+}
+
+/// Another process holding the database's write lock past the busy timeout makes writes fail
+/// with 503 `store_busy` and nothing written; it is not damage, so the writer is not poisoned and
+/// writes succeed once the lock is released.
+#[test]
+fn a_lock_held_by_another_process_is_busy_not_poison() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with(dir.path(), &[("TRADEVAULT_STORE_BUSY_TIMEOUT_MS", "100")]);
+    let mut api = server.client();
+    let intruder = open_db(dir.path());
+    intruder
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let t = json!({ "trade_id": "b1", "symbol": "X", "side": "buy", "qty": "1", "price": "1" });
+    let (s, body) = api.post("/v1/trades", &t);
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (503, Some("store_busy")),
+        "{body}"
+    );
+    assert_eq!(
+        api.get("/health/ready").0,
+        200,
+        "a busy database is not a poisoned writer"
+    );
+    intruder.execute_batch("ROLLBACK").expect("release");
+    assert_eq!(
+        api.post("/v1/trades", &t).0,
+        201,
+        "the same write succeeds once the lock is released"
+    );
+    assert_eq!(api.counts()["trades"], 1);
 }

@@ -209,7 +209,7 @@ pub const STATUS_FIELDS: &[Field] = &[
 
 const TEST_MODE_PARAM: Field = opt(
     "test_mode",
-    Kind::OneOf(&["false", "true", "all"]),
+    Kind::OneOf(&["false", "true", "all", "0", "1"]),
     "false (default): production rows; true: test rows; all: both.",
 );
 const LIMIT: Field = opt(
@@ -473,7 +473,7 @@ pub fn new_log(mut p: Parsed) -> Result<NewLog> {
 /// The `test_mode` query parameter.
 pub fn test_mode(p: &mut Parsed) -> TestMode {
     match p.text("test_mode").as_deref() {
-        Some("true") => TestMode::Test,
+        Some("true" | "1") => TestMode::Test,
         Some("all") => TestMode::All,
         _ => TestMode::Production,
     }

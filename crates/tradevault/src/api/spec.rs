@@ -374,7 +374,9 @@ pub fn check_id(name: &str, value: &str) -> Result<()> {
 /// Validates a query string's pairs against `spec`: unknown or repeated parameters are refused.
 pub fn parse_query(pairs: &[(String, String)], spec: &[Field]) -> Result<Parsed> {
     let mut parsed = Parsed::default();
-    for (i, (key, raw)) in pairs.iter().enumerate() {
+    // An empty value means "not given": clients fill URL templates (`?symbol=&from=`).
+    let pairs: Vec<&(String, String)> = pairs.iter().filter(|(_, v)| !v.is_empty()).collect();
+    for (i, &(key, raw)) in pairs.iter().enumerate() {
         let Some(field) = spec.iter().find(|f| f.name == key) else {
             let known: Vec<&str> = spec.iter().map(|f| f.name).collect();
             let list = if known.is_empty() {

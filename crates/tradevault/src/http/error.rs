@@ -66,6 +66,11 @@ impl From<Error> for ApiError {
                 "store_unavailable",
                 e.to_string(),
             ),
+            e @ Error::Busy { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_busy",
+                format!("{e}; nothing was written, retry"),
+            ),
             e @ Error::Sqlite { .. } if is_constraint(&e) => ApiError::new(
                 StatusCode::CONFLICT,
                 "constraint",

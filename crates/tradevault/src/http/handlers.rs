@@ -79,7 +79,7 @@ pub(super) async fn live() -> Json<Value> {
 }
 
 pub(super) async fn ready(State(s): State<AppState>) -> Response {
-    match s.store.poisoned() {
+    match s.store.unavailable() {
         None => Json(json!({ "status": "ready" })).into_response(),
         Some(cause) => (
             StatusCode::SERVICE_UNAVAILABLE,

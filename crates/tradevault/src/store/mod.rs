@@ -16,6 +16,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
 
@@ -54,8 +55,7 @@ impl Default for Hooks {
 pub struct Store {
     path: PathBuf,
     writer: Writer,
-    readers: Mutex<Vec<Connection>>,
-    reader_permits: Semaphore,
+    readers: Arc<ReaderPool>,
     integrity: Mutex<(String, jiff::Timestamp)>,
     clock: Arc<dyn Clock>,
     _lock: File,
@@ -87,7 +87,12 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )
         .map_err(|e| Error::sqlite("open database", e))?;
+        // Until the file has passed its check nothing may write to it: closing this connection
+        // must not checkpoint a WAL into a damaged database (and delete the evidence).
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(|e| Error::sqlite("configure database", e))?;
         configure(&conn, config, &path)?;
+        let integrity = quick_check(&conn, &path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .and_then(|_| conn.pragma_query_value(None, "journal_mode", |r| r.get::<_, String>(0)))
             .map_err(|e| corrupt_or(&path, e, "enable WAL"))
@@ -101,7 +106,6 @@ impl Store {
                     })
                 }
             })?;
-        let integrity = quick_check(&conn, &path)?;
         schema::migrate(&conn, &path)?;
         let pragmas = [
             ("synchronous", "FULL".to_owned()),
@@ -115,6 +119,12 @@ impl Store {
         for (name, value) in pragmas {
             conn.pragma_update(None, name, &value)
                 .map_err(|e| Error::sqlite("set write pragmas", e))?;
+        }
+        if hooks.checkpoint == CheckpointOwner::Store {
+            // A clean shutdown may fold the WAL into the database; with an external owner (the
+            // replication engine) only the owner checkpoints, so frames are never lost to it.
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
+                .map_err(|e| Error::sqlite("configure database", e))?;
         }
         let readers = (0..config.read_connections)
             .map(|_| open_reader(&path, config))
@@ -146,8 +156,10 @@ impl Store {
         Ok(Store {
             path,
             writer,
-            reader_permits: Semaphore::new(readers.len()),
-            readers: Mutex::new(readers),
+            readers: Arc::new(ReaderPool {
+                permits: Arc::new(Semaphore::new(readers.len())),
+                conns: Mutex::new(readers),
+            }),
             integrity: Mutex::new((integrity, now)),
             clock,
             _lock: lock,
@@ -159,9 +171,13 @@ impl Store {
         &self.path
     }
 
-    /// Why the writer refuses writes, if it does.
-    pub fn poisoned(&self) -> Option<String> {
-        self.writer.health.poisoned()
+    /// Why the store cannot take writes (poisoned, or its writer stopped), if it cannot.
+    pub fn unavailable(&self) -> Option<String> {
+        match self.writer.health.poisoned() {
+            Some(cause) => Some(cause),
+            None if !self.writer.alive() => Some("the store writer has stopped".into()),
+            None => None,
+        }
     }
 
     /// Stops accepting work, lets the writer finish its queue and closes the database.
@@ -182,34 +198,30 @@ impl Store {
         self.writer.write(f).await
     }
 
-    /// Runs `f` on a read-only connection, off the async threads.
+    /// Runs `f` on a read-only connection, off the async threads. The connection goes back to the
+    /// pool when `f` ends, even if the caller stopped waiting or `f` panicked.
     pub async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let _permit = self
-            .reader_permits
-            .acquire()
+        let permit = self
+            .readers
+            .permits
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| Error::WriterStopped)?;
-        let conn = self
-            .readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .ok_or(Error::WriterStopped)?;
-        let (conn, result) = tokio::task::spawn_blocking(move || {
-            let r = f(&conn);
-            (conn, r)
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = Pooled::take(pool)?;
+            f(&conn)
         })
         .await
-        .map_err(|_| Error::WriterStopped)?;
-        self.readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
-        result
+        .map_err(|_| Error::Internal {
+            message: "a read panicked; see the server log".into(),
+        })?
     }
 
     /// Stores trades atomically: all of them (each new one applied to its position) or none.
@@ -307,6 +319,54 @@ impl Store {
             .clone();
         self.read(move |conn| stats::collect(conn, &path, integrity, Some(checked_at)))
             .await
+    }
+}
+
+/// The read-only connections, and permits that bound how many are in use.
+struct ReaderPool {
+    permits: Arc<Semaphore>,
+    conns: Mutex<Vec<Connection>>,
+}
+
+/// A connection taken from the pool; it goes back on drop, whatever happened while it was out.
+struct Pooled {
+    pool: Arc<ReaderPool>,
+    conn: Option<Connection>,
+}
+
+impl Pooled {
+    fn take(pool: Arc<ReaderPool>) -> Result<Pooled> {
+        let conn = pool.conns.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        // A permit is held for every connection out, so the pool is never empty here.
+        let conn = conn.ok_or_else(|| Error::Internal {
+            message: "reader pool is empty".into(),
+        })?;
+        Ok(Pooled {
+            pool,
+            conn: Some(conn),
+        })
+    }
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        // Present from take() until drop.
+        self.conn
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("connection taken twice"))
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool
+                .conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+        }
     }
 }
 

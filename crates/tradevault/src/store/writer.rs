@@ -111,7 +111,7 @@ struct Done {
 /// A queued request: run it in a transaction, or refuse it unrun.
 trait Job: Send {
     fn run(self: Box<Self>, tx: &mut Tx<'_>) -> Done;
-    fn refuse(self: Box<Self>, cause: &str);
+    fn refuse(self: Box<Self>, error: Error);
 }
 
 struct TypedJob<T, F> {
@@ -126,10 +126,20 @@ where
 {
     fn run(self: Box<Self>, tx: &mut Tx<'_>) -> Done {
         let TypedJob { f, reply } = *self;
-        let result = f(tx);
+        // A panic inside a request is a bug: the request fails and the writer poisons itself (its
+        // transaction is abandoned) before anyone is answered, rather than commit a half-done one.
+        let (result, panicked) =
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx))) {
+                Ok(result) => (result, false),
+                Err(_) => {
+                    let message =
+                        "a write request panicked; its transaction was abandoned".to_owned();
+                    (Err(Error::Internal { message }), true)
+                }
+            };
         let ok = result.is_ok();
         let fatal = match &result {
-            Err(e) if e.is_fatal() => Some(error_chain(e)),
+            Err(e) if panicked || e.is_fatal() => Some(error_chain(e)),
             _ => None,
         };
         Done {
@@ -138,6 +148,10 @@ where
             rows: std::mem::take(&mut tx.rows),
             finish: Box::new(move |commit_failure: Option<&str>| {
                 let answer = match (result, commit_failure) {
+                    // The request that hit the damage is told what everyone after it is told.
+                    (Err(e), _) if e.is_fatal() => Err(Error::Poisoned {
+                        cause: error_chain(&e),
+                    }),
                     (Ok(_), Some(cause)) => Err(Error::Poisoned {
                         cause: cause.to_owned(),
                     }),
@@ -148,10 +162,8 @@ where
         }
     }
 
-    fn refuse(self: Box<Self>, cause: &str) {
-        let _ = self.reply.send(Err(Error::Poisoned {
-            cause: cause.to_owned(),
-        }));
+    fn refuse(self: Box<Self>, error: Error) {
+        let _ = self.reply.send(Err(error));
     }
 }
 
@@ -235,6 +247,11 @@ impl Writer {
         reply_rx.await.map_err(|_| Error::WriterStopped)?
     }
 
+    /// Whether the writer thread is still taking requests.
+    pub(crate) fn alive(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     /// Closes the queue and waits for the writer to drain it, then for the checkpointer.
     pub(crate) fn shutdown(self) {
         let Writer { tx, threads, .. } = self;
@@ -264,6 +281,7 @@ fn run(
     health: Arc<WriterHealth>,
 ) {
     let mut seq = 0u64;
+    let mut wal_peak = 0u64;
     let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(opts.group_commit_max);
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -275,7 +293,9 @@ fn run(
         }
         if let Some(cause) = health.poisoned() {
             for job in group.drain(..) {
-                job.refuse(&cause);
+                job.refuse(Error::Poisoned {
+                    cause: cause.clone(),
+                });
             }
             continue;
         }
@@ -301,6 +321,8 @@ fn run(
         seq += 1;
         m::commit(started.elapsed(), succeeded);
         let wal_frames = opts.wal_frames.load(Ordering::Relaxed);
+        wal_peak = wal_peak.max(wal_frames);
+        m::wal_frames(wal_frames, wal_peak);
         let commit = Commit {
             seq,
             requests: succeeded,
@@ -349,21 +371,39 @@ fn run_group(
 ) -> (Vec<Done>, Option<String>) {
     let mut dones = Vec::with_capacity(group.len());
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
+        // Another process holding the write lock past the busy timeout is not damage: the group
+        // fails and the writer stays healthy.
+        let busy = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
         let cause = format!("begin transaction: {e}");
         for job in group.drain(..) {
-            job.refuse(&cause);
+            job.refuse(if busy {
+                Error::Busy {
+                    message: e.to_string(),
+                }
+            } else {
+                Error::Poisoned {
+                    cause: cause.clone(),
+                }
+            });
         }
-        return (dones, Some(cause));
+        return (dones, if busy { None } else { Some(cause) });
     }
     let mut failure: Option<String> = None;
     for job in group.drain(..) {
         if let Some(cause) = &failure {
-            job.refuse(cause);
+            job.refuse(Error::Poisoned {
+                cause: cause.clone(),
+            });
             continue;
         }
         if let Err(e) = exec(conn, "SAVEPOINT request") {
             failure = Some(format!("savepoint: {e}"));
-            job.refuse(failure.as_deref().unwrap_or_default());
+            job.refuse(Error::Poisoned {
+                cause: failure.clone().unwrap_or_default(),
+            });
             continue;
         }
         let mut tx = Tx {

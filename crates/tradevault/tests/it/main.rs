@@ -1,0 +1,3 @@
+//! Component tests of the library: a real SQLite store in a temp dir, no HTTP.
+
+mod store;
