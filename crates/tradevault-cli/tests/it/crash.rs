@@ -157,33 +157,7 @@ fn verify(dir: &std::path::Path, acked: &HashMap<String, String>, cycle: u64) {
         present.len(),
         "cycle {cycle}: one position change per fill"
     );
-    let expected = tradevault::store::recompute_positions(&conn).expect("recompute");
-    let mut stmt = conn
-        .prepare("SELECT symbol, test_mode, qty, avg_price, realized_pnl, fees FROM positions")
-        .expect("prepare");
-    let stored: Vec<(String, bool, [String; 4])> = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?],
-            ))
-        })
-        .expect("query")
-        .map(|r| r.expect("row"))
-        .collect();
-    assert_eq!(
-        stored.len(),
-        expected.len(),
-        "cycle {cycle}: one position per traded symbol"
-    );
-    for (symbol, mode, values) in stored {
-        let want = expected[&(symbol.clone(), mode)];
-        let want = [want.qty, want.avg_price, want.realized_pnl, want.fees]
-            .map(tradevault::exact::format_decimal);
-        assert_eq!(
-            values, want,
-            "cycle {cycle}: position {symbol} equals the one recomputed from its fills"
-        );
-    }
+    // Integrity (the full check), foreign keys, and every position recomputed from its fills.
+    let report = tradevault::store::check(&conn, &dir.join("tradevault.db"), true).expect("check");
+    assert!(report.ok, "cycle {cycle}: {report:?}");
 }

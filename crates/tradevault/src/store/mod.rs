@@ -231,14 +231,7 @@ impl Store {
         trades: Vec<NewTrade>,
         batch: bool,
     ) -> Result<Vec<(Trade, bool)>> {
-        self.write(move |tx| {
-            let mut out = Vec::with_capacity(trades.len());
-            for (i, t) in trades.iter().enumerate() {
-                out.push(write::insert_trade(tx, t, &write::field_prefix(batch, i))?);
-            }
-            Ok(out)
-        })
-        .await
+        self.write_all(trades, batch, write::insert_trade).await
     }
 
     /// Stores orders atomically.
@@ -247,12 +240,27 @@ impl Store {
         orders: Vec<NewOrder>,
         batch: bool,
     ) -> Result<Vec<(Order, bool)>> {
+        self.write_all(orders, batch, write::insert_order).await
+    }
+
+    /// Writes every item with `one` in one request: all of them or none. Inside a batch, errors
+    /// name the item (`[3].qty`).
+    async fn write_all<I, T>(
+        &self,
+        items: Vec<I>,
+        batch: bool,
+        one: fn(&mut Tx<'_>, &I, &str) -> Result<T>,
+    ) -> Result<Vec<T>>
+    where
+        I: Send + 'static,
+        T: Send + 'static,
+    {
         self.write(move |tx| {
-            let mut out = Vec::with_capacity(orders.len());
-            for (i, o) in orders.iter().enumerate() {
-                out.push(write::insert_order(tx, o, &write::field_prefix(batch, i))?);
-            }
-            Ok(out)
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| one(tx, item, &write::field_prefix(batch, i)))
+                .collect()
         })
         .await
     }
@@ -273,14 +281,7 @@ impl Store {
         signals: Vec<NewSignal>,
         batch: bool,
     ) -> Result<Vec<(Signal, bool)>> {
-        self.write(move |tx| {
-            let mut out = Vec::with_capacity(signals.len());
-            for (i, s) in signals.iter().enumerate() {
-                out.push(write::insert_signal(tx, s, &write::field_prefix(batch, i))?);
-            }
-            Ok(out)
-        })
-        .await
+        self.write_all(signals, batch, write::insert_signal).await
     }
 
     /// Appends log entries atomically.
