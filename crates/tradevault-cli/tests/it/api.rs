@@ -441,6 +441,13 @@ fn logs_and_status() {
         Some(1)
     );
     assert_eq!(api.get("/v1/status/missing").0, 404);
+    assert_eq!(
+        api.call("PUT", "/v1/status/cleared", Some(r#"{"value": null}"#))
+            .0,
+        200,
+        "null is a value"
+    );
+    assert_eq!(api.get("/v1/status/cleared").1["value"], Value::Null);
 }
 
 /// Every kind of bad input is answered 4xx with the error shape, and nothing is written.
@@ -516,7 +523,8 @@ fn bad_input_is_refused_with_4xx_and_writes_nothing() {
         ("GET", "/v1/trades?from=noon", String::new(), 400, "invalid_query", Some("from")),
         ("GET", "/v1/trades?test_mode=maybe", String::new(), 400, "invalid_query", Some("test_mode")),
         ("GET", "/v1/trades?colour=red", String::new(), 400, "invalid_query", Some("colour")),
-        ("GET", "/v1/trades?symbol=A&symbol=B", String::new(), 400, "invalid_query", Some("symbol")),
+                ("GET", "/v1/trades?symbol=A&symbol=B", String::new(), 400, "invalid_query", Some("symbol")),
+        ("GET", "/v1/trades?symbol=%FF%FE", String::new(), 400, "invalid_query", Some("symbol")),
         ("GET", "/v1/nothing-here", String::new(), 404, "not_found", None),
         ("DELETE", "/v1/trades", String::new(), 405, "method_not_allowed", None),
     ];

@@ -210,6 +210,10 @@ pub fn parse_object(value: &Value, spec: &[Field], prefix: &str) -> Result<Parse
     let mut parsed = Parsed::default();
     for field in spec {
         match map.get(field.name) {
+            // A required "any JSON" field may well be null; elsewhere null means absent.
+            Some(Value::Null) if field.required && field.kind == Kind::Any => {
+                parsed.vals.push((field.name, Val::Json(Value::Null)));
+            }
             None | Some(Value::Null) if field.required => return Err(missing(field.name, prefix)),
             None | Some(Value::Null) => {}
             Some(v) => parsed
@@ -396,6 +400,10 @@ pub fn parse_query(pairs: &[(String, String)], spec: &[Field]) -> Result<Parsed>
                 Some(key.clone()),
                 format!("query parameter {key} is given more than once"),
             ));
+        }
+        if raw.contains('\u{FFFD}') {
+            let message = format!("{key} is not valid UTF-8 once percent-decoded");
+            return Err(Error::invalid("invalid_query", Some(key.clone()), message));
         }
         let value = match field.kind {
             Kind::Bool => match raw.as_str() {

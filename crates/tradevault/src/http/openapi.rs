@@ -24,7 +24,7 @@ pub fn document() -> Value {
             "summary": route.summary,
             "operationId": operation_id(route.method, route.path),
             "parameters": parameters,
-            "responses": responses(route.ok),
+                        "responses": responses(route.path, route.ok),
         });
         if let Some(body) = route.body {
             let schema = match body {
@@ -69,10 +69,15 @@ fn operation_id(method: &str, path: &str) -> String {
     id
 }
 
-fn responses(ok: u16) -> Value {
+fn responses(path: &str, ok: u16) -> Value {
     let err = json!({ "description": "Error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
+    let success = if path == "/metrics" {
+        "text/plain"
+    } else {
+        "application/json"
+    };
     let mut r = json!({
-        ok.to_string(): { "description": "Success", "content": { "application/json": { "schema": {} } } },
+        ok.to_string(): { "description": "Success", "content": { success: { "schema": {} } } },
         "400": err.clone(), "404": err.clone(), "409": err.clone(), "413": err.clone(), "422": err.clone(), "503": err,
     });
     if ok == 201 {
@@ -104,6 +109,10 @@ pub fn object_schema(fields: &[Field]) -> Value {
     for f in fields {
         let mut s = field_schema(f.kind);
         s["description"] = Value::String(f.doc.to_owned());
+        if !f.required {
+            // null is accepted as "not given".
+            s["nullable"] = Value::Bool(true);
+        }
         props.insert(f.name.to_owned(), s);
     }
     let required: Vec<&str> = fields
@@ -133,7 +142,7 @@ fn field_schema(kind: Kind) -> Value {
         Kind::OneOf(values) => json!({ "type": "string", "enum": values }),
         Kind::Object => json!({ "type": "object" }),
         Kind::Any => json!({}),
-        Kind::Count => json!({ "type": "integer", "minimum": 0 }),
+        Kind::Count => json!({ "type": "integer", "minimum": 1 }),
         Kind::Cursor => json!({ "type": "string" }),
     }
 }
