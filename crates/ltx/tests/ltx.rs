@@ -90,7 +90,7 @@ fn snapshot_and_level0_chain_rebuild_what_litestream_restore_made() {
     let snapshot =
         decode_file(&fixtures().join("replica/ltx/9/0000000000000001-0000000000000010.ltx"));
     assert_eq!(
-        apply(&[snapshot.clone()]),
+        apply(std::slice::from_ref(&snapshot)),
         restored,
         "the latest snapshot is the restored database"
     );
