@@ -124,6 +124,15 @@ pub enum Error {
         /// What SQLite said.
         message: String,
     },
+    /// An LTX file is malformed or damaged.
+    #[error("ltx {name}")]
+    Ltx {
+        /// Which file.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        source: ltx::Error,
+    },
     /// A bug: something that should not happen did. Details are in the log.
     #[error("internal error: {message}")]
     Internal {

@@ -8,6 +8,7 @@
 //! - [`http`]: the axum router, handlers, OpenAPI document, and a small HTTP client.
 //! - [`exact`]: exact decimals and timestamps at the edges.
 //! - [`metrics`]: every metric name.
+//! - [`replica`]: places that receive LTX files (a directory today), in Litestream's layout.
 //! - [`clock`]: time is handed in, never read from the wall inside the library.
 
 pub mod api;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod exact;
 pub mod http;
 pub mod metrics;
+pub mod replica;
 pub mod store;
 
 pub use crate::config::Config;

@@ -1,3 +1,4 @@
 //! Component tests of the library: a real SQLite store in a temp dir, no HTTP.
 
+mod litestream;
 mod store;
