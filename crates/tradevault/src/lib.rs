@@ -9,6 +9,7 @@
 //! - [`exact`]: exact decimals and timestamps at the edges.
 //! - [`metrics`]: every metric name.
 //! - [`replica`]: places that receive LTX files (a directory today), in Litestream's layout.
+//! - [`wal`]: committed transactions read from a SQLite WAL, verified frame by frame.
 //! - [`clock`]: time is handed in, never read from the wall inside the library.
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod http;
 pub mod metrics;
 pub mod replica;
 pub mod store;
+pub mod wal;
 
 pub use crate::config::Config;
 pub use crate::error::{Error, Result};

@@ -2,3 +2,4 @@
 
 mod litestream;
 mod store;
+mod wal;
