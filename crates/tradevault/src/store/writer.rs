@@ -307,30 +307,37 @@ fn run(
             health.poison(cause.clone());
         }
         let succeeded = dones.iter().filter(|d| d.ok).count();
-        for done in dones {
-            if failure.is_none() && done.ok {
+        // Everything that describes a commit (metrics, listeners) happens before anyone is
+        // answered: a client that sees its 201 sees the commit counted, and a listener (the
+        // replication engine) always hears of a commit before it is acknowledged.
+        let committed = failure.is_none() && succeeded > 0;
+        let mut wal_frames = 0;
+        if committed {
+            seq += 1;
+            for done in dones.iter().filter(|d| d.ok) {
                 for (table, n) in &done.rows {
                     m::rows_written(table, *n);
                 }
             }
+            m::commit(started.elapsed(), succeeded);
+            wal_frames = opts.wal_frames.load(Ordering::Relaxed);
+            wal_peak = wal_peak.max(wal_frames);
+            m::wal_frames(wal_frames, wal_peak);
+            let commit = Commit {
+                seq,
+                requests: succeeded,
+                at: now,
+                wal_frames,
+            };
+            for l in &opts.listeners {
+                l.committed(&commit);
+            }
+        }
+        for done in dones {
             (done.finish)(failure.as_deref());
         }
-        if failure.is_some() || succeeded == 0 {
+        if !committed {
             continue;
-        }
-        seq += 1;
-        m::commit(started.elapsed(), succeeded);
-        let wal_frames = opts.wal_frames.load(Ordering::Relaxed);
-        wal_peak = wal_peak.max(wal_frames);
-        m::wal_frames(wal_frames, wal_peak);
-        let commit = Commit {
-            seq,
-            requests: succeeded,
-            at: now,
-            wal_frames,
-        };
-        for l in &opts.listeners {
-            l.committed(&commit);
         }
         if let Some(request) = &opts.checkpoint_request
             && wal_frames >= opts.checkpoint_wal_frames
