@@ -32,6 +32,8 @@ enum Command {
     Stats(cmd::stats::Args),
     /// Check integrity, foreign keys and positions against fills; exit 1 if anything is wrong.
     Check(cmd::check::Args),
+    /// Ship every transaction of a SQLite database (in WAL mode) to replicas, as a sidecar.
+    Replicate(cmd::replicate::Args),
 }
 
 /// A failure that is the user's to fix in how they called us: exit code 2.
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Init(args) => cmd::init::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Stats(args) => cmd::stats::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Check(args) => cmd::check::run(cli.config.as_deref(), cli.data_dir, args),
+        Command::Replicate(args) => cmd::replicate::run(cli.config.as_deref(), cli.data_dir, args),
     };
     match result {
         Ok(code) => code,

@@ -10,6 +10,7 @@
 //! - [`metrics`]: every metric name.
 //! - [`replica`]: places that receive LTX files (a directory today), in Litestream's layout.
 //! - [`wal`]: committed transactions read from a SQLite WAL, verified frame by frame.
+//! - [`replicate`]: ships a database's transactions to a replica as LTX files.
 //! - [`clock`]: time is handed in, never read from the wall inside the library.
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod exact;
 pub mod http;
 pub mod metrics;
 pub mod replica;
+pub mod replicate;
 pub mod store;
 pub mod wal;
 

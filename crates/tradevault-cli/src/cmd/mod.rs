@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod init;
+pub mod replicate;
 pub mod serve;
 pub mod stats;
 

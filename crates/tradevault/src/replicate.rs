@@ -1,0 +1,256 @@
+//! [`Replicator`]: ships a SQLite database's committed transactions to a replica as LTX files,
+//! for a database that another program writes (the sidecar of `tradevault replicate`).
+//!
+//! Each [`Replicator::sync`] reads the WAL from the last position and writes one level-0 file
+//! holding every transaction committed since (the newest version of each page), numbered with the
+//! next TXID. With no position (first run, or the WAL was reset behind our back), it writes a
+//! snapshot instead: the database file with every committed WAL transaction laid over it, taken
+//! without locks and retried if the WAL's salts changed while it was read. The first snapshot is
+//! TXID 1 at level 0; later ones are level-9 files `1-<txid>`, which is where Litestream's restore
+//! looks for snapshots, so a history never has a gap.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::replica::{FileReplica, SNAPSHOT_LEVEL};
+use crate::store::wal_path;
+use crate::wal::{Position, WalReader};
+
+/// What one sync did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Synced {
+    /// Nothing was committed since the last sync.
+    Nothing,
+    /// A snapshot of the whole database was written.
+    Snapshot {
+        /// Its TXID.
+        txid: u64,
+        /// Pages in it.
+        pages: u32,
+        /// Bytes written.
+        bytes: u64,
+    },
+    /// The transactions committed since the last sync were written as one file.
+    Transactions {
+        /// Its TXID.
+        txid: u64,
+        /// SQLite transactions it holds.
+        transactions: u32,
+        /// Distinct pages in it.
+        pages: u32,
+        /// Bytes written.
+        bytes: u64,
+    },
+}
+
+/// Where the next sync continues from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// Nothing shipped yet, or the WAL was reset: take a snapshot.
+    Snapshot,
+    /// Read the WAL from this position.
+    Wal(Position),
+    /// There was no WAL at the last snapshot. In WAL mode the database file only changes through
+    /// checkpoints, so while its size and mtime stay the same, a WAL that appears continues it.
+    NoWal(u64, std::time::SystemTime),
+}
+
+/// Replicates one database to one file replica.
+pub struct Replicator {
+    db: PathBuf,
+    replica: FileReplica,
+    txid: u64,
+    resume: Resume,
+}
+
+impl Replicator {
+    /// A replicator of `db` into `replica`, continuing after the newest TXID already there.
+    pub fn new(db: &Path, replica: FileReplica) -> Result<Replicator> {
+        let mut txid = 0;
+        for level in 0..=SNAPSHOT_LEVEL {
+            txid = replica
+                .list(level)?
+                .iter()
+                .map(|f| f.max_txid)
+                .fold(txid, u64::max);
+        }
+        Ok(Replicator {
+            db: db.to_owned(),
+            replica,
+            txid,
+            resume: Resume::Snapshot,
+        })
+    }
+
+    /// The newest TXID on the replica.
+    pub fn txid(&self) -> u64 {
+        self.txid
+    }
+
+    /// Ships whatever was committed since the last sync. `now_ms` stamps the file.
+    pub fn sync(&mut self, now_ms: i64) -> Result<Synced> {
+        let wal = wal_path(&self.db);
+        match self.resume {
+            Resume::Wal(position) => match WalReader::resume(&wal, position)? {
+                Some(reader) => return self.ship_transactions(reader, now_ms),
+                None => {
+                    tracing::warn!(db = %self.db.display(), "the wal was reset by another program; writing a new snapshot")
+                }
+            },
+            Resume::NoWal(len, modified) if file_identity(&self.db)? == (len, modified) => {
+                return match WalReader::open(&wal)? {
+                    Some(reader) => self.ship_transactions(reader, now_ms),
+                    None => Ok(Synced::Nothing),
+                };
+            }
+            Resume::NoWal(..) | Resume::Snapshot => {}
+        }
+        self.ship_snapshot(now_ms)
+    }
+
+    fn ship_transactions(&mut self, mut reader: WalReader, now_ms: i64) -> Result<Synced> {
+        let page_size = reader.header().page_size;
+        let mut pages = std::collections::BTreeMap::new();
+        let (mut commit, mut transactions) = (0, 0u32);
+        while let Some(t) = reader.next_transaction()? {
+            commit = t.commit;
+            transactions += 1;
+            pages.extend(t.pages);
+        }
+        if transactions == 0 {
+            return Ok(Synced::Nothing);
+        }
+        // Pages past the final size belong to a shrink: they are not part of the database.
+        pages.retain(|pgno, _| *pgno <= commit);
+        let txid = self.txid + 1;
+        let bytes = encode(
+            ltx::Header::new(page_size, commit, txid, txid, now_ms),
+            pages.iter().map(|(p, d)| (*p, d.as_slice())),
+        )?;
+        let written = self.replica.put(0, &bytes)?;
+        self.txid = txid;
+        self.resume = Resume::Wal(reader.position());
+        Ok(Synced::Transactions {
+            txid,
+            transactions,
+            pages: pages.len() as u32,
+            bytes: written.size,
+        })
+    }
+
+    fn ship_snapshot(&mut self, now_ms: i64) -> Result<Synced> {
+        let (image, page_size, resume) = self.consistent_image()?;
+        let commit =
+            u32::try_from(image.len() / page_size as usize).map_err(|_| Error::Internal {
+                message: "database too large".into(),
+            })?;
+        let txid = self.txid + 1;
+        let lock = ltx::lock_pgno(page_size);
+        let pages = (1..=commit).filter(|p| *p != lock).map(|p| {
+            let at = (p as usize - 1) * page_size as usize;
+            (p, &image[at..at + page_size as usize])
+        });
+        let bytes = encode(ltx::Header::new(page_size, commit, 1, txid, now_ms), pages)?;
+        let level = if txid == 1 { 0 } else { SNAPSHOT_LEVEL };
+        let written = self.replica.put(level, &bytes)?;
+        self.txid = txid;
+        self.resume = resume;
+        Ok(Synced::Snapshot {
+            txid,
+            pages: commit,
+            bytes: written.size,
+        })
+    }
+
+    /// The database as of the end of its WAL: the file with every committed WAL transaction laid
+    /// over it. A checkpoint copying frames meanwhile is harmless (the WAL's newer or equal version
+    /// of each page wins); a WAL reset meanwhile changes the salts, and the read is retried.
+    fn consistent_image(&self) -> Result<(Vec<u8>, u32, Resume)> {
+        let wal = wal_path(&self.db);
+        for _ in 0..16 {
+            let before = WalReader::open(&wal)?.map(|r| *r.header());
+            let identity = file_identity(&self.db)?;
+            let mut image =
+                std::fs::read(&self.db).map_err(|e| Error::io("read database", &self.db, e))?;
+            let page_size = database_page_size(&image, &self.db)?;
+            let mut resume = Resume::NoWal(identity.0, identity.1);
+            if let Some(mut reader) = WalReader::open(&wal)? {
+                if Some(*reader.header()) != before {
+                    continue;
+                }
+                while let Some(t) = reader.next_transaction()? {
+                    image.resize(t.commit as usize * page_size as usize, 0);
+                    for (pgno, data) in &t.pages {
+                        if *pgno <= t.commit {
+                            let at = (*pgno as usize - 1) * page_size as usize;
+                            image[at..at + page_size as usize].copy_from_slice(data);
+                        }
+                    }
+                }
+                resume = Resume::Wal(reader.position());
+            }
+            let after = WalReader::open(&wal)?.map(|r| *r.header());
+            let unchanged = match resume {
+                Resume::NoWal(..) => after.is_none() && file_identity(&self.db)? == identity,
+                _ => after == before,
+            };
+            if unchanged {
+                image.truncate(image.len() / page_size as usize * page_size as usize);
+                return Ok((image, page_size, resume));
+            }
+        }
+        Err(Error::Internal {
+            message: format!(
+                "the wal of {} kept being reset while it was read",
+                self.db.display()
+            ),
+        })
+    }
+}
+
+fn file_identity(path: &Path) -> Result<(u64, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("read database metadata", path, e))?;
+    let modified = meta
+        .modified()
+        .map_err(|e| Error::io("read database mtime", path, e))?;
+    Ok((meta.len(), modified))
+}
+
+fn database_page_size(image: &[u8], path: &Path) -> Result<u32> {
+    if image.len() < 100 || &image[..16] != b"SQLite format 3\0" {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            detail: "not a SQLite database (bad header)".into(),
+        });
+    }
+    // Bytes 18 and 19 are 2 in WAL mode; a rollback-journal database changes its file in place and
+    // cannot be replicated from its WAL.
+    if image[18] != 2 || image[19] != 2 {
+        return Err(Error::invalid(
+            "not_wal",
+            None,
+            format!(
+                "{} is not in WAL mode; run PRAGMA journal_mode=WAL on it first",
+                path.display()
+            ),
+        ));
+    }
+    let raw = u32::from(u16::from_be_bytes([image[16], image[17]]));
+    Ok(if raw == 1 { 65_536 } else { raw })
+}
+
+fn encode<'a>(
+    header: ltx::Header,
+    pages: impl Iterator<Item = (u32, &'a [u8])>,
+) -> Result<Vec<u8>> {
+    let name = ltx::file_name(header.min_txid, header.max_txid);
+    let ltx_err = |source| Error::Ltx {
+        name: name.clone(),
+        source,
+    };
+    let mut enc = ltx::Encoder::new(Vec::new(), header).map_err(ltx_err)?;
+    for (pgno, data) in pages {
+        enc.encode_page(pgno, data).map_err(ltx_err)?;
+    }
+    Ok(enc.finish(0).map_err(ltx_err)?.0)
+}
