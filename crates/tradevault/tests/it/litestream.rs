@@ -9,7 +9,8 @@ use std::process::Command;
 use ltx::{Encoder, Header};
 use tradevault::replica::FileReplica;
 
-fn litestream() -> Option<PathBuf> {
+/// The litestream binary, from TRADEVAULT_LITESTREAM or PATH; required when CI=true.
+pub fn litestream() -> Option<PathBuf> {
     let candidate = std::env::var_os("TRADEVAULT_LITESTREAM")
         .map(PathBuf::from)
         .or_else(|| {

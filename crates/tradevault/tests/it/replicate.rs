@@ -2,7 +2,7 @@
 //! file per sync holding exactly what was committed since, a new snapshot after a WAL reset, and
 //! the real `litestream restore` rebuilding every state by TXID.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use tradevault::replica::FileReplica;
@@ -16,16 +16,6 @@ fn insert(conn: &rusqlite::Connection, from: u32, n: u32) {
         )
         .expect("insert");
     }
-}
-
-fn litestream() -> Option<PathBuf> {
-    let found = std::env::var_os("TRADEVAULT_LITESTREAM").map(PathBuf::from);
-    if found.is_none() && std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "litestream 0.5.17 is required in CI; .ci/run installs it and sets TRADEVAULT_LITESTREAM"
-        );
-    }
-    found
 }
 
 /// Table contents of a database file, for comparing states whatever their page layout.
@@ -110,7 +100,7 @@ fn each_sync_ships_what_was_committed_and_a_reset_starts_a_new_snapshot() {
         5
     );
 
-    let Some(bin) = litestream() else {
+    let Some(bin) = crate::litestream::litestream() else {
         eprintln!("litestream not found (set TRADEVAULT_LITESTREAM): restore checks skipped");
         return;
     };
