@@ -34,6 +34,8 @@ enum Command {
     Check(cmd::check::Args),
     /// Ship every transaction of a SQLite database (in WAL mode) to replicas, as a sidecar.
     Replicate(cmd::replicate::Args),
+    /// Rebuild a database from a replica (ours or Litestream's), to the latest state, a TXID or a time.
+    Restore(cmd::restore::Args),
 }
 
 /// A failure that is the user's to fix in how they called us: exit code 2.
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => cmd::stats::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Check(args) => cmd::check::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Replicate(args) => cmd::replicate::run(cli.config.as_deref(), cli.data_dir, args),
+        Command::Restore(args) => cmd::restore::run(cli.config.as_deref(), cli.data_dir, args),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,7 @@
 //! - [`replica`]: places that receive LTX files (a directory today), in Litestream's layout.
 //! - [`wal`]: committed transactions read from a SQLite WAL, verified frame by frame.
 //! - [`replicate`]: ships a database's transactions to a replica as LTX files.
+//! - [`restore`]: plans, verifies and assembles a database from a replica, to a time or a TXID.
 //! - [`clock`]: time is handed in, never read from the wall inside the library.
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod http;
 pub mod metrics;
 pub mod replica;
 pub mod replicate;
+pub mod restore;
 pub mod store;
 pub mod wal;
 

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod init;
 pub mod replicate;
+pub mod restore;
 pub mod serve;
 pub mod stats;
 
@@ -75,5 +76,19 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Parses a replica URL; only directories (`file:///absolute/path`) for now.
+pub fn replica_of(url: &str) -> anyhow::Result<tradevault::replica::FileReplica> {
+    match url.split_once("://") {
+        Some(("file", path)) if path.starts_with('/') => {
+            Ok(tradevault::replica::FileReplica::new(path))
+        }
+        Some(("s3", _)) => Err(UsageError(format!(
+            "{url}: s3 replicas are not supported yet; use file:///path"
+        ))
+        .into()),
+        _ => Err(UsageError(format!("{url}: a replica is a file:///absolute/path URL")).into()),
     }
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
-use tradevault::replica::FileReplica;
 use tradevault::replicate::{Replicator, Synced};
 
 use crate::UsageError;
@@ -33,18 +32,6 @@ pub struct Args {
     json: bool,
 }
 
-/// Parses a replica URL; only directories (`file://`) for now.
-fn replica_of(url: &str) -> anyhow::Result<FileReplica> {
-    match url.split_once("://") {
-        Some(("file", path)) if path.starts_with('/') => Ok(FileReplica::new(path)),
-        Some(("s3", _)) => Err(UsageError(format!(
-            "{url}: s3 replicas are not supported yet; use file:///path"
-        ))
-        .into()),
-        _ => Err(UsageError(format!("{url}: a replica is a file:///absolute/path URL")).into()),
-    }
-}
-
 pub fn run(
     config_file: Option<&Path>,
     data_dir: Option<PathBuf>,
@@ -57,7 +44,7 @@ pub fn run(
     }
     let mut replicators = Vec::new();
     for url in &args.replicas {
-        let replicator = Replicator::new(&args.db, replica_of(url)?)
+        let replicator = Replicator::new(&args.db, super::replica_of(url)?)
             .with_context(|| format!("open replica {url}"))?;
         replicators.push((url.clone(), replicator));
     }

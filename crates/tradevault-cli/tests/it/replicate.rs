@@ -136,3 +136,81 @@ fn replicate_refuses_what_it_cannot_do() {
     );
     assert_eq!(run(&["/no/such.db", &url, "--once"]).status.code(), Some(2));
 }
+
+#[test]
+fn restore_rebuilds_a_litestream_replica_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixtures =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/ltx-litestream-0.5.17");
+    let url = format!(
+        "file://{}",
+        fixtures
+            .join("replica")
+            .canonicalize()
+            .expect("fixture")
+            .display()
+    );
+    let out = dir.path().join("out.db");
+    let run = |extra: &[&str]| {
+        command()
+            .args(["restore", "--replica", &url])
+            .args(extra)
+            .output()
+            .expect("run restore")
+    };
+    let dry = run(&[
+        "--output",
+        out.to_str().expect("utf8"),
+        "--dry-run",
+        "--json",
+    ]);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&dry.stdout).expect("plan json");
+    assert_eq!(plan["txid"], 16);
+    assert!(!out.exists(), "a dry run writes nothing");
+    let done = run(&["--output", out.to_str().expect("utf8")]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(String::from_utf8_lossy(&done.stdout).contains("integrity ok"));
+    let (got, want) = (
+        std::fs::read(&out).expect("out"),
+        std::fs::read(fixtures.join("restored-latest.db")).expect("want"),
+    );
+    assert!(got == want, "byte for byte what litestream restore made");
+    let again = run(&["--output", out.to_str().expect("utf8")]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let txid = run(&[
+        "--output",
+        dir.path().join("t5.db").to_str().expect("utf8"),
+        "--txid",
+        "5",
+        "--json",
+    ]);
+    assert!(
+        txid.status.success(),
+        "{}",
+        String::from_utf8_lossy(&txid.stderr)
+    );
+    assert_eq!(
+        run(&["--output", "x.db", "--txid", "five"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(&["--output", "x.db", "--timestamp", "noon"])
+            .status
+            .code(),
+        Some(2)
+    );
+}

@@ -2,5 +2,6 @@
 
 mod litestream;
 mod replicate;
+mod restore;
 mod store;
 mod wal;
