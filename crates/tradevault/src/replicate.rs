@@ -50,6 +50,9 @@ enum Resume {
     Snapshot,
     /// Read the WAL from this position.
     Wal(Position),
+    /// The engine checkpointed and truncated the WAL right after shipping all of it, with nothing
+    /// committed in between: the next WAL generation (this checkpoint sequence) continues the history.
+    FreshWal(u32),
     /// There was no WAL at the last snapshot. In WAL mode the database file only changes through
     /// checkpoints, so while its size and mtime stay the same, a WAL that appears continues it.
     NoWal(u64, std::time::SystemTime),
@@ -87,6 +90,13 @@ impl Replicator {
         self.txid
     }
 
+    /// Tells the replicator that its last sync shipped the whole WAL and that the WAL, whose header
+    /// had `checkpoint_seq`, was then checkpointed and truncated with nothing committed in between:
+    /// the next WAL generation continues this history instead of needing a snapshot.
+    pub fn wal_truncated(&mut self, checkpoint_seq: u32) {
+        self.resume = Resume::FreshWal(checkpoint_seq.wrapping_add(1));
+    }
+
     /// Ships whatever was committed since the last sync. `now_ms` stamps the file.
     pub fn sync(&mut self, now_ms: i64) -> Result<Synced> {
         let wal = wal_path(&self.db);
@@ -103,6 +113,15 @@ impl Replicator {
                     None => Ok(Synced::Nothing),
                 };
             }
+            Resume::FreshWal(seq) => match WalReader::open(&wal)? {
+                None => return Ok(Synced::Nothing),
+                Some(reader) if reader.header().checkpoint_seq == seq => {
+                    return self.ship_transactions(reader, now_ms);
+                }
+                Some(_) => {
+                    tracing::warn!(db = %self.db.display(), "the wal was reset twice; writing a new snapshot")
+                }
+            },
             Resume::NoWal(..) | Resume::Snapshot => {}
         }
         self.ship_snapshot(now_ms)
@@ -253,4 +272,197 @@ fn encode<'a>(
         enc.encode_page(pgno, data).map_err(ltx_err)?;
     }
     Ok(enc.finish(0).map_err(ltx_err)?.0)
+}
+
+/// Replicates the store continuously: a thread that ships its WAL to every replica each interval,
+/// and that owns the store's checkpoints (open the store with `CheckpointOwner::External`). When
+/// the WAL passes its threshold, it copies the bulk with a PASSIVE checkpoint on its own
+/// connection, then asks the writer for an exclusive moment in which it ships the tail and
+/// truncates the WAL, so no commit can fall between the last shipment and the truncation.
+pub struct Engine {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Settings of the [`Engine`].
+pub struct EngineOptions {
+    /// How often to ship.
+    pub interval: std::time::Duration,
+    /// Checkpoint and truncate the WAL once it holds this many bytes.
+    pub checkpoint_wal_bytes: u64,
+    /// The store's busy timeout, restored after the truncating checkpoint (which never waits).
+    pub busy_timeout_ms: u64,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<Vec<(String, Replicator)>>>;
+
+impl Engine {
+    /// Starts replicating `store` to `replicas` (name, replica).
+    pub fn start(
+        store: std::sync::Arc<crate::store::Store>,
+        replicas: Vec<(String, FileReplica)>,
+        clock: std::sync::Arc<dyn crate::clock::Clock>,
+        options: EngineOptions,
+    ) -> Result<Engine> {
+        let db = store.path().to_owned();
+        let mut replicators = Vec::new();
+        for (name, replica) in replicas {
+            replicators.push((name, Replicator::new(&db, replica)?));
+        }
+        let shared: Shared = std::sync::Arc::new(std::sync::Mutex::new(replicators));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tradevault-replicate".into())
+            .spawn(move || run_engine(&store, &shared, &*clock, &options, &thread_stop))
+            .map_err(|e| Error::io("start replication thread", "tradevault-replicate", e))?;
+        Ok(Engine {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Ships what is left and stops. Call before closing the store.
+    pub fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run_engine(
+    store: &crate::store::Store,
+    shared: &Shared,
+    clock: &dyn crate::clock::Clock,
+    options: &EngineOptions,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let wal = wal_path(store.path());
+    loop {
+        let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
+        sync_all(shared, clock.now().as_millisecond());
+        if stopping {
+            break;
+        }
+        let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if wal_bytes >= options.checkpoint_wal_bytes {
+            truncate_wal(store, shared, clock, options, wal_bytes);
+        }
+        // Sleep in short steps so that a stop is seen promptly.
+        let mut slept = std::time::Duration::ZERO;
+        while slept < options.interval && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let step = std::time::Duration::from_millis(10).min(options.interval - slept);
+            std::thread::sleep(step);
+            slept += step;
+        }
+    }
+}
+
+/// Syncs every replica; one failing replica is logged and does not stop the others.
+/// Returns, for each replica, whether it is now at the end of the WAL.
+fn sync_all(shared: &Shared, now_ms: i64) -> Vec<bool> {
+    let mut replicators = shared.lock().unwrap_or_else(|p| p.into_inner());
+    let mut shipped = Vec::with_capacity(replicators.len());
+    for (name, r) in replicators.iter_mut() {
+        match r.sync(now_ms) {
+            Ok(Synced::Nothing) => shipped.push(true),
+            Ok(synced) => {
+                tracing::debug!(replica = %name, ?synced, "ltx file shipped");
+                shipped.push(true);
+            }
+            Err(e) => {
+                tracing::warn!(replica = %name, error = %e, "replication failed; retrying next interval");
+                shipped.push(false);
+            }
+        }
+    }
+    shipped
+}
+
+fn truncate_wal(
+    store: &crate::store::Store,
+    shared: &Shared,
+    clock: &dyn crate::clock::Clock,
+    options: &EngineOptions,
+    wal_bytes: u64,
+) {
+    // The bulk of the copy happens beside the writer, on the engine's own connections. A read
+    // transaction pins the WAL first: SQLite restarts a fully copied WAL at the next commit, and
+    // it must not do that before the tail is shipped; it cannot while a reader holds a mark.
+    let path = store.path().to_owned();
+    let open = || {
+        let c = rusqlite::Connection::open(&path)?;
+        c.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )?;
+        Ok::<_, rusqlite::Error>(c)
+    };
+    let pin = open().and_then(|c| {
+        c.execute_batch("BEGIN")?;
+        c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+        Ok(c)
+    });
+    let pin = match pin {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not pin the wal for a checkpoint");
+            return;
+        }
+    };
+    if let Err(e) =
+        open().and_then(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
+    {
+        tracing::warn!(error = %e, "passive checkpoint failed");
+    }
+    let shared = shared.clone();
+    let now_ms = clock.now().as_millisecond();
+    let wal = wal_path(&path);
+    let busy_timeout_ms = options.busy_timeout_ms;
+    let hard_bound = wal_bytes >= 4 * options.checkpoint_wal_bytes;
+    let result = store.exclusive_blocking(move |conn| {
+        // Nothing commits while this runs: ship the tail, then truncate.
+        let shipped = sync_all(&shared, now_ms);
+        // Nothing can commit now, so the WAL may be released for the truncation.
+        drop(pin);
+        if shipped.contains(&false) && !hard_bound {
+            // A replica that is down keeps the WAL until the hard bound; it then catches up
+            // with a snapshot.
+            return Ok(false);
+        }
+        let seq = WalReader::open(&wal)?.map(|r| r.header().checkpoint_seq);
+        let sql = |e| Error::sqlite("truncate wal", e);
+        // Never wait for readers here: the writer is paused.
+        conn.pragma_update(None, "busy_timeout", 0).map_err(sql)?;
+        let done = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        });
+        conn.pragma_update(
+            None,
+            "busy_timeout",
+            i64::try_from(busy_timeout_ms).unwrap_or(i64::MAX),
+        )
+        .map_err(sql)?;
+        let complete = done.map_err(sql)? == 0;
+        if complete && let Some(seq) = seq {
+            let mut replicators = shared.lock().unwrap_or_else(|p| p.into_inner());
+            // Only a replica that shipped the whole WAL continues into the next generation; one
+            // that failed will find the WAL reset and write a snapshot.
+            for ((_, r), ok) in replicators.iter_mut().zip(&shipped) {
+                if *ok {
+                    r.wal_truncated(seq);
+                }
+            }
+        }
+        Ok(complete)
+    });
+    match result {
+        Ok(true) => tracing::debug!(wal_bytes, "wal shipped, checkpointed and truncated"),
+        Ok(false) => tracing::debug!(
+            wal_bytes,
+            "wal not truncated (a reader or a replica is behind)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "wal truncation failed"),
+    }
 }

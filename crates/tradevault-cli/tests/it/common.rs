@@ -46,10 +46,27 @@ impl Server {
         Server::start_with(dir, &[])
     }
 
+    /// Starts a server on `dir` with extra `serve` arguments.
+    pub fn start_args(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
+        Server::try_start_args(command(), dir, env, args)
+            .unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
     /// Starts `cmd` as a server; `Err` with its stderr if it exits before listening.
-    pub fn try_start(mut cmd: Command, dir: &Path, env: &[(&str, &str)]) -> Result<Server, String> {
+    pub fn try_start(cmd: Command, dir: &Path, env: &[(&str, &str)]) -> Result<Server, String> {
+        Server::try_start_args(cmd, dir, env, &[])
+    }
+
+    /// [`Server::try_start`] with extra `serve` arguments.
+    pub fn try_start_args(
+        mut cmd: Command,
+        dir: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<Server, String> {
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir);
+            .arg(dir)
+            .args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }

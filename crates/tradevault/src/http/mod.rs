@@ -353,19 +353,18 @@ async fn observe(State(timeout): State<Duration>, req: Request, next: Next) -> R
     response
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then closes the store.
+/// Serves the API on `listener` until `shutdown` resolves. The caller closes the store.
 pub async fn serve(
     config: &Config,
-    store: Store,
+    store: Arc<Store>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let addr: SocketAddr = listener
         .local_addr()
         .map_err(|e| Error::io("read listen address", "socket", e))?;
-    let store = Arc::new(store);
     let state = AppState {
-        store: store.clone(),
+        store,
         batch_items_max: config.api.batch_items_max,
         page_limit_default: config.api.page_limit_default,
         page_limit_max: config.api.page_limit_max,
@@ -381,12 +380,6 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| Error::io("serve http", addr.to_string(), e))?;
-    tracing::info!("http server stopped; closing the store");
-    match Arc::try_unwrap(store) {
-        Ok(store) => store.close(),
-        Err(_) => tracing::warn!(
-            "store still in use at shutdown; its writer stops when the last request ends"
-        ),
-    }
+    tracing::info!("http server stopped");
     Ok(())
 }

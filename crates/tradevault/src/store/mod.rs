@@ -198,6 +198,16 @@ impl Store {
         self.writer.write(f).await
     }
 
+    /// Runs `f` on the write connection between two groups, outside any transaction, with nothing
+    /// committing meanwhile. For the replication engine; call it from a plain thread, not async code.
+    pub fn exclusive_blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.writer.exclusive_blocking(f)
+    }
+
     /// Runs `f` on a read-only connection, off the async threads. The connection goes back to the
     /// pool when `f` ends, even if the caller stopped waiting or `f` panicked.
     pub async fn read<T, F>(&self, f: F) -> Result<T>

@@ -112,6 +112,57 @@ struct Done {
 trait Job: Send {
     fn run(self: Box<Self>, tx: &mut Tx<'_>) -> Done;
     fn refuse(self: Box<Self>, error: Error);
+    /// Whether the job runs alone between groups, outside any transaction.
+    fn exclusive(&self) -> bool {
+        false
+    }
+    /// Runs an exclusive job; returns the cause if it failed in a way that poisons the writer.
+    fn run_exclusive(self: Box<Self>, _conn: &Connection) -> Option<String> {
+        None
+    }
+}
+
+/// A job that runs on the write connection with no transaction open and no write in progress:
+/// nothing commits while it runs (the replication engine ships the WAL's tail and truncates it).
+struct ExclusiveJob<T, F> {
+    f: F,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Job for ExclusiveJob<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+{
+    fn run(self: Box<Self>, _tx: &mut Tx<'_>) -> Done {
+        // Never grouped: the writer loop runs exclusive jobs through run_exclusive.
+        unreachable!("an exclusive job is never run inside a transaction")
+    }
+
+    fn refuse(self: Box<Self>, error: Error) {
+        let _ = self.reply.send(Err(error));
+    }
+
+    fn exclusive(&self) -> bool {
+        true
+    }
+
+    fn run_exclusive(self: Box<Self>, conn: &Connection) -> Option<String> {
+        let ExclusiveJob { f, reply } = *self;
+        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
+            Ok(r) => r,
+            Err(_) => Err(Error::Internal {
+                message: "an exclusive writer job panicked".into(),
+            }),
+        };
+        let fatal = match &result {
+            Err(e @ Error::Internal { .. }) => Some(error_chain(e)),
+            Err(e) if e.is_fatal() => Some(error_chain(e)),
+            _ => None,
+        };
+        let _ = reply.send(result);
+        fatal
+    }
 }
 
 struct TypedJob<T, F> {
@@ -247,6 +298,24 @@ impl Writer {
         reply_rx.await.map_err(|_| Error::WriterStopped)?
     }
 
+    /// Runs `f` on the write connection between groups, with nothing committing meanwhile.
+    /// Blocks the calling (non-async) thread until it ran.
+    pub(crate) fn exclusive_blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        if let Some(cause) = self.health.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
+        let (reply, reply_rx) = oneshot::channel::<Result<T>>();
+        let job: Box<dyn Job> = Box::new(ExclusiveJob { f, reply });
+        self.tx
+            .blocking_send(job)
+            .map_err(|_| Error::WriterStopped)?;
+        reply_rx.blocking_recv().map_err(|_| Error::WriterStopped)?
+    }
+
     /// Whether the writer thread is still taking requests.
     pub(crate) fn alive(&self) -> bool {
         !self.tx.is_closed()
@@ -283,10 +352,34 @@ fn run(
     let mut seq = 0u64;
     let mut wal_peak = 0u64;
     let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(opts.group_commit_max);
-    while let Some(first) = rx.blocking_recv() {
+    let mut pending: Option<Box<dyn Job>> = None;
+    loop {
+        let first = match pending.take() {
+            Some(job) => job,
+            None => match rx.blocking_recv() {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        if first.exclusive() {
+            match health.poisoned() {
+                Some(cause) => first.refuse(Error::Poisoned { cause }),
+                None => {
+                    if let Some(cause) = first.run_exclusive(&conn) {
+                        health.poison(cause);
+                    }
+                }
+            }
+            continue;
+        }
         group.push(first);
         while group.len() < opts.group_commit_max {
             match rx.try_recv() {
+                // An exclusive job waits for the group before it to commit.
+                Ok(job) if job.exclusive() => {
+                    pending = Some(job);
+                    break;
+                }
                 Ok(job) => group.push(job),
                 Err(_) => break,
             }
