@@ -137,3 +137,111 @@ fn our_replica_restores_every_point_exactly_and_refuses_what_it_cannot_reach() {
         "no staging file is left"
     );
 }
+
+/// Restores to many random times and TXIDs, across a WAL reset (so through a level-9 snapshot),
+/// and compares each with the state the writer recorded at that point. TRADEVAULT_TEST_SEED
+/// replays a run.
+#[test]
+fn random_points_in_time_restore_exactly_what_was_recorded() {
+    let seed: u64 = std::env::var("TRADEVAULT_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(7, |d| d.as_nanos() as u64)
+                | 1
+        });
+    eprintln!("random_points_in_time: SEED={seed}");
+    let mut state = seed;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, qty TEXT);",
+    )
+    .expect("schema");
+    let replica = FileReplica::new(dir.path().join("replica"));
+    let mut r = Replicator::new(&db, replica.clone()).expect("replicator");
+    // (time of the sync, txid, rows) for every point the replica can restore.
+    let mut points: Vec<(i64, u64, Vec<(i64, String)>)> = Vec::new();
+    let mut id = 0u32;
+    for step in 1..=24i64 {
+        for _ in 0..next(8) + 1 {
+            match next(3) {
+                0 if id > 0 => {
+                    conn.execute(
+                        "UPDATE fills SET qty = qty || '+' WHERE id = ?1",
+                        [next(u64::from(id)) as u32],
+                    )
+                    .expect("update");
+                }
+                1 if id > 0 => {
+                    conn.execute(
+                        "DELETE FROM fills WHERE id = ?1",
+                        [next(u64::from(id)) as u32],
+                    )
+                    .expect("delete");
+                }
+                _ => {
+                    conn.execute(
+                        "INSERT INTO fills (id, qty) VALUES (?1, printf('%d', ?1))",
+                        [id],
+                    )
+                    .expect("insert");
+                    id += 1;
+                }
+            }
+        }
+        if step == 12 {
+            // Another program resets the WAL: the history continues through a level-9 snapshot.
+            conn.execute_batch("PRAGMA wal_checkpoint(RESTART)")
+                .expect("checkpoint");
+        }
+        let at = step * 1_000;
+        let txid = match r.sync(at).expect("sync") {
+            tradevault::replicate::Synced::Nothing => continue,
+            tradevault::replicate::Synced::Snapshot { txid, .. }
+            | tradevault::replicate::Synced::Transactions { txid, .. } => txid,
+        };
+        points.push((at, txid, rows(&db)));
+    }
+    assert!(
+        replica.list(9).expect("list").len() == 1,
+        "the reset went through a level-9 snapshot"
+    );
+    for i in 0..30 {
+        let (first, last) = (points[0].0, points[points.len() - 1].0);
+        let t = first + next((last - first) as u64 + 1) as i64;
+        let (_, txid, want) = points
+            .iter()
+            .rev()
+            .find(|p| p.0 <= t)
+            .expect("a point at or before t");
+        let plan = restore::plan(&replica, Target::Time(t)).expect("plan");
+        assert_eq!(
+            plan.txid, *txid,
+            "time {t}: the newest point at or before it"
+        );
+        let out = dir.path().join(format!("time-{i}.db"));
+        restore::apply(&replica, &plan, &out).expect("restore");
+        assert_eq!(&rows(&out), want, "time {t} (seed {seed})");
+    }
+    for i in 0..10 {
+        let (_, txid, want) = &points[next(points.len() as u64) as usize];
+        let out = dir.path().join(format!("txid-{i}.db"));
+        restore::apply(
+            &replica,
+            &restore::plan(&replica, Target::Txid(*txid)).expect("plan"),
+            &out,
+        )
+        .expect("restore");
+        assert_eq!(&rows(&out), want, "txid {txid} (seed {seed})");
+    }
+}
