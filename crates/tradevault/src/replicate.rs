@@ -339,6 +339,11 @@ fn run_engine(
     stop: &std::sync::atomic::AtomicBool,
 ) {
     let wal = wal_path(store.path());
+    // Start with a snapshot taken in an exclusive moment and a truncated WAL. After a crash the
+    // WAL index may say the WAL was fully checkpointed, and SQLite would then restart it at the
+    // first commit, leaving a position taken outside such a moment stale (a second snapshot).
+    let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    truncate_wal(store, shared, clock, options, wal_bytes);
     loop {
         let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
         sync_all(shared, clock.now().as_millisecond());

@@ -289,9 +289,8 @@ fn serve_replicates_the_store_across_truncations_restarts_and_kills() {
             );
         }
     }
-    // Each restart starts with a snapshot. How many more there are depends on timing: a
-    // truncation the engine could not continue falls back to a snapshot, which is always safe
-    // (efficiency, not correctness; see the notes), so only the lower bound is asserted.
+    // Each restart starts with one snapshot, taken in an exclusive moment with the WAL truncated;
+    // every later truncation continues the history, so there are no other snapshots.
     let snapshots = std::fs::read_dir(replica.join("ltx/9"))
         .expect("level 9")
         .count();
@@ -302,9 +301,10 @@ fn serve_replicates_the_store_across_truncations_restarts_and_kills() {
         .expect("level 9")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(
-        snapshots >= 5,
-        "a snapshot for each of the 5 restarts: {names:?}"
+    eprintln!("replica after 6 runs: {snapshots} level-9 snapshots, {level0} level-0 files");
+    assert_eq!(
+        snapshots, 5,
+        "one snapshot per restart, none per truncation: {names:?}"
     );
     assert!(level0 > 12, "many level-0 files: {level0}");
     if let Some(bin) = litestream() {
