@@ -51,7 +51,9 @@ enum Resume {
     /// Read the WAL from this position.
     Wal(Position),
     /// The engine checkpointed and truncated the WAL right after shipping all of it, with nothing
-    /// committed in between: the next WAL generation (this checkpoint sequence) continues the history.
+    /// committed in between: the next WAL generation continues the history. SQLite gives each
+    /// restarted WAL the previous first salt plus one (shared by every connection, unlike the
+    /// checkpoint counter), so this is the first salt that generation must have.
     FreshWal(u32),
     /// There was no WAL at the last snapshot. In WAL mode the database file only changes through
     /// checkpoints, so while its size and mtime stay the same, a WAL that appears continues it.
@@ -91,32 +93,38 @@ impl Replicator {
     }
 
     /// Tells the replicator that its last sync shipped the whole WAL and that the WAL, whose header
-    /// had `checkpoint_seq`, was then checkpointed and truncated with nothing committed in between:
-    /// the next WAL generation continues this history instead of needing a snapshot.
-    pub fn wal_truncated(&mut self, checkpoint_seq: u32) {
-        self.resume = Resume::FreshWal(checkpoint_seq.wrapping_add(1));
+    /// had first salt `salt1`, was then checkpointed and truncated with nothing committed in between:
+    /// the next WAL generation (first salt `salt1 + 1`) continues this history.
+    pub fn wal_truncated(&mut self, salt1: u32) {
+        self.resume = Resume::FreshWal(salt1.wrapping_add(1));
     }
 
-    /// Ships whatever was committed since the last sync. `now_ms` stamps the file.
+    /// Ships whatever was committed since the last sync, stamping the file with `now_ms`.
     pub fn sync(&mut self, now_ms: i64) -> Result<Synced> {
+        self.sync_with(&|| now_ms)
+    }
+
+    /// [`Replicator::sync`], asking `now` for the file's time only after its content was read, so
+    /// a file never claims a time before a transaction it holds.
+    pub fn sync_with(&mut self, now: &dyn Fn() -> i64) -> Result<Synced> {
         let wal = wal_path(&self.db);
         match self.resume {
             Resume::Wal(position) => match WalReader::resume(&wal, position)? {
-                Some(reader) => return self.ship_transactions(reader, now_ms),
+                Some(reader) => return self.ship_transactions(reader, now),
                 None => {
                     tracing::warn!(db = %self.db.display(), "the wal was reset by another program; writing a new snapshot")
                 }
             },
             Resume::NoWal(len, modified) if file_identity(&self.db)? == (len, modified) => {
                 return match WalReader::open(&wal)? {
-                    Some(reader) => self.ship_transactions(reader, now_ms),
+                    Some(reader) => self.ship_transactions(reader, now),
                     None => Ok(Synced::Nothing),
                 };
             }
-            Resume::FreshWal(seq) => match WalReader::open(&wal)? {
+            Resume::FreshWal(salt1) => match WalReader::open(&wal)? {
                 None => return Ok(Synced::Nothing),
-                Some(reader) if reader.header().checkpoint_seq == seq => {
-                    return self.ship_transactions(reader, now_ms);
+                Some(reader) if reader.header().salt1 == salt1 => {
+                    return self.ship_transactions(reader, now);
                 }
                 Some(_) => {
                     tracing::warn!(db = %self.db.display(), "the wal was reset twice; writing a new snapshot")
@@ -124,10 +132,14 @@ impl Replicator {
             },
             Resume::NoWal(..) | Resume::Snapshot => {}
         }
-        self.ship_snapshot(now_ms)
+        self.ship_snapshot(now)
     }
 
-    fn ship_transactions(&mut self, mut reader: WalReader, now_ms: i64) -> Result<Synced> {
+    fn ship_transactions(
+        &mut self,
+        mut reader: WalReader,
+        now: &dyn Fn() -> i64,
+    ) -> Result<Synced> {
         let page_size = reader.header().page_size;
         let mut pages = std::collections::BTreeMap::new();
         let (mut commit, mut transactions) = (0, 0u32);
@@ -143,7 +155,7 @@ impl Replicator {
         pages.retain(|pgno, _| *pgno <= commit);
         let txid = self.txid + 1;
         let bytes = encode(
-            ltx::Header::new(page_size, commit, txid, txid, now_ms),
+            ltx::Header::new(page_size, commit, txid, txid, now()),
             pages.iter().map(|(p, d)| (*p, d.as_slice())),
         )?;
         let written = self.replica.put(0, &bytes)?;
@@ -157,7 +169,7 @@ impl Replicator {
         })
     }
 
-    fn ship_snapshot(&mut self, now_ms: i64) -> Result<Synced> {
+    fn ship_snapshot(&mut self, now: &dyn Fn() -> i64) -> Result<Synced> {
         let (image, page_size, resume) = self.consistent_image()?;
         let commit =
             u32::try_from(image.len() / page_size as usize).map_err(|_| Error::Internal {
@@ -169,7 +181,7 @@ impl Replicator {
             let at = (p as usize - 1) * page_size as usize;
             (p, &image[at..at + page_size as usize])
         });
-        let bytes = encode(ltx::Header::new(page_size, commit, 1, txid, now_ms), pages)?;
+        let bytes = encode(ltx::Header::new(page_size, commit, 1, txid, now()), pages)?;
         let level = if txid == 1 { 0 } else { SNAPSHOT_LEVEL };
         let written = self.replica.put(level, &bytes)?;
         self.txid = txid;
@@ -196,6 +208,15 @@ impl Replicator {
             if let Some(mut reader) = WalReader::open(&wal)? {
                 if Some(*reader.header()) != before {
                     continue;
+                }
+                if reader.header().page_size != page_size {
+                    return Err(Error::Corrupt {
+                        path: self.db.clone(),
+                        detail: format!(
+                            "its WAL has {}-byte pages, the database {page_size}",
+                            reader.header().page_size
+                        ),
+                    });
                 }
                 while let Some(t) = reader.next_transaction()? {
                     image.resize(t.commit as usize * page_size as usize, 0);
@@ -255,7 +276,14 @@ fn database_page_size(image: &[u8], path: &Path) -> Result<u32> {
         ));
     }
     let raw = u32::from(u16::from_be_bytes([image[16], image[17]]));
-    Ok(if raw == 1 { 65_536 } else { raw })
+    let size = if raw == 1 { 65_536 } else { raw };
+    if !ltx::is_valid_page_size(size) {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            detail: format!("page size {size} in its header is invalid"),
+        });
+    }
+    Ok(size)
 }
 
 fn encode<'a>(
@@ -314,7 +342,7 @@ impl Engine {
         let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name("tradevault-replicate".into())
-            .spawn(move || run_engine(&store, &shared, &*clock, &options, &thread_stop))
+            .spawn(move || run_engine(&store, &shared, &clock, &options, &thread_stop))
             .map_err(|e| Error::io("start replication thread", "tradevault-replicate", e))?;
         Ok(Engine {
             stop,
@@ -334,7 +362,7 @@ impl Engine {
 fn run_engine(
     store: &crate::store::Store,
     shared: &Shared,
-    clock: &dyn crate::clock::Clock,
+    clock: &std::sync::Arc<dyn crate::clock::Clock>,
     options: &EngineOptions,
     stop: &std::sync::atomic::AtomicBool,
 ) {
@@ -346,7 +374,7 @@ fn run_engine(
     truncate_wal(store, shared, clock, options, wal_bytes);
     loop {
         let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
-        sync_all(shared, clock.now().as_millisecond());
+        sync_all(shared, &**clock);
         if stopping {
             break;
         }
@@ -366,11 +394,11 @@ fn run_engine(
 
 /// Syncs every replica; one failing replica is logged and does not stop the others.
 /// Returns, for each replica, whether it is now at the end of the WAL.
-fn sync_all(shared: &Shared, now_ms: i64) -> Vec<bool> {
+fn sync_all(shared: &Shared, clock: &dyn crate::clock::Clock) -> Vec<bool> {
     let mut replicators = shared.lock().unwrap_or_else(|p| p.into_inner());
     let mut shipped = Vec::with_capacity(replicators.len());
     for (name, r) in replicators.iter_mut() {
-        match r.sync(now_ms) {
+        match r.sync_with(&|| clock.now().as_millisecond()) {
             Ok(Synced::Nothing) => shipped.push(true),
             Ok(synced) => {
                 tracing::debug!(replica = %name, ?synced, "ltx file shipped");
@@ -388,10 +416,16 @@ fn sync_all(shared: &Shared, now_ms: i64) -> Vec<bool> {
 fn truncate_wal(
     store: &crate::store::Store,
     shared: &Shared,
-    clock: &dyn crate::clock::Clock,
+    clock: &std::sync::Arc<dyn crate::clock::Clock>,
     options: &EngineOptions,
     wal_bytes: u64,
 ) {
+    // A store that refuses writes after a failed write or fsync may be damaged: never fold its
+    // WAL into the database.
+    if let Some(cause) = store.unavailable() {
+        tracing::warn!(cause = %cause, "store unavailable; no checkpoint");
+        return;
+    }
     // The bulk of the copy happens beside the writer, on the engine's own connections. A read
     // transaction pins the WAL first: SQLite restarts a fully copied WAL at the next commit, and
     // it must not do that before the tail is shipped; it cannot while a reader holds a mark.
@@ -422,13 +456,13 @@ fn truncate_wal(
         tracing::warn!(error = %e, "passive checkpoint failed");
     }
     let shared = shared.clone();
-    let now_ms = clock.now().as_millisecond();
+    let clock = clock.clone();
     let wal = wal_path(&path);
     let busy_timeout_ms = options.busy_timeout_ms;
     let hard_bound = wal_bytes >= 4 * options.checkpoint_wal_bytes;
     let result = store.exclusive_blocking(move |conn| {
         // Nothing commits while this runs: ship the tail, then truncate.
-        let shipped = sync_all(&shared, now_ms);
+        let shipped = sync_all(&shared, &*clock);
         // Nothing can commit now, so the WAL may be released for the truncation.
         drop(pin);
         if shipped.contains(&false) && !hard_bound {
@@ -436,7 +470,7 @@ fn truncate_wal(
             // with a snapshot.
             return Ok(false);
         }
-        let seq = WalReader::open(&wal)?.map(|r| r.header().checkpoint_seq);
+        let seq = WalReader::open(&wal)?.map(|r| r.header().salt1);
         let sql = |e| Error::sqlite("truncate wal", e);
         // Never wait for readers here: the writer is paused.
         conn.pragma_update(None, "busy_timeout", 0).map_err(sql)?;

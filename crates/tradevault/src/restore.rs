@@ -2,9 +2,10 @@
 //! assemble the database in a staging file, check it with `PRAGMA integrity_check`, and only then
 //! give it its name, never over an existing file.
 //!
-//! Planning follows Litestream 0.5's rules (docs/ltx-litestream-0.5.17.md §6), so a replica either
-//! tool wrote restores the same way: start from the newest usable snapshot (level 9), then keep
-//! taking, across all levels, the file that continues the chain and reaches furthest.
+//! Chains are planned with Litestream 0.5's rules (docs/ltx-litestream-0.5.17.md §6), so either
+//! tool's replicas restore here: start from the newest usable snapshot (level 9), then keep taking,
+//! across all levels, the file that continues the chain and reaches furthest. One difference: a
+//! time restores the newest point at or before it (Litestream takes files strictly before it).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -204,8 +205,25 @@ pub fn apply(replica: &FileReplica, plan: &Plan, output: &Path) -> Result<Restor
             ),
         ));
     }
+    // A WAL left beside the output would be replayed over the restored pages at the next open.
+    for suffix in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{suffix}", output.display()));
+        if side.exists() {
+            let message = format!(
+                "{} exists; remove it first, or restore elsewhere",
+                side.display()
+            );
+            return Err(Error::invalid("output_exists", None, message));
+        }
+    }
     let staging = PathBuf::from(format!("{}.tradevault-restore", output.display()));
-    let result = assemble(replica, plan, &staging).and_then(|(pages, page_size)| {
+    // Created here with create_new, so it is ours to remove; an existing one is refused, never deleted.
+    let out = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&staging)
+        .map_err(|e| Error::io("create staging file", &staging, e))?;
+    let result = assemble(replica, plan, out, &staging).and_then(|(pages, page_size)| {
         check_integrity(&staging)?;
         // A hard link fails if the name is taken meanwhile: the output appears complete or not at all.
         std::fs::hard_link(&staging, output)
@@ -227,12 +245,12 @@ pub fn apply(replica: &FileReplica, plan: &Plan, output: &Path) -> Result<Restor
     })
 }
 
-fn assemble(replica: &FileReplica, plan: &Plan, staging: &Path) -> Result<(u32, u32)> {
-    let mut out = File::options()
-        .write(true)
-        .create_new(true)
-        .open(staging)
-        .map_err(|e| Error::io("create staging file", staging, e))?;
+fn assemble(
+    replica: &FileReplica,
+    plan: &Plan,
+    mut out: File,
+    staging: &Path,
+) -> Result<(u32, u32)> {
     let (mut commit, mut page_size) = (0u32, 0u32);
     for &(level, min, max, size) in &plan.files {
         let file = ReplicaFile {
@@ -249,6 +267,13 @@ fn assemble(replica: &FileReplica, plan: &Plan, staging: &Path) -> Result<(u32, 
                 name: format!("{level}/{}", ltx::file_name(min, max)),
                 source,
             })?;
+        if (header.min_txid, header.max_txid) != (min, max) {
+            let name = ltx::file_name(min, max);
+            let (lo, hi) = (header.min_txid, header.max_txid);
+            return Err(restore_error(format!(
+                "{name} holds transactions {lo}..={hi}: it was renamed or damaged"
+            )));
+        }
         if page_size != 0 && header.page_size != page_size {
             return Err(restore_error(format!(
                 "page size changes from {page_size} to {} in {}",
@@ -276,7 +301,13 @@ fn assemble(replica: &FileReplica, plan: &Plan, staging: &Path) -> Result<(u32, 
 
 fn check_integrity(path: &Path) -> Result<()> {
     // immutable=1: read the file as it is, creating no -wal or -shm beside it.
-    let uri = format!("file:{}?immutable=1", path.display());
+    let escaped = path
+        .display()
+        .to_string()
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23");
+    let uri = format!("file:{escaped}?immutable=1");
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
     let conn = rusqlite::Connection::open_with_flags(&uri, flags)
         .map_err(|e| Error::sqlite("open restored database", e))?;

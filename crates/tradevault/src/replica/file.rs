@@ -46,9 +46,20 @@ impl FileReplica {
                 source,
             })?;
         let dir = self.level_dir(level);
-        fs::create_dir_all(&dir).map_err(|e| Error::io("create replica directory", &dir, e))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(|e| Error::io("create replica directory", &dir, e))?;
+            // New directories are durable only once their parents are synced: the root, `ltx`, the level.
+            for d in [self.root.as_path(), &self.root.join("ltx")] {
+                File::open(d)
+                    .and_then(|h| h.sync_all())
+                    .map_err(|e| Error::io("fsync replica directory", d, e))?;
+            }
+        }
         let path = self.path_of(level, header.min_txid, header.max_txid);
-        let tmp = path.with_extension("ltx.tmp");
+        // A name of its own: two writers never share a temporary file (nor see it as an LTX file).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("ltx.{}.{n}.tmp", std::process::id()));
         let mut f = File::create(&tmp).map_err(|e| Error::io("create replica file", &tmp, e))?;
         f.write_all(bytes)
             .map_err(|e| Error::io("write replica file", &tmp, e))?;

@@ -179,9 +179,10 @@ fn parse_header(b: &[u8; HEADER_SIZE as usize]) -> Option<WalHeader> {
         MAGIC_LE => false,
         _ => return None,
     };
+    // The WAL header holds 65536 literally (only the database header encodes it as 1).
     let page_size = match word(8) {
         1 => 65_536,
-        n if (512..=32_768).contains(&n) && n.is_power_of_two() => n,
+        n if (512..=65_536).contains(&n) && n.is_power_of_two() => n,
         _ => return None,
     };
     let checksum = wal_checksum(big_endian, (0, 0), &b[..24]);

@@ -112,6 +112,36 @@ fn our_replica_restores_every_point_exactly_and_refuses_what_it_cannot_reach() {
         std::fs::read(dir.path().join("taken.db")).expect("read"),
         b"keep me"
     );
+    // A WAL left beside the output, or a staging file someone else owns, is refused and kept.
+    std::fs::write(dir.path().join("side.db-wal"), b"old wal").expect("write");
+    assert!(restore::apply(&replica, &plan, &dir.path().join("side.db")).is_err());
+    assert!(!dir.path().join("side.db").exists());
+    std::fs::write(dir.path().join("busy.db.tradevault-restore"), b"not ours").expect("write");
+    assert!(restore::apply(&replica, &plan, &dir.path().join("busy.db")).is_err());
+    assert_eq!(
+        std::fs::read(dir.path().join("busy.db.tradevault-restore")).expect("read"),
+        b"not ours",
+        "never deleted"
+    );
+    std::fs::remove_file(dir.path().join("busy.db.tradevault-restore")).expect("clean up");
+    // A file whose name does not match the transactions inside is refused.
+    let renamed = dir.path().join("renamed");
+    let copy = FileReplica::new(&renamed);
+    for f in replica.list(0).expect("list") {
+        let bytes = replica.read(&f).expect("read");
+        copy.put(0, &bytes).expect("put");
+    }
+    std::fs::rename(
+        renamed.join("ltx/0/0000000000000004-0000000000000004.ltx"),
+        renamed.join("ltx/0/0000000000000004-0000000000000005.ltx"),
+    )
+    .expect("rename");
+    std::fs::remove_file(renamed.join("ltx/0/0000000000000005-0000000000000005.ltx"))
+        .expect("remove");
+    let plan5 = restore::plan(&copy, Target::Txid(5)).expect("plan");
+    let err = restore::apply(&copy, &plan5, &dir.path().join("renamed.db"))
+        .expect_err("a renamed file is refused");
+    assert!(err.to_string().contains("renamed or damaged"), "{err}");
     // A damaged file in the chain is refused before anything is written.
     let victim = replica
         .root()

@@ -137,3 +137,28 @@ fn a_wal_reset_behind_our_back_is_detected() {
         2
     );
 }
+
+/// The WAL header holds a 64 KiB page size literally (the database header encodes it as 1).
+#[test]
+fn sixty_four_kib_pages_are_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("big.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .expect("config");
+    conn.execute_batch("PRAGMA page_size=65536; PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t (x);")
+        .expect("schema");
+    conn.execute("INSERT INTO t VALUES (1)", [])
+        .expect("insert");
+    let mut reader = WalReader::open(&dir.path().join("big.db-wal"))
+        .expect("open")
+        .expect("a wal");
+    assert_eq!(reader.header().page_size, 65_536);
+    assert_eq!(
+        std::iter::from_fn(|| reader.next_transaction().expect("read")).count(),
+        2
+    );
+}
