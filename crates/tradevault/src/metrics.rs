@@ -31,6 +31,16 @@ pub const STORE_WAL_FRAMES_PEAK: &str = "tradevault_store_wal_frames_peak";
 pub const STORE_CHECKPOINTS_TOTAL: &str = "tradevault_store_checkpoints_total";
 /// Time one checkpoint took.
 pub const STORE_CHECKPOINT_DURATION_SECONDS: &str = "tradevault_store_checkpoint_duration_seconds";
+/// LTX files written to a replica, by `replica` and `kind` (`snapshot` or `transactions`).
+pub const REPLICATION_FILES_TOTAL: &str = "tradevault_replication_files_total";
+/// Bytes written to a replica, by `replica`.
+pub const REPLICATION_BYTES_TOTAL: &str = "tradevault_replication_bytes_total";
+/// Failed syncs, by `replica` (each is retried at the next interval).
+pub const REPLICATION_ERRORS_TOTAL: &str = "tradevault_replication_errors_total";
+/// The newest TXID on a replica, by `replica`.
+pub const REPLICATION_TXID: &str = "tradevault_replication_txid";
+/// Seconds since a replica last received everything committed, by `replica`.
+pub const REPLICATION_LAG_SECONDS: &str = "tradevault_replication_lag_seconds";
 /// 1 while the writer refuses writes after a failed write or fsync, else 0.
 pub const STORE_WRITER_POISONED: &str = "tradevault_store_writer_poisoned";
 /// Always 1; labelled with the `version` running.
@@ -98,4 +108,19 @@ pub(crate) fn set_writer_poisoned(poisoned: bool) {
 pub(crate) fn file_sizes(database_bytes: u64, wal_bytes: u64) {
     gauge!(STORE_DATABASE_BYTES).set(database_bytes as f64);
     gauge!(STORE_WAL_BYTES).set(wal_bytes as f64);
+}
+
+pub(crate) fn replicated(replica: &str, snapshot: bool, bytes: u64, txid: u64) {
+    let kind = if snapshot { "snapshot" } else { "transactions" };
+    counter!(REPLICATION_FILES_TOTAL, "replica" => replica.to_owned(), "kind" => kind).increment(1);
+    counter!(REPLICATION_BYTES_TOTAL, "replica" => replica.to_owned()).increment(bytes);
+    gauge!(REPLICATION_TXID, "replica" => replica.to_owned()).set(txid as f64);
+}
+
+pub(crate) fn replication_failed(replica: &str) {
+    counter!(REPLICATION_ERRORS_TOTAL, "replica" => replica.to_owned()).increment(1);
+}
+
+pub(crate) fn replication_lag(replica: &str, seconds: f64) {
+    gauge!(REPLICATION_LAG_SECONDS, "replica" => replica.to_owned()).set(seconds);
 }

@@ -66,6 +66,8 @@ pub struct Replicator {
     replica: FileReplica,
     txid: u64,
     resume: Resume,
+    /// When a sync last left the replica with everything committed (ms since the epoch).
+    synced_at_ms: Option<i64>,
 }
 
 impl Replicator {
@@ -84,12 +86,18 @@ impl Replicator {
             replica,
             txid,
             resume: Resume::Snapshot,
+            synced_at_ms: None,
         })
     }
 
     /// The newest TXID on the replica.
     pub fn txid(&self) -> u64 {
         self.txid
+    }
+
+    /// When a sync last left the replica with everything committed, if one did.
+    pub fn synced_at_ms(&self) -> Option<i64> {
+        self.synced_at_ms
     }
 
     /// Tells the replicator that its last sync shipped the whole WAL and that the WAL, whose header
@@ -398,17 +406,34 @@ fn sync_all(shared: &Shared, clock: &dyn crate::clock::Clock) -> Vec<bool> {
     let mut replicators = shared.lock().unwrap_or_else(|p| p.into_inner());
     let mut shipped = Vec::with_capacity(replicators.len());
     for (name, r) in replicators.iter_mut() {
+        let started = clock.now().as_millisecond();
         match r.sync_with(&|| clock.now().as_millisecond()) {
-            Ok(Synced::Nothing) => shipped.push(true),
             Ok(synced) => {
-                tracing::debug!(replica = %name, ?synced, "ltx file shipped");
+                match synced {
+                    Synced::Nothing => {}
+                    Synced::Snapshot { txid, bytes, .. } => {
+                        crate::metrics::replicated(name, true, bytes, txid)
+                    }
+                    Synced::Transactions { txid, bytes, .. } => {
+                        crate::metrics::replicated(name, false, bytes, txid)
+                    }
+                }
+                if synced != Synced::Nothing {
+                    tracing::debug!(replica = %name, ?synced, "ltx file shipped");
+                }
+                // Everything committed before this sync started is on the replica now.
+                r.synced_at_ms = Some(started);
                 shipped.push(true);
             }
             Err(e) => {
+                crate::metrics::replication_failed(name);
                 tracing::warn!(replica = %name, error = %e, "replication failed; retrying next interval");
                 shipped.push(false);
             }
         }
+        let now = clock.now().as_millisecond();
+        let lag_ms = r.synced_at_ms.map_or(0, |t| now - t).max(0);
+        crate::metrics::replication_lag(name, lag_ms as f64 / 1000.0);
     }
     shipped
 }

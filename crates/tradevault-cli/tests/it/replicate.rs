@@ -242,6 +242,36 @@ fn serve_replicates_the_store_across_truncations_restarts_and_kills() {
             assert_eq!(api.post("/v1/trades", &Value::Array(batch)).0, 201);
             acked += 20;
         }
+        if cycle == 0 {
+            // The replicas report on /metrics. Wait (bounded) for the engine's first files.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let metrics = loop {
+                let text = api.0.get("/metrics").expect("metrics").text();
+                let shipped = crate::common::metric(&text, "tradevault_replication_txid") >= 1.0;
+                if shipped || std::time::Instant::now() > deadline {
+                    break text;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            let label = format!("replica=\"{url}\"");
+            for name in [
+                "tradevault_replication_files_total",
+                "tradevault_replication_bytes_total",
+                "tradevault_replication_txid",
+                "tradevault_replication_lag_seconds",
+            ] {
+                assert!(
+                    metrics
+                        .lines()
+                        .any(|l| l.starts_with(name) && l.contains(&label)),
+                    "/metrics has {name} for the replica:\n{metrics}"
+                );
+            }
+            assert!(
+                metrics.contains(r#"kind="snapshot"} 1"#),
+                "the first file is a snapshot:\n{metrics}"
+            );
+        }
         let clean = cycle % 2 == 0;
         if clean {
             assert!(server.stop().success());
