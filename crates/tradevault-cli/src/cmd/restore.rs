@@ -63,7 +63,8 @@ pub fn run(
         } else {
             for (level, min, max, size) in &plan.files {
                 println!(
-                    "level {level}  {min:016x}-{max:016x}.ltx  {}",
+                    "level {level}  {}  {}",
+                    ltx::file_name(*min, *max),
                     super::human_bytes(*size)
                 );
             }

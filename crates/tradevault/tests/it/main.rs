@@ -5,3 +5,15 @@ mod replicate;
 mod restore;
 mod store;
 mod wal;
+
+/// Table contents of a test database's `fills`, for comparing states whatever their page layout.
+pub fn rows(db: &std::path::Path) -> Vec<(i64, String)> {
+    let conn = rusqlite::Connection::open(db).expect("open");
+    let mut stmt = conn
+        .prepare("SELECT id, qty FROM fills ORDER BY id")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect()
+}

@@ -2,7 +2,7 @@
 //! file per sync holding exactly what was committed since, a new snapshot after a WAL reset, and
 //! the real `litestream restore` rebuilding every state by TXID.
 
-use std::path::Path;
+use crate::rows;
 use std::process::Command;
 
 use tradevault::replica::FileReplica;
@@ -16,18 +16,6 @@ fn insert(conn: &rusqlite::Connection, from: u32, n: u32) {
         )
         .expect("insert");
     }
-}
-
-/// Table contents of a database file, for comparing states whatever their page layout.
-fn rows(db: &Path) -> Vec<(i64, String)> {
-    let conn = rusqlite::Connection::open(db).expect("open");
-    let mut stmt = conn
-        .prepare("SELECT id, qty FROM fills ORDER BY id")
-        .expect("prepare");
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("query")
-        .map(|r| r.expect("row"))
-        .collect()
 }
 
 #[test]

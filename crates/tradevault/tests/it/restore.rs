@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use crate::rows;
+
 use tradevault::replica::FileReplica;
 use tradevault::replicate::Replicator;
 use tradevault::restore::{self, Target};
@@ -44,17 +46,6 @@ fn a_replica_litestream_wrote_restores_to_what_litestream_restored() {
         restore::apply(&replica, &plan, &dir.path().join(format!("t{txid}.db")))
             .expect("restore passes integrity_check");
     }
-}
-
-fn rows(db: &Path) -> Vec<(i64, String)> {
-    let conn = rusqlite::Connection::open(db).expect("open");
-    let mut stmt = conn
-        .prepare("SELECT id, qty FROM fills ORDER BY id")
-        .expect("prepare");
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("query")
-        .map(|r| r.expect("row"))
-        .collect()
 }
 
 #[test]
