@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::replica::{FileReplica, ReplicaFile, SNAPSHOT_LEVEL};
+use crate::replica::{Replica, ReplicaFile, SNAPSHOT_LEVEL};
 
 /// What to restore to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub struct Plan {
 }
 
 /// Plans a restore of `target` from `replica`.
-pub fn plan(replica: &FileReplica, target: Target) -> Result<Plan> {
+pub fn plan(replica: &Replica, target: Target) -> Result<Plan> {
     let mut levels: BTreeMap<u32, Vec<ReplicaFile>> = BTreeMap::new();
     for level in 0..=SNAPSHOT_LEVEL {
         let files = replica.list(level)?;
@@ -54,7 +54,7 @@ pub fn plan(replica: &FileReplica, target: Target) -> Result<Plan> {
     if all.is_empty() {
         return Err(restore_error(format!(
             "no LTX files in {}",
-            replica.root().display()
+            replica.describe()
         )));
     }
     let usable = |f: &ReplicaFile| match target {
@@ -194,7 +194,7 @@ pub struct Restored {
 }
 
 /// Restores `plan` from `replica` into `output`, which must not exist.
-pub fn apply(replica: &FileReplica, plan: &Plan, output: &Path) -> Result<Restored> {
+pub fn apply(replica: &Replica, plan: &Plan, output: &Path) -> Result<Restored> {
     if output.exists() {
         return Err(Error::invalid(
             "output_exists",
@@ -245,12 +245,7 @@ pub fn apply(replica: &FileReplica, plan: &Plan, output: &Path) -> Result<Restor
     })
 }
 
-fn assemble(
-    replica: &FileReplica,
-    plan: &Plan,
-    mut out: File,
-    staging: &Path,
-) -> Result<(u32, u32)> {
+fn assemble(replica: &Replica, plan: &Plan, mut out: File, staging: &Path) -> Result<(u32, u32)> {
     let (mut commit, mut page_size) = (0u32, 0u32);
     for &(level, min, max, size) in &plan.files {
         let file = ReplicaFile {

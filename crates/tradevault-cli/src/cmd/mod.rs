@@ -79,16 +79,7 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Parses a replica URL; only directories (`file:///absolute/path`) for now.
-pub fn replica_of(url: &str) -> anyhow::Result<tradevault::replica::FileReplica> {
-    match url.split_once("://") {
-        Some(("file", path)) if path.starts_with('/') => {
-            Ok(tradevault::replica::FileReplica::new(path))
-        }
-        Some(("s3", _)) => Err(UsageError(format!(
-            "{url}: s3 replicas are not supported yet; use file:///path"
-        ))
-        .into()),
-        _ => Err(UsageError(format!("{url}: a replica is a file:///absolute/path URL")).into()),
-    }
+/// Parses a replica URL; a malformed one is a usage error.
+pub fn replica_of(url: &str) -> anyhow::Result<tradevault::replica::Replica> {
+    tradevault::replica::Replica::parse(url).map_err(|e| UsageError(e.to_string()).into())
 }

@@ -125,4 +125,14 @@ impl FileReplica {
         let path = self.path_of(file.level, file.min_txid, file.max_txid);
         fs::read(&path).map_err(|e| Error::io("read replica file", &path, e))
     }
+
+    /// Removes a file; a file already gone is not an error.
+    pub fn delete(&self, file: &ReplicaFile) -> Result<()> {
+        let path = self.path_of(file.level, file.min_txid, file.max_txid);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("delete replica file", &path, e)),
+        }
+    }
 }

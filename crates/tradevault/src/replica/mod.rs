@@ -1,9 +1,14 @@
 //! Replicas: places that receive LTX files, in the layout Litestream 0.5 uses, so that either
 //! tool can restore from them. A file appears on a replica only when complete.
+//!
+//! [`Replica`] is the one type the rest of the crate uses; each kind of place is a variant with the
+//! same operations (put, list, read, delete), all blocking.
 
 pub mod file;
 
 pub use file::FileReplica;
+
+use crate::error::{Error, Result};
 
 /// One LTX file on a replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,3 +27,75 @@ pub struct ReplicaFile {
 
 /// The level Litestream keeps snapshots at.
 pub const SNAPSHOT_LEVEL: u32 = 9;
+
+/// A place that holds LTX files.
+#[derive(Debug, Clone)]
+pub enum Replica {
+    /// A local directory (`file:///absolute/path`).
+    File(FileReplica),
+}
+
+impl Replica {
+    /// Parses a replica URL: `file:///absolute/path`.
+    pub fn parse(url: &str) -> Result<Replica> {
+        match url.split_once("://") {
+            Some(("file", path)) if path.starts_with('/') => {
+                Ok(Replica::File(FileReplica::new(path)))
+            }
+            Some(("file", _)) => Err(bad_url(url, "a file replica needs an absolute path")),
+            _ => Err(bad_url(url, "a replica is a file:///absolute/path URL")),
+        }
+    }
+
+    /// Its directory, for a local replica.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        match self {
+            Replica::File(r) => Some(r.root()),
+        }
+    }
+
+    /// Where it is, for messages and status (never holds credentials).
+    pub fn describe(&self) -> String {
+        match self {
+            Replica::File(r) => format!("file://{}", r.root().display()),
+        }
+    }
+
+    /// Verifies `bytes` as an LTX file and stores it at `level`; it appears only when complete.
+    pub fn put(&self, level: u32, bytes: &[u8]) -> Result<ReplicaFile> {
+        match self {
+            Replica::File(r) => r.put(level, bytes),
+        }
+    }
+
+    /// The files of `level`, ordered by transaction range.
+    pub fn list(&self, level: u32) -> Result<Vec<ReplicaFile>> {
+        match self {
+            Replica::File(r) => r.list(level),
+        }
+    }
+
+    /// A file's bytes (verify them with `ltx::Decoder` before applying anything).
+    pub fn read(&self, file: &ReplicaFile) -> Result<Vec<u8>> {
+        match self {
+            Replica::File(r) => r.read(file),
+        }
+    }
+
+    /// Removes a file; a file already gone is not an error.
+    pub fn delete(&self, file: &ReplicaFile) -> Result<()> {
+        match self {
+            Replica::File(r) => r.delete(file),
+        }
+    }
+}
+
+fn bad_url(url: &str, why: &str) -> Error {
+    Error::invalid("replica_url", None, format!("{url}: {why}"))
+}
+
+impl From<FileReplica> for Replica {
+    fn from(r: FileReplica) -> Replica {
+        Replica::File(r)
+    }
+}

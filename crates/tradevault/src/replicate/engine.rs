@@ -3,7 +3,7 @@
 
 use super::{Replicator, Synced};
 use crate::error::{Error, Result};
-use crate::replica::FileReplica;
+use crate::replica::Replica;
 use crate::store::wal_path;
 use crate::wal::WalReader;
 
@@ -33,7 +33,7 @@ impl Engine {
     /// Starts replicating `store` to `replicas` (name, replica).
     pub fn start(
         store: std::sync::Arc<crate::store::Store>,
-        replicas: Vec<(String, FileReplica)>,
+        replicas: Vec<(String, Replica)>,
         clock: std::sync::Arc<dyn crate::clock::Clock>,
         options: EngineOptions,
     ) -> Result<Engine> {

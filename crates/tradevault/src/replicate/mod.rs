@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::replica::{FileReplica, SNAPSHOT_LEVEL};
+use crate::replica::{Replica, SNAPSHOT_LEVEL};
 use crate::store::wal_path;
 use crate::wal::{Position, WalReader};
 
@@ -67,7 +67,7 @@ enum Resume {
 /// Replicates one database to one file replica.
 pub struct Replicator {
     db: PathBuf,
-    replica: FileReplica,
+    replica: Replica,
     txid: u64,
     resume: Resume,
     /// When a sync last left the replica with everything committed (ms since the epoch).
@@ -76,7 +76,7 @@ pub struct Replicator {
 
 impl Replicator {
     /// A replicator of `db` into `replica`, continuing after the newest TXID already there.
-    pub fn new(db: &Path, replica: FileReplica) -> Result<Replicator> {
+    pub fn new(db: &Path, replica: Replica) -> Result<Replicator> {
         let mut txid = 0;
         for level in 0..=SNAPSHOT_LEVEL {
             txid = replica

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ltx::{Encoder, Header};
-use tradevault::replica::FileReplica;
+use tradevault::replica::{FileReplica, Replica};
 
 /// The litestream binary, from TRADEVAULT_LITESTREAM or PATH; required when CI=true.
 pub fn litestream() -> Option<PathBuf> {
@@ -113,7 +113,7 @@ fn litestream_restores_our_replica_latest_and_at_a_time() {
     let (state2, _) = image(&db);
     assert_ne!(state1, state2);
 
-    let replica = FileReplica::new(dir.path().join("replica"));
+    let replica = Replica::from(FileReplica::new(dir.path().join("replica")));
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let (t1, t2) = (now_ms - 60_000, now_ms - 30_000);
     let first = replica
@@ -135,7 +135,12 @@ fn litestream_restores_our_replica_latest_and_at_a_time() {
         "listing reads back names and times"
     );
 
-    let latest = restore(&bin, replica.root(), &dir.path().join("latest.db"), None);
+    let latest = restore(
+        &bin,
+        replica.local_root().unwrap(),
+        &dir.path().join("latest.db"),
+        None,
+    );
     assert_eq!(
         latest, state2,
         "litestream restores our replica to the latest state, byte for byte"
@@ -145,7 +150,7 @@ fn litestream_restores_our_replica_latest_and_at_a_time() {
         .to_string();
     let earlier = restore(
         &bin,
-        replica.root(),
+        replica.local_root().unwrap(),
         &dir.path().join("earlier.db"),
         Some(&between),
     );

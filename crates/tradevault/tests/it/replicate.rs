@@ -5,7 +5,7 @@
 use crate::rows;
 use std::process::Command;
 
-use tradevault::replica::FileReplica;
+use tradevault::replica::{FileReplica, Replica};
 use tradevault::replicate::{Replicator, Synced};
 
 fn insert(conn: &rusqlite::Connection, from: u32, n: u32) {
@@ -26,7 +26,7 @@ fn each_sync_ships_what_was_committed_and_a_reset_starts_a_new_snapshot() {
     conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE fills (id INTEGER PRIMARY KEY, qty TEXT);")
         .expect("schema");
     insert(&conn, 0, 100);
-    let replica = FileReplica::new(dir.path().join("replica"));
+    let replica = Replica::from(FileReplica::new(dir.path().join("replica")));
     let mut r = Replicator::new(&db, replica.clone()).expect("replicator");
     let mut states = Vec::new();
     assert!(matches!(
@@ -97,7 +97,7 @@ fn each_sync_ships_what_was_committed_and_a_reset_starts_a_new_snapshot() {
         .arg("restore")
         .arg("-o")
         .arg(&latest)
-        .arg(format!("file://{}", replica.root().display()))
+        .arg(replica.describe())
         .output()
         .expect("restore");
     assert!(
@@ -117,7 +117,7 @@ fn each_sync_ships_what_was_committed_and_a_reset_starts_a_new_snapshot() {
         let out = Command::new(&bin)
             .args(["restore", "-txid", &txid, "-o"])
             .arg(&out_path)
-            .arg(format!("file://{}", replica.root().display()))
+            .arg(replica.describe())
             .output()
             .expect("restore");
         assert!(

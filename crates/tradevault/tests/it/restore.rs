@@ -5,14 +5,14 @@ use std::path::Path;
 
 use crate::rows;
 
-use tradevault::replica::FileReplica;
+use tradevault::replica::{FileReplica, Replica};
 use tradevault::replicate::Replicator;
 use tradevault::restore::{self, Target};
 
-fn fixture_replica() -> FileReplica {
-    FileReplica::new(
+fn fixture_replica() -> Replica {
+    Replica::from(FileReplica::new(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/ltx-litestream-0.5.17/replica"),
-    )
+    ))
 }
 
 #[test]
@@ -57,7 +57,7 @@ fn our_replica_restores_every_point_exactly_and_refuses_what_it_cannot_reach() {
         "PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, qty TEXT);",
     )
     .expect("schema");
-    let replica = FileReplica::new(dir.path().join("replica"));
+    let replica = Replica::from(FileReplica::new(dir.path().join("replica")));
     let mut r = Replicator::new(&db, replica.clone()).expect("replicator");
     let mut states = Vec::new();
     for step in 0..5u32 {
@@ -117,7 +117,7 @@ fn our_replica_restores_every_point_exactly_and_refuses_what_it_cannot_reach() {
     std::fs::remove_file(dir.path().join("busy.db.tradevault-restore")).expect("clean up");
     // A file whose name does not match the transactions inside is refused.
     let renamed = dir.path().join("renamed");
-    let copy = FileReplica::new(&renamed);
+    let copy = Replica::from(FileReplica::new(&renamed));
     for f in replica.list(0).expect("list") {
         let bytes = replica.read(&f).expect("read");
         copy.put(0, &bytes).expect("put");
@@ -135,7 +135,8 @@ fn our_replica_restores_every_point_exactly_and_refuses_what_it_cannot_reach() {
     assert!(err.to_string().contains("renamed or damaged"), "{err}");
     // A damaged file in the chain is refused before anything is written.
     let victim = replica
-        .root()
+        .local_root()
+        .expect("a file replica")
         .join("ltx/0/0000000000000003-0000000000000003.ltx");
     let mut bytes = std::fs::read(&victim).expect("read");
     let mid = bytes.len() / 2;
@@ -188,7 +189,7 @@ fn random_points_in_time_restore_exactly_what_was_recorded() {
         "PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, qty TEXT);",
     )
     .expect("schema");
-    let replica = FileReplica::new(dir.path().join("replica"));
+    let replica = Replica::from(FileReplica::new(dir.path().join("replica")));
     let mut r = Replicator::new(&db, replica.clone()).expect("replicator");
     // (time of the sync, txid, rows) for every point the replica can restore.
     let mut points: Vec<(i64, u64, Vec<(i64, String)>)> = Vec::new();
