@@ -16,11 +16,13 @@
 //! pre-/post-apply database checksums: Litestream 0.5.17's restore refuses anything else.
 
 mod checksum;
+mod compact;
 mod decoder;
 mod encoder;
 mod header;
 
 pub use checksum::{Checksum, page_checksum};
+pub use compact::compact;
 pub use decoder::{Decoder, Page};
 pub use encoder::Encoder;
 pub use header::{Header, Trailer};
