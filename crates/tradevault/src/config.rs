@@ -27,6 +27,122 @@ pub struct Config {
     pub api: ApiConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Replication of the store (`[replication]`, `[[replication.replica]]`).
+    pub replication: ReplicationConfig,
+    /// Other SQLite databases to replicate (`[[database]]`, each with `[[database.replica]]`).
+    pub database: Vec<DatabaseConfig>,
+}
+
+/// `[replication]`: how the store is replicated, and its replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// `async` (acknowledge once durable locally) or `sync` (once durable on `sync_replicas`).
+    pub mode: String,
+    /// In `sync` mode, how many replicas must hold a write before it is acknowledged.
+    pub sync_replicas: u64,
+    /// In `sync` mode, how long a write waits for its replicas before it is answered 503.
+    pub sync_timeout_ms: u64,
+    /// The store's replicas.
+    pub replica: Vec<ReplicaConfig>,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            mode: "async".into(),
+            sync_replicas: 1,
+            sync_timeout_ms: 5_000,
+            replica: Vec::new(),
+        }
+    }
+}
+
+/// `[[database]]`: a SQLite database in WAL mode that another program writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Its name in status, metrics and `--db`.
+    pub name: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// How often to look for new commits, in milliseconds (a `stat` of the WAL).
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Checkpoint and truncate its WAL once it holds this many bytes.
+    #[serde(default = "default_checkpoint_wal_bytes")]
+    pub checkpoint_wal_bytes: u64,
+    /// Its replicas.
+    #[serde(default)]
+    pub replica: Vec<ReplicaConfig>,
+}
+
+fn default_poll_interval_ms() -> u64 {
+    10
+}
+
+fn default_checkpoint_wal_bytes() -> u64 {
+    16 << 20
+}
+
+/// `[[replication.replica]]` or `[[database.replica]]`: one replica and its schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// `file:///absolute/path` or `s3://bucket/path?endpoint=...`.
+    pub url: String,
+    /// Its name in status and metrics (default: the URL without its query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Least time between two uploads, in milliseconds. Default: 0 (as soon as committed) for
+    /// file replicas, 1000 for S3 (about one upload per second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_interval_ms: Option<u64>,
+    /// The point-in-time window: history older than this is deleted, in hours.
+    #[serde(default = "default_retention_hours")]
+    pub retention_hours: u64,
+    /// How long every shipped point is kept before points are thinned to one per second, in minutes.
+    #[serde(default = "default_fine_minutes")]
+    pub fine_minutes: u64,
+    /// How often a new snapshot is written, in hours.
+    #[serde(default = "default_snapshot_hours")]
+    pub snapshot_hours: u64,
+}
+
+fn default_retention_hours() -> u64 {
+    24
+}
+
+fn default_fine_minutes() -> u64 {
+    60
+}
+
+fn default_snapshot_hours() -> u64 {
+    24
+}
+
+impl ReplicaConfig {
+    /// A replica with default settings.
+    pub fn new(url: impl Into<String>) -> ReplicaConfig {
+        ReplicaConfig {
+            url: url.into(),
+            name: None,
+            sync_interval_ms: None,
+            retention_hours: default_retention_hours(),
+            fine_minutes: default_fine_minutes(),
+            snapshot_hours: default_snapshot_hours(),
+        }
+    }
+
+    /// Its name: the configured one, or the URL without its query (which may hold settings).
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.url
+                .split_once('?')
+                .map_or(self.url.as_str(), |(u, _)| u)
+                .to_owned()
+        })
+    }
 }
 
 /// `[server]`: the HTTP listener.
@@ -245,6 +361,85 @@ impl Config {
         if self.store.data_dir.as_os_str().is_empty() {
             return Err(bad("store.data_dir", "must not be empty".into()));
         }
+        if !matches!(self.replication.mode.as_str(), "async" | "sync") {
+            return Err(bad(
+                "replication.mode",
+                format!(
+                    "must be \"async\" or \"sync\", not {:?}",
+                    self.replication.mode
+                ),
+            ));
+        }
+        if self.replication.mode == "sync" {
+            let n = self.replication.sync_replicas;
+            if n == 0 || n > self.replication.replica.len() as u64 {
+                return Err(bad(
+                    "replication.sync_replicas",
+                    format!(
+                        "must be between 1 and the number of replicas ({}), not {n}",
+                        self.replication.replica.len()
+                    ),
+                ));
+            }
+        }
+        if !(1..=600_000).contains(&self.replication.sync_timeout_ms) {
+            return Err(bad(
+                "replication.sync_timeout_ms",
+                "must be between 1 and 600000".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, db) in self.database.iter().enumerate() {
+            let key = |k: &str| format!("database[{i}].{k}");
+            if db.name.is_empty() || !names.insert(db.name.clone()) {
+                return Err(bad(&key("name"), "must be present and unique".into()));
+            }
+            if db.path.as_os_str().is_empty() {
+                return Err(bad(&key("path"), "must not be empty".into()));
+            }
+            if !(1..=60_000).contains(&db.poll_interval_ms) {
+                return Err(bad(
+                    &key("poll_interval_ms"),
+                    "must be between 1 and 60000".into(),
+                ));
+            }
+            if db.replica.is_empty() {
+                return Err(bad(
+                    &key("replica"),
+                    "needs at least one [[database.replica]]".into(),
+                ));
+            }
+        }
+        let replicas = self
+            .replication
+            .replica
+            .iter()
+            .map(|r| ("replication.replica", r))
+            .chain(
+                self.database
+                    .iter()
+                    .flat_map(|d| d.replica.iter().map(|r| ("database.replica", r))),
+            );
+        for (section, r) in replicas {
+            if r.retention_hours == 0 || r.snapshot_hours == 0 {
+                return Err(bad(
+                    section,
+                    format!(
+                        "{}: retention_hours and snapshot_hours must be at least 1",
+                        r.url
+                    ),
+                ));
+            }
+            if r.fine_minutes > r.retention_hours * 60 {
+                return Err(bad(
+                    section,
+                    format!(
+                        "{}: fine_minutes must not exceed the retention window",
+                        r.url
+                    ),
+                ));
+            }
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(bad(
                 "log.format",
@@ -292,6 +487,18 @@ fn merge_checked(
         message,
     };
     for (section, value) in incoming {
+        if let Some(toml::Value::Array(_)) = defaults.get(&section) {
+            // Arrays of tables ([[database]]): their fields are checked when deserialized.
+            if !value.is_array() {
+                return Err(bad(
+                    section,
+                    "must be an array of tables ([[section]])".into(),
+                ));
+            }
+            origins.insert(section.clone(), origin.to_owned());
+            merged.insert(section, value);
+            continue;
+        }
         let Some(toml::Value::Table(default_section)) = defaults.get(&section) else {
             let known: Vec<&str> = defaults.keys().map(String::as_str).collect();
             return Err(bad(
@@ -368,6 +575,11 @@ fn apply_env(
             .and_then(|v| i64::try_from(v).ok())
             .map(toml::Value::Integer)
             .ok_or_else(|| bad(format!("must be a non-negative integer, not {raw:?}")))?,
+        toml::Value::Array(_) => {
+            return Err(bad(
+                "a list cannot be set from the environment; use the config file".into(),
+            ));
+        }
         toml::Value::Boolean(_) => match raw.trim() {
             "true" | "1" => toml::Value::Boolean(true),
             "false" | "0" => toml::Value::Boolean(false),

@@ -115,6 +115,21 @@ pub enum Error {
         /// The failure that poisoned it.
         cause: String,
     },
+    /// In synchronous replication, a committed write did not reach enough replicas in time. It is
+    /// durable locally and replicates once the replicas are back; re-sending it is safe.
+    #[error("committed locally but not yet on enough replicas: {cause}")]
+    NotReplicated {
+        /// Why the replicas did not confirm it.
+        cause: String,
+    },
+    /// A replica (or the local log that feeds replicas) failed.
+    #[error("replica {replica}: {message}")]
+    Replica {
+        /// Its name.
+        replica: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The writer thread has stopped.
     #[error("store writer has stopped")]
     WriterStopped,
@@ -216,6 +231,9 @@ impl Error {
                 Some("see tradevault.example.toml for every key, its type and its default")
             }
             Error::SchemaTooNew { .. } => Some("run the newer tradevault that wrote this database"),
+            Error::NotReplicated { .. } => Some(
+                "the write is stored and will replicate when the replicas return; re-sending it is safe (identical re-sends answer 200); see 'tradevault status'",
+            ),
             _ => None,
         }
     }

@@ -31,7 +31,7 @@ pub const STORE_WAL_FRAMES_PEAK: &str = "tradevault_store_wal_frames_peak";
 pub const STORE_CHECKPOINTS_TOTAL: &str = "tradevault_store_checkpoints_total";
 /// Time one checkpoint took.
 pub const STORE_CHECKPOINT_DURATION_SECONDS: &str = "tradevault_store_checkpoint_duration_seconds";
-/// LTX files written to a replica, by `replica` and `kind` (`snapshot` or `transactions`).
+/// LTX files written to a replica, by `database`, `replica` and `kind` (`snapshot` or `transactions`).
 pub const REPLICATION_FILES_TOTAL: &str = "tradevault_replication_files_total";
 /// Bytes written to a replica, by `replica`.
 pub const REPLICATION_BYTES_TOTAL: &str = "tradevault_replication_bytes_total";
@@ -41,6 +41,10 @@ pub const REPLICATION_ERRORS_TOTAL: &str = "tradevault_replication_errors_total"
 pub const REPLICATION_TXID: &str = "tradevault_replication_txid";
 /// Seconds since a replica last received everything committed, by `replica`.
 pub const REPLICATION_LAG_SECONDS: &str = "tradevault_replication_lag_seconds";
+/// Checkpoints of the replication engine that truncated a WAL, by `database`.
+pub const REPLICATION_CHECKPOINTS_TOTAL: &str = "tradevault_replication_checkpoints_total";
+/// Size of a replicated database's WAL, by `database`.
+pub const REPLICATION_WAL_BYTES: &str = "tradevault_replication_wal_bytes";
 /// 1 while the writer refuses writes after a failed write or fsync, else 0.
 pub const STORE_WRITER_POISONED: &str = "tradevault_store_writer_poisoned";
 /// Always 1; labelled with the `version` running.
@@ -110,17 +114,30 @@ pub(crate) fn file_sizes(database_bytes: u64, wal_bytes: u64) {
     gauge!(STORE_WAL_BYTES).set(wal_bytes as f64);
 }
 
-pub(crate) fn replicated(replica: &str, snapshot: bool, bytes: u64, txid: u64) {
+pub(crate) fn replicated(database: &str, replica: &str, snapshot: bool, bytes: u64, txid: u64) {
     let kind = if snapshot { "snapshot" } else { "transactions" };
-    counter!(REPLICATION_FILES_TOTAL, "replica" => replica.to_owned(), "kind" => kind).increment(1);
-    counter!(REPLICATION_BYTES_TOTAL, "replica" => replica.to_owned()).increment(bytes);
-    gauge!(REPLICATION_TXID, "replica" => replica.to_owned()).set(txid as f64);
+    let (d, r) = (database.to_owned(), replica.to_owned());
+    counter!(REPLICATION_FILES_TOTAL, "database" => d.clone(), "replica" => r.clone(), "kind" => kind)
+        .increment(1);
+    counter!(REPLICATION_BYTES_TOTAL, "database" => d.clone(), "replica" => r.clone())
+        .increment(bytes);
+    gauge!(REPLICATION_TXID, "database" => d, "replica" => r).set(txid as f64);
 }
 
-pub(crate) fn replication_failed(replica: &str) {
-    counter!(REPLICATION_ERRORS_TOTAL, "replica" => replica.to_owned()).increment(1);
+pub(crate) fn replication_failed(database: &str, replica: &str) {
+    counter!(REPLICATION_ERRORS_TOTAL, "database" => database.to_owned(), "replica" => replica.to_owned())
+        .increment(1);
 }
 
-pub(crate) fn replication_lag(replica: &str, seconds: f64) {
-    gauge!(REPLICATION_LAG_SECONDS, "replica" => replica.to_owned()).set(seconds);
+pub(crate) fn replication_lag(database: &str, replica: &str, seconds: f64) {
+    gauge!(REPLICATION_LAG_SECONDS, "database" => database.to_owned(), "replica" => replica.to_owned())
+        .set(seconds);
+}
+
+pub(crate) fn replication_checkpoint(database: &str) {
+    counter!(REPLICATION_CHECKPOINTS_TOTAL, "database" => database.to_owned()).increment(1);
+}
+
+pub(crate) fn replication_wal_bytes(database: &str, bytes: u64) {
+    gauge!(REPLICATION_WAL_BYTES, "database" => database.to_owned()).set(bytes as f64);
 }

@@ -1,33 +1,40 @@
 //! `tradevault replicate DB_PATH REPLICA_URL...`: the sidecar. Ships every transaction another
 //! program commits to DB_PATH (a SQLite database in WAL mode) to each replica as LTX files that
-//! `tradevault restore` and `litestream restore` read. Runs until SIGINT/SIGTERM, or once with
-//! `--once`.
+//! `tradevault restore` and `litestream restore` read. With `--config` and no DB_PATH, replicates
+//! every `[[database]]` of the config. Runs until SIGINT/SIGTERM, or once with `--once`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
-use tradevault::replicate::{Replicator, Synced};
+use tradevault::config::ReplicaConfig;
+use tradevault::replicate::status::DatabaseStatus;
+use tradevault::replicate::{DatabaseSpec, Engine, ReplicaSpec, Source};
 
 use crate::UsageError;
 
 /// Arguments of `replicate`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The SQLite database to replicate (in WAL mode).
-    db: PathBuf,
-    /// Replicas, as file:///absolute/path URLs (repeatable).
-    #[arg(required = true)]
+    /// The SQLite database to replicate (in WAL mode); omit it to replicate every [[database]]
+    /// of the config file.
+    db: Option<PathBuf>,
+    /// Replicas: file:///absolute/path or s3://bucket/path URLs (repeatable).
     replicas: Vec<String>,
-    /// How often to ship new transactions, in milliseconds.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
-    interval_ms: u64,
-    /// Ship what is there now and exit.
+    /// Least time between two uploads to each replica, in milliseconds (default: 0 for file
+    /// replicas, as soon as committed; 1000 for S3).
+    #[arg(long, value_name = "MS")]
+    interval_ms: Option<u64>,
+    /// How often to look at the database's WAL for new commits, in milliseconds.
+    #[arg(long, default_value_t = 10, value_name = "MS")]
+    poll_interval_ms: u64,
+    /// Ship what is there now to every replica and exit.
     #[arg(long)]
     once: bool,
-    /// With --once, print what was shipped as JSON.
+    /// With --once, print what each replica holds as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -39,86 +46,113 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config_file, data_dir)?;
     super::start_logging(&config)?;
-    if !args.db.is_file() {
-        return Err(UsageError(format!("{}: no such database file", args.db.display())).into());
-    }
-    let mut replicators = Vec::new();
-    for url in &args.replicas {
-        let replicator = Replicator::new(&args.db, super::replica_of(url)?)
-            .with_context(|| format!("open replica {url}"))?;
-        replicators.push((url.clone(), replicator));
-    }
-    if args.once {
-        let mut report = Vec::new();
-        for (url, r) in &mut replicators {
-            let synced = r
-                .sync(jiff::Timestamp::now().as_millisecond())
-                .with_context(|| format!("replicate to {url}"))?;
-            report.push((url.clone(), synced));
+    let databases = match &args.db {
+        Some(db) => {
+            if args.replicas.is_empty() {
+                return Err(
+                    UsageError("give at least one replica URL after DB_PATH".into()).into(),
+                );
+            }
+            if !db.is_file() {
+                return Err(UsageError(format!("{}: no such database file", db.display())).into());
+            }
+            let replicas = args
+                .replicas
+                .iter()
+                .map(|url| {
+                    let mut c = ReplicaConfig::new(url.clone());
+                    c.sync_interval_ms = args.interval_ms;
+                    ReplicaSpec::from_config(&c).map_err(|e| UsageError(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let name = db
+                .file_stem()
+                .map_or_else(|| "db".into(), |s| s.to_string_lossy().into_owned());
+            vec![DatabaseSpec {
+                name,
+                source: Source::External(db.clone()),
+                replicas,
+                poll_interval: Duration::from_millis(args.poll_interval_ms.max(1)),
+                checkpoint_wal_bytes: config.store.checkpoint_wal_bytes,
+            }]
         }
-        print_report(&report, args.json)?;
+        None if config.database.is_empty() => {
+            return Err(UsageError(
+                "give DB_PATH and replica URLs, or --config with [[database]] entries".into(),
+            )
+            .into());
+        }
+        None => {
+            for d in &config.database {
+                if !d.path.is_file() {
+                    return Err(UsageError(format!(
+                        "database {:?}: {}: no such database file",
+                        d.name,
+                        d.path.display()
+                    ))
+                    .into());
+                }
+            }
+            config
+                .database
+                .iter()
+                .map(|d| DatabaseSpec::from_config(d).map_err(|e| UsageError(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    let clock: Arc<dyn tradevault::clock::Clock> = Arc::new(tradevault::clock::SystemClock);
+    let engine = Engine::start(databases, clock).context("start replication")?;
+    if args.once {
+        let synced = engine.wait_synced(Duration::from_secs(300));
+        engine.stop();
+        let status = synced.context("replicate")?;
+        print_report(&status, args.json)?;
         return Ok(ExitCode::SUCCESS);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("start runtime")?;
-    runtime.block_on(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(args.interval_ms.max(1)));
-        let stop = shutdown();
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = &mut stop => break,
-            }
-            for (url, r) in &mut replicators {
-                // One failing replica is logged and retried next tick; the others go on.
-                match r.sync(jiff::Timestamp::now().as_millisecond()) {
-                    Ok(Synced::Nothing) => {}
-                    Ok(synced) => tracing::info!(replica = %url, ?synced, "ltx file shipped"),
-                    Err(e) => tracing::warn!(replica = %url, error = %format!("{:#}", anyhow::Error::from(e)), "replication failed; retrying"),
-                }
-            }
-        }
-        tracing::info!("replication stopped");
-    });
+    runtime.block_on(shutdown());
+    tracing::info!("stopping replication");
+    engine.stop();
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_report(report: &[(String, Synced)], as_json: bool) -> anyhow::Result<()> {
+fn print_report(status: &[DatabaseStatus], as_json: bool) -> anyhow::Result<()> {
+    let rows = status.iter().flat_map(|db| {
+        db.replicas.iter().map(move |r| {
+            let shipped = match &r.last_file {
+                None => "nothing",
+                Some(f) if f.contains("/0000000000000001-") => "snapshot",
+                Some(_) => "transactions",
+            };
+            (db, r, shipped)
+        })
+    });
     if as_json {
-        let items: Vec<_> = report
-            .iter()
-            .map(|(url, s)| match s {
-                Synced::Nothing => json!({ "replica": url, "shipped": "nothing" }),
-                Synced::Snapshot { txid, pages, bytes } => {
-                    json!({ "replica": url, "shipped": "snapshot", "txid": txid, "pages": pages, "bytes": bytes })
-                }
-                Synced::Transactions { txid, transactions, pages, bytes } => json!({
-                    "replica": url, "shipped": "transactions", "txid": txid,
-                    "transactions": transactions, "pages": pages, "bytes": bytes
-                }),
+        let items: Vec<_> = rows
+            .map(|(db, r, shipped)| {
+                json!({
+                    "database": db.database, "replica": r.name, "shipped": shipped,
+                    "txid": r.txid, "file": r.last_file, "bytes": r.bytes_uploaded,
+                    "files": r.files_uploaded,
+                })
             })
             .collect();
         return super::print_json(&items);
     }
-    for (url, s) in report {
-        match s {
-            Synced::Nothing => println!("{url}: up to date"),
-            Synced::Snapshot { txid, pages, bytes } => {
-                println!("{url}: snapshot at txid {txid}: {pages} pages, {bytes} bytes")
-            }
-            Synced::Transactions {
-                txid,
-                transactions,
-                pages,
-                bytes,
-            } => {
-                println!(
-                    "{url}: txid {txid}: {transactions} transactions, {pages} pages, {bytes} bytes"
-                )
-            }
+    for (db, r, shipped) in rows {
+        match shipped {
+            "nothing" => println!("{} -> {}: up to date", db.database, r.name),
+            _ => println!(
+                "{} -> {}: txid {}: {} file(s), {} ({shipped})",
+                db.database,
+                r.name,
+                r.txid.unwrap_or(0),
+                r.files_uploaded,
+                super::human_bytes(r.bytes_uploaded)
+            ),
         }
     }
     Ok(())

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tradevault::clock::SystemClock;
-use tradevault::replicate::{Engine, EngineOptions};
+use tradevault::config::ReplicaConfig;
+use tradevault::replicate::{DatabaseSpec, Engine, ReplicaSpec, Source, StoreLink};
 use tradevault::store::Hooks;
 use tradevault::store::writer::CheckpointOwner;
 
@@ -18,12 +19,14 @@ pub struct Args {
     /// Address to listen on (default 127.0.0.1:7878); port 0 picks a free one.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// Replicate the store continuously to this replica, a file:///absolute/path URL (repeatable).
+    /// Replicate the store continuously to this replica, a file:///absolute/path URL (repeatable);
+    /// adds to the config's [[replication.replica]] entries.
     #[arg(long, value_name = "URL")]
     replica: Vec<String>,
-    /// How often the replicas receive new transactions, in milliseconds.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
-    sync_interval_ms: u64,
+    /// Least time between two uploads to the --replica replicas, in milliseconds (default: 0 for
+    /// file replicas, as soon as committed; 1000 for S3).
+    #[arg(long, value_name = "MS")]
+    sync_interval_ms: Option<u64>,
 }
 
 pub fn run(
@@ -49,36 +52,80 @@ pub fn run(
                 "listen on {addr} (is another process using it? pass --listen with another port)"
             )
         })?;
-        let replicas = args
-            .replica
+        let mut store_replicas = config.replication.replica.clone();
+        for url in &args.replica {
+            let mut r = ReplicaConfig::new(url.clone());
+            r.sync_interval_ms = args.sync_interval_ms;
+            store_replicas.push(r);
+        }
+        let replica_specs = store_replicas
             .iter()
-            .map(|url| super::replica_of(url).map(|r| (url.clone(), r)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .map(|r| ReplicaSpec::from_config(r).map_err(|e| UsageError(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut databases = config
+            .database
+            .iter()
+            .map(|d| DatabaseSpec::from_config(d).map_err(|e| UsageError(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sync = if config.replication.mode == "sync" {
+            if replica_specs.is_empty() {
+                return Err(UsageError(
+                    "replication.mode = \"sync\" needs at least one replica of the store".into(),
+                )
+                .into());
+            }
+            let needed = usize::try_from(config.replication.sync_replicas).unwrap_or(usize::MAX);
+            if needed > replica_specs.len() {
+                return Err(UsageError(format!(
+                    "replication.sync_replicas is {needed} but the store has {} replicas",
+                    replica_specs.len()
+                ))
+                .into());
+            }
+            Some((
+                needed,
+                std::time::Duration::from_millis(config.replication.sync_timeout_ms),
+            ))
+        } else {
+            None
+        };
         let clock: Arc<dyn tradevault::clock::Clock> = Arc::new(SystemClock);
         // With replicas, the replication engine owns checkpoints so the WAL is never reset before
         // it was shipped.
-        let checkpoint = if replicas.is_empty() {
-            CheckpointOwner::Store
-        } else {
-            CheckpointOwner::External
+        let link = (!replica_specs.is_empty()).then(|| StoreLink::new(sync));
+        let hooks = match &link {
+            None => Hooks::default(),
+            Some(link) => Hooks {
+                checkpoint: CheckpointOwner::External,
+                listeners: vec![link.clone()],
+                gate: sync.map(|_| link.clone() as Arc<dyn tradevault::store::writer::CommitGate>),
+            },
         };
         let store = Arc::new(tradevault::Store::open_with(
             &config.store,
             clock.clone(),
-            Hooks {
-                checkpoint,
-                ..Hooks::default()
-            },
+            hooks,
         )?);
-        let engine = if replicas.is_empty() {
+        if let Some(link) = link {
+            databases.insert(
+                0,
+                DatabaseSpec {
+                    name: "store".into(),
+                    source: Source::Store {
+                        store: store.clone(),
+                        link,
+                        busy_timeout_ms: config.store.busy_timeout_ms,
+                    },
+                    replicas: replica_specs,
+                    poll_interval: std::time::Duration::from_millis(10),
+                    checkpoint_wal_bytes: config.store.checkpoint_wal_bytes,
+                },
+            );
+        }
+        let engine = if databases.is_empty() {
             None
         } else {
-            let options = EngineOptions {
-                interval: std::time::Duration::from_millis(args.sync_interval_ms.max(1)),
-                checkpoint_wal_bytes: config.store.checkpoint_wal_bytes,
-                busy_timeout_ms: config.store.busy_timeout_ms,
-            };
-            Some(Engine::start(store.clone(), replicas, clock, options)?)
+            Some(Engine::start(databases, clock)?)
         };
         let served =
             tradevault::http::serve(&config, store.clone(), listener, shutdown_signal()).await;

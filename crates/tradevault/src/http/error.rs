@@ -66,6 +66,11 @@ impl From<Error> for ApiError {
                 "store_unavailable",
                 e.to_string(),
             ),
+            e @ Error::NotReplicated { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_replicated",
+                e.to_string(),
+            ),
             e @ Error::Busy { .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_busy",

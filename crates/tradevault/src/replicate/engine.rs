@@ -1,229 +1,1002 @@
-//! [`Engine`]: replicates the store continuously, from inside `tradevault serve`, and owns its
-//! checkpoints so the WAL is never reset before every replica has it.
+//! [`Engine`]: continuous replication of the store and of other programs' SQLite databases.
+//!
+//! Per database, one shipper thread reads committed transactions from the WAL into a local log
+//! (`.<db>-tradevault/`, a directory of LTX files beside the database), and owns the WAL's
+//! checkpoints: the WAL is only truncated once the local log holds all of it. Per replica, one
+//! uploader thread (see `upload.rs`) copies the local log's new files to its replica at its own
+//! pace, retrying with backoff, so a slow or dead replica never holds up the writer, the WAL or the
+//! other replicas; when it returns it continues from its own newest TXID with no gap.
+//!
+//! The store's writer tells the shipper about each commit (a [`StoreLink`]), so a commit reaches
+//! the local log within milliseconds; another program's database is polled with a `stat` of its WAL.
 
-use super::{Replicator, Synced};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::status::{self, DatabaseStatus, ReplicaStatus};
+use super::{Replicator, Synced, upload};
+use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::replica::Replica;
-use crate::store::wal_path;
+use crate::replica::{FileReplica, Replica, SNAPSHOT_LEVEL};
+use crate::store::writer::{Commit, CommitGate, CommitListener, Release};
+use crate::store::{Store, wal_path};
 use crate::wal::WalReader;
 
-/// Replicates the store continuously: a thread that ships its WAL to every replica each interval,
-/// and that owns the store's checkpoints (open the store with `CheckpointOwner::External`). When
-/// the WAL passes its threshold, it copies the bulk with a PASSIVE checkpoint on its own
-/// connection, then asks the writer for an exclusive moment in which it ships the tail and
-/// truncates the WAL, so no commit can fall between the last shipment and the truncation.
+/// The least time between two shipments to the local log in async mode: commits arriving
+/// meanwhile go into one file. Bounds the files per second; adds at most this to the loss window.
+const MIN_GAP: Duration = Duration::from_millis(5);
+/// How often status, metrics and the local log's pruning are brought up to date.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// The local log's size beyond which its oldest files go even if a replica still needs them (that
+/// replica then catches up from a new snapshot).
+const LOCAL_LOG_BYTES_MAX: u64 = 1 << 30;
+
+/// Replicates databases until stopped.
 pub struct Engine {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    dbs: Vec<Arc<Db>>,
+    links: Vec<Arc<StoreLink>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Settings of the [`Engine`].
-pub struct EngineOptions {
-    /// How often to ship.
-    pub interval: std::time::Duration,
+/// One database to replicate.
+pub struct DatabaseSpec {
+    /// Its name in status and metrics.
+    pub name: String,
+    /// What it is.
+    pub source: Source,
+    /// Its replicas.
+    pub replicas: Vec<ReplicaSpec>,
+    /// How often an external database's WAL is looked at.
+    pub poll_interval: Duration,
     /// Checkpoint and truncate the WAL once it holds this many bytes.
     pub checkpoint_wal_bytes: u64,
-    /// The store's busy timeout, restored after the truncating checkpoint (which never waits).
-    pub busy_timeout_ms: u64,
 }
 
-type Shared = std::sync::Arc<std::sync::Mutex<Vec<(String, Replicator)>>>;
+/// Where a database's commits come from.
+pub enum Source {
+    /// The store of this process: its writer tells `link` about each commit and pauses for the
+    /// engine's checkpoints. Open the store with `CheckpointOwner::External` and `link` as a listener.
+    Store {
+        /// The store.
+        store: Arc<Store>,
+        /// Its commit listener (and gate, in sync mode).
+        link: Arc<StoreLink>,
+        /// The store's busy timeout, restored after each truncating checkpoint.
+        busy_timeout_ms: u64,
+    },
+    /// A database in WAL mode that another program writes.
+    External(PathBuf),
+}
 
-impl Engine {
-    /// Starts replicating `store` to `replicas` (name, replica).
-    pub fn start(
-        store: std::sync::Arc<crate::store::Store>,
-        replicas: Vec<(String, Replica)>,
-        clock: std::sync::Arc<dyn crate::clock::Clock>,
-        options: EngineOptions,
-    ) -> Result<Engine> {
-        let db = store.path().to_owned();
-        let mut replicators = Vec::new();
-        for (name, replica) in replicas {
-            replicators.push((name, Replicator::new(&db, replica)?));
+/// One replica of a database.
+pub struct ReplicaSpec {
+    /// Its name in status and metrics.
+    pub name: String,
+    /// Where it is.
+    pub replica: Replica,
+    /// Least time between two uploads (0: as soon as the local log has something new).
+    pub sync_interval: Duration,
+    /// What it keeps.
+    pub retention: Retention,
+}
+
+/// What a replica keeps: every point for `fine_ms`, one per second after that, nothing older than
+/// `window_ms` (except the snapshot the window starts from), a new snapshot every `snapshot_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The point-in-time window, in ms.
+    pub window_ms: i64,
+    /// How long every shipped point is kept, in ms.
+    pub fine_ms: i64,
+    /// How often a snapshot is written, in ms.
+    pub snapshot_ms: i64,
+}
+
+impl ReplicaSpec {
+    /// A replica as configured; its sync interval defaults to 0 for local directories and one
+    /// second for object stores (about one upload per second).
+    pub fn from_config(c: &crate::config::ReplicaConfig) -> Result<ReplicaSpec> {
+        let replica = Replica::parse(&c.url)?;
+        let default_interval = if replica.local_root().is_some() {
+            0
+        } else {
+            1_000
+        };
+        let hours = |h: u64| i64::try_from(h.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
+        Ok(ReplicaSpec {
+            name: c.display_name(),
+            replica,
+            sync_interval: Duration::from_millis(c.sync_interval_ms.unwrap_or(default_interval)),
+            retention: Retention {
+                window_ms: hours(c.retention_hours),
+                fine_ms: i64::try_from(c.fine_minutes.saturating_mul(60_000)).unwrap_or(i64::MAX),
+                snapshot_ms: hours(c.snapshot_hours),
+            },
+        })
+    }
+}
+
+impl DatabaseSpec {
+    /// An external database as configured in `[[database]]`.
+    pub fn from_config(c: &crate::config::DatabaseConfig) -> Result<DatabaseSpec> {
+        Ok(DatabaseSpec {
+            name: c.name.clone(),
+            source: Source::External(c.path.clone()),
+            replicas: c
+                .replica
+                .iter()
+                .map(ReplicaSpec::from_config)
+                .collect::<Result<_>>()?,
+            poll_interval: Duration::from_millis(c.poll_interval_ms),
+            checkpoint_wal_bytes: c.checkpoint_wal_bytes,
+        })
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            window_ms: 24 * 3_600_000,
+            fine_ms: 3_600_000,
+            snapshot_ms: 24 * 3_600_000,
         }
-        let shared: Shared = std::sync::Arc::new(std::sync::Mutex::new(replicators));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let thread_stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("tradevault-replicate".into())
-            .spawn(move || run_engine(&store, &shared, &clock, &options, &thread_stop))
-            .map_err(|e| Error::io("start replication thread", "tradevault-replicate", e))?;
-        Ok(Engine {
-            stop,
-            thread: Some(thread),
+    }
+}
+
+/// A database being replicated: shared by its shipper, its uploaders and the gate.
+pub(crate) struct Db {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    pub(crate) local: Replica,
+    local_dir: PathBuf,
+    pub(crate) state: Mutex<State>,
+    /// Signalled when the local log gains a file, a replica moves, a snapshot is wanted, or on stop.
+    pub(crate) changed: Condvar,
+    stop: AtomicBool,
+    /// Set once the shipper made its last shipment after a stop: uploaders drain up to it.
+    shipper_done: AtomicBool,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+pub(crate) struct State {
+    pub(crate) status: DatabaseStatus,
+    /// The TXID of this process's first file: a replica already past it holds another history.
+    pub(crate) history_start: u64,
+    /// An uploader needs a snapshot newer than what the local log has.
+    pub(crate) snapshot_wanted: bool,
+    /// A replica holds files up to this TXID from a history we do not know: number past it.
+    pub(crate) raise_txid: u64,
+    /// (TXID, last store commit in it), for the sync gate.
+    shipped: VecDeque<(u64, u64)>,
+    /// Answers held until enough replicas have their commit: (commit, deadline, release).
+    held: VecDeque<(u64, Instant, Release)>,
+}
+
+impl Db {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Stopping, and the shipper has made its last shipment.
+    pub(crate) fn shipper_done(&self) -> bool {
+        self.shipper_done.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now().as_millisecond()
+    }
+
+    /// The last store commit held by files up to `txid`.
+    pub(crate) fn commit_seq_at(state: &State, txid: u64) -> u64 {
+        state
+            .shipped
+            .iter()
+            .take_while(|(t, _)| *t <= txid)
+            .map(|(_, s)| *s)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Connects the store's writer to the engine: hears each commit (so the shipper wakes at once)
+/// and, in sync mode, holds each commit's answers until enough replicas hold it.
+pub struct StoreLink {
+    inner: Mutex<LinkState>,
+    wake: Condvar,
+    /// (replicas that must confirm, how long to wait) in sync mode.
+    sync: Option<(usize, Duration)>,
+    db: OnceLock<Arc<Db>>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    /// The newest commit.
+    seq: u64,
+    /// The time of the oldest commit not yet shipped.
+    first_unshipped_ms: Option<i64>,
+}
+
+impl StoreLink {
+    /// A link; with `sync = Some((n, timeout))` writes are acknowledged only once `n` replicas
+    /// hold them, or answered `not_replicated` after `timeout`.
+    pub fn new(sync: Option<(usize, Duration)>) -> Arc<StoreLink> {
+        Arc::new(StoreLink {
+            inner: Mutex::new(LinkState::default()),
+            wake: Condvar::new(),
+            sync,
+            db: OnceLock::new(),
         })
     }
 
-    /// Ships what is left and stops. Call before closing the store.
+    fn lock(&self) -> MutexGuard<'_, LinkState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl CommitListener for StoreLink {
+    fn committed(&self, commit: &Commit) {
+        let mut s = self.lock();
+        s.seq = commit.seq;
+        s.first_unshipped_ms
+            .get_or_insert(commit.at.as_millisecond());
+        self.wake.notify_all();
+    }
+}
+
+impl CommitGate for StoreLink {
+    fn hold(&self, commit: &Commit, release: Release) {
+        let Some((_, timeout)) = self.sync else {
+            return release(Ok(()));
+        };
+        let Some(db) = self.db.get() else {
+            return release(Err("replication is not running".into()));
+        };
+        if db.stopping() {
+            return release(Err("replication is stopping".into()));
+        }
+        let mut st = db.lock();
+        st.held
+            .push_back((commit.seq, Instant::now() + timeout, release));
+        drop(st);
+        db.changed.notify_all();
+    }
+}
+
+impl Engine {
+    /// Starts replicating `databases`.
+    pub fn start(databases: Vec<DatabaseSpec>, clock: Arc<dyn Clock>) -> Result<Engine> {
+        let mut engine = Engine {
+            dbs: Vec::new(),
+            links: Vec::new(),
+            threads: Vec::new(),
+        };
+        for spec in databases {
+            if let Err(e) = engine.start_one(spec, clock.clone()) {
+                engine.stop();
+                return Err(e);
+            }
+        }
+        Ok(engine)
+    }
+
+    fn start_one(&mut self, spec: DatabaseSpec, clock: Arc<dyn Clock>) -> Result<()> {
+        let path = match &spec.source {
+            Source::Store { store, .. } => store.path().to_owned(),
+            Source::External(p) => p.clone(),
+        };
+        let local_dir = status::local_log_dir(&path);
+        std::fs::create_dir_all(&local_dir)
+            .map_err(|e| Error::io("create local log", &local_dir, e))?;
+        let local = Replica::File(FileReplica::new(&local_dir));
+        let replicator = Replicator::new(&path, local.clone())?;
+        let replicas = spec
+            .replicas
+            .iter()
+            .map(|r| ReplicaStatus {
+                name: r.name.clone(),
+                url: r.replica.describe(),
+                caught_up_at_ms: Some(clock.now().as_millisecond()),
+                ..ReplicaStatus::default()
+            })
+            .collect();
+        let db = Arc::new(Db {
+            name: spec.name.clone(),
+            path: path.clone(),
+            local,
+            local_dir,
+            state: Mutex::new(State {
+                status: DatabaseStatus {
+                    database: spec.name.clone(),
+                    path: path.clone(),
+                    pid: std::process::id(),
+                    txid: replicator.txid(),
+                    replicas,
+                    ..DatabaseStatus::default()
+                },
+                history_start: replicator.txid() + 1,
+                snapshot_wanted: false,
+                raise_txid: 0,
+                shipped: VecDeque::new(),
+                held: VecDeque::new(),
+            }),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            shipper_done: AtomicBool::new(false),
+            clock,
+        });
+        self.dbs.push(db.clone());
+        let shipper_db = db.clone();
+        let options = ShipperOptions {
+            poll_interval: spec.poll_interval,
+            checkpoint_wal_bytes: spec.checkpoint_wal_bytes,
+        };
+        let gate = match &spec.source {
+            Source::Store { link, .. } => {
+                let _ = link.db.set(db.clone());
+                self.links.push(link.clone());
+                link.sync.map(|(n, _)| (link.clone(), n))
+            }
+            Source::External(_) => None,
+        };
+        let source = spec.source;
+        self.spawn(&format!("tv-ship-{}", spec.name), move || {
+            run_shipper(&shipper_db, source, replicator, &options)
+        })?;
+        for (index, r) in spec.replicas.into_iter().enumerate() {
+            let db = db.clone();
+            self.spawn(&format!("tv-upload-{}", r.name), move || {
+                upload::run(&db, index, r)
+            })?;
+        }
+        if let Some((_, needed)) = gate {
+            let db = db.clone();
+            self.spawn(&format!("tv-gate-{}", spec.name), move || {
+                run_gate(&db, needed)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        let handle = std::thread::Builder::new()
+            .name(name.chars().take(15).collect())
+            .spawn(f)
+            .map_err(|e| Error::io("start replication thread", name, e))?;
+        self.threads.push(handle);
+        Ok(())
+    }
+
+    /// The current status of every database.
+    pub fn status(&self) -> Vec<DatabaseStatus> {
+        self.dbs.iter().map(|db| db.lock().status.clone()).collect()
+    }
+
+    /// Waits until every database has shipped what was committed when it started, and every replica
+    /// holds it. Fails on the first error of a database or a replica, or after `timeout`.
+    pub fn wait_synced(&self, timeout: Duration) -> Result<Vec<DatabaseStatus>> {
+        let deadline = Instant::now() + timeout;
+        for db in &self.dbs {
+            let mut st = db.lock();
+            loop {
+                if let Some(e) = &st.status.last_error {
+                    return Err(Error::Replica {
+                        replica: format!("{} (local log)", db.name),
+                        message: e.clone(),
+                    });
+                }
+                if let Some(r) = st.status.replicas.iter().find(|r| r.failures > 0) {
+                    return Err(Error::Replica {
+                        replica: r.name.clone(),
+                        message: r.last_error.clone().unwrap_or_default(),
+                    });
+                }
+                let shipped = st.status.txid >= st.history_start;
+                let local = st.status.txid;
+                if shipped
+                    && st
+                        .status
+                        .replicas
+                        .iter()
+                        .all(|r| r.txid.is_some_and(|t| t >= local))
+                {
+                    break;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(Error::Replica {
+                        replica: db.name.clone(),
+                        message: format!("not in sync after {} s", timeout.as_secs()),
+                    });
+                }
+                st = db
+                    .changed
+                    .wait_timeout(st, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+        Ok(self.status())
+    }
+
+    /// Ships what was committed last, gives uploaders a few seconds to deliver it, and stops.
+    /// Call before closing the store.
     pub fn stop(mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        for db in &self.dbs {
+            db.stop.store(true, Ordering::Relaxed);
+            db.changed.notify_all();
+        }
+        for link in &self.links {
+            let _guard = link.lock();
+            link.wake.notify_all();
+        }
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        for db in &self.dbs {
+            let held: Vec<_> = db.lock().held.drain(..).collect();
+            for (_, _, release) in held {
+                release(Err("the server stopped before replicas confirmed".into()));
+            }
+            let st = db.lock().status.clone();
+            let _ = status::write(&db.local_dir, &st);
+        }
     }
 }
 
-fn run_engine(
-    store: &crate::store::Store,
-    shared: &Shared,
-    clock: &std::sync::Arc<dyn crate::clock::Clock>,
-    options: &EngineOptions,
-    stop: &std::sync::atomic::AtomicBool,
-) {
-    let wal = wal_path(store.path());
-    // Start with a snapshot taken in an exclusive moment and a truncated WAL. After a crash the
-    // WAL index may say the WAL was fully checkpointed, and SQLite would then restart it at the
-    // first commit, leaving a position taken outside such a moment stale (a second snapshot).
-    let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-    truncate_wal(store, shared, clock, options, wal_bytes);
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+struct ShipperOptions {
+    poll_interval: Duration,
+    checkpoint_wal_bytes: u64,
+}
+
+/// Releases held answers once `needed` replicas hold their commit, or after their deadline.
+fn run_gate(db: &Db, needed: usize) {
+    let mut st = db.lock();
     loop {
-        let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
-        sync_all(shared, &**clock);
+        let now = Instant::now();
+        let mut released = Vec::new();
+        while let Some((seq, deadline, _)) = st.held.front() {
+            let confirmed = st
+                .status
+                .replicas
+                .iter()
+                .filter(|r| r.commit_seq >= *seq)
+                .count();
+            if confirmed >= needed {
+                let (_, _, release) = st.held.pop_front().expect("front exists");
+                released.push((release, Ok(())));
+            } else if *deadline <= now {
+                let (_, _, release) = st.held.pop_front().expect("front exists");
+                released.push((
+                    release,
+                    Err(format!(
+                        "{confirmed} of the {needed} replicas required confirmed it in time"
+                    )),
+                ));
+            } else {
+                break;
+            }
+        }
+        let stopping = db.stopping();
+        if !released.is_empty() {
+            drop(st);
+            for (release, result) in released {
+                release(result);
+            }
+            st = db.lock();
+            continue;
+        }
         if stopping {
-            break;
-        }
-        let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        if wal_bytes >= options.checkpoint_wal_bytes {
-            truncate_wal(store, shared, clock, options, wal_bytes);
-        }
-        // Sleep in short steps so that a stop is seen promptly.
-        let mut slept = std::time::Duration::ZERO;
-        while slept < options.interval && !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let step = std::time::Duration::from_millis(10).min(options.interval - slept);
-            std::thread::sleep(step);
-            slept += step;
-        }
-    }
-}
-
-/// Syncs every replica; one failing replica is logged and does not stop the others.
-/// Returns, for each replica, whether it is now at the end of the WAL.
-fn sync_all(shared: &Shared, clock: &dyn crate::clock::Clock) -> Vec<bool> {
-    let mut replicators = shared.lock().unwrap_or_else(|p| p.into_inner());
-    let mut shipped = Vec::with_capacity(replicators.len());
-    for (name, r) in replicators.iter_mut() {
-        let started = clock.now().as_millisecond();
-        match r.sync_with(&|| clock.now().as_millisecond()) {
-            Ok(synced) => {
-                match synced {
-                    Synced::Nothing => {}
-                    Synced::Snapshot { txid, bytes, .. } => {
-                        crate::metrics::replicated(name, true, bytes, txid)
-                    }
-                    Synced::Transactions { txid, bytes, .. } => {
-                        crate::metrics::replicated(name, false, bytes, txid)
-                    }
-                }
-                if synced != Synced::Nothing {
-                    tracing::debug!(replica = %name, ?synced, "ltx file shipped");
-                }
-                // Everything committed before this sync started is on the replica now.
-                r.synced_at_ms = Some(started);
-                shipped.push(true);
-            }
-            Err(e) => {
-                crate::metrics::replication_failed(name);
-                tracing::warn!(replica = %name, error = %e, "replication failed; retrying next interval");
-                shipped.push(false);
-            }
-        }
-        let now = clock.now().as_millisecond();
-        let lag_ms = r.synced_at_ms.map_or(0, |t| now - t).max(0);
-        crate::metrics::replication_lag(name, lag_ms as f64 / 1000.0);
-    }
-    shipped
-}
-
-fn truncate_wal(
-    store: &crate::store::Store,
-    shared: &Shared,
-    clock: &std::sync::Arc<dyn crate::clock::Clock>,
-    options: &EngineOptions,
-    wal_bytes: u64,
-) {
-    // A store that refuses writes after a failed write or fsync may be damaged: never fold its
-    // WAL into the database.
-    if let Some(cause) = store.unavailable() {
-        tracing::warn!(cause = %cause, "store unavailable; no checkpoint");
-        return;
-    }
-    // The bulk of the copy happens beside the writer, on the engine's own connections. A read
-    // transaction pins the WAL first: SQLite restarts a fully copied WAL at the next commit, and
-    // it must not do that before the tail is shipped; it cannot while a reader holds a mark.
-    let path = store.path().to_owned();
-    let open = || {
-        let c = rusqlite::Connection::open(&path)?;
-        c.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-            true,
-        )?;
-        Ok::<_, rusqlite::Error>(c)
-    };
-    let pin = open().and_then(|c| {
-        c.execute_batch("BEGIN")?;
-        c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
-        Ok(c)
-    });
-    let pin = match pin {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not pin the wal for a checkpoint");
             return;
         }
-    };
-    if let Err(e) =
-        open().and_then(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
-    {
-        tracing::warn!(error = %e, "passive checkpoint failed");
+        let wait = st
+            .held
+            .front()
+            .map_or(HOUSEKEEPING, |(_, d, _)| d.saturating_duration_since(now));
+        st = db
+            .changed
+            .wait_timeout(st, wait.max(Duration::from_millis(1)))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
     }
-    let shared = shared.clone();
-    let clock = clock.clone();
-    let wal = wal_path(&path);
-    let busy_timeout_ms = options.busy_timeout_ms;
-    let hard_bound = wal_bytes >= 4 * options.checkpoint_wal_bytes;
-    let result = store.exclusive_blocking(move |conn| {
-        // Nothing commits while this runs: ship the tail, then truncate.
-        let shipped = sync_all(&shared, &*clock);
-        // Nothing can commit now, so the WAL may be released for the truncation.
-        drop(pin);
-        if shipped.contains(&false) && !hard_bound {
-            // A replica that is down keeps the WAL until the hard bound; it then catches up
-            // with a snapshot.
-            return Ok(false);
-        }
-        let seq = WalReader::open(&wal)?.map(|r| r.header().salt1);
-        let sql = |e| Error::sqlite("truncate wal", e);
-        // Never wait for readers here: the writer is paused.
-        conn.pragma_update(None, "busy_timeout", 0).map_err(sql)?;
-        let done = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            r.get::<_, i64>(0)
-        });
-        conn.pragma_update(
-            None,
-            "busy_timeout",
-            i64::try_from(busy_timeout_ms).unwrap_or(i64::MAX),
-        )
-        .map_err(sql)?;
-        let complete = done.map_err(sql)? == 0;
-        if complete && let Some(seq) = seq {
-            let mut replicators = shared.lock().unwrap_or_else(|p| p.into_inner());
-            // Only a replica that shipped the whole WAL continues into the next generation; one
-            // that failed will find the WAL reset and write a snapshot.
-            for ((_, r), ok) in replicators.iter_mut().zip(&shipped) {
-                if *ok {
-                    r.wal_truncated(seq);
+}
+
+fn run_shipper(db: &Db, source: Source, replicator: Replicator, options: &ShipperOptions) {
+    let replicator = Arc::new(Mutex::new(replicator));
+    let mut shipper = Shipper {
+        db,
+        replicator,
+        last_ship: Instant::now() - MIN_GAP,
+        last_housekeeping: Instant::now() - HOUSEKEEPING,
+        failures: 0,
+    };
+    match source {
+        Source::Store {
+            store,
+            link,
+            busy_timeout_ms,
+        } => shipper.run_store(&store, &link, busy_timeout_ms, options),
+        Source::External(_) => shipper.run_external(options),
+    }
+    shipper.housekeeping();
+    let _guard = db.lock();
+    db.shipper_done.store(true, Ordering::Release);
+    db.changed.notify_all();
+}
+
+struct Shipper<'a> {
+    db: &'a Db,
+    replicator: Arc<Mutex<Replicator>>,
+    last_ship: Instant,
+    last_housekeeping: Instant,
+    failures: u32,
+}
+
+impl Shipper<'_> {
+    fn run_store(
+        &mut self,
+        store: &Store,
+        link: &StoreLink,
+        busy_timeout_ms: u64,
+        options: &ShipperOptions,
+    ) {
+        let db = self.db;
+        let sync_mode = link.sync.is_some();
+        // Start with a snapshot taken in an exclusive moment and a truncated WAL. After a crash the
+        // WAL index may say the WAL was fully checkpointed, and SQLite would then restart it at the
+        // first commit, leaving a position taken outside such a moment stale.
+        self.checkpoint_store(store, link, busy_timeout_ms, true);
+        loop {
+            let (seq, first) = {
+                let mut l = link.lock();
+                while l.first_unshipped_ms.is_none()
+                    && !db.stopping()
+                    && !db.lock().snapshot_wanted
+                    && self.last_housekeeping.elapsed() < HOUSEKEEPING
+                {
+                    l = link
+                        .wake
+                        .wait_timeout(l, HOUSEKEEPING)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                (l.seq, l.first_unshipped_ms)
+            };
+            let stopping = db.stopping();
+            if first.is_some() || db.lock().snapshot_wanted {
+                if !sync_mode && !stopping {
+                    // Let commits arriving meanwhile join this file.
+                    let since = self.last_ship.elapsed();
+                    if since < MIN_GAP {
+                        std::thread::sleep(MIN_GAP - since);
+                    }
+                }
+                let (seq, first) = {
+                    let mut l = link.lock();
+                    (l.seq.max(seq), l.first_unshipped_ms.take().or(first))
+                };
+                if !self.ship(first, seq) {
+                    // Keep the oldest unshipped time for the retry.
+                    let mut l = link.lock();
+                    l.first_unshipped_ms = match (l.first_unshipped_ms, first) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    drop(l);
+                    self.backoff();
                 }
             }
+            let wal_bytes = file_len(&wal_path(&db.path));
+            if wal_bytes >= options.checkpoint_wal_bytes && !stopping {
+                self.checkpoint_store(store, link, busy_timeout_ms, false);
+            }
+            if stopping {
+                return;
+            }
+            if self.last_housekeeping.elapsed() >= HOUSEKEEPING {
+                self.housekeeping();
+            }
         }
-        Ok(complete)
-    });
-    match result {
-        Ok(true) => tracing::debug!(wal_bytes, "wal shipped, checkpointed and truncated"),
-        Ok(false) => tracing::debug!(
-            wal_bytes,
-            "wal not truncated (a reader or a replica is behind)"
-        ),
-        Err(e) => tracing::warn!(error = %e, "wal truncation failed"),
     }
+
+    fn run_external(&mut self, options: &ShipperOptions) {
+        let db = self.db;
+        let wal = wal_path(&db.path);
+        let mut pin = Pin::default();
+        // A lower bound of the time of any commit not yet shipped: the last look that found nothing new.
+        let mut quiet_since = db.now_ms();
+        let mut seen = None;
+        let mut first = true;
+        loop {
+            let stopping = db.stopping();
+            let look = file_identity(&wal);
+            let wanted = db.lock().snapshot_wanted;
+            if first || look != seen || wanted || stopping {
+                let before = db.now_ms();
+                // Pin the WAL while reading it: with a read transaction open, no other program's
+                // checkpoint can restart the WAL under us.
+                pin.hold(&db.path);
+                if self.ship(Some(quiet_since), 0) {
+                    seen = look;
+                    quiet_since = before;
+                    first = false;
+                } else {
+                    self.backoff();
+                }
+            } else {
+                quiet_since = db.now_ms();
+            }
+            let wal_bytes = file_len(&wal);
+            if wal_bytes >= options.checkpoint_wal_bytes && !stopping {
+                self.checkpoint_external(&mut pin);
+                seen = None;
+            }
+            if stopping {
+                return;
+            }
+            if self.last_housekeeping.elapsed() >= HOUSEKEEPING {
+                self.housekeeping();
+            }
+            let st = db.lock();
+            if !st.snapshot_wanted && !db.stopping() {
+                let _ = db
+                    .changed
+                    .wait_timeout(st, options.poll_interval)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+        }
+    }
+
+    /// Ships what is new to the local log, stamped `first_ms` (a lower bound of the commit times
+    /// it holds). Records `seq` as the last store commit in it. Returns whether it worked.
+    fn ship(&mut self, first_ms: Option<i64>, seq: u64) -> bool {
+        let db = self.db;
+        let (wanted, raise) = {
+            let mut st = db.lock();
+            let raise = std::mem::take(&mut st.raise_txid);
+            (std::mem::take(&mut st.snapshot_wanted), raise)
+        };
+        let mut r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
+        if raise > 0 {
+            r.raise_txid(raise);
+        }
+        if wanted {
+            r.force_snapshot();
+        }
+        let stamp = first_ms.unwrap_or_else(|| db.now_ms());
+        let result = r.sync_with(&|| stamp);
+        self.last_ship = Instant::now();
+        match result {
+            Ok(synced) => {
+                self.failures = 0;
+                let txid = r.txid();
+                let ts = r.last_ts();
+                drop(r);
+                let mut st = db.lock();
+                st.status.last_error = None;
+                if synced != Synced::Nothing {
+                    st.status.txid = txid;
+                    st.status.txid_time_ms = Some(ts);
+                    st.shipped.push_back((txid, seq));
+                    if st.shipped.len() > 100_000 {
+                        st.shipped.pop_front();
+                    }
+                    if let Synced::Snapshot { .. } = synced {
+                        tracing::info!(database = %db.name, txid, "snapshot written to the local log");
+                    }
+                }
+                drop(st);
+                db.changed.notify_all();
+                true
+            }
+            Err(e) => {
+                drop(r);
+                if wanted {
+                    db.lock().snapshot_wanted = true;
+                }
+                if raise > 0 {
+                    let mut st = db.lock();
+                    st.raise_txid = st.raise_txid.max(raise);
+                }
+                self.failures += 1;
+                let message = format!("{:#}", anyhow_chain(&e));
+                tracing::warn!(database = %db.name, error = %message, "could not read the wal into the local log; retrying");
+                db.lock().status.last_error = Some(message);
+                db.changed.notify_all();
+                crate::metrics::replication_failed(&db.name, "local");
+                false
+            }
+        }
+    }
+
+    fn backoff(&self) {
+        let ms = (50u64 << self.failures.min(6)).min(3_000);
+        let st = self.db.lock();
+        if !self.db.stopping() {
+            let _ = self
+                .db
+                .changed
+                .wait_timeout(st, Duration::from_millis(ms))
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Ships the WAL's tail and truncates it in an exclusive moment of the store's writer, after
+    /// copying the bulk beside it. `startup` forces a snapshot first.
+    fn checkpoint_store(
+        &mut self,
+        store: &Store,
+        link: &StoreLink,
+        busy_timeout_ms: u64,
+        startup: bool,
+    ) {
+        let db = self.db;
+        // A store that refuses writes after a failed write or fsync may be damaged: never fold
+        // its WAL into the database.
+        if let Some(cause) = store.unavailable() {
+            tracing::warn!(cause = %cause, "store unavailable; no checkpoint");
+            return;
+        }
+        let path = db.path.clone();
+        // The bulk of the copy happens beside the writer. A read transaction pins the WAL first:
+        // SQLite restarts a fully copied WAL at the next commit, and it must not do that before
+        // the tail is shipped; it cannot while a reader holds a mark.
+        let mut pin = Pin::default();
+        if !startup {
+            pin.hold(&path);
+            if let Err(e) = open_plain(&path)
+                .and_then(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
+            {
+                tracing::warn!(error = %e, "passive checkpoint failed");
+            }
+        }
+        let replicator = self.replicator.clone();
+        let wal = wal_path(&path);
+        let name = db.name.clone();
+        let (seq, first) = {
+            let mut l = link.lock();
+            (l.seq, l.first_unshipped_ms.take())
+        };
+        let stamp = first.unwrap_or_else(|| db.now_ms());
+        let result = store.exclusive_blocking(move |conn| {
+            let mut r = replicator.lock().unwrap_or_else(|p| p.into_inner());
+            if startup {
+                r.force_snapshot();
+            }
+            // Nothing commits while this runs: ship the tail, then truncate.
+            let synced = r.sync_with(&|| stamp)?;
+            drop(pin);
+            let salt1 = WalReader::open(&wal)?.map(|w| w.header().salt1);
+            let done = truncate(conn, busy_timeout_ms)?;
+            if done && let Some(salt1) = salt1 {
+                r.wal_truncated(salt1);
+            }
+            Ok((synced, r.txid(), r.last_ts(), done))
+        });
+        match result {
+            Ok((synced, txid, ts, done)) => {
+                let mut st = db.lock();
+                if synced != Synced::Nothing {
+                    st.status.txid = txid;
+                    st.status.txid_time_ms = Some(ts);
+                    st.shipped.push_back((txid, seq));
+                }
+                if done {
+                    st.status.checkpoints += 1;
+                }
+                drop(st);
+                db.changed.notify_all();
+                if done {
+                    crate::metrics::replication_checkpoint(&name);
+                }
+                tracing::debug!(database = %name, truncated = done, "wal shipped and checkpointed");
+            }
+            Err(e) => {
+                // The commits are still unshipped: keep their time for the next attempt.
+                let mut l = link.lock();
+                l.first_unshipped_ms = Some(l.first_unshipped_ms.map_or(stamp, |t| t.min(stamp)));
+                drop(l);
+                db.lock().status.last_error = Some(e.to_string());
+                tracing::warn!(database = %name, error = %e, "wal checkpoint failed");
+            }
+        }
+    }
+
+    /// For a database another program writes: copy the bulk (PASSIVE), ship the tail, then
+    /// truncate without waiting. SQLite reports how many frames the WAL held when it truncated; if
+    /// that is more than was shipped, a commit slipped in, and the next sync writes a snapshot.
+    fn checkpoint_external(&mut self, pin: &mut Pin) {
+        let db = self.db;
+        let path = db.path.clone();
+        if let Err(e) = open_plain(&path)
+            .and_then(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
+        {
+            tracing::debug!(error = %e, "passive checkpoint failed");
+        }
+        pin.release();
+        if !self.ship(Some(db.now_ms()), 0) {
+            return;
+        }
+        let r = self.replicator.clone();
+        let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(position) = r.wal_position() else {
+            return;
+        };
+        let page_size = match WalReader::open(&wal_path(&path)) {
+            Ok(Some(w)) => w.header().page_size,
+            _ => return,
+        };
+        let shipped_frames = (position.offset.saturating_sub(32)) / (24 + u64::from(page_size));
+        let result = open_plain(&path).and_then(|c| {
+            c.pragma_update(None, "busy_timeout", 0)?;
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            })
+        });
+        match result {
+            Ok((0, log)) if u64::try_from(log).ok() == Some(shipped_frames) => {
+                r.wal_truncated(position.salt1);
+                drop(r);
+                db.lock().status.checkpoints += 1;
+                crate::metrics::replication_checkpoint(&db.name);
+            }
+            Ok((0, log)) => {
+                // Frames we had not read were folded in and the WAL reset: snapshot next.
+                r.force_snapshot();
+                tracing::info!(database = %db.name, log, shipped_frames, "a commit landed during the checkpoint; writing a new snapshot");
+            }
+            Ok(_) => tracing::debug!(database = %db.name, "checkpoint busy; retrying later"),
+            Err(e) => {
+                tracing::debug!(database = %db.name, error = %e, "truncating checkpoint failed")
+            }
+        }
+    }
+
+    /// Status file, metrics and pruning of the local log, once per second.
+    fn housekeeping(&mut self) {
+        self.last_housekeeping = Instant::now();
+        let db = self.db;
+        let wal_bytes = file_len(&wal_path(&db.path));
+        crate::metrics::replication_wal_bytes(&db.name, wal_bytes);
+        let now = db.now_ms();
+        let snapshot = {
+            let mut st = db.lock();
+            st.status.wal_bytes = wal_bytes;
+            st.status.updated_at_ms = now;
+            let local = st.status.txid;
+            for r in &mut st.status.replicas {
+                // Behind: the time since it last held everything the local log had.
+                let behind = r.txid.is_none_or(|t| t < local);
+                r.lag_seconds = if behind {
+                    r.caught_up_at_ms
+                        .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0)
+                } else {
+                    0.0
+                };
+                crate::metrics::replication_lag(&db.name, &r.name, r.lag_seconds);
+            }
+            st.status.clone()
+        };
+        if let Err(e) = status::write(&db.local_dir, &snapshot) {
+            tracing::debug!(error = %e, "could not write the status file");
+        }
+        if let Err(e) = prune_local(db, &snapshot) {
+            tracing::warn!(database = %db.name, error = %e, "could not prune the local log");
+        }
+    }
+}
+
+/// Deletes local files every replica has, and the oldest beyond the size bound. The newest local
+/// file always stays: it carries the TXID numbering across restarts.
+fn prune_local(db: &Db, status: &DatabaseStatus) -> Result<()> {
+    let everyone_has = status
+        .replicas
+        .iter()
+        .map(|r| r.txid)
+        .min()
+        .flatten()
+        .unwrap_or(0);
+    let mut files = Vec::new();
+    for level in [0, SNAPSHOT_LEVEL] {
+        files.extend(db.local.list(level)?);
+    }
+    files.sort_by_key(|f| (f.max_txid, f.level));
+    let Some(newest) = files.pop() else {
+        return Ok(());
+    };
+    let mut total: u64 = files.iter().map(|f| f.size).sum::<u64>() + newest.size;
+    for f in &files {
+        if f.max_txid <= everyone_has || total > LOCAL_LOG_BYTES_MAX {
+            db.local.delete(f)?;
+            total -= f.size;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `PRAGMA wal_checkpoint(TRUNCATE)` without waiting for readers; true if it truncated.
+fn truncate(conn: &rusqlite::Connection, busy_timeout_ms: u64) -> Result<bool> {
+    let sql = |e| Error::sqlite("truncate wal", e);
+    conn.pragma_update(None, "busy_timeout", 0).map_err(sql)?;
+    let done = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    conn.pragma_update(
+        None,
+        "busy_timeout",
+        i64::try_from(busy_timeout_ms).unwrap_or(i64::MAX),
+    )
+    .map_err(sql)?;
+    Ok(done.map_err(sql)? == 0)
+}
+
+/// A read transaction that keeps the WAL from being restarted while it is open.
+#[derive(Default)]
+struct Pin(Option<rusqlite::Connection>);
+
+impl Pin {
+    /// Ends any previous read transaction and opens a new one at the WAL's current end.
+    fn hold(&mut self, path: &Path) {
+        self.release();
+        let pinned = open_plain(path).and_then(|c| {
+            c.execute_batch("BEGIN")?;
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+            Ok(c)
+        });
+        match pinned {
+            Ok(c) => self.0 = Some(c),
+            Err(e) => tracing::debug!(error = %e, "could not pin the wal"),
+        }
+    }
+
+    fn release(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// A connection that never checkpoints on close (the engine decides when the WAL is folded in).
+fn open_plain(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let c = rusqlite::Connection::open(path)?;
+    c.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
+    Ok(c)
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+fn file_identity(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+/// The error and its causes, for one log line.
+pub(crate) fn anyhow_chain(e: &Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

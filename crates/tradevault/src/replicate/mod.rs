@@ -17,8 +17,10 @@ use crate::store::wal_path;
 use crate::wal::{Position, WalReader};
 
 mod engine;
+pub mod status;
+mod upload;
 
-pub use engine::{Engine, EngineOptions};
+pub use engine::{DatabaseSpec, Engine, ReplicaSpec, Retention, Source, StoreLink};
 
 /// What one sync did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,33 +72,59 @@ pub struct Replicator {
     replica: Replica,
     txid: u64,
     resume: Resume,
-    /// When a sync last left the replica with everything committed (ms since the epoch).
-    synced_at_ms: Option<i64>,
+    /// The newest file's timestamp: later files never claim an earlier time.
+    last_ts: i64,
 }
 
 impl Replicator {
     /// A replicator of `db` into `replica`, continuing after the newest TXID already there.
     pub fn new(db: &Path, replica: Replica) -> Result<Replicator> {
-        let mut txid = 0;
+        let (mut txid, mut last_ts) = (0, i64::MIN);
         for level in 0..=SNAPSHOT_LEVEL {
-            txid = replica
-                .list(level)?
-                .iter()
-                .map(|f| f.max_txid)
-                .fold(txid, u64::max);
+            for f in replica.list(level)? {
+                txid = txid.max(f.max_txid);
+                last_ts = last_ts.max(f.created_at_ms);
+            }
         }
         Ok(Replicator {
             db: db.to_owned(),
             replica,
             txid,
             resume: Resume::Snapshot,
-            synced_at_ms: None,
+            last_ts,
         })
     }
 
     /// The newest TXID on the replica.
     pub fn txid(&self) -> u64 {
         self.txid
+    }
+
+    /// The newest file's timestamp (ms since the epoch).
+    pub fn last_ts(&self) -> i64 {
+        self.last_ts
+    }
+
+    /// Numbers the next file after `txid` at least: a replica holds files up to `txid` from a
+    /// history this replicator does not know, so the next file must be a snapshot above it.
+    pub fn raise_txid(&mut self, txid: u64) {
+        if txid > self.txid {
+            self.txid = txid;
+            self.resume = Resume::Snapshot;
+        }
+    }
+
+    /// Makes the next sync write a snapshot.
+    pub fn force_snapshot(&mut self) {
+        self.resume = Resume::Snapshot;
+    }
+
+    /// Where in the WAL the last sync stopped, when it read one.
+    pub fn wal_position(&self) -> Option<Position> {
+        match self.resume {
+            Resume::Wal(p) => Some(p),
+            _ => None,
+        }
     }
 
     /// Tells the replicator that its last sync shipped the whole WAL and that the WAL, whose header
@@ -111,9 +139,14 @@ impl Replicator {
         self.sync_with(&|| now_ms)
     }
 
-    /// [`Replicator::sync`], asking `now` for the file's time only after its content was read, so
-    /// a file never claims a time before a transaction it holds.
+    /// [`Replicator::sync`], asking `now` for the file's time once its content was read. Times
+    /// never go backwards from one file to the next.
     pub fn sync_with(&mut self, now: &dyn Fn() -> i64) -> Result<Synced> {
+        let floor = self.last_ts;
+        self.sync_inner(&|| now().max(floor))
+    }
+
+    fn sync_inner(&mut self, now: &dyn Fn() -> i64) -> Result<Synced> {
         let wal = wal_path(&self.db);
         match self.resume {
             Resume::Wal(position) => match WalReader::resume(&wal, position)? {
@@ -161,12 +194,14 @@ impl Replicator {
         // Pages past the final size belong to a shrink: they are not part of the database.
         pages.retain(|pgno, _| *pgno <= commit);
         let txid = self.txid + 1;
+        let ts = now();
         let bytes = encode(
-            ltx::Header::new(page_size, commit, txid, txid, now()),
+            ltx::Header::new(page_size, commit, txid, txid, ts),
             pages.iter().map(|(p, d)| (*p, d.as_slice())),
         )?;
         let written = self.replica.put(0, &bytes)?;
         self.txid = txid;
+        self.last_ts = ts;
         self.resume = Resume::Wal(reader.position());
         Ok(Synced::Transactions {
             txid,
@@ -188,10 +223,12 @@ impl Replicator {
             let at = (p as usize - 1) * page_size as usize;
             (p, &image[at..at + page_size as usize])
         });
-        let bytes = encode(ltx::Header::new(page_size, commit, 1, txid, now()), pages)?;
+        let ts = now();
+        let bytes = encode(ltx::Header::new(page_size, commit, 1, txid, ts), pages)?;
         let level = if txid == 1 { 0 } else { SNAPSHOT_LEVEL };
         let written = self.replica.put(level, &bytes)?;
         self.txid = txid;
+        self.last_ts = ts;
         self.resume = resume;
         Ok(Synced::Snapshot {
             txid,

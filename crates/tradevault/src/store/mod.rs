@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 
 use self::model::*;
 pub use self::stats::{Check, CheckReport, Stats, recompute_positions};
-use self::writer::{CheckpointOwner, CommitListener, Writer, WriterOptions};
+use self::writer::{CheckpointOwner, CommitGate, CommitListener, Writer, WriterOptions};
 pub use self::writer::{Commit, Tx};
 use crate::clock::Clock;
 use crate::config::StoreConfig;
@@ -40,6 +40,8 @@ pub struct Hooks {
     pub listeners: Vec<Arc<dyn CommitListener>>,
     /// Who checkpoints the WAL.
     pub checkpoint: CheckpointOwner,
+    /// Holds answers until commits are replicated (synchronous replication).
+    pub gate: Option<Arc<dyn CommitGate>>,
 }
 
 impl Default for Hooks {
@@ -47,6 +49,7 @@ impl Default for Hooks {
         Hooks {
             listeners: Vec::new(),
             checkpoint: CheckpointOwner::Store,
+            gate: None,
         }
     }
 }
@@ -149,6 +152,7 @@ impl Store {
                 checkpoint_wal_frames: (config.checkpoint_wal_bytes / page_size.max(512) as u64)
                     .max(1),
                 listeners: hooks.listeners,
+                gate: hooks.gate,
             },
         )?;
         let now = clock.now();

@@ -61,6 +61,17 @@ pub trait CommitListener: Send + Sync + 'static {
     fn committed(&self, commit: &Commit);
 }
 
+/// Releases a commit's answers, with why the commit is not durable enough if it is not.
+pub type Release = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+
+/// Holds the answers of each commit until it is durable enough (synchronous replication). The
+/// writer does not wait: it goes on with the next group while earlier answers are held.
+pub trait CommitGate: Send + Sync + 'static {
+    /// Calls `release` once `commit` may be acknowledged, or with why it may not; from any
+    /// thread, later. Called after every listener heard of the commit.
+    fn hold(&self, commit: &Commit, release: Release);
+}
+
 /// Who checkpoints the WAL into the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckpointOwner {
@@ -97,7 +108,18 @@ impl WriterHealth {
 }
 
 /// Answers a request once its group has committed (or failed to: the argument says why).
-type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+type Finish = Box<dyn FnOnce(Outcome<'_>) + Send>;
+
+/// What became of a group, as told to each of its requests.
+#[derive(Debug, Clone, Copy)]
+enum Outcome<'a> {
+    /// Committed (and replicated, where that is required).
+    Committed,
+    /// Not committed: the writer is poisoned for this reason.
+    Failed(&'a str),
+    /// Committed locally, but not confirmed by enough replicas, for this reason.
+    NotReplicated(&'a str),
+}
 
 /// The outcome of running one job, kept until the group commits.
 struct Done {
@@ -197,13 +219,16 @@ where
             ok,
             fatal,
             rows: std::mem::take(&mut tx.rows),
-            finish: Box::new(move |commit_failure: Option<&str>| {
-                let answer = match (result, commit_failure) {
+            finish: Box::new(move |outcome: Outcome<'_>| {
+                let answer = match (result, outcome) {
                     // The request that hit the damage is told what everyone after it is told.
                     (Err(e), _) if e.is_fatal() => Err(Error::Poisoned {
                         cause: error_chain(&e),
                     }),
-                    (Ok(_), Some(cause)) => Err(Error::Poisoned {
+                    (Ok(_), Outcome::Failed(cause)) => Err(Error::Poisoned {
+                        cause: cause.to_owned(),
+                    }),
+                    (Ok(_), Outcome::NotReplicated(cause)) => Err(Error::NotReplicated {
                         cause: cause.to_owned(),
                     }),
                     (r, _) => r,
@@ -231,6 +256,8 @@ pub(crate) struct WriterOptions {
     /// Frames that trigger a checkpoint request.
     pub checkpoint_wal_frames: u64,
     pub listeners: Vec<Arc<dyn CommitListener>>,
+    /// Holds each commit's answers until it is replicated (synchronous mode).
+    pub gate: Option<Arc<dyn CommitGate>>,
 }
 
 /// Handle to the writer thread (and the checkpointer); dropping it stops them after they drain.
@@ -395,7 +422,7 @@ fn run(
         let now = clock.now();
         let now_text = format_timestamp(now);
         let started = std::time::Instant::now();
-        let (dones, failure) = run_group(&conn, &mut group, now, &now_text);
+        let (mut dones, failure) = run_group(&conn, &mut group, now, &now_text);
         if let Some(cause) = &failure {
             health.poison(cause.clone());
         }
@@ -425,9 +452,33 @@ fn run(
             for l in &opts.listeners {
                 l.committed(&commit);
             }
+            if let Some(gate) = &opts.gate {
+                let finishes: Vec<Finish> = std::mem::take(&mut dones)
+                    .into_iter()
+                    .map(|d| d.finish)
+                    .collect();
+                gate.hold(
+                    &commit,
+                    Box::new(move |replicated| {
+                        let outcome = match &replicated {
+                            Ok(()) => Outcome::Committed,
+                            Err(cause) => Outcome::NotReplicated(cause),
+                        };
+                        for finish in finishes {
+                            finish(outcome);
+                        }
+                    }),
+                );
+            }
         }
-        for done in dones {
-            (done.finish)(failure.as_deref());
+        if !dones.is_empty() {
+            let outcome = match &failure {
+                Some(cause) => Outcome::Failed(cause),
+                None => Outcome::Committed,
+            };
+            for done in dones {
+                (done.finish)(outcome);
+            }
         }
         if !committed {
             continue;

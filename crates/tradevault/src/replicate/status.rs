@@ -1,0 +1,113 @@
+//! What the engine reports about each database and replica: kept in memory for metrics and the
+//! sync gate, and written every second to `status.json` in the database's local log, where
+//! `tradevault status` reads it (whether `serve` or a `replicate` sidecar wrote it).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Name of the status file in a local log directory.
+pub const STATUS_FILE: &str = "status.json";
+
+/// One database's replication, as last reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseStatus {
+    /// Its name (`store` for the store of `serve`).
+    pub database: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// The process that replicates it.
+    pub pid: u32,
+    /// When this was written (ms since the epoch).
+    pub updated_at_ms: i64,
+    /// The newest TXID in the local log.
+    pub txid: u64,
+    /// Time of the newest local file (ms since the epoch).
+    pub txid_time_ms: Option<i64>,
+    /// The WAL's size when last looked at.
+    pub wal_bytes: u64,
+    /// Checkpoints that truncated the WAL.
+    pub checkpoints: u64,
+    /// The last error of the shipper (reading the WAL, writing the local log), if any.
+    pub last_error: Option<String>,
+    /// Each replica.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// One replica, as last reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// Its name.
+    pub name: String,
+    /// Where it is (no credentials).
+    pub url: String,
+    /// The newest TXID on it (None until it was first listed).
+    pub txid: Option<u64>,
+    /// Time of the newest file on it (ms since the epoch).
+    pub txid_time_ms: Option<i64>,
+    /// Seconds its newest point is behind the local log's newest (0 when caught up).
+    pub lag_seconds: f64,
+    /// The last file uploaded by this process: `<level>/<min>-<max>.ltx`.
+    pub last_file: Option<String>,
+    /// When it last held everything the local log had (ms since the epoch).
+    pub caught_up_at_ms: Option<i64>,
+    /// The last error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// When that error happened (ms since the epoch).
+    pub last_error_at_ms: Option<i64>,
+    /// Failed attempts in a row.
+    pub failures: u64,
+    /// Bytes uploaded by this process.
+    pub bytes_uploaded: u64,
+    /// Files uploaded by this process.
+    pub files_uploaded: u64,
+    /// Oldest restorable point (ms since the epoch), as of the last maintenance pass.
+    pub window_start_ms: Option<i64>,
+    /// Newest restorable point (ms since the epoch).
+    pub window_end_ms: Option<i64>,
+    /// Files on the replica, as of the last maintenance pass.
+    pub files: Option<u64>,
+    /// Bytes on the replica, as of the last maintenance pass.
+    pub bytes: Option<u64>,
+    /// The store commit every write up to which is on this replica (sync mode).
+    #[serde(skip)]
+    pub commit_seq: u64,
+}
+
+/// Writes `status` to `dir/status.json` so that it appears whole (temporary file, rename).
+pub fn write(dir: &Path, status: &DatabaseStatus) -> Result<()> {
+    let path = dir.join(STATUS_FILE);
+    let tmp = dir.join(format!("{STATUS_FILE}.{}.tmp", std::process::id()));
+    let text = serde_json::to_vec_pretty(status).map_err(|e| Error::Internal {
+        message: format!("status: {e}"),
+    })?;
+    std::fs::write(&tmp, text).map_err(|e| Error::io("write status", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io("write status", &path, e))
+}
+
+/// Reads the status last written for the database whose local log is `dir`; `None` if there is none.
+pub fn read(dir: &Path) -> Result<Option<DatabaseStatus>> {
+    let path = dir.join(STATUS_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                path,
+                detail: format!("unreadable status: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read status", &path, e)),
+    }
+}
+
+/// The local log of `db`: a hidden directory beside it, `.<file name>-tradevault`.
+pub fn local_log_dir(db: &Path) -> PathBuf {
+    let name = db
+        .file_name()
+        .map_or_else(|| "db".into(), |n| n.to_string_lossy().into_owned());
+    db.parent()
+        .unwrap_or(Path::new("."))
+        .join(format!(".{name}-tradevault"))
+}

@@ -1,0 +1,410 @@
+//! One replica's uploader: copies the local log's new files to the replica in TXID order, at
+//! most once per sync interval (merging what accumulated into one file), retrying with backoff.
+//! It continues from the replica's own newest TXID, so a replica that was down catches up with no
+//! gap, or from a snapshot when the local log no longer has what it missed.
+//!
+//! Once a minute it also maintains the replica: merges shipped points older than the fine window
+//! into one file per second (level 1), asks for a snapshot when the newest is older than the
+//! snapshot interval, and deletes what lies before the snapshot the point-in-time window starts from.
+
+use std::time::{Duration, Instant};
+
+use super::engine::{Db, ReplicaSpec, anyhow_chain};
+use crate::error::{Error, Result};
+use crate::replica::{ReplicaFile, SNAPSHOT_LEVEL};
+
+/// Most files or bytes merged into one upload.
+const MERGE_FILES_MAX: usize = 10_000;
+const MERGE_BYTES_MAX: u64 = 256 << 20;
+/// How often the replica is compacted and pruned.
+const MAINTENANCE: Duration = Duration::from_secs(60);
+/// Most level-0 files one maintenance pass compacts (the rest wait for the next pass).
+const COMPACT_FILES_MAX: usize = 20_000;
+/// Level of the one-second compactions.
+const SECOND_LEVEL: u32 = 1;
+/// How long a stopping uploader keeps trying to deliver what is left.
+const DRAIN: Duration = Duration::from_secs(5);
+
+pub(crate) fn run(db: &Db, index: usize, spec: ReplicaSpec) {
+    let mut up = Uploader {
+        db,
+        index,
+        spec,
+        position: None,
+        need_snapshot_above: None,
+        failures: 0,
+        last_upload: None,
+        next_maintenance: Instant::now() + Duration::from_secs(5),
+        drain_until: None,
+    };
+    up.run();
+}
+
+struct Uploader<'a> {
+    db: &'a Db,
+    index: usize,
+    spec: ReplicaSpec,
+    /// The newest TXID on the replica, once known.
+    position: Option<u64>,
+    /// The replica holds a history we do not know up to this TXID: only a snapshot past it may follow.
+    need_snapshot_above: Option<u64>,
+    failures: u32,
+    last_upload: Option<Instant>,
+    next_maintenance: Instant,
+    drain_until: Option<Instant>,
+}
+
+impl Uploader<'_> {
+    fn run(&mut self) {
+        loop {
+            if self.db.stopping() && self.drain_until.is_none() {
+                self.drain_until = Some(Instant::now() + DRAIN);
+            }
+            if self.drain_until.is_some_and(|d| Instant::now() >= d) {
+                return;
+            }
+            if self.position.is_none()
+                && let Err(e) = self.discover()
+            {
+                self.failed(&e);
+                if self.db.stopping() {
+                    return;
+                }
+                self.backoff();
+                continue;
+            }
+            let position = self.position.unwrap_or(0);
+            let local = self.wait_for_work(position);
+            if self.db.shipper_done() && local <= position {
+                return;
+            }
+            if local > position {
+                self.respect_interval();
+                match self.upload_next() {
+                    Ok(true) => self.failures = 0,
+                    Ok(false) => {
+                        if self.db.stopping() {
+                            return;
+                        }
+                        // Waiting for the shipper's snapshot.
+                        self.wait(Duration::from_millis(100));
+                    }
+                    Err(e) => {
+                        self.failed(&e);
+                        if self.db.stopping() {
+                            return;
+                        }
+                        self.backoff();
+                    }
+                }
+            }
+            if Instant::now() >= self.next_maintenance && !self.db.stopping() {
+                self.next_maintenance = Instant::now() + MAINTENANCE;
+                if let Err(e) = self.maintain() {
+                    tracing::warn!(replica = %self.spec.name, error = %anyhow_chain(&e), "replica maintenance failed; retrying in a minute");
+                }
+            }
+        }
+    }
+
+    /// Waits until the local log is ahead of `position`, maintenance is due, or the engine stops.
+    /// Returns the local log's newest TXID.
+    fn wait_for_work(&self, position: u64) -> u64 {
+        let mut st = self.db.lock();
+        loop {
+            let local = st.status.txid;
+            let now = Instant::now();
+            if local > position || self.db.shipper_done() || now >= self.next_maintenance {
+                return local;
+            }
+            if self.db.stopping() {
+                // The shipper's last shipment is coming: wait for it, briefly.
+                st = self
+                    .db
+                    .changed
+                    .wait_timeout(st, Duration::from_millis(50))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            }
+            st = self
+                .db
+                .changed
+                .wait_timeout(st, self.next_maintenance - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Sleeps up to `d`, waking early on stop.
+    fn wait(&self, d: Duration) {
+        let st = self.db.lock();
+        if !self.db.stopping() {
+            let _ = self
+                .db
+                .changed
+                .wait_timeout(st, d)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn respect_interval(&self) {
+        let Some(last) = self.last_upload else { return };
+        let deadline = last + self.spec.sync_interval;
+        loop {
+            let now = Instant::now();
+            if now >= deadline || self.db.stopping() {
+                return;
+            }
+            self.wait(deadline - now);
+        }
+    }
+
+    fn backoff(&self) {
+        let ms = (100u64 << self.failures.min(8)).min(30_000);
+        self.wait(Duration::from_millis(ms));
+    }
+
+    fn failed(&mut self, e: &Error) {
+        self.failures += 1;
+        let message = anyhow_chain(e);
+        tracing::warn!(database = %self.db.name, replica = %self.spec.name, error = %message, failures = self.failures, "replica upload failed; retrying with backoff");
+        crate::metrics::replication_failed(&self.db.name, &self.spec.name);
+        let now = self.db.now_ms();
+        let mut st = self.db.lock();
+        let r = &mut st.status.replicas[self.index];
+        r.last_error = Some(message);
+        r.last_error_at_ms = Some(now);
+        r.failures = u64::from(self.failures);
+        drop(st);
+        self.db.changed.notify_all();
+    }
+
+    /// Finds the replica's newest TXID. A replica ahead of this process's history holds another
+    /// history: the shipper numbers past it and the next file it gets is a snapshot.
+    fn discover(&mut self) -> Result<()> {
+        let mut newest: Option<&ReplicaFile> = None;
+        let mut all = Vec::new();
+        for level in 0..=SNAPSHOT_LEVEL {
+            all.extend(self.spec.replica.list(level)?);
+        }
+        for f in &all {
+            if newest.is_none_or(|n| f.max_txid > n.max_txid) {
+                newest = Some(f);
+            }
+        }
+        let position = newest.map_or(0, |f| f.max_txid);
+        let mut st = self.db.lock();
+        if position > 0 && position >= st.history_start {
+            tracing::warn!(replica = %self.spec.name, position, "the replica holds files this database's local log does not know; continuing it from a new snapshot");
+            st.raise_txid = st.raise_txid.max(position);
+            st.snapshot_wanted = true;
+            self.need_snapshot_above = Some(position);
+        }
+        let r = &mut st.status.replicas[self.index];
+        r.txid = Some(position);
+        r.txid_time_ms = newest.map(|f| f.created_at_ms);
+        drop(st);
+        self.db.changed.notify_all();
+        self.position = Some(position);
+        Ok(())
+    }
+
+    /// Uploads the next piece: the run of level-0 files continuing the replica (merged when the
+    /// sync interval is not zero), or the snapshot that continues it. Returns false when the
+    /// local log has neither (a snapshot was asked for).
+    fn upload_next(&mut self) -> Result<bool> {
+        let position = self.position.unwrap_or(0);
+        let local = &self.db.local;
+        let mut run: Vec<ReplicaFile> = Vec::new();
+        if self.need_snapshot_above.is_none() {
+            let max_files = if self.spec.sync_interval.is_zero() {
+                1
+            } else {
+                MERGE_FILES_MAX
+            };
+            let mut next = position + 1;
+            let mut bytes = 0;
+            for f in local.list(0)? {
+                if f.min_txid < next {
+                    continue;
+                }
+                if f.min_txid > next || run.len() >= max_files || bytes >= MERGE_BYTES_MAX {
+                    break;
+                }
+                next = f.max_txid + 1;
+                bytes += f.size;
+                run.push(f);
+            }
+        }
+        let started = self.db.now_ms();
+        let (level, bytes, max_txid, ts, snapshot) = if !run.is_empty() {
+            let data = if run.len() == 1 {
+                local.read(&run[0])?
+            } else {
+                let inputs = run
+                    .iter()
+                    .map(|f| local.read(f))
+                    .collect::<Result<Vec<_>>>()?;
+                let slices: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+                ltx::compact(&slices).map_err(|source| Error::Ltx {
+                    name: format!("merge of {} local files", run.len()),
+                    source,
+                })?
+            };
+            let last = run.last().map_or(position, |f| f.max_txid);
+            (0, data, last, run[0].created_at_ms, run[0].min_txid == 1)
+        } else {
+            let above = self.need_snapshot_above.unwrap_or(0).max(position);
+            let snapshot = local
+                .list(SNAPSHOT_LEVEL)?
+                .into_iter()
+                .filter(|f| f.max_txid > above)
+                .min_by_key(|f| f.max_txid);
+            let Some(s) = snapshot else {
+                self.db.lock().snapshot_wanted = true;
+                self.db.changed.notify_all();
+                return Ok(false);
+            };
+            (
+                SNAPSHOT_LEVEL,
+                local.read(&s)?,
+                s.max_txid,
+                s.created_at_ms,
+                true,
+            )
+        };
+        let written = self.spec.replica.put(level, &bytes)?;
+        self.last_upload = Some(Instant::now());
+        self.position = Some(max_txid);
+        if snapshot {
+            self.need_snapshot_above = None;
+        }
+        crate::metrics::replicated(
+            &self.db.name,
+            &self.spec.name,
+            snapshot,
+            written.size,
+            max_txid,
+        );
+        let mut st = self.db.lock();
+        let local_txid = st.status.txid;
+        let seq = Db::commit_seq_at(&st, max_txid);
+        let r = &mut st.status.replicas[self.index];
+        r.txid = Some(max_txid);
+        r.txid_time_ms = Some(ts);
+        r.bytes_uploaded += written.size;
+        r.files_uploaded += 1;
+        r.last_file = Some(format!(
+            "{level}/{}",
+            ltx::file_name(written.min_txid, written.max_txid)
+        ));
+        r.last_error = None;
+        r.failures = 0;
+        r.commit_seq = r.commit_seq.max(seq);
+        if max_txid >= local_txid {
+            r.caught_up_at_ms = Some(started);
+        }
+        drop(st);
+        self.db.changed.notify_all();
+        Ok(true)
+    }
+
+    /// Compaction, snapshot schedule and retention; updates the restorable window in status.
+    fn maintain(&mut self) -> Result<()> {
+        let now = self.db.now_ms();
+        let retention = self.spec.retention;
+        let replica = &self.spec.replica;
+        if self.spec.sync_interval < Duration::from_secs(1) {
+            self.compact_seconds(now - retention.fine_ms)?;
+        }
+        let mut files = Vec::new();
+        for level in 0..=SNAPSHOT_LEVEL {
+            files.extend(replica.list(level)?);
+        }
+        // Snapshots are files that start at TXID 1.
+        let newest_snapshot = files
+            .iter()
+            .filter(|f| f.min_txid == 1)
+            .map(|f| f.created_at_ms)
+            .max();
+        if newest_snapshot.is_none_or(|t| t < now - retention.snapshot_ms) && !files.is_empty() {
+            self.db.lock().snapshot_wanted = true;
+            self.db.changed.notify_all();
+        }
+        // The window starts from the newest snapshot at or before its start; everything it
+        // supersedes goes.
+        let base = files
+            .iter()
+            .filter(|f| f.min_txid == 1 && f.created_at_ms <= now - retention.window_ms)
+            .max_by_key(|f| (f.max_txid, f.level))
+            .cloned();
+        if let Some(base) = &base {
+            for f in files
+                .iter()
+                .filter(|f| f.max_txid <= base.max_txid && *f != base)
+            {
+                replica.delete(f)?;
+            }
+            files.retain(|f| f.max_txid > base.max_txid || f == base);
+        }
+        let start = files
+            .iter()
+            .filter(|f| f.min_txid == 1)
+            .map(|f| f.created_at_ms)
+            .min();
+        let end = files.iter().map(|f| f.created_at_ms).max();
+        let mut st = self.db.lock();
+        let r = &mut st.status.replicas[self.index];
+        r.window_start_ms = start;
+        r.window_end_ms = end;
+        r.files = Some(files.len() as u64);
+        r.bytes = Some(files.iter().map(|f| f.size).sum());
+        Ok(())
+    }
+
+    /// Merges level-0 files created before `before` into one level-1 file per second, then
+    /// deletes them. A crash in between leaves both, which restores the same.
+    fn compact_seconds(&self, before: i64) -> Result<()> {
+        let replica = &self.spec.replica;
+        let old: Vec<ReplicaFile> = replica
+            .list(0)?
+            .into_iter()
+            .filter(|f| f.created_at_ms < before)
+            .take(COMPACT_FILES_MAX)
+            .collect();
+        let mut group: Vec<ReplicaFile> = Vec::new();
+        for f in old {
+            let same_second = group.last().is_some_and(|g| {
+                g.max_txid + 1 == f.min_txid
+                    && g.created_at_ms.div_euclid(1000) == f.created_at_ms.div_euclid(1000)
+            });
+            if !same_second && !group.is_empty() {
+                self.merge_into_seconds(&std::mem::take(&mut group))?;
+            }
+            group.push(f);
+        }
+        if !group.is_empty() {
+            self.merge_into_seconds(&group)?;
+        }
+        Ok(())
+    }
+
+    fn merge_into_seconds(&self, group: &[ReplicaFile]) -> Result<()> {
+        let replica = &self.spec.replica;
+        let inputs = group
+            .iter()
+            .map(|f| replica.read(f))
+            .collect::<Result<Vec<_>>>()?;
+        let slices: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+        let merged = ltx::compact(&slices).map_err(|source| Error::Ltx {
+            name: format!("compaction of {} files", group.len()),
+            source,
+        })?;
+        replica.put(SECOND_LEVEL, &merged)?;
+        for f in group {
+            replica.delete(f)?;
+        }
+        Ok(())
+    }
+}
