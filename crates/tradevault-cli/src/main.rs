@@ -34,6 +34,8 @@ enum Command {
     Check(cmd::check::Args),
     /// Ship every transaction of a SQLite database (in WAL mode) to replicas, as a sidecar.
     Replicate(cmd::replicate::Args),
+    /// Replication of the store and every [[database]]: position, lag, errors, restorable window.
+    Status(cmd::status::Args),
     /// Rebuild a database from a replica (ours or Litestream's), to the latest state, a TXID or a time.
     Restore(cmd::restore::Args),
 }
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd::check::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Replicate(args) => cmd::replicate::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Restore(args) => cmd::restore::run(cli.config.as_deref(), cli.data_dir, args),
+        Command::Status(args) => cmd::status::run(cli.config.as_deref(), cli.data_dir, args),
     };
     match result {
         Ok(code) => code,

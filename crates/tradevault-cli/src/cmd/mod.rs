@@ -6,6 +6,7 @@ pub mod replicate;
 pub mod restore;
 pub mod serve;
 pub mod stats;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 

@@ -5,5 +5,6 @@ mod api;
 mod cli;
 mod common;
 mod crash;
+mod engine;
 mod faults;
 mod replicate;
