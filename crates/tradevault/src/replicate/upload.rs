@@ -16,8 +16,10 @@ use crate::replica::{ReplicaFile, SNAPSHOT_LEVEL};
 /// Most files or bytes merged into one upload.
 const MERGE_FILES_MAX: usize = 10_000;
 const MERGE_BYTES_MAX: u64 = 256 << 20;
-/// How often the replica is compacted and pruned.
-const MAINTENANCE: Duration = Duration::from_secs(60);
+/// How often the replica is compacted and pruned, by the engine's clock (ms).
+const MAINTENANCE_MS: i64 = 60_000;
+/// The longest an idle uploader sleeps before looking at the clock again.
+const IDLE: Duration = Duration::from_secs(1);
 /// Most level-0 files one maintenance pass compacts (the rest wait for the next pass).
 const COMPACT_FILES_MAX: usize = 20_000;
 /// Level of the one-second compactions.
@@ -34,7 +36,7 @@ pub(crate) fn run(db: &Db, index: usize, spec: ReplicaSpec) {
         need_snapshot_above: None,
         failures: 0,
         last_upload: None,
-        next_maintenance: Instant::now() + Duration::from_secs(5),
+        next_maintenance_ms: db.now_ms() + 5_000,
         drain_until: None,
     };
     up.run();
@@ -50,7 +52,8 @@ struct Uploader<'a> {
     need_snapshot_above: Option<u64>,
     failures: u32,
     last_upload: Option<Instant>,
-    next_maintenance: Instant,
+    /// When the next maintenance pass is due, by the engine's clock.
+    next_maintenance_ms: i64,
     drain_until: Option<Instant>,
 }
 
@@ -98,8 +101,8 @@ impl Uploader<'_> {
                     }
                 }
             }
-            if Instant::now() >= self.next_maintenance && !self.db.stopping() {
-                self.next_maintenance = Instant::now() + MAINTENANCE;
+            if self.db.now_ms() >= self.next_maintenance_ms && !self.db.stopping() {
+                self.next_maintenance_ms = self.db.now_ms() + MAINTENANCE_MS;
                 if let Err(e) = self.maintain() {
                     tracing::warn!(replica = %self.spec.name, error = %anyhow_chain(&e), "replica maintenance failed; retrying in a minute");
                 }
@@ -113,8 +116,10 @@ impl Uploader<'_> {
         let mut st = self.db.lock();
         loop {
             let local = st.status.txid;
-            let now = Instant::now();
-            if local > position || self.db.shipper_done() || now >= self.next_maintenance {
+            if local > position
+                || self.db.shipper_done()
+                || self.db.now_ms() >= self.next_maintenance_ms
+            {
                 return local;
             }
             if self.db.stopping() {
@@ -130,7 +135,7 @@ impl Uploader<'_> {
             st = self
                 .db
                 .changed
-                .wait_timeout(st, self.next_maintenance - now)
+                .wait_timeout(st, IDLE)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }

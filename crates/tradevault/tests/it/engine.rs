@@ -1,0 +1,142 @@
+//! The engine's schedule, driven by a manual clock: shipped points are kept at full granularity
+//! for the fine window, then merged into one file per second; a snapshot is written when the
+//! newest is too old; history before the snapshot the window starts from is deleted; and the
+//! replica restores to the latest state at every step.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tradevault::clock::{Clock, ManualClock};
+use tradevault::replica::{FileReplica, Replica};
+use tradevault::replicate::{DatabaseSpec, Engine, ReplicaSpec, Retention, Source};
+use tradevault::restore::{self, Target};
+
+const MINUTE: i64 = 60_000;
+
+fn files(dir: &Path, level: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("ltx").join(level.to_string()))
+        .map(|d| {
+            d.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".ltx"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn restored_rows(replica: &Replica, dir: &Path, name: &str) -> Vec<(i64, String)> {
+    let plan = restore::plan(replica, Target::Latest).expect("plan");
+    let out = dir.join(name);
+    restore::apply(replica, &plan, &out).expect("apply");
+    crate::rows(&out)
+}
+
+#[test]
+fn compaction_snapshots_and_retention_follow_the_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, qty TEXT);",
+    )
+    .expect("schema");
+    let t0 = jiff::Timestamp::from_second(1_795_000_000).expect("t0");
+    let clock = Arc::new(ManualClock::new(t0));
+    let at = |ms: i64| t0 + jiff::SignedDuration::from_millis(ms);
+    let root = dir.path().join("replica");
+    let replica = Replica::from(FileReplica::new(&root));
+    let engine = Engine::start(
+        vec![DatabaseSpec {
+            name: "bot".into(),
+            source: Source::External(db.clone()),
+            replicas: vec![ReplicaSpec {
+                name: "r".into(),
+                replica: replica.clone(),
+                sync_interval: Duration::ZERO,
+                retention: Retention {
+                    window_ms: 10 * MINUTE,
+                    fine_ms: MINUTE,
+                    snapshot_ms: 5 * MINUTE,
+                },
+            }],
+            poll_interval: Duration::from_millis(2),
+            checkpoint_wal_bytes: 16 << 20,
+        }],
+        clock.clone() as Arc<dyn Clock>,
+    )
+    .expect("start");
+    let synced = |engine: &Engine| {
+        let s = &engine.status()[0];
+        s.txid > 0 && s.replicas[0].txid == Some(s.txid)
+    };
+    // Twenty commits, 250 ms apart: twenty points, several per second.
+    for i in 0..20i64 {
+        clock.set(at(i * 250));
+        conn.execute(
+            "INSERT INTO fills (id, qty) VALUES (?1, printf('%d.5', ?1))",
+            [i],
+        )
+        .expect("insert");
+        let want = engine.status()[0].txid + 1;
+        eventually("the commit on the replica", || {
+            let s = &engine.status()[0];
+            s.txid >= want && s.replicas[0].txid == Some(s.txid)
+        });
+    }
+    let shipped = files(&root, 0).len();
+    assert!(shipped >= 20, "one file per point: {shipped}");
+    assert_eq!(
+        restored_rows(&replica, dir.path(), "a.db"),
+        crate::rows(&db)
+    );
+
+    // Past the fine window: points merge into one file per second (5 seconds of commits).
+    clock.set(at(2 * MINUTE));
+    eventually("level-1 compaction", || {
+        files(&root, 0).is_empty() && !files(&root, 1).is_empty()
+    });
+    let seconds = files(&root, 1).len();
+    assert!(
+        (5..=6).contains(&seconds),
+        "one file per second: {:?}",
+        files(&root, 1)
+    );
+    assert_eq!(
+        restored_rows(&replica, dir.path(), "b.db"),
+        crate::rows(&db)
+    );
+    // A point inside the fine window is still exact; a merged second restores whole.
+    let plan = restore::plan(&replica, Target::Time(at(1_100).as_millisecond())).expect("plan");
+    assert!(plan.txid > 1, "{plan:?}");
+
+    // The newest snapshot is older than snapshot_ms: a new one is written and uploaded.
+    clock.set(at(8 * MINUTE));
+    eventually("a scheduled snapshot", || {
+        !files(&root, 9).is_empty() && synced(&engine)
+    });
+    // Past the window: everything the window's base snapshot supersedes goes.
+    clock.set(at(19 * MINUTE));
+    eventually("retention", || {
+        files(&root, 1).is_empty() && files(&root, 0).is_empty()
+    });
+    // The base snapshot stays (and, the newest being older than snapshot_ms again, a new one).
+    let snapshots = files(&root, 9);
+    assert!((1..=2).contains(&snapshots.len()), "{snapshots:?}");
+    assert_eq!(
+        restored_rows(&replica, dir.path(), "c.db"),
+        crate::rows(&db)
+    );
+    // Before the window there is nothing to restore to, and the restore says so.
+    assert!(restore::plan(&replica, Target::Time(at(MINUTE).as_millisecond())).is_err());
+    engine.stop();
+}
