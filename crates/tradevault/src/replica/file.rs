@@ -86,6 +86,11 @@ impl FileReplica {
     /// The files of `level`, ordered by transaction range; names that are not LTX files
     /// (temporary files, anything else) are skipped.
     pub fn list(&self, level: u32) -> Result<Vec<ReplicaFile>> {
+        self.list_after(level, 0)
+    }
+
+    /// [`FileReplica::list`], skipping (unread) the files that end at or before `txid`.
+    pub fn list_after(&self, level: u32, txid: u64) -> Result<Vec<ReplicaFile>> {
         let dir = self.level_dir(level);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
@@ -100,6 +105,9 @@ impl FileReplica {
             else {
                 continue;
             };
+            if max_txid <= txid {
+                continue;
+            }
             let meta = entry
                 .metadata()
                 .map_err(|e| Error::io("read replica file metadata", entry.path(), e))?;

@@ -75,6 +75,13 @@ impl Replica {
         }
     }
 
+    /// The files of `level` that end after `txid`, ordered by transaction range.
+    pub fn list_after(&self, level: u32, txid: u64) -> Result<Vec<ReplicaFile>> {
+        match self {
+            Replica::File(r) => r.list_after(level, txid),
+        }
+    }
+
     /// A file's bytes (verify them with `ltx::Decoder` before applying anything).
     pub fn read(&self, file: &ReplicaFile) -> Result<Vec<u8>> {
         match self {

@@ -953,10 +953,19 @@ struct Pin(Option<rusqlite::Connection>);
 impl Pin {
     /// Ends any previous read transaction and opens a new one at the WAL's current end.
     fn hold(&mut self, path: &Path) {
+        let begin = |c: &rusqlite::Connection| {
+            c.execute_batch("BEGIN")?;
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+        };
+        if let Some(c) = &self.0 {
+            // Reuse the connection: end the old read, start a new one.
+            if c.execute_batch("COMMIT").is_ok() && begin(c).is_ok() {
+                return;
+            }
+        }
         self.release();
         let pinned = open_plain(path).and_then(|c| {
-            c.execute_batch("BEGIN")?;
-            c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+            begin(&c)?;
             Ok(c)
         });
         match pinned {

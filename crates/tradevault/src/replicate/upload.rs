@@ -230,7 +230,7 @@ impl Uploader<'_> {
             };
             let mut next = position + 1;
             let mut bytes = 0;
-            for f in local.list(0)? {
+            for f in local.list_after(0, position)? {
                 if f.min_txid < next {
                     continue;
                 }
@@ -262,7 +262,7 @@ impl Uploader<'_> {
         } else {
             let above = self.need_snapshot_above.unwrap_or(0).max(position);
             let snapshot = local
-                .list(SNAPSHOT_LEVEL)?
+                .list_after(SNAPSHOT_LEVEL, above)?
                 .into_iter()
                 .filter(|f| f.max_txid > above)
                 .min_by_key(|f| f.max_txid);
