@@ -122,13 +122,15 @@ pub enum Error {
         /// Why the replicas did not confirm it.
         cause: String,
     },
-    /// A replica (or the local log that feeds replicas) failed.
+    /// A replica (or the local log that feeds replicas) failed. Nothing in it holds credentials.
     #[error("replica {replica}: {message}")]
     Replica {
-        /// Its name.
+        /// Its name, or where it is (`Replica::describe`).
         replica: String,
-        /// What went wrong.
+        /// What was being done and what went wrong (`put db/0000/...ltx: 403 SignatureDoesNotMatch: ...`).
         message: String,
+        /// What to check, when the failure says (an S3 error code, an unreachable endpoint).
+        hint: Option<&'static str>,
     },
     /// The writer thread has stopped.
     #[error("store writer has stopped")]
@@ -234,6 +236,7 @@ impl Error {
             Error::NotReplicated { .. } => Some(
                 "the write is stored and will replicate when the replicas return; re-sending it is safe (identical re-sends answer 200); see 'tradevault status'",
             ),
+            Error::Replica { hint, .. } => *hint,
             _ => None,
         }
     }

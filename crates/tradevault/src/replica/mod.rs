@@ -2,11 +2,14 @@
 //! tool can restore from them. A file appears on a replica only when complete.
 //!
 //! [`Replica`] is the one type the rest of the crate uses; each kind of place is a variant with the
-//! same operations (put, list, read, delete), all blocking.
+//! same operations (put, list, read, delete), all blocking: a directory ([`FileReplica`]) or an
+//! S3-compatible bucket ([`S3Replica`]).
 
 pub mod file;
+pub mod s3;
 
 pub use file::FileReplica;
+pub use s3::S3Replica;
 
 use crate::error::{Error, Result};
 
@@ -33,17 +36,25 @@ pub const SNAPSHOT_LEVEL: u32 = 9;
 pub enum Replica {
     /// A local directory (`file:///absolute/path`).
     File(FileReplica),
+    /// An S3-compatible bucket (`s3://bucket/path?endpoint=...`).
+    S3(S3Replica),
 }
 
 impl Replica {
-    /// Parses a replica URL: `file:///absolute/path`.
+    /// Parses a replica URL: `file:///absolute/path`, or `s3://bucket/path` with optional
+    /// `endpoint`, `region`, `force-path-style`, `sign-payload` and `skip-verify` parameters and
+    /// credentials from the `AWS_*` environment variables (see [`S3Replica::parse_with_env`]).
     pub fn parse(url: &str) -> Result<Replica> {
         match url.split_once("://") {
             Some(("file", path)) if path.starts_with('/') => {
                 Ok(Replica::File(FileReplica::new(path)))
             }
             Some(("file", _)) => Err(bad_url(url, "a file replica needs an absolute path")),
-            _ => Err(bad_url(url, "a replica is a file:///absolute/path URL")),
+            Some(("s3", _)) => Ok(Replica::S3(S3Replica::parse(url)?)),
+            _ => Err(bad_url(
+                url,
+                "a replica is a file:///absolute/path or s3://bucket/path URL",
+            )),
         }
     }
 
@@ -51,6 +62,7 @@ impl Replica {
     pub fn local_root(&self) -> Option<&std::path::Path> {
         match self {
             Replica::File(r) => Some(r.root()),
+            Replica::S3(_) => None,
         }
     }
 
@@ -58,6 +70,7 @@ impl Replica {
     pub fn describe(&self) -> String {
         match self {
             Replica::File(r) => format!("file://{}", r.root().display()),
+            Replica::S3(r) => r.describe().to_owned(),
         }
     }
 
@@ -65,6 +78,7 @@ impl Replica {
     pub fn put(&self, level: u32, bytes: &[u8]) -> Result<ReplicaFile> {
         match self {
             Replica::File(r) => r.put(level, bytes),
+            Replica::S3(r) => r.put(level, bytes),
         }
     }
 
@@ -72,6 +86,7 @@ impl Replica {
     pub fn list(&self, level: u32) -> Result<Vec<ReplicaFile>> {
         match self {
             Replica::File(r) => r.list(level),
+            Replica::S3(r) => r.list(level),
         }
     }
 
@@ -79,6 +94,7 @@ impl Replica {
     pub fn list_after(&self, level: u32, txid: u64) -> Result<Vec<ReplicaFile>> {
         match self {
             Replica::File(r) => r.list_after(level, txid),
+            Replica::S3(r) => r.list_after(level, txid),
         }
     }
 
@@ -86,6 +102,7 @@ impl Replica {
     pub fn read(&self, file: &ReplicaFile) -> Result<Vec<u8>> {
         match self {
             Replica::File(r) => r.read(file),
+            Replica::S3(r) => r.read(file),
         }
     }
 
@@ -93,6 +110,7 @@ impl Replica {
     pub fn delete(&self, file: &ReplicaFile) -> Result<()> {
         match self {
             Replica::File(r) => r.delete(file),
+            Replica::S3(r) => r.delete(file),
         }
     }
 }
@@ -104,5 +122,11 @@ fn bad_url(url: &str, why: &str) -> Error {
 impl From<FileReplica> for Replica {
     fn from(r: FileReplica) -> Replica {
         Replica::File(r)
+    }
+}
+
+impl From<S3Replica> for Replica {
+    fn from(r: S3Replica) -> Replica {
+        Replica::S3(r)
     }
 }

@@ -389,12 +389,14 @@ impl Engine {
                     return Err(Error::Replica {
                         replica: format!("{} (local log)", db.name),
                         message: e.clone(),
+                        hint: None,
                     });
                 }
                 if let Some(r) = st.status.replicas.iter().find(|r| r.failures > 0) {
                     return Err(Error::Replica {
                         replica: r.name.clone(),
                         message: r.last_error.clone().unwrap_or_default(),
+                        hint: None,
                     });
                 }
                 let shipped = st.status.txid >= st.history_start;
@@ -413,6 +415,7 @@ impl Engine {
                     return Err(Error::Replica {
                         replica: db.name.clone(),
                         message: format!("not in sync after {} s", timeout.as_secs()),
+                        hint: None,
                     });
                 }
                 st = db

@@ -1,0 +1,858 @@
+//! A replica in an S3-compatible bucket, in Litestream 0.5.17's layout: the key of a file is
+//! `<path>/<level as %04x>/<min>-<max>.ltx` and its user metadata `litestream-timestamp` holds the
+//! header time as Go's RFC3339Nano (docs/ltx-litestream-0.5.17.md §4.2).
+//!
+//! The operations are blocking, over the async `object_store` client: each [`S3Replica`] owns a
+//! one-worker tokio runtime and sends every operation there, so it works from plain threads (the
+//! replication engine) and from inside a caller's runtime alike (`serve`, tests running an S3
+//! server), and never calls `block_on` on anyone's worker thread.
+//!
+//! Creation times: a listing (ListObjectsV2) carries no user metadata, so the header time of a
+//! file comes from a HEAD. Each replica remembers the times of the files it wrote or looked at
+//! (by key, size and ETag), so a HEAD is made once per file and process, several at a time, and
+//! never for a file this process wrote. An object without the metadata falls back to its
+//! LastModified, as Litestream does.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::path::Path as Key;
+use object_store::{
+    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutOptions, PutPayload, RetryConfig,
+};
+
+use super::ReplicaFile;
+use crate::error::{Error, Result};
+
+/// The user metadata key Litestream stores the header time under.
+pub const TIMESTAMP_METADATA: &str = "litestream-timestamp";
+
+/// Attempts after the first for a request that failed to connect or got a 5xx/429 answer.
+const RETRIES_MAX: usize = 3;
+/// No retry starts later than this after the first attempt (object_store's default: 180 s).
+const RETRY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TCP (and TLS) connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An operation without a body gets this long, retries included; one with a body gets this plus
+/// its size at [`THROUGHPUT_MIN_BYTES_PER_SECOND`], so large snapshots are not cut short.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// The slowest transfer an operation with a body is given time for.
+const THROUGHPUT_MIN_BYTES_PER_SECOND: u64 = 1024 * 1024;
+/// HEAD requests in flight while a listing looks up creation times.
+const HEADS_IN_FLIGHT: usize = 8;
+
+/// A replica in an S3-compatible bucket (`s3://bucket/path?endpoint=...`).
+#[derive(Clone)]
+pub struct S3Replica {
+    client: Arc<Client>,
+    runtime: Arc<Runtime>,
+}
+
+/// What the operations share: the object store client, where the replica is, known times.
+struct Client {
+    store: AmazonS3,
+    /// `<path>` without leading or trailing slashes; empty for the bucket's root.
+    prefix: String,
+    /// `s3://bucket/path` and the endpoint: safe to print (no credentials).
+    description: String,
+    /// Header times of files seen, by key: (size, ETag, ms since the epoch).
+    times: Mutex<HashMap<String, (u64, Option<String>, i64)>>,
+}
+
+/// The replica's own runtime; dropped without waiting, so it may be dropped anywhere, even inside
+/// another runtime.
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for S3Replica {
+    // Not derived: the object store client holds the credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("S3Replica")
+            .field(&self.client.description)
+            .finish()
+    }
+}
+
+/// What an `s3://` URL says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Location {
+    bucket: String,
+    prefix: String,
+    endpoint: Option<String>,
+    region: Option<String>,
+    force_path_style: Option<bool>,
+    sign_payload: Option<bool>,
+    skip_verify: bool,
+}
+
+impl S3Replica {
+    /// A replica for `url`, with credentials and settings from the process environment
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`,
+    /// `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL`, ...).
+    pub fn parse(url: &str) -> Result<S3Replica> {
+        S3Replica::parse_with_env(url, std::env::vars())
+    }
+
+    /// A replica for `url` with the `AWS_*` settings taken from `env` instead of the process
+    /// environment. The URL's parameters win over the environment.
+    ///
+    /// URL: `s3://bucket/path/inside` with the optional parameters of Litestream's URLs:
+    /// `endpoint` (an S3-compatible server; plain `http` is allowed when named), `region`,
+    /// `force-path-style` (or `forcePathStyle`; the default with an endpoint), `sign-payload`
+    /// (or `signPayload`; default true) and `skip-verify` (or `skipVerify`: accept any TLS
+    /// certificate).
+    pub fn parse_with_env(
+        url: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<S3Replica> {
+        let location = Location::parse(url)?;
+        let (builder, endpoint) = location.builder(url, env)?;
+        let mut description = format!("s3://{}", location.bucket);
+        if !location.prefix.is_empty() {
+            description = format!("{description}/{}", location.prefix);
+        }
+        if let Some(e) = &endpoint {
+            description = format!("{description}?endpoint={e}");
+        }
+        // reqwest is built without a default crypto provider (ring instead of aws-lc-rs): install
+        // it before the first client; a provider already installed is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tradevault-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("start s3 client runtime", "tradevault-s3", e))?;
+        let store = {
+            let _entered = runtime.enter();
+            builder.build().map_err(|e| {
+                let message = redacted(&e);
+                let hint = if message.contains("AccessKey") {
+                    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY together (or neither, for instance credentials)"
+                } else {
+                    "check the AWS_* environment variables"
+                };
+                Error::Replica {
+                    replica: description.clone(),
+                    message: format!("configure: {message}"),
+                    hint: Some(hint),
+                }
+            })?
+        };
+        Ok(S3Replica {
+            client: Arc::new(Client {
+                store,
+                prefix: location.prefix,
+                description,
+                times: Mutex::new(HashMap::new()),
+            }),
+            runtime: Arc::new(Runtime(Some(runtime))),
+        })
+    }
+
+    /// Where it is: `s3://bucket/path` and the endpoint, never credentials.
+    pub fn describe(&self) -> &str {
+        &self.client.description
+    }
+
+    /// The key of a file of `level` covering `min..=max`: `<path>/<level %04x>/<min>-<max>.ltx`.
+    pub fn key_of(&self, level: u32, min_txid: u64, max_txid: u64) -> String {
+        self.client.key(level, &ltx::file_name(min_txid, max_txid))
+    }
+
+    /// Verifies `bytes` as an LTX file, then uploads it with one PUT (S3 shows an object only
+    /// once it is complete), its header time in the `litestream-timestamp` metadata.
+    pub fn put(&self, level: u32, bytes: &[u8]) -> Result<ReplicaFile> {
+        let (header, _) = ltx::Decoder::new(bytes)
+            .and_then(|d| d.finish())
+            .map_err(|source| Error::Ltx {
+                name: format!("file for level {level}"),
+                source,
+            })?;
+        let file = ReplicaFile {
+            level,
+            min_txid: header.min_txid,
+            max_txid: header.max_txid,
+            size: bytes.len() as u64,
+            created_at_ms: header.timestamp_ms,
+        };
+        let key = self.key_of(level, file.min_txid, file.max_txid);
+        let mut attributes = Attributes::new();
+        attributes.insert(
+            Attribute::Metadata(TIMESTAMP_METADATA.into()),
+            rfc3339_nano(header.timestamp_ms).into(),
+        );
+        let options = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        let payload = PutPayload::from(bytes.to_vec());
+        let client = self.client.clone();
+        let action = format!("put {key}");
+        let limit = deadline(file.size);
+        let path = Key::from(key.as_str());
+        let result = self.run(async move {
+            let put = client.store.put_opts(&path, payload, options);
+            client.within(&action, limit, put).await
+        })?;
+        self.client
+            .remember(&key, file.size, result.e_tag, file.created_at_ms);
+        Ok(file)
+    }
+
+    /// The files of `level`, ordered by transaction range; keys that are not LTX file names are
+    /// skipped. `created_at_ms` is the `litestream-timestamp` metadata (LastModified without it).
+    pub fn list(&self, level: u32) -> Result<Vec<ReplicaFile>> {
+        self.list_after(level, 0)
+    }
+
+    /// [`S3Replica::list`], skipping the files that end at or before `txid` before any HEAD.
+    pub fn list_after(&self, level: u32, txid: u64) -> Result<Vec<ReplicaFile>> {
+        let client = self.client.clone();
+        self.run(async move { client.list(level, txid).await })
+    }
+
+    /// A file's bytes (verify them with `ltx::Decoder` before applying anything).
+    pub fn read(&self, file: &ReplicaFile) -> Result<Vec<u8>> {
+        let client = self.client.clone();
+        let key = self.key_of(file.level, file.min_txid, file.max_txid);
+        let limit = deadline(file.size);
+        self.run(async move {
+            let action = format!("read {key}");
+            let path = Key::from(key.as_str());
+            let get = async {
+                let got = client.store.get(&path).await?;
+                got.bytes().await
+            };
+            Ok(client.within(&action, limit, get).await?.to_vec())
+        })
+    }
+
+    /// Removes a file; a file already gone is not an error.
+    pub fn delete(&self, file: &ReplicaFile) -> Result<()> {
+        let client = self.client.clone();
+        let key = self.key_of(file.level, file.min_txid, file.max_txid);
+        self.run(async move {
+            let action = format!("delete {key}");
+            let path = Key::from(key.as_str());
+            let delete = async {
+                match client.store.delete(&path).await {
+                    Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    other => other,
+                }
+            };
+            client.within(&action, OPERATION_TIMEOUT, delete).await?;
+            client.forget(&key);
+            Ok(())
+        })
+    }
+
+    /// Runs `operation` on the replica's runtime and waits for it on this thread. Inside a
+    /// multi-threaded runtime the wait is announced with `block_in_place`, so the caller's other
+    /// tasks (an S3 server in a test, say) move to another worker meanwhile.
+    fn run<T: Send + 'static>(
+        &self,
+        operation: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let runtime = self.runtime.0.as_ref().ok_or_else(|| Error::Internal {
+            message: "s3 client runtime is shut down".into(),
+        })?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let _ = tx.send(operation.await);
+        });
+        let wait = move || {
+            rx.recv().unwrap_or_else(|_| {
+                Err(Error::Internal {
+                    message: "s3 operation stopped before it finished".into(),
+                })
+            })
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
+    }
+}
+
+impl Client {
+    fn key(&self, level: u32, name: &str) -> String {
+        if self.prefix.is_empty() {
+            format!("{level:04x}/{name}")
+        } else {
+            format!("{}/{level:04x}/{name}", self.prefix)
+        }
+    }
+
+    async fn list(self: Arc<Self>, level: u32, after: u64) -> Result<Vec<ReplicaFile>> {
+        let dir = self.key(level, "");
+        let dir = dir.trim_end_matches('/');
+        let action = format!("list {dir}/");
+        let mut stream = self.store.list(Some(&Key::from(dir)));
+        let mut metas = Vec::new();
+        // Each page of the listing gets its own deadline: a long listing is not a stuck one.
+        while let Some(meta) = self
+            .within(&action, OPERATION_TIMEOUT, stream.try_next())
+            .await?
+        {
+            metas.push(meta);
+        }
+        drop(stream);
+        let mut files = Vec::new();
+        let mut unknown = Vec::new();
+        for meta in metas {
+            let key = meta.location.as_ref();
+            // Only names directly under the level's prefix: `<dir>/<min>-<max>.ltx`.
+            let Some(range) = key
+                .strip_prefix(dir)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .and_then(ltx::parse_file_name)
+            else {
+                continue;
+            };
+            if range.1 <= after {
+                continue;
+            }
+            match self.known(&meta) {
+                Some(created_at_ms) => files.push(replica_file(level, range, &meta, created_at_ms)),
+                None => unknown.push((range, meta)),
+            }
+        }
+        let looked_up: Vec<ReplicaFile> = futures::stream::iter(unknown)
+            .map(|(range, meta)| {
+                let client = self.clone();
+                async move {
+                    let created_at_ms = client.header_time(&meta).await?;
+                    Ok::<_, Error>(replica_file(level, range, &meta, created_at_ms))
+                }
+            })
+            .buffer_unordered(HEADS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        files.extend(looked_up);
+        files.sort_by_key(|f| (f.min_txid, f.max_txid));
+        Ok(files)
+    }
+
+    /// The header time of an object: its `litestream-timestamp` metadata (one HEAD), or its
+    /// LastModified when it has none.
+    async fn header_time(&self, meta: &ObjectMeta) -> Result<i64> {
+        let action = format!("look up {}", meta.location);
+        let head = self.store.get_opts(
+            &meta.location,
+            GetOptions {
+                head: true,
+                ..GetOptions::default()
+            },
+        );
+        let got = self.within(&action, OPERATION_TIMEOUT, head).await?;
+        let stamped = got
+            .attributes
+            .get(&Attribute::Metadata(TIMESTAMP_METADATA.into()))
+            .and_then(|v| v.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_millisecond());
+        let created_at_ms = stamped.unwrap_or_else(|| got.meta.last_modified.timestamp_millis());
+        self.remember(
+            meta.location.as_ref(),
+            got.meta.size,
+            got.meta.e_tag.clone(),
+            created_at_ms,
+        );
+        Ok(created_at_ms)
+    }
+
+    fn known(&self, meta: &ObjectMeta) -> Option<i64> {
+        let times = self.times.lock().unwrap_or_else(|p| p.into_inner());
+        match times.get(meta.location.as_ref()) {
+            Some((size, e_tag, ms)) if *size == meta.size && *e_tag == meta.e_tag => Some(*ms),
+            _ => None,
+        }
+    }
+
+    fn remember(&self, key: &str, size: u64, e_tag: Option<String>, created_at_ms: i64) {
+        let mut times = self.times.lock().unwrap_or_else(|p| p.into_inner());
+        times.insert(key.to_owned(), (size, e_tag, created_at_ms));
+    }
+
+    fn forget(&self, key: &str) {
+        let mut times = self.times.lock().unwrap_or_else(|p| p.into_inner());
+        times.remove(key);
+    }
+
+    /// Runs a request with a deadline and turns its failure into an [`Error::Replica`].
+    async fn within<T>(
+        &self,
+        action: &str,
+        limit: Duration,
+        request: impl Future<Output = object_store::Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, request).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.error(action, &e)),
+            Err(_) => Err(Error::Replica {
+                replica: self.description.clone(),
+                message: format!("{action}: no answer within {} s", limit.as_secs()),
+                hint: Some("check the endpoint and the network; the server may be overloaded"),
+            }),
+        }
+    }
+
+    fn error(&self, action: &str, e: &object_store::Error) -> Error {
+        let (message, hint) = explain(e);
+        Error::Replica {
+            replica: self.description.clone(),
+            message: format!("{action}: {message}"),
+            hint,
+        }
+    }
+}
+
+fn replica_file(
+    level: u32,
+    (min_txid, max_txid): (u64, u64),
+    meta: &ObjectMeta,
+    created_at_ms: i64,
+) -> ReplicaFile {
+    ReplicaFile {
+        level,
+        min_txid,
+        max_txid,
+        size: meta.size,
+        created_at_ms,
+    }
+}
+
+/// The time an operation moving `bytes` may take, retries included.
+fn deadline(bytes: u64) -> Duration {
+    OPERATION_TIMEOUT + Duration::from_secs(bytes / THROUGHPUT_MIN_BYTES_PER_SECOND)
+}
+
+/// What went wrong, in an operator's words, and what to do about it. Only the S3 error code and
+/// message of an answer are kept: the rest of an S3 error body can echo the access key id and
+/// the string that was signed.
+fn explain(e: &object_store::Error) -> (String, Option<&'static str>) {
+    let chain = error_chain(e);
+    let status = chain.iter().find_map(|m| {
+        let at = m.find("status code: ")? + "status code: ".len();
+        m.get(at..at + 3)?.parse::<u16>().ok()
+    });
+    let code = chain.iter().find_map(|m| xml_element(m, "Code"));
+    let said = chain.iter().find_map(|m| xml_element(m, "Message"));
+    if let Some(status) = status {
+        let mut message = status.to_string();
+        if let Some(code) = &code {
+            message = format!("{message} {code}");
+        }
+        if let Some(said) = said {
+            message = format!("{message}: {said}");
+        }
+        let hint = match (status, code.as_deref()) {
+            (_, Some("SignatureDoesNotMatch")) => Some(
+                "check AWS_SECRET_ACCESS_KEY: the server computes another signature with the secret it holds for this key",
+            ),
+            (_, Some("InvalidAccessKeyId")) => {
+                Some("check AWS_ACCESS_KEY_ID: the server does not know this key")
+            }
+            (_, Some("NoSuchBucket")) => {
+                Some("create the bucket first (tradevault never creates buckets), or fix its name")
+            }
+            (_, Some("AccessDenied")) | (403, _) => Some(
+                "the credentials may not use this bucket: allow s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject",
+            ),
+            (_, Some("PermanentRedirect" | "AuthorizationHeaderMalformed")) | (301, _) => {
+                Some("set the bucket's region with ?region= or AWS_REGION")
+            }
+            (401, _) => {
+                Some("check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN")
+            }
+            _ => None,
+        };
+        return (message, hint);
+    }
+    if chain.iter().any(|m| m.contains("redirect")) {
+        return (
+            "redirected: the bucket is in another region".into(),
+            Some("set the bucket's region with ?region= or AWS_REGION"),
+        );
+    }
+    // No answer from the server: connection refused, DNS, TLS, credentials that could not be
+    // fetched. The innermost cause says which.
+    let cause = chain.last().cloned().unwrap_or_default();
+    let hint = if chain.iter().any(|m| m.contains("credential")) {
+        Some(
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (tradevault reads no credentials file)",
+        )
+    } else {
+        Some("check the endpoint (?endpoint= or AWS_ENDPOINT_URL) and that the server is up")
+    };
+    let retried = chain
+        .iter()
+        .find_map(|m| {
+            let at = m.find("after ")? + "after ".len();
+            let n: String = m[at..].chars().take_while(char::is_ascii_digit).collect();
+            n.parse::<u32>().ok()
+        })
+        .map(|n| format!(" (after {n} retries)"))
+        .unwrap_or_default();
+    (format!("cannot reach the server: {cause}{retried}"), hint)
+}
+
+/// Every message in an error's source chain, outermost first, each without the ones inside it.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        out.push(err.to_string());
+        next = err.source();
+    }
+    out
+}
+
+fn xml_element(text: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = text.find(&open)? + open.len();
+    let len = text[start..].find(&format!("</{name}>"))?;
+    Some(text[start..start + len].trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+/// An error's text with nothing that can hold a secret: only the first line of its chain.
+fn redacted(e: &object_store::Error) -> String {
+    match e {
+        object_store::Error::Generic { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Go's `time.RFC3339Nano` in UTC, as Litestream writes it: the fraction without trailing zeros,
+/// and none at all on a whole second (`2026-11-22T05:43:24.306Z`, `...:30.5Z`, `...:30Z`).
+pub fn rfc3339_nano(ms: i64) -> String {
+    let ts = jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let dt = ts.to_zoned(jiff::tz::TimeZone::UTC).datetime();
+    let mut out = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        dt.year(),
+        dt.month(),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second()
+    );
+    let millis = ms.rem_euclid(1000);
+    if millis != 0 {
+        let fraction = format!("{millis:03}");
+        out.push('.');
+        out.push_str(fraction.trim_end_matches('0'));
+    }
+    out.push('Z');
+    out
+}
+
+impl Location {
+    fn parse(url: &str) -> Result<Location> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| bad_url(url, "an S3 replica is an s3://bucket/path URL"))?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = !bucket.is_empty()
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if !bucket_ok {
+            return Err(bad_url(
+                url,
+                "the bucket name is missing or holds characters other than letters, digits, '.', '-' and '_'",
+            ));
+        }
+        let prefix = path.trim_matches('/');
+        if !prefix.is_empty() && Key::parse(prefix).is_err() {
+            return Err(bad_url(
+                url,
+                "the path must be names separated by single '/', without '.' or '..'",
+            ));
+        }
+        let mut location = Location {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            endpoint: None,
+            region: None,
+            force_path_style: None,
+            sign_payload: None,
+            skip_verify: false,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(raw).ok_or_else(|| {
+                bad_url(
+                    url,
+                    &format!("parameter `{name}` is not valid percent-encoding"),
+                )
+            })?;
+            let flag = || match value.as_str() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(bad_url(
+                    url,
+                    &format!("parameter `{name}` must be true or false"),
+                )),
+            };
+            match name {
+                "endpoint" => {
+                    location.endpoint = Some(
+                        endpoint_with_scheme(&value)
+                            .map_err(|why| bad_url(url, &format!("endpoint {why}")))?,
+                    )
+                }
+                "region" if !value.is_empty() => location.region = Some(value),
+                "force-path-style" | "forcePathStyle" => location.force_path_style = Some(flag()?),
+                "sign-payload" | "signPayload" => location.sign_payload = Some(flag()?),
+                "skip-verify" | "skipVerify" => location.skip_verify = flag()?,
+                _ => {
+                    return Err(bad_url(
+                        url,
+                        &format!(
+                            "unknown parameter `{name}` (known: endpoint, region, force-path-style, sign-payload, skip-verify; credentials come from AWS_* variables)"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(location)
+    }
+
+    /// An object_store builder for this location, with settings from `env` (`AWS_*`, as
+    /// `AmazonS3Builder::from_env` reads them) under the URL's, and the endpoint in use.
+    fn builder(
+        &self,
+        url: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(AmazonS3Builder, Option<String>)> {
+        let mut options = ClientOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            // Each operation has its own deadline, scaled to its size (see `deadline`).
+            .with_timeout_disabled();
+        if self.skip_verify {
+            options = options.with_allow_invalid_certificates(true);
+        }
+        let mut builder = AmazonS3Builder::new()
+            .with_client_options(options)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: RETRIES_MAX,
+                retry_timeout: RETRY_TIMEOUT,
+            });
+        // The endpoint is kept aside: the addressing style decides how it is used.
+        let mut env_endpoint = None;
+        for (key, value) in env {
+            if !key.starts_with("AWS_") || value.is_empty() {
+                continue;
+            }
+            let lower = key.to_ascii_lowercase();
+            if matches!(lower.as_str(), "aws_endpoint_url" | "aws_endpoint") {
+                env_endpoint = Some(value);
+            } else if let Ok(config_key) = lower.parse::<AmazonS3ConfigKey>() {
+                builder = builder.with_config(config_key, value);
+            }
+        }
+        let endpoint = match (&self.endpoint, env_endpoint) {
+            (Some(e), _) => Some(e.clone()),
+            (None, Some(e)) => Some(
+                endpoint_with_scheme(&e)
+                    .map_err(|why| bad_url(url, &format!("AWS_ENDPOINT_URL {why}")))?,
+            ),
+            (None, None) => None,
+        };
+        if let Some(region) = &self.region {
+            builder = builder.with_region(region);
+        }
+        builder = builder.with_bucket_name(&self.bucket);
+        // Litestream's defaults: path style with a custom endpoint, virtual-hosted style on AWS.
+        builder = match (&endpoint, self.force_path_style) {
+            (Some(e), Some(false)) => {
+                let (scheme, host) = e.split_once("://").unwrap_or(("https", e));
+                builder
+                    .with_endpoint(format!("{scheme}://{}.{host}", self.bucket))
+                    .with_virtual_hosted_style_request(true)
+            }
+            (Some(e), _) => builder
+                .with_endpoint(e)
+                .with_virtual_hosted_style_request(false),
+            (None, Some(true)) => builder.with_virtual_hosted_style_request(false),
+            (None, _) => builder.with_virtual_hosted_style_request(true),
+        };
+        if let Some(sign) = self.sign_payload {
+            builder = builder.with_unsigned_payload(!sign);
+        }
+        if endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
+        {
+            builder = builder.with_allow_http(true);
+        }
+        Ok((builder, endpoint))
+    }
+}
+
+/// `host:port` or `http(s)://host[:port][/]`, as `scheme://host[:port]`; plain `host:port` is
+/// `http`, as in Litestream. Credentials in it are refused: they belong in `AWS_*` variables.
+fn endpoint_with_scheme(value: &str) -> std::result::Result<String, &'static str> {
+    let with_scheme = if value.starts_with("http://") || value.starts_with("https://") {
+        value.to_owned()
+    } else {
+        format!("http://{value}")
+    };
+    let (_, host) = with_scheme.split_once("://").unwrap_or(("", ""));
+    let host = host.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') {
+        return Err("must be scheme://host[:port]");
+    }
+    if host.contains('@') {
+        return Err("must not hold credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
+    }
+    Ok(with_scheme.trim_end_matches('/').to_owned())
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A bad `s3://` URL; only the part before `?` is echoed (parameters are not for messages).
+fn bad_url(url: &str, why: &str) -> Error {
+    let shown = url.split('?').next().unwrap_or(url);
+    Error::invalid("replica_url", None, format!("{shown}: {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_written_as_go_rfc3339_nano() {
+        let ms = |s: &str| s.parse::<jiff::Timestamp>().expect("time").as_millisecond();
+        for text in [
+            "2026-11-22T05:43:24.306Z",
+            "2026-11-22T05:43:30.5Z",
+            "2026-11-22T05:43:30.05Z",
+            "2026-11-22T05:43:30Z",
+            "1970-01-01T00:00:00Z",
+        ] {
+            assert_eq!(rfc3339_nano(ms(text)), text);
+        }
+    }
+
+    #[test]
+    fn urls_follow_litestream() {
+        let l = Location::parse("s3://bkt/db/prod?endpoint=127.0.0.1:9000&region=eu-west-1&force-path-style=true&sign-payload=false")
+            .expect("parse");
+        assert_eq!(
+            l,
+            Location {
+                bucket: "bkt".into(),
+                prefix: "db/prod".into(),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                region: Some("eu-west-1".into()),
+                force_path_style: Some(true),
+                sign_payload: Some(false),
+                skip_verify: false,
+            }
+        );
+        let l = Location::parse(
+            "s3://bkt/?forcePathStyle=false&endpoint=https%3A%2F%2Fs3.example.com%2F",
+        )
+        .expect("parse");
+        assert_eq!(
+            (l.prefix.as_str(), l.endpoint.as_deref(), l.force_path_style),
+            ("", Some("https://s3.example.com"), Some(false))
+        );
+        for bad in [
+            "s3://",
+            "s3:///db",
+            "s3://b/k/../x",
+            "s3://bkt/a//b",
+            "s3://bkt/../b",
+            "s3://bkt/db?secret=x",
+            "s3://bkt/db?force-path-style=yes",
+            "s3://bkt/db?endpoint=http://user:pw@host:9000",
+            "s3://bkt/db?endpoint=%zz",
+        ] {
+            let e = Location::parse(bad).expect_err(bad);
+            assert!(
+                matches!(
+                    &e,
+                    Error::Invalid {
+                        code: "replica_url",
+                        ..
+                    }
+                ),
+                "{bad}: {e:?}"
+            );
+            assert!(!e.to_string().contains("pw"), "{e}");
+        }
+    }
+
+    #[test]
+    fn keys_follow_litestream() {
+        let r = S3Replica::parse_with_env("s3://bkt/db?endpoint=http://127.0.0.1:1", Vec::new())
+            .expect("replica");
+        assert_eq!(
+            r.key_of(9, 1, 0x10),
+            "db/0009/0000000000000001-0000000000000010.ltx"
+        );
+        assert_eq!(
+            r.key_of(10, 3, 4),
+            "db/000a/0000000000000003-0000000000000004.ltx"
+        );
+        let root = S3Replica::parse_with_env("s3://bkt", Vec::new()).expect("replica");
+        assert_eq!(
+            root.key_of(0, 1, 1),
+            "0000/0000000000000001-0000000000000001.ltx"
+        );
+        assert_eq!(r.describe(), "s3://bkt/db?endpoint=http://127.0.0.1:1");
+        assert_eq!(root.describe(), "s3://bkt");
+    }
+
+    #[test]
+    fn s3_errors_keep_only_code_and_message() {
+        let body = "Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message><AWSAccessKeyId>AKIAEXAMPLE</AWSAccessKeyId></Error>";
+        let e = object_store::Error::PermissionDenied {
+            path: "db/0000/x.ltx".into(),
+            source: body.into(),
+        };
+        let (message, hint) = explain(&e);
+        assert_eq!(
+            message,
+            "403 SignatureDoesNotMatch: The request signature we calculated does not match"
+        );
+        assert!(hint.is_some_and(|h| h.contains("AWS_SECRET_ACCESS_KEY")));
+    }
+}
