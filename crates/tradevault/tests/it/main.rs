@@ -4,6 +4,7 @@ mod engine;
 mod litestream;
 mod replicate;
 mod restore;
+mod s3;
 mod store;
 mod wal;
 
