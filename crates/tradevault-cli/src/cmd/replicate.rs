@@ -1,7 +1,8 @@
 //! `tradevault replicate DB_PATH REPLICA_URL...`: the sidecar. Ships every transaction another
 //! program commits to DB_PATH (a SQLite database in WAL mode) to each replica as LTX files that
-//! `tradevault restore` and `litestream restore` read. With `--config` and no DB_PATH, replicates
-//! every `[[database]]` of the config. Runs until SIGINT/SIGTERM, or once with `--once`.
+//! `tradevault restore` and `litestream restore` read, in a directory or an S3 bucket. With
+//! `--config` and no DB_PATH, replicates every `[[database]]` of the config. Runs until
+//! SIGINT/SIGTERM, or once with `--once`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,7 +23,9 @@ pub struct Args {
     /// The SQLite database to replicate (in WAL mode); omit it to replicate every [[database]]
     /// of the config file.
     db: Option<PathBuf>,
-    /// Replicas: file:///absolute/path or s3://bucket/path URLs (repeatable).
+    /// Replicas (repeatable): file:///absolute/path, or s3://bucket/path with optional
+    /// ?endpoint=http://host:port&region=R&force-path-style=true; S3 credentials come from
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL).
     replicas: Vec<String>,
     /// Least time between two uploads to each replica, in milliseconds (default: 0 for file
     /// replicas, as soon as committed; 1000 for S3).

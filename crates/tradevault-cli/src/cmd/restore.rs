@@ -12,7 +12,8 @@ use crate::UsageError;
 /// Arguments of `restore`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The replica to restore from, as file:///absolute/path.
+    /// The replica to restore from: file:///absolute/path, or s3://bucket/path with optional
+    /// ?endpoint=http://host:port&region=R&force-path-style=true (credentials in AWS_* variables).
     #[arg(long, value_name = "URL")]
     replica: String,
     /// Where to write the database; must not exist.

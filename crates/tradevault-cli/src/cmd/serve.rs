@@ -19,8 +19,10 @@ pub struct Args {
     /// Address to listen on (default 127.0.0.1:7878); port 0 picks a free one.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// Replicate the store continuously to this replica, a file:///absolute/path URL (repeatable);
-    /// adds to the config's [[replication.replica]] entries.
+    /// Replicate the store continuously to this replica (repeatable): file:///absolute/path, or
+    /// s3://bucket/path with optional ?endpoint=http://host:port&region=R&force-path-style=true
+    /// (credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); adds to the config's
+    /// [[replication.replica]] entries.
     #[arg(long, value_name = "URL")]
     replica: Vec<String>,
     /// Least time between two uploads to the --replica replicas, in milliseconds (default: 0 for

@@ -227,3 +227,96 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// The test S3 server's only credentials.
+pub const S3_ACCESS_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
+/// The secret of [`S3_ACCESS_KEY_ID`].
+pub const S3_SECRET_ACCESS_KEY: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+const S3_BUCKET: &str = "tradevault-test";
+
+/// A real S3 server (s3s-fs: a bucket is a directory, SigV4 verified) on 127.0.0.1, on a tokio
+/// runtime of its own inside the test process, with one empty bucket.
+pub struct S3Server {
+    addr: SocketAddr,
+    root: tempfile::TempDir,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl S3Server {
+    /// Starts it on a free port.
+    pub fn start() -> S3Server {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use hyper_util::server::conn::auto::Builder;
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(root.path().join(S3_BUCKET)).expect("bucket directory");
+        // s3s_fs::Error is not a std error: format it.
+        let fs = s3s_fs::FileSystem::new(root.path()).unwrap_or_else(|e| panic!("s3s-fs: {e:?}"));
+        let mut service = s3s::service::S3ServiceBuilder::new(fs);
+        service.set_auth(s3s::auth::SimpleAuth::from_single(
+            S3_ACCESS_KEY_ID,
+            S3_SECRET_ACCESS_KEY,
+        ));
+        let service = service.build();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        runtime.spawn(async move {
+            let http = Builder::new(TokioExecutor::new());
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let conn = http
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+        S3Server {
+            addr,
+            root,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The URL of a replica at `path` in its bucket.
+    pub fn url(&self, path: &str) -> String {
+        format!("s3://{S3_BUCKET}/{path}?endpoint=http://{}", self.addr)
+    }
+
+    /// Where it keeps the object `key`.
+    pub fn object(&self, key: &str) -> std::path::PathBuf {
+        self.root.path().join(S3_BUCKET).join(key)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A `tradevault` command with `secret` as AWS_SECRET_ACCESS_KEY for the test server, and no
+/// other AWS settings from the machine.
+pub fn s3_command(secret: &str) -> Command {
+    let mut c = command();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_REGION", "us-east-1");
+    c
+}
