@@ -8,7 +8,7 @@
 //! - [`http`]: the axum router, handlers, OpenAPI document, and a small HTTP client.
 //! - [`exact`]: exact decimals and timestamps at the edges.
 //! - [`metrics`]: every metric name.
-//! - [`replica`]: places that receive LTX files (a directory today), in Litestream's layout.
+//! - [`replica`]: places that receive LTX files (a directory or an S3 bucket), in Litestream's layout.
 //! - [`wal`]: committed transactions read from a SQLite WAL, verified frame by frame.
 //! - [`replicate`]: ships a database's transactions to a replica as LTX files.
 //! - [`restore`]: plans, verifies and assembles a database from a replica, to a time or a TXID.
