@@ -446,6 +446,27 @@ fn deadline(bytes: u64) -> Duration {
 /// the string that was signed.
 fn explain(e: &object_store::Error) -> (String, Option<&'static str>) {
     let chain = error_chain(e);
+    // Without AWS_ACCESS_KEY_ID, object_store asks the instance metadata service (or the web
+    // identity or container endpoints) for credentials; its failures must not read as the bucket's.
+    let fetching_credentials = chain.iter().any(|m| {
+        [
+            "/latest/api/token",
+            "/latest/meta-data/",
+            "169.254.170.2",
+            "REDACTED",
+        ]
+        .iter()
+        .any(|s| m.contains(s))
+    });
+    if fetching_credentials {
+        let cause = chain.last().cloned().unwrap_or_default();
+        return (
+            format!("cannot get credentials: {cause}"),
+            Some(
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; without them the instance metadata service is asked",
+            ),
+        );
+    }
     let status = chain.iter().find_map(|m| {
         let at = m.find("status code: ")? + "status code: ".len();
         m.get(at..at + 3)?.parse::<u16>().ok()
@@ -489,16 +510,10 @@ fn explain(e: &object_store::Error) -> (String, Option<&'static str>) {
             Some("set the bucket's region with ?region= or AWS_REGION"),
         );
     }
-    // No answer from the server: connection refused, DNS, TLS, credentials that could not be
-    // fetched. The innermost cause says which.
+    // No answer from the server: connection refused, DNS, TLS. The innermost cause says which.
     let cause = chain.last().cloned().unwrap_or_default();
-    let hint = if chain.iter().any(|m| m.contains("credential")) {
-        Some(
-            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (tradevault reads no credentials file)",
-        )
-    } else {
-        Some("check the endpoint (?endpoint= or AWS_ENDPOINT_URL) and that the server is up")
-    };
+    let hint =
+        Some("check the endpoint (?endpoint= or AWS_ENDPOINT_URL) and that the server is up");
     let retried = chain
         .iter()
         .find_map(|m| {

@@ -335,6 +335,26 @@ async fn a_dead_endpoint_fails_after_a_few_retries() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_credentials_are_a_clear_error() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let addr = serve(root.path()).await;
+    // Without keys object_store asks the instance metadata service: here one that is down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let env = vec![("AWS_METADATA_ENDPOINT".to_owned(), format!("http://{dead}"))];
+    let replica = Replica::from(S3Replica::parse_with_env(&url(addr, "db"), env).expect("replica"));
+    let e = replica.list(0).expect_err("no credentials");
+    assert!(e.to_string().contains("cannot get credentials"), "{e}");
+    assert!(
+        e.hint().is_some_and(|h| h.contains("AWS_ACCESS_KEY_ID")),
+        "{:?}",
+        e.hint()
+    );
+}
+
 #[test]
 fn a_bad_url_is_a_usage_error() {
     for bad in [
