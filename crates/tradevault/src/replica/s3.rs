@@ -9,9 +9,9 @@
 //!
 //! Creation times: a listing (ListObjectsV2) carries no user metadata, so the header time of a
 //! file comes from a HEAD. Each replica remembers the times of the files it wrote or looked at
-//! (by key, size and ETag), so a HEAD is made once per file and process, several at a time, and
-//! never for a file this process wrote. An object without the metadata falls back to its
-//! LastModified, as Litestream does.
+//! (by key, size and ETag where listed), so a HEAD is made once per file and process, several at
+//! a time, and never for a file this process wrote. An object without the metadata falls back to
+//! its LastModified, as Litestream does.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -377,8 +377,15 @@ impl Client {
 
     fn known(&self, meta: &ObjectMeta) -> Option<i64> {
         let times = self.times.lock().unwrap_or_else(|p| p.into_inner());
+        // The ETag tells a replaced object apart; some servers (s3s-fs) list none, and then the
+        // size must do (a name is a TXID range: it is only rewritten with the same content).
         match times.get(meta.location.as_ref()) {
-            Some((size, e_tag, ms)) if *size == meta.size && *e_tag == meta.e_tag => Some(*ms),
+            Some((size, e_tag, ms))
+                if *size == meta.size
+                    && (e_tag.is_none() || meta.e_tag.is_none() || *e_tag == meta.e_tag) =>
+            {
+                Some(*ms)
+            }
             _ => None,
         }
     }

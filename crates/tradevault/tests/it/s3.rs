@@ -230,6 +230,24 @@ async fn put_list_read_delete_in_litestreams_layout() {
         vec![first.clone(), second.clone()]
     );
     assert_eq!(fresh.list(9).expect("list"), vec![compacted.clone()]);
+    // Once known, a time costs no more requests: with the metadata gone from the server (s3s-fs
+    // keeps it in `.bucket-*.metadata.json` files beside the buckets), both replicas still list
+    // the header times, while a third one falls back to LastModified.
+    for entry in std::fs::read_dir(root.path()).expect("server root") {
+        let path = entry.expect("entry").path();
+        if path.to_string_lossy().ends_with(".metadata.json") {
+            std::fs::remove_file(&path).expect("remove metadata");
+        }
+    }
+    for known in [&replica, &fresh] {
+        assert_eq!(
+            known.list(0).expect("list"),
+            vec![first.clone(), second.clone()]
+        );
+    }
+    let third = self::replica(addr, "prod/bot").list(0).expect("list");
+    assert_ne!(third[0].created_at_ms, t, "{third:?}");
+    assert_eq!((third[0].min_txid, third[0].size), (1, first.size));
 
     // Other keys under a level are not LTX files; an object without the metadata has its
     // LastModified as its time, as in Litestream.
