@@ -396,7 +396,7 @@ impl Engine {
                     return Err(Error::Replica {
                         replica: r.name.clone(),
                         message: r.last_error.clone().unwrap_or_default(),
-                        hint: None,
+                        hint: r.last_hint,
                     });
                 }
                 let shipped = st.status.txid >= st.history_start;

@@ -57,6 +57,9 @@ pub struct ReplicaStatus {
     pub last_error: Option<String>,
     /// When that error happened (ms since the epoch).
     pub last_error_at_ms: Option<i64>,
+    /// What to check about that error (`Error::hint`), for the error `Engine::wait_synced` returns.
+    #[serde(skip)]
+    pub last_hint: Option<&'static str>,
     /// Failed attempts in a row.
     pub failures: u64,
     /// Bytes uploaded by this process.

@@ -180,6 +180,7 @@ impl Uploader<'_> {
         let r = &mut st.status.replicas[self.index];
         r.last_error = Some(message);
         r.last_error_at_ms = Some(now);
+        r.last_hint = e.hint();
         r.failures = u64::from(self.failures);
         drop(st);
         self.db.changed.notify_all();
@@ -305,6 +306,7 @@ impl Uploader<'_> {
             ltx::file_name(written.min_txid, written.max_txid)
         ));
         r.last_error = None;
+        r.last_hint = None;
         r.failures = 0;
         r.commit_seq = r.commit_seq.max(seq);
         if max_txid >= local_txid {
