@@ -82,12 +82,13 @@ fn compaction_snapshots_and_retention_follow_the_clock() {
     // Twenty commits, 250 ms apart: twenty points, several per second.
     for i in 0..20i64 {
         clock.set(at(i * 250));
+        // Read before the commit: the engine may ship it before the insert returns.
+        let want = engine.status()[0].txid + 1;
         conn.execute(
             "INSERT INTO fills (id, qty) VALUES (?1, printf('%d.5', ?1))",
             [i],
         )
         .expect("insert");
-        let want = engine.status()[0].txid + 1;
         eventually("the commit on the replica", || {
             let s = &engine.status()[0];
             s.txid >= want && s.replicas[0].txid == Some(s.txid)
