@@ -631,6 +631,11 @@ impl Shipper<'_> {
             let look = file_identity(&wal);
             let wanted = db.lock().snapshot_wanted;
             if first || look != seen || wanted || stopping {
+                // Let commits arriving meanwhile join this file.
+                let since = self.last_ship.elapsed();
+                if since < MIN_GAP && !stopping {
+                    std::thread::sleep(MIN_GAP - since);
+                }
                 let before = db.now_ms();
                 // Pin the WAL while reading it: with a read transaction open, no other program's
                 // checkpoint can restart the WAL under us.

@@ -13,6 +13,8 @@ use super::engine::{Db, ReplicaSpec, anyhow_chain};
 use crate::error::{Error, Result};
 use crate::replica::{ReplicaFile, SNAPSHOT_LEVEL};
 
+/// The finest point-in-time step a replica with no sync interval keeps, in ms.
+const GRANULARITY_MS: i64 = 10;
 /// Most files or bytes merged into one upload.
 const MERGE_FILES_MAX: usize = 10_000;
 const MERGE_BYTES_MAX: u64 = 256 << 20;
@@ -224,10 +226,12 @@ impl Uploader<'_> {
         let local = &self.db.local;
         let mut run: Vec<ReplicaFile> = Vec::new();
         if self.need_snapshot_above.is_none() {
-            let max_files = if self.spec.sync_interval.is_zero() {
-                1
+            // With no interval, every shipped point is kept; an uploader that fell behind merges
+            // only points within one granularity step, so catching up costs no precision.
+            let span_ms = if self.spec.sync_interval.is_zero() {
+                GRANULARITY_MS
             } else {
-                MERGE_FILES_MAX
+                i64::MAX
             };
             let mut next = position + 1;
             let mut bytes = 0;
@@ -235,7 +239,14 @@ impl Uploader<'_> {
                 if f.min_txid < next {
                     continue;
                 }
-                if f.min_txid > next || run.len() >= max_files || bytes >= MERGE_BYTES_MAX {
+                let too_late = run
+                    .first()
+                    .is_some_and(|first| f.created_at_ms - first.created_at_ms >= span_ms);
+                if f.min_txid > next
+                    || too_late
+                    || run.len() >= MERGE_FILES_MAX
+                    || bytes >= MERGE_BYTES_MAX
+                {
                     break;
                 }
                 next = f.max_txid + 1;
