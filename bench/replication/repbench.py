@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -171,6 +172,8 @@ def stats(values):
     if not vals:
         return None
     s = {"median": statistics.median(vals), "min": vals[0], "max": vals[-1], "n": len(vals)}
+    if len(vals) >= 10:
+        s["p90"] = vals[int(round(0.9 * (len(vals) - 1)))]
     if len(vals) >= 20:  # a p99 of fewer samples would just be the max
         s["p99"] = vals[min(len(vals) - 1, int(round(0.99 * (len(vals) - 1))))]
     return s
@@ -413,6 +416,25 @@ def atomic_ok(state, batch):
             and state["ticks_max_seq"] == state["seq"] and state["trades"] == state["seq"] // 10)
 
 
+def log_summary(path):
+    """WARN/ERROR lines of a sidecar's log, grouped by message (times and numbers removed)."""
+    groups, n = {}, 0
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                n += 1
+                if "WARN" not in line and "ERROR" not in line and "level=WARN" not in line:
+                    continue
+                msg = re.sub(r"^\S+\s+", "", line.strip())           # the timestamp
+                msg = re.sub(r"(/\S+)", "PATH", msg)                   # paths
+                msg = re.sub(r"\b[0-9a-f]{16}\b|\d+", "N", msg)[:160]  # txids, numbers
+                groups[msg] = groups.get(msg, 0) + 1
+    except OSError:
+        return None
+    return {"lines": n, "warn_error": sum(groups.values()),
+            "by_message": dict(sorted(groups.items(), key=lambda x: -x[1])[:8])}
+
+
 def keep_failure(tag, d, extra):
     """Copy the logs of a failed or suspicious run into results/failures/<tag>/."""
     dst = os.path.join(results_dir(), "failures", tag)
@@ -492,6 +514,7 @@ def run_once(tag, tool_name, rate, batch, duration, jitter=1.0, restore=True,
             rep.wait()
         res["replicator_exit"] = rep.returncode
         res["replicator_proc"] = sampler.summary("replicator", t_from=t_start + 1.0)
+        res["replicator_log"] = log_summary(os.path.join(d, "replicator.log"))
     res["writer_proc"] = sampler.summary("writer", t_from=t_start + 1.0)
     res["kill_ns"] = t_kill_ns
     res["kill_spread_ms"] = (t_after_ns - t_kill_ns) / 1e6
@@ -619,9 +642,8 @@ def exp_rto(args):
         if isinstance(tool, Litestream):
             tr["restore_quick"] = bench(f"{name} restore -integrity-check quick",
                                         tool.restore_argv(replica, out, quick=True), 1)
-        rm_db(out)
-        last = timed(tool.restore_argv(replica, out), cwd=d)
-        if last["rc"] == 0:
+        # the file of the last timed restore
+        if os.path.exists(out):
             tr["restored_quick_check"] = quick_check(out)
             tr["restored_identical_bytes"] = subprocess.run(["cmp", "-s", db, out]).returncode == 0
             tr["restored_bytes"] = file_size(out)
@@ -769,10 +791,11 @@ def report(args):
 
     out = []
     lag = load("lag")
+    many = load("lag-2000-many")
     rto = load("rto")
     pitr = load("pitr")
     tools = [t for t in ("litestream", "litestream-10ms", "tradevault")
-             if (lag and any(r["tool"] == t for r in lag["runs"]))
+             if any(r["tool"] == t for x in (lag, many) if x for r in x["runs"])
              or (rto and t in rto["tools"])]
     groups = {}
     for r in (lag or {"runs": []})["runs"]:
@@ -795,6 +818,19 @@ def report(args):
                      lambda t, rate=rate: cell(t, rate, lambda r: r.get("lag_ms"))))
         rows.append((f"lost commits, {RATE[rate]}",
                      lambda t, rate=rate: cell(t, rate, lambda r: r.get("lost_commits"))))
+    if many:
+        mg = {}
+        for r in many["runs"]:
+            mg.setdefault(r["tool"], []).append(r)
+
+        def many_cell(t):
+            st = stats([r.get("lag_ms") for r in mg.get(t, [])])
+            if not st:
+                return "–"
+            return (f"{st['median']:.0f} / {st.get('p90', float('nan')):.0f} / {st['max']:.0f} "
+                    f"(n={st['n']}, CPU {fmt(stats([proc('cpu_pct_avg')(r) for r in mg[t]]), digits=0)} %)")
+        rows.append((f"loss window, 2,000 commits/s, {many['reps']} runs of {many['duration_s']:.0f} s: "
+                     "median / p90 / max (ms)", many_cell))
     for rate in (200, 2000, 0):
         rows.append((f"replicator CPU, % of one core, {RATE[rate]}",
                      lambda t, rate=rate: cell(t, rate, proc("cpu_pct_avg"), digits=1)))
@@ -867,15 +903,15 @@ def report(args):
 
     if lag:
         out.append("## Loss window after kill -9, per configuration\n")
-        out.append("| tool | rate | n | achieved commits/s | lag ms | lost commits | CPU % | RSS MiB peak | WAL max MiB | replica MiB | local MiB | restore s | consistent |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append("| tool | rate | n | achieved commits/s | lag ms | lost commits | CPU % | RSS MiB peak | WAL max MiB | replica MiB | local MiB | snapshots (level-9 files) | sidecar WARN/ERROR lines | restore s | consistent |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for (t, rate), rs in sorted(groups.items(), key=lambda x: (-x[0][1] if x[0][1] else -1e9, x[0][0])):
             if t == "none":
                 ok = "–"
             else:
                 ok = "{}/{}".format(sum(1 for r in rs if r.get("restored_quick_check") == "ok"
                                         and r.get("atomic_ok")), len(rs))
-            out.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            out.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 t, RATE.get(rate, rate), len(rs), fmt(stats([r.get("achieved_commits_per_s") for r in rs])),
                 fmt(stats([r.get("lag_ms") for r in rs]), digits=1),
                 fmt(stats([r.get("lost_commits") for r in rs])),
@@ -884,6 +920,8 @@ def report(args):
                 fmt(stats([r.get("wal_bytes_max") for r in rs]), scale=2**-20),
                 fmt(stats([r.get("replica_bytes") for r in rs]), digits=1, scale=2**-20),
                 fmt(stats([r.get("local_bytes") for r in rs]), digits=1, scale=2**-20),
+                fmt(stats([(r.get("ltx_files") or {}).get("9", 0) for r in rs])) if t != "none" else "–",
+                fmt(stats([(r.get("replicator_log") or {}).get("warn_error") for r in rs])),
                 fmt(stats([(r.get("restore") or {}).get("wall_s") for r in rs]), digits=2), ok))
         out.append("")
         out.append("Per run (lag ms / lost commits): " + "; ".join(
@@ -891,6 +929,34 @@ def report(args):
                 f"{r['lag_ms']:.0f}/{r['lost_commits']}" if "lag_ms" in r else
                 f"ERR({(r.get('restore') or {}).get('rc', r.get('error'))})" for r in rs)
             for (t, rate), rs in sorted(groups.items()) if t != "none"))
+        out.append("")
+    warn = {}
+    for r in (lag or {"runs": []})["runs"] + (many or {"runs": []})["runs"]:
+        for msg, c in ((r.get("replicator_log") or {}).get("by_message") or {}).items():
+            key = (r["tool"], msg)
+            warn[key] = warn.get(key, 0) + c
+    if warn:
+        out.append("Sidecar WARN/ERROR messages over all loss-window runs (numbers and paths elided):\n")
+        for (t, msg), c in sorted(warn.items(), key=lambda x: (x[0][0], -x[1])):
+            out.append(f"- {t}, {c}x: `{msg}`")
+        out.append("")
+    if many:
+        out.append(f"## Loss window at 2,000 commits/s, {many['reps']} short runs of "
+                   f"{many['duration_s']:.0f} s (+0-1 s) per tool\n")
+        out.append("| tool | n | lag ms median | p90 | max | lost commits | CPU % | snapshots | consistent |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for t, rs in sorted(mg.items()):
+            st = stats([r.get("lag_ms") for r in rs]) or {}
+            out.append("| {} | {} | {:.1f} | {:.1f} | {:.1f} | {} | {} | {} | {}/{} |".format(
+                t, len(rs), st.get("median", float("nan")), st.get("p90", float("nan")),
+                st.get("max", float("nan")), fmt(stats([r.get("lost_commits") for r in rs])),
+                fmt(stats([proc("cpu_pct_avg")(r) for r in rs]), digits=1),
+                fmt(stats([(r.get("ltx_files") or {}).get("9", 0) for r in rs])),
+                sum(1 for r in rs if r.get("restored_quick_check") == "ok" and r.get("atomic_ok")), len(rs)))
+        out.append("")
+        out.append("Per run lag ms: " + "; ".join(
+            f"{t}: " + ", ".join(f"{r['lag_ms']:.0f}" if "lag_ms" in r else "ERR" for r in rs)
+            for t, rs in sorted(mg.items())))
         out.append("")
     if rto:
         out.append(f"## Restore of a {rto['db_bytes'] / 2**20:,.0f} MiB database (warm page cache)\n")
