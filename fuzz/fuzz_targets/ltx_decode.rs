@@ -1,11 +1,37 @@
-//! Fuzzes the LTX decoder: no input may panic it, and whatever it accepts as an intact file
-//! must re-encode to a file that decodes to the same header and pages.
+//! Fuzzes the LTX decoders: no input may panic them, the slice decoder (in one part or two)
+//! accepts exactly what the streaming decoder accepts with the same pages, and whatever they
+//! accept as an intact file must re-encode to a file that decodes to the same header and pages.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
+fn decode_in_parts(data: &[u8], parts: usize) -> ltx::Result<(ltx::Header, Vec<ltx::Page>)> {
+    let d = ltx::SliceDecoder::new(data)?;
+    let n = d.page_count();
+    let mut done = Vec::new();
+    let mut pages = Vec::new();
+    let mut buf = vec![0u8; d.header().page_size as usize];
+    for i in 0..parts {
+        let mut part = d.part(n * i / parts..n * (i + 1) / parts);
+        while let Some(pgno) = d.decode_next(&mut part, &mut buf)? {
+            pages.push(ltx::Page { pgno, data: buf.clone() });
+        }
+        done.push(part);
+    }
+    let (header, _) = d.finish(done)?;
+    Ok((header, pages))
+}
+
 fuzz_target!(|data: &[u8]| {
-    let Ok((header, pages, trailer)) = ltx::Decoder::decode_all(data) else { return };
+    let streamed = ltx::Decoder::decode_all(data);
+    for parts in [1, 2] {
+        assert_eq!(
+            decode_in_parts(data, parts).ok(),
+            streamed.as_ref().ok().map(|(h, p, _)| (*h, p.clone())),
+            "the slice decoder in {parts} parts disagrees with the streaming decoder"
+        );
+    }
+    let Ok((header, pages, trailer)) = streamed else { return };
     assert!(pages.iter().all(|p| p.data.len() == header.page_size as usize));
     let mut encoder = ltx::Encoder::new(Vec::new(), header).expect("an accepted header re-encodes");
     for page in &pages {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ltx::{Decoder, Encoder, Error, Header, Page, page_checksum};
+use ltx::{Decoder, Encoder, Error, Header, Page, SliceDecoder, page_checksum};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/ltx-litestream-0.5.17")
@@ -29,7 +29,38 @@ fn decode_file(path: &Path) -> (Header, Vec<Page>) {
     let bytes = std::fs::read(path).expect("read fixture");
     let (header, pages, _) =
         Decoder::decode_all(&bytes[..]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let in_parts = decode_in_parts(&bytes, 2).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        in_parts == (header, pages.clone()),
+        "{}: the slice decoder agrees",
+        path.display()
+    );
     (header, pages)
+}
+
+/// Decodes `bytes` with [`SliceDecoder`], cut into `parts` parts decoded in reverse order (as
+/// threads may finish), and verifies it: the same result as [`Decoder::decode_all`] or an error.
+fn decode_in_parts(bytes: &[u8], parts: usize) -> ltx::Result<(Header, Vec<Page>)> {
+    let d = SliceDecoder::new(bytes)?;
+    let n = d.page_count();
+    let bounds: Vec<usize> = (0..=parts).map(|i| n * i / parts).collect();
+    let mut decoded = Vec::new();
+    for w in bounds.windows(2).rev() {
+        let mut part = d.part(w[0]..w[1]);
+        let mut pages = Vec::new();
+        let mut buf = vec![0u8; d.header().page_size as usize];
+        while let Some(pgno) = d.decode_next(&mut part, &mut buf)? {
+            pages.push(Page {
+                pgno,
+                data: buf.clone(),
+            });
+        }
+        decoded.push((part, pages));
+    }
+    decoded.reverse();
+    let (parts, pages): (Vec<_>, Vec<_>) = decoded.into_iter().unzip();
+    let (header, _) = d.finish(parts)?;
+    Ok((header, pages.concat()))
 }
 
 /// Applies files in order, later pages winning, and cuts the image to the last commit.
@@ -161,6 +192,13 @@ fn any_flipped_bit_or_truncation_is_refused() {
                     "flip of bit {bit} in byte {byte} gave different content that passed as verified"
                 ),
             }
+            for parts in [1, 2, 3] {
+                assert_eq!(
+                    decode_in_parts(&bad, parts).ok(),
+                    Decoder::decode_all(&bad[..]).ok().map(|(h, p, _)| (h, p)),
+                    "the slice decoder in {parts} parts agrees on a flip of bit {bit} in byte {byte}"
+                );
+            }
         }
     }
     assert!(
@@ -169,10 +207,11 @@ fn any_flipped_bit_or_truncation_is_refused() {
     );
     for len in 0..file.len() {
         assert!(
-            Decoder::decode_all(&file[..len]).is_err(),
+            Decoder::decode_all(&file[..len]).is_err() && decode_in_parts(&file[..len], 2).is_err(),
             "truncation to {len} bytes went unnoticed"
         );
     }
+    assert!(decode_in_parts(&[&file[..], &[0]].concat(), 2).is_err());
     let mut longer = file.clone();
     longer.push(0);
     assert!(matches!(
@@ -223,6 +262,10 @@ proptest::proptest! {
         }
         let (bytes, trailer) = enc.finish(0).expect("finish");
         let (h, decoded, t) = Decoder::decode_all(&bytes[..]).expect("decode");
+        for parts in 1..=4 {
+            let (h2, decoded2) = decode_in_parts(&bytes, parts).expect("decode in parts");
+            proptest::prop_assert_eq!((h2, &decoded2), (h, &decoded));
+        }
         proptest::prop_assert_eq!(h, header);
         proptest::prop_assert_eq!(t, trailer);
         let got: Vec<(u32, Vec<u8>)> = decoded.into_iter().map(|p| (p.pgno, p.data)).collect();
