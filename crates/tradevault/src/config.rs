@@ -27,6 +27,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Logging.
     pub log: LogConfig,
+    /// `tradevault restore`.
+    pub restore: RestoreConfig,
     /// Replication of the store (`[replication]`, `[[replication.replica]]`).
     pub replication: ReplicationConfig,
     /// Other SQLite databases to replicate (`[[database]]`, each with `[[database.replica]]`).
@@ -242,6 +244,29 @@ impl Default for LogConfig {
     }
 }
 
+/// `[restore]`: how a restore fetches and decodes LTX files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// LTX files downloaded at once, ahead of the one being applied.
+    pub downloads_max: u64,
+    /// Bytes of downloaded files held before they are applied; one file is always allowed, so a
+    /// restore holds at most this, or its largest file.
+    pub downloaded_bytes_max: u64,
+    /// Threads decoding (decompressing and checksumming) the pages of one large file.
+    pub decode_threads: u64,
+}
+
+impl Default for RestoreConfig {
+    fn default() -> Self {
+        RestoreConfig {
+            downloads_max: 4,
+            downloaded_bytes_max: 256 << 20,
+            decode_threads: 2,
+        }
+    }
+}
+
 impl Config {
     /// Loads defaults, then `file` if given, then `TRADEVAULT_*` variables from `env`, and validates.
     /// Errors name the key and where its value came from: the file, or the variable.
@@ -343,6 +368,13 @@ impl Config {
                 100_000,
             ),
             ("api.page_limit_max", self.api.page_limit_max, 100_000),
+            ("restore.downloads_max", self.restore.downloads_max, 64),
+            (
+                "restore.downloaded_bytes_max",
+                self.restore.downloaded_bytes_max,
+                1 << 40,
+            ),
+            ("restore.decode_threads", self.restore.decode_threads, 64),
         ];
         for (key, value, max) in bounded {
             if value == 0 {

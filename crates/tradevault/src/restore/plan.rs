@@ -1,0 +1,180 @@
+//! [`plan`]: which files of a replica reach a target, by Litestream's rules.
+
+use serde::Serialize;
+
+use super::Target;
+use crate::error::{Error, Result};
+use crate::replica::{Replica, ReplicaFile, SNAPSHOT_LEVEL};
+
+/// The files a restore applies, in order, and the point they reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// (level, min TXID, max TXID, bytes) of each file, in the order applied.
+    pub files: Vec<(u32, u64, u64, u64)>,
+    /// The TXID the restored database is at.
+    pub txid: u64,
+    /// When that point was replicated (ms since the epoch): the timestamp of the last file.
+    pub point_ms: i64,
+    /// The same time, in RFC 3339.
+    pub point_time: String,
+    /// Bytes to read.
+    pub bytes: u64,
+}
+
+/// Plans a restore of `target` from `replica`.
+pub fn plan(replica: &Replica, target: Target) -> Result<Plan> {
+    let mut all: Vec<ReplicaFile> = Vec::new();
+    for level in 0..=SNAPSHOT_LEVEL {
+        all.extend(replica.list(level)?);
+    }
+    if all.is_empty() {
+        return Err(impossible(format!(
+            "no LTX files in {}",
+            replica.describe()
+        )));
+    }
+    let usable = |f: &ReplicaFile| match target {
+        Target::Latest => true,
+        Target::Txid(t) => f.max_txid <= t,
+        Target::Time(ms) => f.created_at_ms <= ms,
+    };
+    let chain = chain(&all, usable);
+    let current = chain.last().map_or(0, |f| f.max_txid);
+    let points = restorable_points(&all);
+    if let Target::Time(ms) = target {
+        let newest = all.iter().map(|f| f.created_at_ms).max().unwrap_or(0);
+        if ms > newest {
+            // Commits after the newest point may not have reached the replica: restoring "to T"
+            // would silently be older than T.
+            return Err(impossible(format!(
+                "{} is after the newest replicated point ({}); restore the latest instead",
+                time(ms),
+                describe(&points[points.len().saturating_sub(1)..])
+            )));
+        }
+    }
+    if chain.first().is_none_or(|f| f.min_txid != 1) {
+        return Err(impossible(match target {
+            Target::Time(ms) => format!(
+                "{} is before the first restorable point ({}); restore that point or a later one",
+                time(ms),
+                describe(&points[..points.len().min(1)])
+            ),
+            _ => format!(
+                "no snapshot reaches this target; restorable points: {}",
+                describe(&points)
+            ),
+        }));
+    }
+    if let Target::Txid(t) = target
+        && current != t
+    {
+        let near = nearest(&points, |p| i128::from(p.0) - i128::from(t));
+        return Err(impossible(format!(
+            "txid {t} is not a restorable point (the nearest are {near})"
+        )));
+    }
+    if all.iter().any(|f| usable(f) && f.min_txid > current + 1) {
+        return Err(impossible(format!(
+            "the files are not contiguous: they reach txid {current}, then skip ahead"
+        )));
+    }
+    let last = chain[chain.len() - 1];
+    Ok(Plan {
+        files: chain
+            .iter()
+            .map(|f| (f.level, f.min_txid, f.max_txid, f.size))
+            .collect(),
+        txid: current,
+        point_ms: last.created_at_ms,
+        point_time: time(last.created_at_ms),
+        bytes: chain.iter().map(|f| f.size).sum(),
+    })
+}
+
+/// The newest usable snapshot, then, across all levels, the usable file that continues the chain
+/// and reaches furthest (ties: the lower start, then the higher level), until none does.
+fn chain(all: &[ReplicaFile], usable: impl Fn(&ReplicaFile) -> bool) -> Vec<&ReplicaFile> {
+    let mut chain: Vec<&ReplicaFile> = Vec::new();
+    let mut current = 0u64;
+    if let Some(snapshot) = all
+        .iter()
+        .filter(|f| f.level == SNAPSHOT_LEVEL && usable(f))
+        .max_by_key(|f| f.max_txid)
+    {
+        chain.push(snapshot);
+        current = snapshot.max_txid;
+    }
+    while let Some(f) = all
+        .iter()
+        .filter(|f| f.min_txid <= current + 1 && f.max_txid > current && usable(f))
+        .max_by(|a, b| {
+            a.max_txid
+                .cmp(&b.max_txid)
+                .then(b.min_txid.cmp(&a.min_txid))
+                .then(a.level.cmp(&b.level))
+        })
+    {
+        current = f.max_txid;
+        chain.push(f);
+    }
+    chain
+}
+
+/// (txid, time) of every point a file ends at, from the first snapshot on, sorted.
+fn restorable_points(all: &[ReplicaFile]) -> Vec<(u64, i64)> {
+    let first = all
+        .iter()
+        .filter(|f| f.min_txid == 1)
+        .map(|f| f.max_txid)
+        .min()
+        .unwrap_or(u64::MAX);
+    let mut points: Vec<(u64, i64)> = all
+        .iter()
+        .filter(|f| f.max_txid >= first)
+        .map(|f| (f.max_txid, f.created_at_ms))
+        .collect();
+    points.sort_unstable();
+    points.dedup_by_key(|p| p.0);
+    points
+}
+
+fn describe(points: &[(u64, i64)]) -> String {
+    let show: Vec<String> = points
+        .iter()
+        .rev()
+        .take(5)
+        .map(|(t, ms)| format!("txid {t} at {}", time(*ms)))
+        .collect();
+    if show.is_empty() {
+        "none".into()
+    } else {
+        show.join(", ")
+    }
+}
+
+fn nearest(points: &[(u64, i64)], distance: impl Fn(&(u64, i64)) -> i128) -> String {
+    let below = points
+        .iter()
+        .filter(|p| distance(p) < 0)
+        .max_by_key(|p| distance(p));
+    let above = points
+        .iter()
+        .filter(|p| distance(p) > 0)
+        .min_by_key(|p| distance(p));
+    let show = |p: Option<&(u64, i64)>| {
+        p.map_or("none".to_owned(), |(t, ms)| {
+            format!("txid {t} at {}", time(*ms))
+        })
+    };
+    format!("{} before and {} after", show(below), show(above))
+}
+
+/// A time in milliseconds since the epoch, in RFC 3339.
+pub(super) fn time(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| format!("{ms} ms"), |t| t.to_string())
+}
+
+pub(super) fn impossible(message: String) -> Error {
+    Error::invalid("restore_impossible", None, message)
+}
