@@ -10,8 +10,17 @@
 //! across all levels, the file that continues the chain and reaches furthest. Files are applied in
 //! chain order, so a later file's page replaces an earlier one's.
 //!
-//! One difference: a time restores the newest point at or before it (Litestream takes files
-//! strictly before it).
+//! A time `T` restores exactly or is refused, never silently older or newer:
+//! - A file's timestamp is a lower bound of the commit times of the transactions it holds, and is
+//!   after every commit of the files before it, so timestamps increase along a chain.
+//! - The chain for `T` takes the files stamped at or before `T` (Litestream: strictly before).
+//! - Its last file, `last`, holds commits made between its own timestamp and that of `next`, the
+//!   earliest-stamped file starting at `last.max_txid + 1` (on any level). A compacted file (levels
+//!   1 to 8) merges many syncs: if `next` exists and came more than [`EXACT_WITHIN_MS`] after
+//!   `last`, the state after `last` may hold commits made after `T`, so the restore is refused
+//!   (`not_exact`) with the nearest points restorable exactly: the chain without `last` and the
+//!   chain with it, each with its TXID and time, to be asked for with `--txid`.
+//! - A `T` before the first snapshot, or after the newest file, is refused with the nearest points.
 
 mod apply;
 mod fetch;
@@ -19,7 +28,7 @@ mod plan;
 mod progress;
 
 pub use apply::{Check, Options, Restored, apply, apply_with};
-pub use plan::{Plan, plan};
+pub use plan::{EXACT_WITHIN_MS, Plan, plan};
 pub use progress::{Progress, Stage};
 
 /// What to restore to.
@@ -29,6 +38,6 @@ pub enum Target {
     Latest,
     /// The state right after this transaction.
     Txid(u64),
-    /// The newest state replicated at or before this time (milliseconds since the epoch).
+    /// The state at this time (milliseconds since the epoch), if it can be restored exactly.
     Time(i64),
 }

@@ -1,10 +1,15 @@
-//! [`plan`]: which files of a replica reach a target, by Litestream's rules.
+//! [`plan`]: which files of a replica reach a target, by Litestream's rules, and whether a time
+//! can be restored exactly (see the module doc of `restore`).
 
 use serde::Serialize;
 
 use super::Target;
 use crate::error::{Error, Result};
 use crate::replica::{Replica, ReplicaFile, SNAPSHOT_LEVEL};
+
+/// How long after a compacted file the next file may come for a time inside it to restore
+/// (milliseconds): within this, the commits it holds are taken as made at its time.
+pub const EXACT_WITHIN_MS: i64 = 1_000;
 
 /// The files a restore applies, in order, and the point they reach.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -79,6 +84,9 @@ pub fn plan(replica: &Replica, target: Target) -> Result<Plan> {
             "the files are not contiguous: they reach txid {current}, then skip ahead"
         )));
     }
+    if let Target::Time(ms) = target {
+        refuse_inexact(ms, &chain, &all)?;
+    }
     let last = chain[chain.len() - 1];
     Ok(Plan {
         files: chain
@@ -119,6 +127,48 @@ fn chain(all: &[ReplicaFile], usable: impl Fn(&ReplicaFile) -> bool) -> Vec<&Rep
         chain.push(f);
     }
     chain
+}
+
+/// Refuses a time inside a compacted file when the file after it came more than
+/// [`EXACT_WITHIN_MS`] later: the state after it may hold commits made after `ms`.
+fn refuse_inexact(ms: i64, chain: &[&ReplicaFile], all: &[ReplicaFile]) -> Result<()> {
+    let Some(&last) = chain.last() else {
+        return Ok(());
+    };
+    if !(1..SNAPSHOT_LEVEL).contains(&last.level) {
+        return Ok(());
+    }
+    let Some(next) = all
+        .iter()
+        .filter(|f| f.min_txid == last.max_txid + 1)
+        .min_by_key(|f| f.created_at_ms)
+    else {
+        return Ok(());
+    };
+    if next.created_at_ms.saturating_sub(last.created_at_ms) <= EXACT_WITHIN_MS {
+        return Ok(());
+    }
+    let point = |f: &ReplicaFile| format!("txid {} at {}", f.max_txid, time(f.created_at_ms));
+    let before = match chain.len() {
+        0 | 1 => "none".to_owned(),
+        n => point(chain[n - 2]),
+    };
+    Err(Error::invalid(
+        "not_exact",
+        None,
+        format!(
+            "{} falls inside level-{} file {}, which merges transactions {}..={} made up to {}: \
+             the state at that time cannot be restored exactly; the nearest restorable points \
+             are {before} (before) and {} (after); restore one of them with --txid N",
+            time(ms),
+            last.level,
+            ltx::file_name(last.min_txid, last.max_txid),
+            last.min_txid,
+            last.max_txid,
+            time(next.created_at_ms),
+            point(last),
+        ),
+    ))
 }
 
 /// (txid, time) of every point a file ends at, from the first snapshot on, sorted.
@@ -177,4 +227,76 @@ pub(super) fn time(ms: i64) -> String {
 
 pub(super) fn impossible(message: String) -> Error {
     Error::invalid("restore_impossible", None, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(level: u32, min_txid: u64, max_txid: u64, created_at_ms: i64) -> ReplicaFile {
+        ReplicaFile {
+            level,
+            min_txid,
+            max_txid,
+            size: 100,
+            created_at_ms,
+        }
+    }
+
+    #[test]
+    fn a_time_inside_a_compacted_file_is_refused_unless_the_next_file_is_close() {
+        // Snapshot 1-2 at 10 s, level-1 file 3-6 stamped at 20 s (its commits run up to the next
+        // file), level-0 file 7 at 30 s.
+        let all = vec![
+            file(9, 1, 2, 10_000),
+            file(1, 3, 6, 20_000),
+            file(0, 7, 7, 30_000),
+        ];
+        let plan_at = |ms| {
+            let c = chain(&all, |f| f.created_at_ms <= ms);
+            refuse_inexact(ms, &c, &all).map(|()| c.last().map(|f| f.max_txid))
+        };
+        assert!(
+            matches!(plan_at(15_000), Ok(Some(2))),
+            "between files: exact"
+        );
+        let err = plan_at(25_000).expect_err("inside the compacted file");
+        assert!(
+            matches!(
+                err,
+                Error::Invalid {
+                    code: "not_exact",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("txid 2 at 1970-01-01T00:00:10Z")
+                && text.contains("txid 6 at 1970-01-01T00:00:20Z")
+                && text.contains("--txid"),
+            "{text}"
+        );
+        assert!(
+            matches!(plan_at(30_000), Ok(Some(7))),
+            "at the next file: exact"
+        );
+        // The same files, the next one within a second: the compacted file restores.
+        let close = vec![
+            file(9, 1, 2, 10_000),
+            file(1, 3, 6, 20_000),
+            file(0, 7, 7, 21_000),
+        ];
+        let c = chain(&close, |f| f.created_at_ms <= 20_500);
+        assert!(refuse_inexact(20_500, &c, &close).is_ok());
+        // A level-0 file last in the chain is one sync: it restores.
+        let l0 = vec![
+            file(9, 1, 2, 10_000),
+            file(0, 3, 3, 20_000),
+            file(0, 4, 4, 30_000),
+        ];
+        let c = chain(&l0, |f| f.created_at_ms <= 25_000);
+        assert!(refuse_inexact(25_000, &c, &l0).is_ok());
+    }
 }

@@ -397,3 +397,100 @@ fn a_large_file_decoded_on_several_threads_is_the_database_byte_for_byte() {
         assert_eq!(progress.stage(), restore::Stage::Done);
     }
 }
+
+/// A replica whose history was compacted: level-0 files 2, 3 and 4 merged into one level-1 file
+/// stamped with the time of its first transaction (a lower bound of its commits), the level-0
+/// files removed. A time inside it cannot be restored exactly: it is refused, naming the points
+/// on either side, and those restore exactly by TXID.
+#[test]
+fn a_time_inside_a_compacted_file_is_refused_with_the_nearest_points() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, qty TEXT);",
+    )
+    .expect("schema");
+    let replica = Replica::from(FileReplica::new(dir.path().join("replica")));
+    let mut r = Replicator::new(&db, replica.clone()).expect("replicator");
+    let mut states = Vec::new();
+    for step in 1..=5u32 {
+        for i in 0..10 {
+            conn.execute(
+                "INSERT INTO fills (id, qty) VALUES (?1, printf('%d', ?1))",
+                [step * 100 + i],
+            )
+            .expect("insert");
+        }
+        r.sync(i64::from(step) * 10_000).expect("sync");
+        states.push(rows(&db));
+    }
+    let level0 = replica.list(0).expect("list");
+    let merged: Vec<_> = level0
+        .iter()
+        .filter(|f| (2..=4).contains(&f.min_txid))
+        .collect();
+    let mut pages = std::collections::BTreeMap::new();
+    let mut last = None;
+    for f in &merged {
+        let (header, file_pages, _) =
+            ltx::Decoder::decode_all(&replica.read(f).expect("read")[..]).expect("decode");
+        pages.extend(file_pages.into_iter().map(|p| (p.pgno, p.data)));
+        last = Some(header);
+    }
+    let last = last.expect("three files");
+    let mut enc = ltx::Encoder::new(
+        Vec::new(),
+        ltx::Header::new(last.page_size, last.commit, 2, 4, 20_000),
+    )
+    .expect("header");
+    for (pgno, data) in pages.range(..=last.commit) {
+        enc.encode_page(*pgno, data).expect("page");
+    }
+    replica
+        .put(1, &enc.finish(0).expect("finish").0)
+        .expect("put");
+    for f in merged {
+        replica.delete(f).expect("delete");
+    }
+    for t in [20_000, 25_000, 49_999] {
+        let err = restore::plan(&replica, Target::Time(t)).expect_err("inside the compacted file");
+        assert!(
+            matches!(
+                err,
+                tradevault::Error::Invalid {
+                    code: "not_exact",
+                    ..
+                }
+            ),
+            "{t}: {err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("txid 1 at 1970-01-01T00:00:10Z")
+                && text.contains("txid 4 at 1970-01-01T00:00:20Z")
+                && text.contains("--txid"),
+            "{t}: the nearest points and how to ask for them: {text}"
+        );
+    }
+    // The points it names restore exactly, and so do times outside the compacted file.
+    for (target, state) in [
+        (Target::Txid(1), 1),
+        (Target::Txid(4), 4),
+        (Target::Time(19_999), 1),
+        (Target::Time(50_000), 5),
+    ] {
+        let plan = restore::plan(&replica, target).expect("plan");
+        let out = dir.path().join(format!("{}.db", plan.txid));
+        if !out.exists() {
+            restore::apply(&replica, &plan, &out).expect("restore");
+        }
+        assert_eq!(plan.txid, state as u64, "{target:?}");
+        assert_eq!(rows(&out), states[state - 1], "{target:?}");
+    }
+    // Before the first point and after the newest, the refusal names the nearest point too.
+    let before = restore::plan(&replica, Target::Time(9_999)).expect_err("before");
+    assert!(before.to_string().contains("txid 1 at"), "{before}");
+    let after = restore::plan(&replica, Target::Time(50_001)).expect_err("after");
+    assert!(after.to_string().contains("txid 5 at"), "{after}");
+}
