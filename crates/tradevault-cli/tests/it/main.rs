@@ -8,3 +8,4 @@ mod crash;
 mod engine;
 mod faults;
 mod replicate;
+mod restore;
