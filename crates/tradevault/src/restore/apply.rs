@@ -394,6 +394,12 @@ fn check_database(path: &Path, check: Check) -> Result<()> {
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
     let conn = rusqlite::Connection::open_with_flags(&uri, flags)
         .map_err(|e| Error::sqlite("open restored database", e))?;
+    // integrity_check looks up every row's index entries: read through a small page cache, each
+    // lookup is a pread (3.7 s for 250 MiB here); mapped, it reads the page cache in place (1.0 s).
+    // The pages are already in memory, written a moment ago, and nothing else writes the file.
+    let len = std::fs::metadata(path).map_or(0, |m| i64::try_from(m.len()).unwrap_or(i64::MAX));
+    conn.pragma_update(None, "mmap_size", len)
+        .map_err(|e| Error::sqlite("map restored database", e))?;
     let result: String = conn
         .query_row(&format!("PRAGMA {}", check.pragma()), [], |r| r.get(0))
         .map_err(|e| Error::Corrupt {
