@@ -54,6 +54,16 @@ impl<'a> Fetcher<'a> {
     /// The body of a download thread: downloads the next file the budget allows, until none is
     /// left or the applier stopped.
     pub(super) fn run(&self) {
+        // A thread that dies leaves a file the applier would wait for forever: stop everything.
+        struct StopOnPanic<'f, 'a>(&'f Fetcher<'a>);
+        impl Drop for StopOnPanic<'_, '_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.stop();
+                }
+            }
+        }
+        let _guard = StopOnPanic(self);
         loop {
             let i = {
                 let mut state = self.lock();
@@ -121,5 +131,59 @@ impl<'a> Fetcher<'a> {
         self.changed
             .wait(guard)
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::FileReplica;
+
+    #[test]
+    fn files_come_in_plan_order_and_downloads_stay_within_the_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let replica = Replica::from(FileReplica::new(dir.path()));
+        let mut files = Vec::new();
+        for txid in 1..=8u64 {
+            let header = ltx::Header::new(512, 1, txid, txid, 1_000 * txid as i64);
+            let mut enc = ltx::Encoder::new(Vec::new(), header).expect("header");
+            enc.encode_page(1, &[txid as u8; 512]).expect("page");
+            files.push(
+                replica
+                    .put(0, &enc.finish(0).expect("finish").0)
+                    .expect("put"),
+            );
+        }
+        let largest = files.iter().map(|f| f.size).max().unwrap_or(0);
+        for budget in [1, 2 * largest, 100 * largest] {
+            let fetcher = Fetcher::new(&replica, &files, budget, None);
+            std::thread::scope(|s| {
+                for _ in 0..3 {
+                    s.spawn(|| fetcher.run());
+                }
+                for (i, file) in files.iter().enumerate() {
+                    let bytes = fetcher.take(i).expect("downloaded");
+                    assert_eq!(
+                        bytes,
+                        replica.read(file).expect("read"),
+                        "file {i} in order"
+                    );
+                    let held = fetcher.lock().held_bytes;
+                    assert!(
+                        held <= budget.max(largest),
+                        "{held} bytes held, budget {budget}"
+                    );
+                    fetcher.applied(i);
+                }
+                fetcher.stop();
+            });
+        }
+        // A stopped fetcher hands out nothing more, and its threads return.
+        let fetcher = Fetcher::new(&replica, &files, 1, None);
+        fetcher.stop();
+        std::thread::scope(|s| {
+            s.spawn(|| fetcher.run());
+        });
+        assert!(fetcher.take(0).is_err());
     }
 }
