@@ -3,8 +3,9 @@
 //!
 //! `cargo bench -p tradevault --bench restore`. TRADEVAULT_BENCH_MIB: database size (default
 //! 1024). TRADEVAULT_BENCH_DIR: build the database and replica there and keep them for the next
-//! run (default: a temporary directory, deleted at the end). The replica is read from the page
-//! cache (it was just written), as for a local file replica used soon after.
+//! run (default: a temporary directory, deleted at the end). TRADEVAULT_BENCH_CHECK: only
+//! `integrity_check` or `quick_check` (default both). The replica is read from the page cache
+//! (it was just written), as for a local file replica used soon after.
 
 use std::fs::File;
 use std::io::Read;
@@ -48,7 +49,11 @@ fn main() {
         mib_of(snapshot.iter().map(|f| f.size).sum()),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    let only = std::env::var("TRADEVAULT_BENCH_CHECK").unwrap_or_default();
     for check in [Check::Integrity, Check::Quick] {
+        if !only.is_empty() && only != check.pragma() {
+            continue;
+        }
         let out = dir.join(format!("restored-{}.db", check.pragma()));
         let rss = RssSampler::start();
         let t = Instant::now();
