@@ -273,17 +273,19 @@ fn a_replica_that_was_down_catches_up_with_no_gap() {
         let restored = restore(url, &dir.path().join(format!("restored-{name}")));
         assert_eq!(table_rows(&restored), expected, "{name} holds every row");
     }
-    // No gap: the flaky replica restores to every TXID the good one has after its first file.
-    let files: Vec<String> = std::fs::read_dir(flaky_root.join("ltx/0"))
-        .map(|d| {
-            d.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                .collect()
+    // No gap: the flaky replica's files chain from TXID 1 to its newest, each continuing the last.
+    let mut ranges: Vec<(u64, u64)> = std::fs::read_dir(flaky_root.join("ltx/0"))
+        .expect("level 0")
+        .filter_map(|e| {
+            let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+            ltx::parse_file_name(&name)
         })
-        .unwrap_or_default();
-    assert!(
-        !files.is_empty(),
-        "the flaky replica received level-0 files"
-    );
+        .collect();
+    ranges.sort_unstable();
+    assert_eq!(ranges.first().map(|r| r.0), Some(1), "{ranges:?}");
+    for pair in ranges.windows(2) {
+        assert_eq!(pair[1].0, pair[0].1 + 1, "contiguous: {ranges:?}");
+    }
 }
 
 const PY_WRITER: &str = r#"

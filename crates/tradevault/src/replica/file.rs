@@ -108,9 +108,12 @@ impl FileReplica {
             if max_txid <= txid {
                 continue;
             }
-            let meta = entry
-                .metadata()
-                .map_err(|e| Error::io("read replica file metadata", entry.path(), e))?;
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                // Deleted between the listing and now (pruning, compaction): it is not there.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("read replica file metadata", entry.path(), e)),
+            };
             let created_at_ms = meta
                 .modified()
                 .ok()

@@ -827,8 +827,10 @@ impl Shipper<'_> {
     }
 
     /// For a database another program writes: copy the bulk (PASSIVE), ship the tail, then
-    /// truncate without waiting. SQLite reports how many frames the WAL held when it truncated; if
-    /// that is more than was shipped, a commit slipped in, and the next sync writes a snapshot.
+    /// truncate without waiting. The engine cannot pause that program's writer, and once SQLite
+    /// has emptied the WAL it reports 0 frames, so nothing proves that no commit landed between
+    /// the last shipment and the truncation: the next file is a snapshot. Correct, but it costs a
+    /// whole database per checkpoint (see the notes on coordinating with the writer's lock).
     fn checkpoint_external(&mut self, pin: &mut Pin) {
         let db = self.db;
         let path = db.path.clone();
@@ -841,33 +843,21 @@ impl Shipper<'_> {
         if !self.ship(Some(db.now_ms()), 0) {
             return;
         }
-        let r = self.replicator.clone();
-        let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(position) = r.wal_position() else {
-            return;
-        };
-        let page_size = match WalReader::open(&wal_path(&path)) {
-            Ok(Some(w)) => w.header().page_size,
-            _ => return,
-        };
-        let shipped_frames = (position.offset.saturating_sub(32)) / (24 + u64::from(page_size));
-        let result = open_plain(&path).and_then(|c| {
+        let busy = open_plain(&path).and_then(|c| {
             c.pragma_update(None, "busy_timeout", 0)?;
             c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                row.get::<_, i64>(0)
             })
         });
-        match result {
-            Ok((0, log)) if u64::try_from(log).ok() == Some(shipped_frames) => {
-                r.wal_truncated(position.salt1);
-                drop(r);
+        match busy {
+            Ok(0) => {
+                self.replicator
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .force_snapshot();
                 db.lock().status.checkpoints += 1;
                 crate::metrics::replication_checkpoint(&db.name);
-            }
-            Ok((0, log)) => {
-                // Frames we had not read were folded in and the WAL reset: snapshot next.
-                r.force_snapshot();
-                tracing::info!(database = %db.name, log, shipped_frames, "a commit landed during the checkpoint; writing a new snapshot");
+                tracing::info!(database = %db.name, "wal checkpointed and truncated; the next file is a snapshot");
             }
             Ok(_) => tracing::debug!(database = %db.name, "checkpoint busy; retrying later"),
             Err(e) => {
@@ -955,35 +945,46 @@ fn truncate(conn: &rusqlite::Connection, busy_timeout_ms: u64) -> Result<bool> {
 }
 
 /// A read transaction that keeps the WAL from being restarted while it is open.
+///
+/// SQLite lets a reader that starts while the WAL is fully copied into the database read from the
+/// database alone (read mark 0), and such a reader does not stop a restart. So a new pin is always
+/// taken while the previous one still holds its mark: frames added since keep the WAL from being
+/// fully copied, the new reader gets a mark in the WAL, and only then is the old one let go.
 #[derive(Default)]
-struct Pin(Option<rusqlite::Connection>);
+struct Pin {
+    held: Option<rusqlite::Connection>,
+    /// The previous pin's connection, idle, reused for the next pin.
+    spare: Option<rusqlite::Connection>,
+}
 
 impl Pin {
-    /// Ends any previous read transaction and opens a new one at the WAL's current end.
+    /// Opens a read transaction at the WAL's current end, then ends the previous one.
     fn hold(&mut self, path: &Path) {
-        let begin = |c: &rusqlite::Connection| {
-            c.execute_batch("BEGIN")?;
-            c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+        let next = match self.spare.take() {
+            Some(c) => Ok(c),
+            None => open_plain(path),
         };
-        if let Some(c) = &self.0 {
-            // Reuse the connection: end the old read, start a new one.
-            if c.execute_batch("COMMIT").is_ok() && begin(c).is_ok() {
-                return;
-            }
-        }
-        self.release();
-        let pinned = open_plain(path).and_then(|c| {
-            begin(&c)?;
+        let pinned = next.and_then(|c| {
+            c.execute_batch("BEGIN")?;
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
             Ok(c)
         });
         match pinned {
-            Ok(c) => self.0 = Some(c),
+            Ok(c) => {
+                if let Some(old) = self.held.replace(c)
+                    && old.execute_batch("COMMIT").is_ok()
+                {
+                    self.spare = Some(old);
+                }
+            }
+            // The old pin, if any, stays held.
             Err(e) => tracing::debug!(error = %e, "could not pin the wal"),
         }
     }
 
     fn release(&mut self) {
-        self.0 = None;
+        self.held = None;
+        self.spare = None;
     }
 }
 

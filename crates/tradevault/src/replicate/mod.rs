@@ -119,14 +119,6 @@ impl Replicator {
         self.resume = Resume::Snapshot;
     }
 
-    /// Where in the WAL the last sync stopped, when it read one.
-    pub fn wal_position(&self) -> Option<Position> {
-        match self.resume {
-            Resume::Wal(p) => Some(p),
-            _ => None,
-        }
-    }
-
     /// Tells the replicator that its last sync shipped the whole WAL and that the WAL, whose header
     /// had first salt `salt1`, was then checkpointed and truncated with nothing committed in between:
     /// the next WAL generation (first salt `salt1 + 1`) continues this history.

@@ -45,11 +45,7 @@ fn restored_rows(replica: &Replica, dir: &Path, name: &str) -> Vec<(i64, String)
 fn compaction_snapshots_and_retention_follow_the_clock() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("bot.db");
-    let conn = rusqlite::Connection::open(&db).expect("open");
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, qty TEXT);",
-    )
-    .expect("schema");
+    let conn = crate::fills_db(&db);
     let t0 = jiff::Timestamp::from_second(1_795_000_000).expect("t0");
     let clock = Arc::new(ManualClock::new(t0));
     let at = |ms: i64| t0 + jiff::SignedDuration::from_millis(ms);
@@ -140,4 +136,59 @@ fn compaction_snapshots_and_retention_follow_the_clock() {
     // Before the window there is nothing to restore to, and the restore says so.
     assert!(restore::plan(&replica, Target::Time(at(MINUTE).as_millisecond())).is_err());
     engine.stop();
+}
+
+/// A program that checkpoints its own WAL (SQLite's autocheckpoint, here every 8 pages) never
+/// makes the sidecar lose its place: the engine's read transaction keeps the WAL from restarting,
+/// so the replica is one snapshot and then only level-0 files, and restores the latest state.
+#[test]
+fn a_program_checkpointing_its_own_wal_does_not_force_new_snapshots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = crate::fills_db(&db);
+    conn.execute_batch("PRAGMA wal_autocheckpoint=8")
+        .expect("autocheckpoint");
+    let root = dir.path().join("replica");
+    let replica = Replica::from(FileReplica::new(&root));
+    let engine = Engine::start(
+        vec![DatabaseSpec {
+            name: "bot".into(),
+            source: Source::External(db.clone()),
+            replicas: vec![ReplicaSpec {
+                name: "r".into(),
+                replica: replica.clone(),
+                sync_interval: Duration::ZERO,
+                retention: Retention::default(),
+            }],
+            poll_interval: Duration::from_millis(1),
+            checkpoint_wal_bytes: 16 << 20,
+        }],
+        Arc::new(tradevault::clock::SystemClock) as Arc<dyn Clock>,
+    )
+    .expect("start");
+    eventually("the first snapshot", || engine.status()[0].txid >= 1);
+    for i in 0..3_000i64 {
+        conn.execute(
+            "INSERT INTO fills (id, qty) VALUES (?1, printf('%d.25', ?1))",
+            [i],
+        )
+        .expect("insert");
+    }
+    let written = crate::rows(&db);
+    eventually("the replica to hold every row", || {
+        let s = &engine.status()[0];
+        if s.replicas[0].txid != Some(s.txid) {
+            return false;
+        }
+        let out = dir.path().join(format!("probe-{}.db", s.txid));
+        restore::plan(&replica, Target::Latest)
+            .and_then(|plan| restore::apply(&replica, &plan, &out))
+            .is_ok_and(|_| crate::rows(&out) == written)
+    });
+    engine.stop();
+    assert!(
+        files(&root, 9).is_empty(),
+        "no snapshot after the first: {:?}",
+        files(&root, 9)
+    );
 }

@@ -8,6 +8,16 @@ mod s3;
 mod store;
 mod wal;
 
+/// A new database in WAL mode at `db` with the `fills (id, qty)` table the tests write.
+pub fn fills_db(db: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(db).expect("open");
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, qty TEXT);",
+    )
+    .expect("schema");
+    conn
+}
+
 /// Table contents of a test database's `fills`, for comparing states whatever their page layout.
 pub fn rows(db: &std::path::Path) -> Vec<(i64, String)> {
     let conn = rusqlite::Connection::open(db).expect("open");

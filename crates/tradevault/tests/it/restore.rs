@@ -52,11 +52,7 @@ fn a_replica_litestream_wrote_restores_to_what_litestream_restored() {
 fn our_replica_restores_every_point_exactly_and_refuses_what_it_cannot_reach() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("bot.db");
-    let conn = rusqlite::Connection::open(&db).expect("open");
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, qty TEXT);",
-    )
-    .expect("schema");
+    let conn = crate::fills_db(&db);
     let replica = Replica::from(FileReplica::new(dir.path().join("replica")));
     let mut r = Replicator::new(&db, replica.clone()).expect("replicator");
     let mut states = Vec::new();
@@ -184,11 +180,7 @@ fn random_points_in_time_restore_exactly_what_was_recorded() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("bot.db");
-    let conn = rusqlite::Connection::open(&db).expect("open");
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, qty TEXT);",
-    )
-    .expect("schema");
+    let conn = crate::fills_db(&db);
     let replica = Replica::from(FileReplica::new(dir.path().join("replica")));
     let mut r = Replicator::new(&db, replica.clone()).expect("replicator");
     // (time of the sync, txid, rows) for every point the replica can restore.
@@ -406,11 +398,7 @@ fn a_large_file_decoded_on_several_threads_is_the_database_byte_for_byte() {
 fn a_time_inside_a_compacted_file_is_refused_with_the_nearest_points() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("bot.db");
-    let conn = rusqlite::Connection::open(&db).expect("open");
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, qty TEXT);",
-    )
-    .expect("schema");
+    let conn = crate::fills_db(&db);
     let replica = Replica::from(FileReplica::new(dir.path().join("replica")));
     let mut r = Replicator::new(&db, replica.clone()).expect("replicator");
     let mut states = Vec::new();
