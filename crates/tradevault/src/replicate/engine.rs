@@ -33,6 +33,10 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// The local log's size beyond which its oldest files go even if a replica still needs them (that
 /// replica then catches up from a new snapshot).
 const LOCAL_LOG_BYTES_MAX: u64 = 1 << 30;
+/// How long an external database's checkpoint waits for the program's write lock.
+const WRITE_LOCK_WAIT: Duration = Duration::from_millis(50);
+/// How long after a checkpoint that could not complete the next one is tried.
+const CHECKPOINT_RETRY: Duration = Duration::from_millis(500);
 
 /// Replicates databases until stopped.
 pub struct Engine {
@@ -626,6 +630,7 @@ impl Shipper<'_> {
         let mut quiet_since = db.now_ms();
         let mut seen = None;
         let mut first = true;
+        let mut next_checkpoint = Instant::now();
         loop {
             let stopping = db.stopping();
             let look = file_identity(&wal);
@@ -636,13 +641,8 @@ impl Shipper<'_> {
                 if since < MIN_GAP && !stopping {
                     std::thread::sleep(MIN_GAP - since);
                 }
-                let before = db.now_ms();
-                // Pin the WAL while reading it: with a read transaction open, no other program's
-                // checkpoint can restart the WAL under us.
-                pin.hold(&db.path);
-                if self.ship(Some(quiet_since), 0) {
+                if self.pin_and_ship(&mut pin, &mut quiet_since) {
                     seen = look;
-                    quiet_since = before;
                     first = false;
                 } else {
                     self.backoff();
@@ -650,9 +650,22 @@ impl Shipper<'_> {
             } else {
                 quiet_since = db.now_ms();
             }
-            let wal_bytes = file_len(&wal);
-            if wal_bytes >= options.checkpoint_wal_bytes && !stopping {
-                self.checkpoint_external(&mut pin);
+            // The WAL's live content, not its file: SQLite reuses a restarted WAL from the start
+            // without shrinking it.
+            let wal_bytes = {
+                let r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
+                r.wal_shipped_bytes()
+            }
+            .unwrap_or_else(|| file_len(&wal));
+            if wal_bytes >= options.checkpoint_wal_bytes
+                && !stopping
+                && !first
+                && Instant::now() >= next_checkpoint
+            {
+                if !self.checkpoint_external(&mut pin, &mut quiet_since) {
+                    // Busy (the program's writer or a long reader): let it be for a while.
+                    next_checkpoint = Instant::now() + CHECKPOINT_RETRY;
+                }
                 seen = None;
             }
             if stopping {
@@ -669,6 +682,24 @@ impl Shipper<'_> {
                     .unwrap_or_else(|p| p.into_inner());
             }
         }
+    }
+
+    /// Moves the pin to the WAL's end, then ships what is new. `quiet_since` is a lower bound of
+    /// the time of any commit not yet shipped; it moves to the time before this look on success.
+    fn pin_and_ship(&mut self, pin: &mut Pin, quiet_since: &mut i64) -> bool {
+        let before = self.db.now_ms();
+        // With a read transaction open, no program's checkpoint can fold unshipped frames into
+        // the database or restart the WAL under us.
+        let continuous = pin.hold(&self.db.path);
+        self.replicator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_wal_pinned(continuous);
+        let shipped = self.ship(Some(*quiet_since), 0);
+        if shipped {
+            *quiet_since = before;
+        }
+        shipped
     }
 
     /// Ships what is new to the local log, stamped `first_ms` (a lower bound of the commit times
@@ -826,44 +857,70 @@ impl Shipper<'_> {
         }
     }
 
-    /// For a database another program writes: copy the bulk (PASSIVE), ship the tail, then
-    /// truncate without waiting. The engine cannot pause that program's writer, and once SQLite
-    /// has emptied the WAL it reports 0 frames, so nothing proves that no commit landed between
-    /// the last shipment and the truncation: the next file is a snapshot. Correct, but it costs a
-    /// whole database per checkpoint (see the notes on coordinating with the writer's lock).
-    fn checkpoint_external(&mut self, pin: &mut Pin) {
+    /// For a database another program writes: copy the bulk beside its writer (PASSIVE, up to
+    /// our pin), then in a short exclusive moment (the program's write lock, taken as a writer
+    /// would) ship the tail, copy the rest, and move the pin onto the database alone. Once the
+    /// lock is let go, SQLite starts a new WAL generation at the program's next commit, which
+    /// continues the history (see [`Replicator::set_wal_pinned`]); the WAL is then truncated if
+    /// nothing was committed meanwhile. Returns false if it could not complete (busy).
+    fn checkpoint_external(&mut self, pin: &mut Pin, quiet_since: &mut i64) -> bool {
         let db = self.db;
         let path = db.path.clone();
-        if let Err(e) = open_plain(&path)
-            .and_then(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
-        {
-            tracing::debug!(error = %e, "passive checkpoint failed");
+        if let Err(e) = passive_checkpoint(&path) {
+            tracing::debug!(database = %db.name, error = %e, "passive checkpoint failed");
         }
-        pin.release();
-        if !self.ship(Some(db.now_ms()), 0) {
-            return;
+        let lock = open_plain(&path).and_then(|c| {
+            c.busy_timeout(WRITE_LOCK_WAIT)?;
+            c.execute_batch("BEGIN IMMEDIATE")?;
+            Ok(c)
+        });
+        let lock = match lock {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(database = %db.name, error = %e, "the program's write lock is busy; checkpoint later");
+                return false;
+            }
+        };
+        // Nothing commits until `lock` ends.
+        let started = Instant::now();
+        let mut copied = false;
+        if self.pin_and_ship(pin, quiet_since) {
+            match passive_checkpoint(&path) {
+                Ok((log, done)) if log == done => {
+                    // Every frame is shipped and in the database: a pin taken now reads the
+                    // database alone, and does not stop the restart.
+                    pin.hold(&path);
+                    copied = true;
+                }
+                Ok(_) => tracing::debug!(database = %db.name, "a reader holds back the checkpoint; later"),
+                Err(e) => tracing::debug!(database = %db.name, error = %e, "checkpoint failed"),
+            }
         }
-        let busy = open_plain(&path).and_then(|c| {
+        if let Err(e) = lock.execute_batch("ROLLBACK") {
+            tracing::warn!(database = %db.name, error = %e, "could not let go of the write lock");
+        }
+        drop(lock);
+        let held = started.elapsed();
+        if !copied {
+            return false;
+        }
+        // Shrink the file if the WAL is still all copied. Frames committed since cannot be copied
+        // while the pin reads the database alone, so then this does nothing.
+        let truncated = open_plain(&path).and_then(|c| {
             c.pragma_update(None, "busy_timeout", 0)?;
             c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
                 row.get::<_, i64>(0)
             })
         });
-        match busy {
-            Ok(0) => {
-                self.replicator
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .force_snapshot();
-                db.lock().status.checkpoints += 1;
-                crate::metrics::replication_checkpoint(&db.name);
-                tracing::info!(database = %db.name, "wal checkpointed and truncated; the next file is a snapshot");
-            }
-            Ok(_) => tracing::debug!(database = %db.name, "checkpoint busy; retrying later"),
-            Err(e) => {
-                tracing::debug!(database = %db.name, error = %e, "truncating checkpoint failed")
-            }
-        }
+        db.lock().status.checkpoints += 1;
+        crate::metrics::replication_checkpoint(&db.name);
+        tracing::debug!(
+            database = %db.name,
+            lock_held_us = held.as_micros() as u64,
+            truncated = matches!(truncated, Ok(0)),
+            "wal shipped and checkpointed"
+        );
+        true
     }
 
     /// Status file, metrics and pruning of the local log, once per second.
@@ -944,12 +1001,14 @@ fn truncate(conn: &rusqlite::Connection, busy_timeout_ms: u64) -> Result<bool> {
     Ok(done.map_err(sql)? == 0)
 }
 
-/// A read transaction that keeps the WAL from being restarted while it is open.
+/// A read transaction that keeps SQLite from copying unshipped frames into the database, or
+/// starting a new WAL generation, while it is open.
 ///
-/// SQLite lets a reader that starts while the WAL is fully copied into the database read from the
-/// database alone (read mark 0), and such a reader does not stop a restart. So a new pin is always
-/// taken while the previous one still holds its mark: frames added since keep the WAL from being
-/// fully copied, the new reader gets a mark in the WAL, and only then is the old one let go.
+/// A reader with a mark in the WAL (frames 1 to N) stops a checkpoint at its mark and stops any
+/// restart; a reader that started while the WAL was fully copied reads from the database alone
+/// (read mark 0), and stops any further copying, though not a restart of the already copied WAL.
+/// Either way no frame is folded into the database before it is shipped. Each new pin is taken
+/// while the previous one is still held, so the protection never lapses.
 #[derive(Default)]
 struct Pin {
     held: Option<rusqlite::Connection>,
@@ -958,8 +1017,10 @@ struct Pin {
 }
 
 impl Pin {
-    /// Opens a read transaction at the WAL's current end, then ends the previous one.
-    fn hold(&mut self, path: &Path) {
+    /// Opens a read transaction at the WAL's current end, then ends the previous one. Returns
+    /// whether a pin was held without a break since the previous call.
+    fn hold(&mut self, path: &Path) -> bool {
+        let continuous = self.held.is_some();
         let next = match self.spare.take() {
             Some(c) => Ok(c),
             None => open_plain(path),
@@ -980,12 +1041,15 @@ impl Pin {
             // The old pin, if any, stays held.
             Err(e) => tracing::debug!(error = %e, "could not pin the wal"),
         }
+        continuous
     }
+}
 
-    fn release(&mut self) {
-        self.held = None;
-        self.spare = None;
-    }
+/// `PRAGMA wal_checkpoint(PASSIVE)` on a fresh connection: (frames in the WAL, frames copied).
+fn passive_checkpoint(path: &Path) -> rusqlite::Result<(i64, i64)> {
+    open_plain(path)?.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((row.get(1)?, row.get(2)?))
+    })
 }
 
 /// A connection that never checkpoints on close (the engine decides when the WAL is folded in).

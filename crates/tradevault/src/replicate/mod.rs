@@ -74,6 +74,9 @@ pub struct Replicator {
     resume: Resume,
     /// The newest file's timestamp: later files never claim an earlier time.
     last_ts: i64,
+    /// The engine has held a read transaction on the database since the last sync read the WAL
+    /// (see [`Replicator::set_wal_pinned`]).
+    wal_pinned: bool,
 }
 
 impl Replicator {
@@ -92,6 +95,7 @@ impl Replicator {
             txid,
             resume: Resume::Snapshot,
             last_ts,
+            wal_pinned: false,
         })
     }
 
@@ -126,6 +130,26 @@ impl Replicator {
         self.resume = Resume::FreshWal(salt1.wrapping_add(1));
     }
 
+    /// Tells the replicator whether a read transaction on the database has been open without a
+    /// break since its last sync read the WAL (one taken before that read, and each later one taken
+    /// before the previous one ended). While one is, SQLite can neither copy a frame past its mark
+    /// into the database (that needs the exclusive read lock 0, and a reader on the database alone
+    /// holds it shared) nor start a new WAL generation (that needs the exclusive read locks 1 to
+    /// N, and a reader in the WAL holds one). So a new generation seen now began after every frame
+    /// of the old one was shipped, and continues the history: no snapshot is needed.
+    pub fn set_wal_pinned(&mut self, pinned: bool) {
+        self.wal_pinned = pinned;
+    }
+
+    /// Bytes of the current WAL generation already shipped (the offset after its last shipped
+    /// frame), if the replicator is reading a WAL.
+    pub fn wal_shipped_bytes(&self) -> Option<u64> {
+        match self.resume {
+            Resume::Wal(position) => Some(position.offset),
+            _ => None,
+        }
+    }
+
     /// Ships whatever was committed since the last sync, stamping the file with `now_ms`.
     pub fn sync(&mut self, now_ms: i64) -> Result<Synced> {
         self.sync_with(&|| now_ms)
@@ -143,6 +167,14 @@ impl Replicator {
         match self.resume {
             Resume::Wal(position) => match WalReader::resume(&wal, position)? {
                 Some(reader) => return self.ship_transactions(reader, now),
+                None if self.wal_pinned => match WalReader::open(&wal)? {
+                    // Truncated, and nothing written since: keep the place.
+                    None => return Ok(Synced::Nothing),
+                    Some(reader) => {
+                        tracing::debug!(db = %self.db.display(), salt1 = reader.header().salt1, "a new wal generation continues the history");
+                        return self.ship_transactions(reader, now);
+                    }
+                },
                 None => {
                     tracing::warn!(db = %self.db.display(), "the wal was reset by another program; writing a new snapshot")
                 }

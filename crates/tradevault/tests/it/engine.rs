@@ -192,3 +192,79 @@ fn a_program_checkpointing_its_own_wal_does_not_force_new_snapshots() {
         files(&root, 9)
     );
 }
+
+/// The engine checkpoints a program's WAL itself (the program never does: autocheckpoint off),
+/// taking the program's write lock only for the tail: the WAL is folded in and truncated again and
+/// again, and every new WAL generation continues the history, so the replica is one snapshot and
+/// then only level-0 files in an unbroken chain, and restores exactly what the program wrote.
+#[test]
+fn the_engine_checkpoints_a_programs_wal_without_new_snapshots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = crate::fills_db(&db);
+    conn.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA busy_timeout=5000")
+        .expect("autocheckpoint off");
+    let root = dir.path().join("replica");
+    let replica = Replica::from(FileReplica::new(&root));
+    let engine = Engine::start(
+        vec![DatabaseSpec {
+            name: "bot".into(),
+            source: Source::External(db.clone()),
+            replicas: vec![ReplicaSpec {
+                name: "r".into(),
+                replica: replica.clone(),
+                sync_interval: Duration::ZERO,
+                retention: Retention::default(),
+            }],
+            poll_interval: Duration::from_millis(1),
+            checkpoint_wal_bytes: 32 << 10,
+        }],
+        Arc::new(tradevault::clock::SystemClock) as Arc<dyn Clock>,
+    )
+    .expect("start");
+    eventually("the first snapshot", || engine.status()[0].txid >= 1);
+    for i in 0..3_000i64 {
+        conn.execute(
+            "INSERT INTO fills (id, qty) VALUES (?1, printf('%d.25', ?1))",
+            [i],
+        )
+        .expect("insert");
+    }
+    let written = crate::rows(&db);
+    let wal = dir.path().join("bot.db-wal");
+    eventually("the wal checkpointed and the replica holding every row", || {
+        let s = &engine.status()[0];
+        if s.checkpoints == 0
+            || s.replicas[0].txid != Some(s.txid)
+            || std::fs::metadata(&wal).map_or(0, |m| m.len()) >= 32 << 10
+        {
+            return false;
+        }
+        let out = dir.path().join(format!("probe-{}.db", s.txid));
+        restore::plan(&replica, Target::Latest)
+            .and_then(|plan| restore::apply(&replica, &plan, &out))
+            .is_ok_and(|_| crate::rows(&out) == written)
+    });
+    let checkpoints = engine.status()[0].checkpoints;
+    engine.stop();
+    assert!(checkpoints >= 2, "{checkpoints} checkpoints");
+    assert!(
+        files(&root, 9).is_empty(),
+        "no snapshot after the first: {:?}",
+        files(&root, 9)
+    );
+    // One chain from TXID 1: each file starts right after the previous one.
+    let mut next = 1;
+    for name in files(&root, 0) {
+        let (min, max) = name
+            .trim_end_matches(".ltx")
+            .split_once('-')
+            .expect("min-max");
+        let (min, max) = (
+            u64::from_str_radix(min, 16).expect("hex"),
+            u64::from_str_radix(max, 16).expect("hex"),
+        );
+        assert_eq!(min, next, "gap before {name}");
+        next = max + 1;
+    }
+}
