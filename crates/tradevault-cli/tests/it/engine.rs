@@ -288,6 +288,112 @@ fn a_replica_that_was_down_catches_up_with_no_gap() {
     }
 }
 
+/// A small tmpfs, mounted for one test and lazily unmounted after it.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a tmpfs (this test needs root, as CI has)");
+        Tmpfs(at.to_owned())
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "resizing the tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A replica whose disk fills up: the sidecar keeps shipping to the other replica, reports "no
+/// space" for the full one and leaves no half-written file there; once space is freed, the full
+/// replica catches up with no gap and restores every row.
+#[test]
+fn a_replica_on_a_full_disk_catches_up_once_space_is_freed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, body TEXT);",
+    )
+    .expect("schema");
+    let good = format!("file://{}", dir.path().join("good").display());
+    let disk = Tmpfs::mount(&dir.path().join("small"), "256k");
+    let full_root = disk.0.join("replica");
+    let full = format!("file://{}", full_root.display());
+    let mut child = sidecar(&db, &[good.clone(), full.clone()]);
+    let insert = |i: i64| {
+        // Random bytes, so that compression does not save the disk.
+        conn.execute(
+            "INSERT INTO fills (id, body) VALUES (?1, hex(randomblob(2000)))",
+            [i],
+        )
+        .expect("insert");
+    };
+    let mut i = 0;
+    eventually("the small disk to fill up", Duration::from_secs(40), || {
+        i += 1;
+        insert(i);
+        let s = status_of(&db);
+        s["replicas"][1]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("space"))
+    });
+    // The other replica is not held up.
+    for _ in 0..20 {
+        i += 1;
+        insert(i);
+    }
+    eventually("the good replica to hold everything", Duration::from_secs(20), || {
+        let s = status_of(&db);
+        s["replicas"][0]["txid"] == s["txid"] && s["replicas"][1]["txid"] != s["txid"]
+    });
+    let leftovers: Vec<_> = walk(&full_root)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "half-written files: {leftovers:?}");
+    disk.resize("64m");
+    eventually("the full replica to catch up", Duration::from_secs(40), || {
+        let s = status_of(&db);
+        s["replicas"][1]["txid"] == s["txid"] && s["replicas"][0]["txid"] == s["txid"]
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let expected = table_rows(&conn);
+    for (name, url) in [("good", &good), ("full", &full)] {
+        let restored = restore(url, &dir.path().join(format!("restored-{name}")));
+        assert_eq!(table_rows(&restored), expected, "{name} holds every row");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 const PY_WRITER: &str = r#"
 import sqlite3, sys, random
 db = sqlite3.connect(sys.argv[1], isolation_level=None)

@@ -60,16 +60,23 @@ impl FileReplica {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = path.with_extension(format!("ltx.{}.{n}.tmp", std::process::id()));
-        let mut f = File::create(&tmp).map_err(|e| Error::io("create replica file", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io("write replica file", &tmp, e))?;
-        let created =
-            UNIX_EPOCH + Duration::from_millis(u64::try_from(header.timestamp_ms).unwrap_or(0));
-        f.set_times(FileTimes::new().set_modified(created).set_accessed(created))
-            .map_err(|e| Error::io("set replica file time", &tmp, e))?;
-        f.sync_all()
-            .map_err(|e| Error::io("fsync replica file", &tmp, e))?;
-        drop(f);
+        let written = File::create(&tmp)
+            .map_err(|e| Error::io("create replica file", &tmp, e))
+            .and_then(|mut f| {
+                f.write_all(bytes)
+                    .map_err(|e| Error::io("write replica file", &tmp, e))?;
+                let created = UNIX_EPOCH
+                    + Duration::from_millis(u64::try_from(header.timestamp_ms).unwrap_or(0));
+                f.set_times(FileTimes::new().set_modified(created).set_accessed(created))
+                    .map_err(|e| Error::io("set replica file time", &tmp, e))?;
+                f.sync_all()
+                    .map_err(|e| Error::io("fsync replica file", &tmp, e))
+            });
+        if let Err(e) = written {
+            // A full disk must not fill up further with half-written files.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         fs::rename(&tmp, &path).map_err(|e| Error::io("rename replica file", &path, e))?;
         File::open(&dir)
             .and_then(|d| d.sync_all())
