@@ -538,7 +538,7 @@ fn run_shipper(db: &Db, source: Source, replicator: Replicator, options: &Shippe
             store,
             link,
             busy_timeout_ms,
-        } => shipper.run_store(&store, &link, busy_timeout_ms, options),
+        } => shipper.run_store(&store, link, busy_timeout_ms, options),
         Source::External(_) => shipper.run_external(options),
     }
     shipper.housekeeping();
@@ -559,16 +559,28 @@ impl Shipper<'_> {
     fn run_store(
         &mut self,
         store: &Store,
-        link: &StoreLink,
+        link: Arc<StoreLink>,
         busy_timeout_ms: u64,
         options: &ShipperOptions,
     ) {
         let db = self.db;
         let sync_mode = link.sync.is_some();
-        // Start with a snapshot taken in an exclusive moment and a truncated WAL. After a crash the
-        // WAL index may say the WAL was fully checkpointed, and SQLite would then restart it at the
-        // first commit, leaving a position taken outside such a moment stale.
-        self.checkpoint_store(store, link, busy_timeout_ms, true);
+        // Start with a snapshot taken beside the writer (a large database takes seconds to read),
+        // under a pin held until the exclusive moment that ships the tail and truncates the WAL.
+        // After a crash the WAL index may say the WAL was fully copied, and SQLite would then
+        // start a new generation at the first commit: the unbroken pin makes that generation a
+        // continuation (see `Replicator::set_wal_pinned`).
+        let mut pin = Pin::default();
+        pin.hold(&db.path);
+        self.replicator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .force_snapshot();
+        let seq = link.lock().seq;
+        if !self.ship(None, seq) {
+            self.backoff();
+        }
+        self.checkpoint_store(store, &link, busy_timeout_ms, Some(pin));
         loop {
             let (seq, first) = {
                 let mut l = link.lock();
@@ -611,7 +623,7 @@ impl Shipper<'_> {
             }
             let wal_bytes = file_len(&wal_path(&db.path));
             if wal_bytes >= options.checkpoint_wal_bytes && !stopping {
-                self.checkpoint_store(store, link, busy_timeout_ms, false);
+                self.checkpoint_store(store, &link, busy_timeout_ms, None);
             }
             if stopping {
                 return;
@@ -777,13 +789,13 @@ impl Shipper<'_> {
     }
 
     /// Ships the WAL's tail and truncates it in an exclusive moment of the store's writer, after
-    /// copying the bulk beside it. `startup` forces a snapshot first.
+    /// copying the bulk beside it. `startup_pin`: the pin held since the startup snapshot was read.
     fn checkpoint_store(
         &mut self,
         store: &Store,
-        link: &StoreLink,
+        link: &Arc<StoreLink>,
         busy_timeout_ms: u64,
-        startup: bool,
+        startup_pin: Option<Pin>,
     ) {
         let db = self.db;
         // A store that refuses writes after a failed write or fsync may be damaged: never fold
@@ -796,29 +808,32 @@ impl Shipper<'_> {
         // The bulk of the copy happens beside the writer. A read transaction pins the WAL first:
         // SQLite restarts a fully copied WAL at the next commit, and it must not do that before
         // the tail is shipped; it cannot while a reader holds a mark.
-        let mut pin = Pin::default();
-        if !startup {
-            pin.hold(&path);
-            if let Err(e) = open_plain(&path)
-                .and_then(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
-            {
-                tracing::warn!(error = %e, "passive checkpoint failed");
+        // At startup the pin taken before the snapshot stays as it is: moving it, or copying
+        // frames, before the tail is shipped would fold unshipped commits into the database.
+        let pinned_since_sync = startup_pin.is_some();
+        let pin = match startup_pin {
+            Some(pin) => pin,
+            None => {
+                let mut pin = Pin::default();
+                pin.hold(&path);
+                if let Err(e) = passive_checkpoint(&path) {
+                    tracing::warn!(error = %e, "passive checkpoint failed");
+                }
+                pin
             }
-        }
+        };
         let replicator = self.replicator.clone();
         let wal = wal_path(&path);
         let name = db.name.clone();
-        let (seq, first) = {
-            let mut l = link.lock();
-            (l.seq, l.first_unshipped_ms.take())
-        };
+        let first = link.lock().first_unshipped_ms.take();
         let stamp = first.unwrap_or_else(|| db.now_ms());
+        let link_inside = link.clone();
         let result = store.exclusive_blocking(move |conn| {
+            // Nothing commits while this runs: every commit up to `seq` is in the WAL.
+            let seq = link_inside.lock().seq;
             let mut r = replicator.lock().unwrap_or_else(|p| p.into_inner());
-            if startup {
-                r.force_snapshot();
-            }
-            // Nothing commits while this runs: ship the tail, then truncate.
+            r.set_wal_pinned(pinned_since_sync);
+            // Ship the tail, then truncate.
             let synced = r.sync_with(&|| stamp)?;
             drop(pin);
             let salt1 = WalReader::open(&wal)?.map(|w| w.header().salt1);
@@ -826,14 +841,17 @@ impl Shipper<'_> {
             if done && let Some(salt1) = salt1 {
                 r.wal_truncated(salt1);
             }
-            Ok((synced, r.txid(), r.last_ts(), done))
+            Ok((synced, r.txid(), r.last_ts(), done, seq))
         });
         match result {
-            Ok((synced, txid, ts, done)) => {
+            Ok((synced, txid, ts, done, seq)) => {
                 let mut st = db.lock();
                 if synced != Synced::Nothing {
                     st.status.txid = txid;
                     st.status.txid_time_ms = Some(ts);
+                }
+                // Files up to `txid` hold every commit up to `seq`, shipped now or before.
+                if txid > 0 && st.shipped.back().is_none_or(|&(_, s)| s < seq) {
                     st.shipped.push_back((txid, seq));
                 }
                 if done {

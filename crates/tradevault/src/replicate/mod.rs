@@ -136,7 +136,8 @@ impl Replicator {
     /// into the database (that needs the exclusive read lock 0, and a reader on the database alone
     /// holds it shared) nor start a new WAL generation (that needs the exclusive read locks 1 to
     /// N, and a reader in the WAL holds one). So a new generation seen now began after every frame
-    /// of the old one was shipped, and continues the history: no snapshot is needed.
+    /// of the old one was shipped, and continues the history: no snapshot is needed. It holds for
+    /// the next sync only.
     pub fn set_wal_pinned(&mut self, pinned: bool) {
         self.wal_pinned = pinned;
     }
@@ -159,7 +160,9 @@ impl Replicator {
     /// never go backwards from one file to the next.
     pub fn sync_with(&mut self, now: &dyn Fn() -> i64) -> Result<Synced> {
         let floor = self.last_ts;
-        self.sync_inner(&|| now().max(floor))
+        let result = self.sync_inner(&|| now().max(floor));
+        self.wal_pinned = false;
+        result
     }
 
     fn sync_inner(&mut self, now: &dyn Fn() -> i64) -> Result<Synced> {
