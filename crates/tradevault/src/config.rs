@@ -33,6 +33,49 @@ pub struct Config {
     pub replication: ReplicationConfig,
     /// Other SQLite databases to replicate (`[[database]]`, each with `[[database.replica]]`).
     pub database: Vec<DatabaseConfig>,
+    /// The schedules of `serve`'s jobs (`[jobs]`).
+    pub jobs: JobsConfig,
+}
+
+/// `[jobs]`: cron expressions (UTC; 5 fields, or 6 with seconds first) for the jobs `serve` runs;
+/// an empty string turns a job off. A job also needs what it works on (backups need a target).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Backups of the store and every configured database (hourly).
+    pub backup: String,
+    /// Pruning of backups by each target's retention (daily).
+    pub prune: String,
+    /// Verification of backups (daily).
+    pub verify: String,
+    /// Restore drills (weekly).
+    pub drill: String,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            backup: "0 * * * *".into(),
+            prune: "15 3 * * *".into(),
+            verify: "30 3 * * *".into(),
+            drill: "0 4 * * 0".into(),
+        }
+    }
+}
+
+impl JobsConfig {
+    /// (name, schedule) of each job that is on.
+    pub fn schedules(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("backup", self.backup.as_str()),
+            ("prune", self.prune.as_str()),
+            ("verify", self.verify.as_str()),
+            ("drill", self.drill.as_str()),
+        ]
+        .into_iter()
+        .filter(|(_, s)| !s.trim().is_empty())
+        .collect()
+    }
 }
 
 /// `[replication]`: how the store is replicated, and its replicas.
@@ -419,6 +462,9 @@ impl Config {
                 "replication.sync_timeout_ms",
                 "must be between 1 and 600000".into(),
             ));
+        }
+        for (name, schedule) in self.jobs.schedules() {
+            crate::jobs::parse_schedule(schedule).map_err(|m| bad(&format!("jobs.{name}"), m))?;
         }
         let mut names = std::collections::HashSet::new();
         for (i, db) in self.database.iter().enumerate() {

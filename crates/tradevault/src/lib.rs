@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod exact;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod replica;
 pub mod replicate;

@@ -47,6 +47,12 @@ pub const REPLICATION_CHECKPOINTS_TOTAL: &str = "tradevault_replication_checkpoi
 pub const REPLICATION_WAL_BYTES: &str = "tradevault_replication_wal_bytes";
 /// 1 while the writer refuses writes after a failed write or fsync, else 0.
 pub const STORE_WRITER_POISONED: &str = "tradevault_store_writer_poisoned";
+/// Runs of scheduled jobs, by job and status (`ok`, `failed`).
+pub const JOB_RUNS_TOTAL: &str = "tradevault_job_runs_total";
+/// How long job runs took, by job.
+pub const JOB_DURATION_SECONDS: &str = "tradevault_job_duration_seconds";
+/// When each job last ended well (seconds since the epoch), by job.
+pub const JOB_LAST_SUCCESS_TIMESTAMP: &str = "tradevault_job_last_success_timestamp_seconds";
 /// Always 1; labelled with the `version` running.
 pub const BUILD_INFO: &str = "tradevault_build_info";
 
@@ -140,4 +146,15 @@ pub(crate) fn replication_checkpoint(database: &str) {
 
 pub(crate) fn replication_wal_bytes(database: &str, bytes: u64) {
     gauge!(REPLICATION_WAL_BYTES, "database" => database.to_owned()).set(bytes as f64);
+}
+
+pub(crate) fn job_run(job: &str, status: &'static str, seconds: f64) {
+    counter!(JOB_RUNS_TOTAL, "job" => job.to_owned(), "status" => status).increment(1);
+    histogram!(JOB_DURATION_SECONDS, "job" => job.to_owned()).record(seconds);
+    if status == "ok" {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        gauge!(JOB_LAST_SUCCESS_TIMESTAMP, "job" => job.to_owned()).set(now);
+    }
 }

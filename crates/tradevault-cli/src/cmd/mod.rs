@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod init;
+pub mod jobs;
 pub mod replicate;
 pub mod restore;
 pub mod serve;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tradevault::clock::SystemClock;
 use tradevault::config::ReplicaConfig;
+use tradevault::jobs::Scheduler;
 use tradevault::replicate::{DatabaseSpec, Engine, ReplicaSpec, Source, StoreLink};
 use tradevault::store::Hooks;
 use tradevault::store::writer::CheckpointOwner;
@@ -124,13 +125,29 @@ pub fn run(
                 },
             );
         }
+        let clock_for_jobs = clock.clone();
         let engine = if databases.is_empty() {
             None
         } else {
             Some(Engine::start(databases, clock)?)
         };
-        let served =
-            tradevault::http::serve(&config, store.clone(), listener, shutdown_signal()).await;
+        let jobs = Scheduler::new(store.clone(), clock_for_jobs, super::jobs::specs(&config))
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
+        let (stop_jobs, jobs_stopped) = tokio::sync::oneshot::channel::<()>();
+        let scheduler = tokio::spawn(jobs.clone().run(async move {
+            let _ = jobs_stopped.await;
+        }));
+        let served = tradevault::http::serve(
+            &config,
+            store.clone(),
+            Some(jobs),
+            listener,
+            shutdown_signal(),
+        )
+        .await;
+        let _ = stop_jobs.send(());
+        let _ = scheduler.await;
         if let Some(engine) = engine {
             // Ships what was committed last, before the store closes.
             tokio::task::spawn_blocking(move || engine.stop())

@@ -1,6 +1,7 @@
 //! `tradevault status`: replication of the store and of every `[[database]]`, as the running
 //! `serve` or `replicate` last reported it (each writes `status.json` in the database's local log
-//! every second): position, lag, last error, bytes, files, restorable window per replica.
+//! every second): position, lag, last error, bytes, files, restorable window per replica; and the
+//! latest runs of `serve`'s scheduled jobs, from the store's `job_runs` table.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,8 +39,9 @@ pub fn run(
         let found = status::read(&status::local_log_dir(&path))?;
         report.push((name, path, found));
     }
+    let job_runs = recent_job_runs(&config.database_path());
     if args.json {
-        let items: Vec<_> = report
+        let mut items: Vec<_> = report
             .iter()
             .map(|(name, path, s)| match s {
                 None => {
@@ -52,6 +54,10 @@ pub fn run(
                 }),
             })
             .collect();
+        // The store's entry carries the job history (the jobs run in its server).
+        if let Some(store) = items.first_mut().and_then(|v| v.as_object_mut()) {
+            store.insert("job_runs".into(), json!(job_runs));
+        }
         super::print_json(&items)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -64,7 +70,32 @@ pub fn run(
             Some(s) => print_database(name, s, now),
         }
     }
+    if job_runs.is_empty() {
+        println!("jobs: no runs recorded");
+    } else {
+        let mut t = super::table(&["job", "run", "trigger", "due", "started", "took", "status", "detail"]);
+        for r in &job_runs {
+            t.add_row(vec![
+                r.job.clone(),
+                r.id.to_string(),
+                r.trigger.clone(),
+                r.scheduled_for.clone(),
+                r.started_at.clone(),
+                r.duration_ms.map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+                r.status.clone(),
+                if r.detail.is_null() { String::new() } else { r.detail.to_string() },
+            ]);
+        }
+        println!("jobs (latest runs):\n{t}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The latest 20 job runs recorded in the store; none if there is no store yet.
+fn recent_job_runs(store: &Path) -> Vec<tradevault::jobs::JobRun> {
+    tradevault::store::open_read_only(store)
+        .and_then(|conn| tradevault::jobs::history(&conn, None, 20))
+        .unwrap_or_default()
 }
 
 fn print_database(name: &str, s: &DatabaseStatus, now: i64) {

@@ -351,6 +351,34 @@ pub(super) async fn stats(State(s): State<AppState>, q: Q) -> Answer {
     Ok(Json(stats).into_response())
 }
 
+pub(super) async fn list_jobs(State(s): State<AppState>) -> Answer {
+    let jobs = match &s.jobs {
+        Some(jobs) => jobs.jobs().await?,
+        None => Vec::new(),
+    };
+    let runs = s
+        .store
+        .read(|c| crate::jobs::history(c, None, 50))
+        .await?;
+    Ok(Json(json!({ "jobs": jobs, "runs": runs })).into_response())
+}
+
+pub(super) async fn run_job(State(s): State<AppState>, name: P) -> Answer {
+    let name = path_of(name)?;
+    let Some(jobs) = &s.jobs else {
+        return Err(Error::NotFound {
+            what: format!("job {name:?}"),
+        }
+        .into());
+    };
+    let id = jobs.trigger(&name).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "job": name, "run_id": id, "status": "running" })),
+    )
+        .into_response())
+}
+
 pub(super) async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,

@@ -39,6 +39,8 @@ pub struct AppState {
     pub page_limit_max: u64,
     /// Renders `/metrics`; `None` if another recorder owns the process.
     pub metrics: Option<PrometheusHandle>,
+    /// The scheduled jobs, if any.
+    pub jobs: Option<Arc<crate::jobs::Scheduler>>,
 }
 
 /// The request body a route takes.
@@ -291,6 +293,24 @@ pub fn routes() -> Vec<Route> {
         ),
         r(
             "GET",
+            "/v1/jobs",
+            "Scheduled jobs (schedule, next run, last run) and the latest 50 runs.",
+            None,
+            &[],
+            200,
+            |m| m.get(h::list_jobs),
+        ),
+        r(
+            "POST",
+            "/v1/jobs/{name}/run",
+            "Run a job now (409 if it is running); answers 202 with the run's id.",
+            None,
+            &[],
+            202,
+            |m| m.post(h::run_job),
+        ),
+        r(
+            "GET",
             "/v1/stats",
             "Row counts, file sizes, pages, integrity and schema version.",
             None,
@@ -357,6 +377,7 @@ async fn observe(State(timeout): State<Duration>, req: Request, next: Next) -> R
 pub async fn serve(
     config: &Config,
     store: Arc<Store>,
+    jobs: Option<Arc<crate::jobs::Scheduler>>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
@@ -369,6 +390,7 @@ pub async fn serve(
         page_limit_default: config.api.page_limit_default,
         page_limit_max: config.api.page_limit_max,
         metrics: crate::metrics::install(),
+        jobs,
     };
     let app = router(
         state,

@@ -127,6 +127,19 @@ CREATE TABLE bot_status (
     updated_at   TEXT NOT NULL,
     PRIMARY KEY (key, test_mode)
 ) WITHOUT ROWID;
+"#, r#"
+CREATE TABLE job_runs (
+    id             INTEGER PRIMARY KEY,
+    job            TEXT NOT NULL,
+    trigger        TEXT NOT NULL CHECK (trigger IN ('schedule', 'catch_up', 'manual')),
+    scheduled_for  TEXT NOT NULL,
+    started_at     TEXT NOT NULL,
+    finished_at    TEXT,
+    status         TEXT NOT NULL CHECK (status IN ('running', 'ok', 'failed', 'skipped')),
+    duration_ms    INTEGER,
+    detail         TEXT
+);
+CREATE INDEX job_runs_job ON job_runs (job, id);
 "#];
 
 /// The schema version this build creates and understands.

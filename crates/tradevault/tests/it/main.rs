@@ -1,6 +1,7 @@
 //! Component tests of the library: a real SQLite store in a temp dir, no HTTP.
 
 mod engine;
+mod jobs;
 mod litestream;
 mod replicate;
 mod restore;
