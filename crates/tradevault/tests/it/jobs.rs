@@ -102,15 +102,14 @@ async fn a_job_never_runs_twice_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = Arc::new(ManualClock::new(at("2026-11-02T10:30:00Z")));
     let store = open(dir.path(), clock.clone());
-    // The job holds until the test lets it go.
-    let gate = Arc::new(Mutex::new(()));
-    let held = gate.lock().expect("lock");
-    let inside = gate.clone();
+    // The job holds until the test lets it go (drops the sender).
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let wait = Arc::new(Mutex::new(wait));
     let slow = JobSpec {
         name: "drill".into(),
         schedule: "0 * * * *".into(),
         run: Arc::new(move || {
-            let _g = inside.lock().expect("lock");
+            let _ = wait.lock().expect("lock").recv();
             Ok(json!({}))
         }),
     };
@@ -128,7 +127,7 @@ async fn a_job_never_runs_twice_at_once() {
     assert!(scheduler.tick().await.is_empty(), "not started while running");
     let manual = scheduler.trigger("drill").await;
     assert!(manual.is_err(), "a manual run is refused while running");
-    drop(held);
+    drop(release);
     finish(first).await;
     let history = runs(&store).await;
     // (The first run records itself from its own task, so the rows may be in either order.)
@@ -167,7 +166,10 @@ async fn missed_runs_run_once_at_start_and_interrupted_runs_are_marked_failed() 
             .await
             .expect("insert");
         drop(scheduler);
-        Arc::try_unwrap(store).ok().expect("one owner").close();
+        match Arc::try_unwrap(store) {
+            Ok(store) => store.close(),
+            Err(_) => panic!("the store has one owner"),
+        }
     }
     // Down from 11:00 to 15:30: four due times missed, one run.
     clock.set(at("2026-11-02T15:30:00Z"));
