@@ -85,3 +85,46 @@ pub fn human_bytes(n: u64) -> String {
 pub fn replica_of(url: &str) -> anyhow::Result<tradevault::replica::Replica> {
     tradevault::replica::Replica::parse(url).map_err(|e| UsageError(e.to_string()).into())
 }
+
+/// Where a running `serve` records its pid and address: `<data_dir>/serve.json`.
+pub fn serve_info_path(config: &Config) -> PathBuf {
+    config.store.data_dir.join("serve.json")
+}
+
+/// The address of the running `serve` of this data directory, from `serve.json`.
+pub fn serve_address(config: &Config) -> Option<std::net::SocketAddr> {
+    let bytes = std::fs::read(serve_info_path(config)).ok()?;
+    let info: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    info["listen"].as_str()?.parse().ok()
+}
+
+/// The other processes that have `db` (or its `-wal`) open, as "pid N (command)" (Linux `/proc`).
+pub fn open_by_others(db: &Path) -> Vec<String> {
+    let Ok(target) = std::fs::canonicalize(db) else {
+        return Vec::new();
+    };
+    let wal = tradevault::store::wal_path(&target);
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let uses = fds
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|l| l == target || l == wal);
+        if uses {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            found.push(format!("pid {pid} ({})", comm.trim()));
+        }
+    }
+    found
+}

@@ -1,6 +1,9 @@
-//! `tradevault restore --replica URL --output PATH [--txid N | --timestamp T]`: rebuilds a
-//! database from a replica (ours or Litestream 0.5's), verified and integrity-checked, into a new
-//! file. A progress bar on a terminal; `--json` prints the result on stdout.
+//! `tradevault restore [--db NAME] [--replica URL] [--latest | --txid N | --timestamp T]
+//! [--output PATH | --in-place]`: rebuilds a database from a replica (ours or Litestream 0.5's),
+//! verified and integrity-checked, into a new file, or in place of the live database: staged and
+//! checked first, then put in by `restore::inplace` (safety copy, one-transaction swap, check,
+//! automatic rollback) — by the running server if it has the store open. A progress bar on a
+//! terminal; `--json` prints the result on stdout.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -10,20 +13,31 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tradevault::restore::{self, Check, Plan, Progress, Restored, Stage, Target};
+use tradevault::restore::{self, Check, Plan, Progress, Restored, Stage, Target, inplace};
 
 use crate::UsageError;
 
 /// Arguments of `restore`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The database: `store` (default; the one in --data-dir), a configured [[database]] name,
+    /// or a SQLite file's path. Its replicas in the config are the sources unless --replica is given.
+    #[arg(long, value_name = "NAME")]
+    db: Option<String>,
     /// The replica to restore from: file:///absolute/path, or s3://bucket/path with optional
     /// ?endpoint=http://host:port&region=R&force-path-style=true (credentials in AWS_* variables).
     #[arg(long, value_name = "URL")]
-    replica: String,
+    replica: Option<String>,
     /// Where to write the database; must not exist.
-    #[arg(long, value_name = "PATH")]
-    output: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "in_place")]
+    output: Option<PathBuf>,
+    /// Replace the database itself: stage and check the restored copy, take a safety copy, swap
+    /// in one transaction, check, and roll back automatically if anything fails.
+    #[arg(long, conflicts_with = "output")]
+    in_place: bool,
+    /// Restore the newest state (the default).
+    #[arg(long, conflicts_with_all = ["timestamp", "txid"])]
+    latest: bool,
     /// Restore the state at this time (RFC 3339), exactly, or refuse and name the nearest points.
     #[arg(long, value_name = "RFC3339", conflicts_with = "txid")]
     timestamp: Option<String>,
@@ -49,7 +63,34 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config_file, data_dir)?;
     super::start_logging(&config)?;
-    let replica = super::replica_of(&args.replica)?;
+    let (db_name, db_path, configured) = database_of(&config, args.db.as_deref())?;
+    // An in-place restore a crash interrupted says what it left before anything else happens.
+    if db_path.exists()
+        && let Some(left) = inplace::interrupted(&db_path)?
+    {
+        let holds = match left.holds {
+            "new" => "the restored content (the restore had completed)",
+            "same" => "content identical to both states",
+            _ => "its previous content (the restore had not completed)",
+        };
+        eprintln!(
+            "tradevault: an in-place restore of {} started at {} was interrupted; the database holds {holds}; the safety copy is {}",
+            db_path.display(),
+            left.journal.started_at,
+            left.journal.safety.display()
+        );
+    }
+    let url = match (&args.replica, configured.first()) {
+        (Some(url), _) => url.clone(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => {
+            return Err(UsageError(format!(
+                "no replica to restore {db_name} from: pass --replica URL, or configure one"
+            ))
+            .into());
+        }
+    };
+    let replica = super::replica_of(&url)?;
     let target = target_of(&args)?;
     let started = Instant::now();
     let plan = restore::plan(&replica, target)?;
@@ -58,6 +99,20 @@ pub fn run(
         print_plan(&plan, args.json)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let (output, in_place) = match (&args.output, args.in_place) {
+        (Some(out), false) => (out.clone(), None),
+        (_, true) => {
+            let dir = inplace::work_dir(&db_path);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("create {}", dir.display()))?;
+            let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S%.3fZ").to_string();
+            (
+                dir.join(format!("staging-{stamp}.db")),
+                Some(dir.join(format!("safety-{stamp}.db"))),
+            )
+        }
+        (None, false) => return Err(UsageError("pass --output PATH or --in-place".into()).into()),
+    };
     let progress = Progress::default();
     let options = restore::Options {
         limits: config.restore.clone(),
@@ -72,10 +127,37 @@ pub fn run(
         let (stop, stopped) = mpsc::channel::<()>();
         let (plan, progress, check) = (&plan, &progress, options.check);
         s.spawn(move || show_progress(plan, progress, check, &stopped));
-        let restored = restore::apply_with(&replica, plan, &args.output, &options);
+        let restored = restore::apply_with(&replica, plan, &output, &options);
         drop(stop);
         restored
     })?;
+    if let Some(safety) = in_place {
+        let swapped = put_in_place(&config, &db_name, &db_path, &output, &safety);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = output.clone().into_os_string();
+            name.push(suffix);
+            let _ = std::fs::remove_file(name);
+        }
+        let replaced = swapped?;
+        let total = started.elapsed();
+        if args.json {
+            let mut out = summary(&restored, planned, total);
+            out["output"] = serde_json::json!(db_path);
+            out["in_place"] = serde_json::to_value(&replaced)?;
+            super::print_json(&out)?;
+        } else {
+            println!(
+                "restored {} in place to txid {} at {} ({} pages; previous content kept in {}) in {:.2} s",
+                db_path.display(),
+                plan.txid,
+                plan.point_time,
+                replaced["after"]["pages"],
+                replaced["safety"].as_str().unwrap_or("?"),
+                total.as_secs_f64()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let total = started.elapsed();
     if args.json {
         super::print_json(&summary(&restored, planned, total))?;
@@ -96,6 +178,117 @@ pub fn run(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// (name, path, configured replica URLs) of the database `--db` names (default: the store).
+fn database_of(
+    config: &tradevault::Config,
+    db: Option<&str>,
+) -> anyhow::Result<(String, PathBuf, Vec<String>)> {
+    let store = || {
+        (
+            "store".to_owned(),
+            config.database_path(),
+            config.replication.replica.iter().map(|r| r.url.clone()).collect(),
+        )
+    };
+    Ok(match db {
+        None | Some("store") => store(),
+        Some(name) => match config.database.iter().find(|d| d.name == name) {
+            Some(d) => (
+                d.name.clone(),
+                d.path.clone(),
+                d.replica.iter().map(|r| r.url.clone()).collect(),
+            ),
+            None if Path::new(name).is_file() || name.contains('/') => {
+                (name.to_owned(), PathBuf::from(name), Vec::new())
+            }
+            None => {
+                return Err(UsageError(format!(
+                    "--db {name:?} is neither \"store\", a configured [[database]] name, nor a file"
+                ))
+                .into());
+            }
+        },
+    })
+}
+
+/// Puts `staging` in place of `db`: through the running server if it holds the store, else
+/// directly, once no other program has the database open.
+fn put_in_place(
+    config: &tradevault::Config,
+    name: &str,
+    db: &Path,
+    staging: &Path,
+    safety: &Path,
+) -> anyhow::Result<serde_json::Value> {
+    if !db.exists() {
+        return Err(UsageError(format!(
+            "{} does not exist: restore with --output to create it",
+            db.display()
+        ))
+        .into());
+    }
+    if name == "store" {
+        let clock: std::sync::Arc<dyn tradevault::clock::Clock> =
+            std::sync::Arc::new(tradevault::clock::SystemClock);
+        match tradevault::Store::open(&config.store, clock) {
+            Ok(store) => {
+                let (db, staging, safety) = (db.to_owned(), staging.to_owned(), safety.to_owned());
+                let replaced = store.exclusive_blocking(move |conn| {
+                    inplace::replace(conn, &db, &staging, &safety)
+                });
+                store.close();
+                return Ok(serde_json::to_value(replaced?)?);
+            }
+            Err(tradevault::Error::Locked { .. }) => {
+                return through_server(config, staging, safety);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let users = super::open_by_others(db);
+    if !users.is_empty() {
+        return Err(UsageError(format!(
+            "{} is open in {}: stop {} first (an in-place restore needs the database to itself)",
+            db.display(),
+            users.join(", "),
+            if users.len() == 1 { "it" } else { "them" }
+        ))
+        .into());
+    }
+    let replaced = inplace::replace_file(db, staging, safety)?;
+    Ok(serde_json::to_value(replaced)?)
+}
+
+/// Asks the server that holds the store to put the staged file in (`POST /v1/admin/restore`).
+fn through_server(
+    config: &tradevault::Config,
+    staging: &Path,
+    safety: &Path,
+) -> anyhow::Result<serde_json::Value> {
+    let addr = super::serve_address(config).ok_or_else(|| {
+        UsageError(format!(
+            "the store in {} is open in another process, and no running server's address is known \
+             ({} is missing): stop that process, or restore with --output",
+            config.store.data_dir.display(),
+            super::serve_info_path(config).display()
+        ))
+    })?;
+    let body = serde_json::json!({ "staging": staging, "safety": safety });
+    let mut client = tradevault::http::client::Client::new(addr, Duration::from_secs(3_600));
+    let answer = client
+        .post("/v1/admin/restore", body.to_string().as_bytes())
+        .with_context(|| format!("ask the server at {addr} to put the restored store in"))?;
+    let json = answer.json().unwrap_or(serde_json::Value::Null);
+    if answer.status != 200 {
+        anyhow::bail!(
+            "the server at {addr} refused or failed the in-place restore ({}): {}",
+            answer.status,
+            json["error"]["message"].as_str().map_or_else(|| answer.text(), str::to_owned)
+        );
+    }
+    Ok(json)
 }
 
 fn target_of(args: &Args) -> anyhow::Result<Target> {

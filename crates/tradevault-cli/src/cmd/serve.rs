@@ -55,6 +55,18 @@ pub fn run(
                 "listen on {addr} (is another process using it? pass --listen with another port)"
             )
         })?;
+        // Where `tradevault restore --in-place` finds this server.
+        let info = super::serve_info_path(&config);
+        let listening = listener.local_addr().context("read listen address")?;
+        if let Err(e) = std::fs::create_dir_all(&config.store.data_dir).and_then(|()| {
+            std::fs::write(
+                &info,
+                serde_json::json!({ "pid": std::process::id(), "listen": listening.to_string() })
+                    .to_string(),
+            )
+        }) {
+            tracing::warn!(path = %info.display(), error = %e, "could not record the server's address");
+        }
         let mut store_replicas = config.replication.replica.clone();
         for url in &args.replica {
             let mut r = ReplicaConfig::new(url.clone());
@@ -160,6 +172,7 @@ pub fn run(
                 "store still in use at shutdown; its writer stops when the last request ends"
             ),
         }
+        let _ = std::fs::remove_file(&info);
         served?;
         Ok(ExitCode::SUCCESS)
     })

@@ -207,6 +207,20 @@ pub const STATUS_FIELDS: &[Field] = &[
     opt("bot_version", VERSION, "Version of the bot that set it."),
 ];
 
+/// `POST /v1/admin/restore`: files written by `tradevault restore --in-place`.
+pub const ADMIN_RESTORE_FIELDS: &[Field] = &[
+    req(
+        "staging",
+        Kind::LongText { max: 4096 },
+        "The verified, checked database to put in: a file in <data_dir>/.tradevault-restore/.",
+    ),
+    req(
+        "safety",
+        Kind::LongText { max: 4096 },
+        "Where to write the safety copy of the current content: a new file in the same directory.",
+    ),
+];
+
 const TEST_MODE_PARAM: Field = opt(
     "test_mode",
     Kind::OneOf(&["false", "true", "all", "0", "1"]),

@@ -379,6 +379,51 @@ pub(super) async fn run_job(State(s): State<AppState>, name: P) -> Answer {
         .into_response())
 }
 
+/// Replaces the store's content with a file `tradevault restore --in-place` verified and staged:
+/// the writer pauses (an exclusive moment) while a safety copy is taken, the pages are replaced in
+/// one transaction and the result is checked; any failure puts the safety copy back.
+pub(super) async fn admin_restore(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let body = json_body(body)?;
+    let mut p = api::spec::parse_object(&body, api::ADMIN_RESTORE_FIELDS, "")?;
+    let (staging, safety) = (p.required_text("staging")?, p.required_text("safety")?);
+    let db = s.store.path().to_owned();
+    let allowed = crate::restore::inplace::work_dir(&db);
+    let canonical = std::fs::canonicalize(&allowed).ok();
+    let inside = |field: &'static str, path: &str| {
+        let path = std::path::PathBuf::from(path);
+        let parent = path.parent().and_then(|p| std::fs::canonicalize(p).ok());
+        if canonical.is_some() && parent == canonical && path.file_name().is_some() {
+            Ok(path)
+        } else {
+            Err(Error::invalid(
+                "bad_path",
+                Some(field.into()),
+                format!("{field} must be a file directly in {}", allowed.display()),
+            ))
+        }
+    };
+    let (staging, safety) = (inside("staging", &staging)?, inside("safety", &safety)?);
+    let store = s.store.clone();
+    let replaced = tokio::task::spawn_blocking(move || {
+        store.exclusive_blocking(move |conn| {
+            crate::restore::inplace::replace(conn, &db, &staging, &safety)
+        })
+    })
+    .await
+    .map_err(|_| Error::Internal {
+        message: "the restore panicked; see the server log".into(),
+    })??;
+    // An empty commit tells the replication engine (a commit listener) to ship what changed.
+    if let Err(e) = s.store.write(|_| Ok(())).await {
+        tracing::warn!(error = %e, "could not announce the restored content to replication");
+    }
+    tracing::info!(safety = %replaced.safety.display(), "store content replaced by an in-place restore");
+    Ok(Json(replaced).into_response())
+}
+
 pub(super) async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,

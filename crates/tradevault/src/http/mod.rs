@@ -310,6 +310,15 @@ pub fn routes() -> Vec<Route> {
             |m| m.post(h::run_job),
         ),
         r(
+            "POST",
+            "/v1/admin/restore",
+            "Put in a database `tradevault restore --in-place` staged: safety copy, one-transaction swap, check, automatic rollback.",
+            Some(BodySpec::One(ADMIN_RESTORE_FIELDS)),
+            &[],
+            200,
+            |m| m.post(h::admin_restore),
+        ),
+        r(
             "GET",
             "/v1/stats",
             "Row counts, file sizes, pages, integrity and schema version.",

@@ -23,6 +23,7 @@
 //! - A `T` before the first snapshot, or after the newest file, is refused with the nearest points.
 
 mod apply;
+pub mod inplace;
 mod fetch;
 mod plan;
 mod progress;

@@ -207,7 +207,7 @@ impl Store {
     pub fn exclusive_blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
         self.writer.exclusive_blocking(f)
     }

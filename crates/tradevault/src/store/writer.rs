@@ -139,7 +139,7 @@ trait Job: Send {
         false
     }
     /// Runs an exclusive job; returns the cause if it failed in a way that poisons the writer.
-    fn run_exclusive(self: Box<Self>, _conn: &Connection) -> Option<String> {
+    fn run_exclusive(self: Box<Self>, _conn: &mut Connection) -> Option<String> {
         None
     }
 }
@@ -154,7 +154,7 @@ struct ExclusiveJob<T, F> {
 impl<T, F> Job for ExclusiveJob<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
 {
     fn run(self: Box<Self>, _tx: &mut Tx<'_>) -> Done {
         // Never grouped: the writer loop runs exclusive jobs through run_exclusive.
@@ -169,7 +169,7 @@ where
         true
     }
 
-    fn run_exclusive(self: Box<Self>, conn: &Connection) -> Option<String> {
+    fn run_exclusive(self: Box<Self>, conn: &mut Connection) -> Option<String> {
         let ExclusiveJob { f, reply } = *self;
         let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
             Ok(r) => r,
@@ -330,7 +330,7 @@ impl Writer {
     pub(crate) fn exclusive_blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
         if let Some(cause) = self.health.poisoned() {
             return Err(Error::Poisoned { cause });
@@ -370,7 +370,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn run(
-    conn: Connection,
+    mut conn: Connection,
     mut rx: mpsc::Receiver<Box<dyn Job>>,
     clock: Arc<dyn Clock>,
     opts: WriterOptions,
@@ -392,7 +392,7 @@ fn run(
             match health.poisoned() {
                 Some(cause) => first.refuse(Error::Poisoned { cause }),
                 None => {
-                    if let Some(cause) = first.run_exclusive(&conn) {
+                    if let Some(cause) = first.run_exclusive(&mut conn) {
                         health.poison(cause);
                     }
                 }
