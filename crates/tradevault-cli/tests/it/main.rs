@@ -7,5 +7,6 @@ mod common;
 mod crash;
 mod engine;
 mod faults;
+mod inplace;
 mod replicate;
 mod restore;
