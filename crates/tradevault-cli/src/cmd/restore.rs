@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     replica: Option<String>,
     /// Where to write the database; must not exist.
-    #[arg(long, value_name = "PATH", required_unless_present = "in_place")]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["in_place", "dry_run"])]
     output: Option<PathBuf>,
     /// Replace the database itself: stage and check the restored copy, take a safety copy, swap
     /// in one transaction, check, and roll back automatically if anything fails.

@@ -199,6 +199,7 @@ fn a_killed_in_place_restore_leaves_the_old_or_the_new_database_and_says_which()
             .output()
             .expect("next run");
         let said = String::from_utf8_lossy(&next.stderr);
+        assert!(next.status.success(), "cycle {cycle}: {said}");
         if said.contains("was interrupted") {
             reported += 1;
             let expected = if holds == "new" { "the restored content" } else { "its previous content" };

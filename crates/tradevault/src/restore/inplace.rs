@@ -278,6 +278,8 @@ fn copy_into(from: &Connection, to: &mut Connection) -> Result<()> {
 /// (opening it read-only), and removes the journal. `None` if there is none.
 pub fn interrupted(db: &Path) -> Result<Option<Interrupted>> {
     let path = journal_path(db);
+    // A journal update a crash cut short; the journal itself is whole (written by rename).
+    let _ = std::fs::remove_file(path.with_extension("json.tmp"));
     let text = match std::fs::read(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
