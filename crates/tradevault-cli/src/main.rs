@@ -36,8 +36,11 @@ enum Command {
     Replicate(cmd::replicate::Args),
     /// Replication of the store and every [[database]]: position, lag, errors, restorable window.
     Status(cmd::status::Args),
-    /// Rebuild a database from a replica (ours or Litestream's), to the latest state, a TXID or a time.
+    /// Rebuild a database from a replica (ours or Litestream's), to the latest state, a TXID or a
+    /// time, into a new file or in place.
     Restore(cmd::restore::Args),
+    /// Prove each database restorable: restore its latest state into scratch and check it.
+    Drill(cmd::drill::Args),
 }
 
 /// A failure that is the user's to fix in how they called us: exit code 2.
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Replicate(args) => cmd::replicate::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Restore(args) => cmd::restore::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Status(args) => cmd::status::run(cli.config.as_deref(), cli.data_dir, args),
+        Command::Drill(args) => cmd::drill::run(cli.config.as_deref(), cli.data_dir, args),
     };
     match result {
         Ok(code) => code,

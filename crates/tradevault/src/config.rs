@@ -38,7 +38,8 @@ pub struct Config {
 }
 
 /// `[jobs]`: cron expressions (UTC; 5 fields, or 6 with seconds first) for the jobs `serve` runs;
-/// an empty string turns a job off. A job also needs what it works on (backups need a target).
+/// an empty string leaves a job to be run only when asked (`POST /v1/jobs/NAME/run`). A job also
+/// needs what it works on (backups need a target, drills a replica or a backup).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JobsConfig {
@@ -64,17 +65,14 @@ impl Default for JobsConfig {
 }
 
 impl JobsConfig {
-    /// (name, schedule) of each job that is on.
+    /// (name, schedule) of each job; an empty schedule means "only when asked".
     pub fn schedules(&self) -> Vec<(&'static str, &str)> {
-        [
-            ("backup", self.backup.as_str()),
-            ("prune", self.prune.as_str()),
-            ("verify", self.verify.as_str()),
-            ("drill", self.drill.as_str()),
+        vec![
+            ("backup", self.backup.trim()),
+            ("prune", self.prune.trim()),
+            ("verify", self.verify.trim()),
+            ("drill", self.drill.trim()),
         ]
-        .into_iter()
-        .filter(|(_, s)| !s.trim().is_empty())
-        .collect()
     }
 }
 
@@ -464,6 +462,9 @@ impl Config {
             ));
         }
         for (name, schedule) in self.jobs.schedules() {
+            if schedule.is_empty() {
+                continue;
+            }
             crate::jobs::parse_schedule(schedule).map_err(|m| bad(&format!("jobs.{name}"), m))?;
         }
         let mut names = std::collections::HashSet::new();

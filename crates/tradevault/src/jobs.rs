@@ -22,15 +22,23 @@ use crate::error::{Error, Result};
 use crate::exact::format_timestamp;
 use crate::store::Store;
 
-/// What a job does: its result, shown in its run's `detail`, or an error.
-pub type JobFn = Arc<dyn Fn() -> Result<Value> + Send + Sync>;
+/// What a job does, given its run: its result, shown in the run's `detail` (a result with
+/// `"ok": false` marks the run failed), or an error.
+pub type JobFn = Arc<dyn Fn(&JobContext) -> Result<Value> + Send + Sync>;
+
+/// What a run of a job knows about itself.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// Its `job_runs` row, committed before the job starts (a drill uses it as its sentinel).
+    pub run_id: i64,
+}
 
 /// A job to schedule.
 #[derive(Clone)]
 pub struct JobSpec {
     /// Its name (`backup`, `prune`, `verify`, `drill`, ...).
     pub name: String,
-    /// A cron expression (5 fields, or 6 with seconds first), in UTC.
+    /// A cron expression (5 fields, or 6 with seconds first), in UTC; empty: run only when asked.
     pub schedule: String,
     /// The work; runs on a blocking thread.
     pub run: JobFn,
@@ -98,7 +106,7 @@ pub struct JobView {
 
 struct Job {
     spec: JobSpec,
-    cron: croner::Cron,
+    cron: Option<croner::Cron>,
     state: Mutex<JobState>,
 }
 
@@ -118,6 +126,7 @@ impl Job {
     fn next_after(&self, t: Timestamp) -> Option<Timestamp> {
         let zoned = t.to_zoned(jiff::tz::TimeZone::UTC);
         self.cron
+            .as_ref()?
             .find_next_occurrence(&zoned, false)
             .ok()
             .map(|z| z.timestamp())
@@ -151,8 +160,13 @@ impl Scheduler {
     ) -> Result<Arc<Scheduler>> {
         let mut jobs = Vec::new();
         for spec in specs {
-            let cron = parse_schedule(&spec.schedule)
-                .map_err(|m| Error::invalid("bad_schedule", None, format!("job {}: {m}", spec.name)))?;
+            let cron = if spec.schedule.trim().is_empty() {
+                None
+            } else {
+                Some(parse_schedule(&spec.schedule).map_err(|m| {
+                    Error::invalid("bad_schedule", None, format!("job {}: {m}", spec.name))
+                })?)
+            };
             jobs.push(Job {
                 spec,
                 cron,
@@ -319,7 +333,8 @@ impl Scheduler {
         tracing::info!(job = %name, run = id, "job started");
         let started = std::time::Instant::now();
         let run = job.spec.run.clone();
-        let result = tokio::task::spawn_blocking(move || run())
+        let context = JobContext { run_id: id };
+        let result = tokio::task::spawn_blocking(move || run(&context))
             .await
             .unwrap_or_else(|_| {
                 Err(Error::Internal {
@@ -327,7 +342,9 @@ impl Scheduler {
                 })
             });
         let ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        // A job may also fail with a full report: `{"ok": false, ...}`.
         let (status, detail) = match &result {
+            Ok(v) if v.get("ok") == Some(&Value::Bool(false)) => ("failed", v.clone()),
             Ok(v) => ("ok", v.clone()),
             Err(e) => ("failed", serde_json::json!({ "error": e.to_string() })),
         };

@@ -17,6 +17,7 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod drill;
 pub mod error;
 pub mod exact;
 pub mod http;

@@ -53,6 +53,12 @@ pub const JOB_RUNS_TOTAL: &str = "tradevault_job_runs_total";
 pub const JOB_DURATION_SECONDS: &str = "tradevault_job_duration_seconds";
 /// When each job last ended well (seconds since the epoch), by job.
 pub const JOB_LAST_SUCCESS_TIMESTAMP: &str = "tradevault_job_last_success_timestamp_seconds";
+/// Restore drills, by database and result (`ok`, `failed`).
+pub const DRILLS_TOTAL: &str = "tradevault_drills_total";
+/// How long the last drill took to reach a checked copy (the recovery time), by database.
+pub const DRILL_RTO_SECONDS: &str = "tradevault_drill_rto_seconds";
+/// When each database was last proven restorable by a drill (seconds since the epoch).
+pub const LAST_VERIFIED_RESTORABLE: &str = "tradevault_last_verified_restorable_timestamp_seconds";
 /// Always 1; labelled with the `version` running.
 pub const BUILD_INFO: &str = "tradevault_build_info";
 
@@ -156,5 +162,17 @@ pub(crate) fn job_run(job: &str, status: &'static str, seconds: f64) {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         gauge!(JOB_LAST_SUCCESS_TIMESTAMP, "job" => job.to_owned()).set(now);
+    }
+}
+
+pub(crate) fn drill(database: &str, ok: bool, rto_seconds: f64) {
+    let result = if ok { "ok" } else { "failed" };
+    counter!(DRILLS_TOTAL, "database" => database.to_owned(), "result" => result).increment(1);
+    if ok {
+        gauge!(DRILL_RTO_SECONDS, "database" => database.to_owned()).set(rto_seconds);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        gauge!(LAST_VERIFIED_RESTORABLE, "database" => database.to_owned()).set(now);
     }
 }

@@ -1,6 +1,7 @@
 //! One file per subcommand, and what they share: loading the config and starting logs.
 
 pub mod check;
+pub mod drill;
 pub mod init;
 pub mod jobs;
 pub mod replicate;
@@ -127,4 +128,16 @@ pub fn open_by_others(db: &Path) -> Vec<String> {
         }
     }
     found
+}
+
+/// Whether another process holds the store of this data directory (a running `serve`).
+pub fn store_in_use(config: &Config) -> bool {
+    let lock = config
+        .store
+        .data_dir
+        .join(format!("{}.lock", tradevault::store::DATABASE_FILE));
+    match std::fs::File::open(&lock) {
+        Ok(f) => matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
 }

@@ -73,7 +73,7 @@ pub fn run(
             r.sync_interval_ms = args.sync_interval_ms;
             store_replicas.push(r);
         }
-        let replica_specs = store_replicas
+        let mut replica_specs = store_replicas
             .iter()
             .map(|r| ReplicaSpec::from_config(r).map_err(|e| UsageError(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
@@ -121,6 +121,7 @@ pub fn run(
             clock.clone(),
             hooks,
         )?);
+        let runtime_link = link.clone();
         if let Some(link) = link {
             databases.insert(
                 0,
@@ -131,7 +132,7 @@ pub fn run(
                         link,
                         busy_timeout_ms: config.store.busy_timeout_ms,
                     },
-                    replicas: replica_specs,
+                    replicas: std::mem::take(&mut replica_specs),
                     poll_interval: std::time::Duration::from_millis(10),
                     checkpoint_wal_bytes: config.store.checkpoint_wal_bytes,
                 },
@@ -141,9 +142,14 @@ pub fn run(
         let engine = if databases.is_empty() {
             None
         } else {
-            Some(Engine::start(databases, clock)?)
+            Some(Arc::new(Engine::start(databases, clock)?))
         };
-        let jobs = Scheduler::new(store.clone(), clock_for_jobs, super::jobs::specs(&config))
+        let runtime = super::jobs::Runtime {
+            store_replicas: store_replicas.clone(),
+            engine: engine.clone(),
+            link: runtime_link,
+        };
+        let jobs = Scheduler::new(store.clone(), clock_for_jobs, super::jobs::specs(&config, &runtime))
             .await
             .map_err(|e| UsageError(e.to_string()))?;
         let (stop_jobs, jobs_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -160,11 +166,16 @@ pub fn run(
         .await;
         let _ = stop_jobs.send(());
         let _ = scheduler.await;
+        drop(runtime);
         if let Some(engine) = engine {
-            // Ships what was committed last, before the store closes.
-            tokio::task::spawn_blocking(move || engine.stop())
-                .await
-                .context("stop replication")?;
+            // Ships what was committed last, before the store closes. (A job still running keeps
+            // its own handle; the engine then stops when that job ends.)
+            match Arc::try_unwrap(engine) {
+                Ok(engine) => tokio::task::spawn_blocking(move || engine.stop())
+                    .await
+                    .context("stop replication")?,
+                Err(_) => tracing::warn!("a job still uses replication; it stops when the job ends"),
+            }
         }
         match Arc::try_unwrap(store) {
             Ok(store) => store.close(),

@@ -83,7 +83,7 @@ pub fn run(
                 r.started_at.clone(),
                 r.duration_ms.map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
                 r.status.clone(),
-                if r.detail.is_null() { String::new() } else { r.detail.to_string() },
+                short_detail(&r.detail),
             ]);
         }
         println!("jobs (latest runs):\n{t}");
@@ -148,5 +148,21 @@ fn ago(ms: i64) -> String {
         format!("{} s", ms / 1000)
     } else {
         format!("{} min", ms / 60_000)
+    }
+}
+
+/// A run's detail in one short cell: its error, or the start of its result.
+fn short_detail(detail: &serde_json::Value) -> String {
+    if let Some(e) = detail["error"].as_str() {
+        return e.chars().take(80).collect();
+    }
+    if detail.is_null() {
+        return String::new();
+    }
+    let text = detail.to_string();
+    if text.chars().count() > 80 {
+        format!("{}...", text.chars().take(77).collect::<String>())
+    } else {
+        text
     }
 }

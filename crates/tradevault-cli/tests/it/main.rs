@@ -8,5 +8,6 @@ mod crash;
 mod engine;
 mod faults;
 mod inplace;
+mod jobs;
 mod replicate;
 mod restore;

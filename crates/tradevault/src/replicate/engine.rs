@@ -242,6 +242,11 @@ impl StoreLink {
     fn lock(&self) -> MutexGuard<'_, LinkState> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The sequence number of the store's last commit (for [`Engine::wait_replicated`]).
+    pub fn last_commit(&self) -> u64 {
+        self.lock().seq
+    }
 }
 
 impl CommitListener for StoreLink {
@@ -380,6 +385,48 @@ impl Engine {
     /// The current status of every database.
     pub fn status(&self) -> Vec<DatabaseStatus> {
         self.dbs.iter().map(|db| db.lock().status.clone()).collect()
+    }
+
+    /// Waits until every replica of the store `database` holds its commit `seq` (from
+    /// [`StoreLink::last_commit`]), or fails after `timeout` naming the replicas behind.
+    pub fn wait_replicated(&self, database: &str, seq: u64, timeout: Duration) -> Result<()> {
+        let db = self
+            .dbs
+            .iter()
+            .find(|d| d.name == database)
+            .ok_or_else(|| Error::NotFound {
+                what: format!("replicated database {database:?}"),
+            })?;
+        let deadline = Instant::now() + timeout;
+        let mut st = db.lock();
+        loop {
+            let behind: Vec<String> = st
+                .status
+                .replicas
+                .iter()
+                .filter(|r| r.commit_seq < seq)
+                .map(|r| match &r.last_error {
+                    Some(e) => format!("{} ({e})", r.name),
+                    None => r.name.clone(),
+                })
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Replica {
+                    replica: behind.join(", "),
+                    message: format!("does not hold the latest commit after {} s", timeout.as_secs()),
+                    hint: None,
+                });
+            }
+            st = db
+                .changed
+                .wait_timeout(st, (deadline - now).min(Duration::from_millis(100)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// Waits until every database has shipped what was committed when it started, and every replica

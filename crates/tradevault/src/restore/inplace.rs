@@ -190,7 +190,7 @@ pub fn replace(conn: &mut Connection, db: &Path, staging: &Path, safety: &Path) 
     write_journal(&journal_file, &journal)?;
 
     let t = Instant::now();
-    let swapped = copy_into(&source, conn).and_then(|()| Ok(t.elapsed().as_millis() as u64));
+    let swapped = copy_into(&source, conn).map(|()| t.elapsed().as_millis() as u64);
     let t = Instant::now();
     let checked = swapped.and_then(|swap_ms| {
         let ok: String = conn

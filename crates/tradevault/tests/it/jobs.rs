@@ -28,7 +28,7 @@ fn counting(name: &str, schedule: &str, runs: Arc<AtomicU32>) -> JobSpec {
     JobSpec {
         name: name.into(),
         schedule: schedule.into(),
-        run: Arc::new(move || {
+        run: Arc::new(move |_| {
             let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
             Ok(json!({ "run": n }))
         }),
@@ -59,7 +59,7 @@ async fn jobs_run_when_due_and_are_recorded() {
     let failing = JobSpec {
         name: "verify".into(),
         schedule: "0 12 * * *".into(),
-        run: Arc::new(|| {
+        run: Arc::new(|_| {
             Err(tradevault::Error::Internal {
                 message: "checksum mismatch".into(),
             })
@@ -108,7 +108,7 @@ async fn a_job_never_runs_twice_at_once() {
     let slow = JobSpec {
         name: "drill".into(),
         schedule: "0 * * * *".into(),
-        run: Arc::new(move || {
+        run: Arc::new(move |_| {
             let _ = wait.lock().expect("lock").recv();
             Ok(json!({}))
         }),
