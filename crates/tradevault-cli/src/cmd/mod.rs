@@ -51,11 +51,14 @@ pub fn start_logging(config: &Config) -> anyhow::Result<()> {
 
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).context("encode json")?
-    );
-    Ok(())
+    use std::io::Write;
+    let mut text = serde_json::to_string_pretty(value).context("encode json")?;
+    text.push('\n');
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        // A reader that stopped early (`| head`) is not an error of ours.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("write to stdout"),
+    }
 }
 
 /// A table for human output.
