@@ -175,6 +175,32 @@ pub(crate) struct State {
     held: VecDeque<(u64, Instant, Release)>,
 }
 
+impl State {
+    /// Records that the local log's files up to `txid` hold every store commit up to `seq`, and
+    /// credits the replicas that already hold `txid` with them.
+    ///
+    /// `seq` is read before the WAL is, and a commit is in the WAL before its listener call, so a
+    /// sync can ship a commit that only a later `seq` names; that later sync then finds nothing
+    /// new, and without this record the commit's answers would wait for the next commit.
+    fn record_shipped(&mut self, txid: u64, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        match self.shipped.back_mut() {
+            Some((t, s)) if *t == txid => *s = (*s).max(seq),
+            _ => self.shipped.push_back((txid, seq)),
+        }
+        if self.shipped.len() > 100_000 {
+            self.shipped.pop_front();
+        }
+        for r in &mut self.status.replicas {
+            if r.txid.is_some_and(|t| t >= txid) {
+                r.commit_seq = r.commit_seq.max(seq);
+            }
+        }
+    }
+}
+
 impl Db {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -701,14 +727,13 @@ impl Shipper<'_> {
                 if synced != Synced::Nothing {
                     st.status.txid = txid;
                     st.status.txid_time_ms = Some(ts);
-                    st.shipped.push_back((txid, seq));
-                    if st.shipped.len() > 100_000 {
-                        st.shipped.pop_front();
-                    }
                     if let Synced::Snapshot { .. } = synced {
                         tracing::info!(database = %db.name, txid, "snapshot written to the local log");
                     }
                 }
+                // Even when nothing new was found: the commits up to `seq` may have been shipped
+                // by the previous sync, which read the WAL before their listener call came.
+                st.record_shipped(txid, seq);
                 drop(st);
                 db.changed.notify_all();
                 true
@@ -803,8 +828,8 @@ impl Shipper<'_> {
                 if synced != Synced::Nothing {
                     st.status.txid = txid;
                     st.status.txid_time_ms = Some(ts);
-                    st.shipped.push_back((txid, seq));
                 }
+                st.record_shipped(txid, seq);
                 if done {
                     st.status.checkpoints += 1;
                 }
@@ -1017,4 +1042,40 @@ pub(crate) fn anyhow_chain(e: &Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(replicas: usize) -> State {
+        State {
+            status: DatabaseStatus {
+                replicas: vec![ReplicaStatus::default(); replicas],
+                ..DatabaseStatus::default()
+            },
+            history_start: 1,
+            snapshot_wanted: false,
+            raise_txid: 0,
+            shipped: VecDeque::new(),
+            held: VecDeque::new(),
+        }
+    }
+
+    #[test]
+    fn a_commit_shipped_before_its_listener_call_still_reaches_the_gate() {
+        let mut st = state(2);
+        st.record_shipped(5, 10);
+        st.status.replicas[0].txid = Some(5);
+        st.status.replicas[0].commit_seq = Db::commit_seq_at(&st, 5);
+        // Commit 11 was already in the WAL when file 5 was written; the sync its listener call
+        // triggers finds nothing new.
+        st.record_shipped(5, 11);
+        assert_eq!(Db::commit_seq_at(&st, 5), 11);
+        assert_eq!(st.status.replicas[0].commit_seq, 11);
+        assert_eq!(st.status.replicas[1].commit_seq, 0, "replica 1 holds nothing yet");
+        st.record_shipped(6, 12);
+        assert_eq!(st.shipped, VecDeque::from([(5, 11), (6, 12)]));
+        assert_eq!(st.status.replicas[0].commit_seq, 11, "file 6 is not on replica 0");
+    }
 }
