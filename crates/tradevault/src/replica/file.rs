@@ -10,7 +10,6 @@
 use std::fs::{self, File, FileTimes};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::ReplicaFile;
@@ -22,8 +21,6 @@ pub struct FileReplica {
     root: PathBuf,
     /// Whether `put` fsyncs each file and its directory (false for a cache).
     durable: bool,
-    /// A cache's next level-0 temporary file, created ahead of need (see [`FileReplica::prepare`]).
-    spare: Arc<Mutex<Option<(PathBuf, File)>>>,
 }
 
 impl FileReplica {
@@ -32,7 +29,6 @@ impl FileReplica {
         FileReplica {
             root: root.into(),
             durable: true,
-            spare: Arc::default(),
         }
     }
 
@@ -43,7 +39,6 @@ impl FileReplica {
         FileReplica {
             root: root.into(),
             durable: false,
-            spare: Arc::default(),
         }
     }
 
@@ -60,31 +55,6 @@ impl FileReplica {
     pub fn path_of(&self, level: u32, min_txid: u64, max_txid: u64) -> PathBuf {
         self.level_dir(level)
             .join(ltx::file_name(min_txid, max_txid))
-    }
-
-    /// For a cache: creates the temporary file the next level-0 `put` will write, if there is
-    /// none yet. Creating a file (allocating an inode) can cost a millisecond on a filesystem
-    /// that has freed many inodes lately; done here, after a shipment, it is off the path from a
-    /// commit to its replicas.
-    pub fn prepare(&self) -> Result<()> {
-        if self.durable {
-            return Ok(());
-        }
-        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.is_none() {
-            let dir = self.ensure_level_dir(0)?;
-            let tmp = temp_name(&dir.join("next"));
-            let f = File::create(&tmp).map_err(|e| Error::io("create replica file", &tmp, e))?;
-            *spare = Some((tmp, f));
-        }
-        Ok(())
-    }
-
-    fn take_spare(&self) -> Option<(PathBuf, File)> {
-        self.spare
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
     }
 
     /// Whether it fsyncs what it writes (false for a cache).
@@ -119,15 +89,8 @@ impl FileReplica {
             })?;
         let dir = self.ensure_level_dir(level)?;
         let path = self.path_of(level, header.min_txid, header.max_txid);
-        let spare = if level == 0 { self.take_spare() } else { None };
-        let (tmp, mut f) = match spare {
-            Some(s) => s,
-            None => {
-                let tmp = temp_name(&path);
-                let f = File::create(&tmp).map_err(|e| Error::io("create replica file", &tmp, e))?;
-                (tmp, f)
-            }
-        };
+        let tmp = temp_name(&path);
+        let mut f = File::create(&tmp).map_err(|e| Error::io("create replica file", &tmp, e))?;
         f.write_all(bytes)
             .map_err(|e| Error::io("write replica file", &tmp, e))?;
         let created =

@@ -778,11 +778,6 @@ impl Shipper<'_> {
                 st.record_shipped(txid, seq);
                 drop(st);
                 db.changed.notify_all();
-                if let Replica::File(cache) = &db.local
-                    && let Err(e) = cache.prepare()
-                {
-                    tracing::debug!(error = %e, "could not prepare the next local log file");
-                }
                 true
             }
             Err(e) => {
