@@ -120,6 +120,26 @@ def save(name, obj):
     log("wrote", os.path.relpath(path, HERE))
 
 
+def remove_run_dir(d):
+    """Deletes a finished run's directory, or with REP_BENCH_DEFER_DELETE=1 moves it aside until
+    the process exits. On a journal-less ext4, creating a file scans the inodes freed in the last
+    minutes (recently_deleted), so deleting a run's thousands of files just before the next run
+    charges CPU to whichever tool runs next; deferring keeps runs independent (needs disk space)."""
+    if os.environ.get("REP_BENCH_DEFER_DELETE") != "1":
+        shutil.rmtree(d, ignore_errors=True)
+        return
+    trash = os.path.join(work_root(), "trash")
+    os.makedirs(trash, exist_ok=True)
+    if not DEFERRED:
+        atexit.register(lambda: shutil.rmtree(trash, ignore_errors=True))
+    target = os.path.join(trash, f"{len(DEFERRED)}-{os.path.basename(d)}")
+    os.rename(d, target)
+    DEFERRED.append(target)
+
+
+DEFERRED = []
+
+
 def fresh_dir(name):
     d = os.path.join(work_root(), name)
     shutil.rmtree(d, ignore_errors=True)
@@ -273,21 +293,31 @@ class Litestream:
 
 
 class TradeVault:
-    """tradevault replicate DB file://REPLICA --poll-interval-ms 1; restore --replica --output."""
+    """tradevault replicate DB file://REPLICA --poll-interval-ms 1; restore --replica --output.
+
+    `tradevault-base` is the same with $TRADEVAULT_BASE_BIN (another build, to compare two)."""
 
     def __init__(self, name="tradevault"):
         self.name = name
 
+    def bin(self):
+        if self.name == "tradevault-base":
+            path = os.environ.get("TRADEVAULT_BASE_BIN", "")
+            if not os.access(path, os.X_OK):
+                sys.exit("tradevault-base needs TRADEVAULT_BASE_BIN, an executable")
+            return path
+        return tradevault_bin()
+
     def start(self, d, db, replica):
         logf = open(os.path.join(d, "replicator.log"), "w")
-        return spawn([tradevault_bin(), "replicate", db, "file://" + replica,
+        return spawn([self.bin(), "replicate", db, "file://" + replica,
                       "--poll-interval-ms", "1"], stdout=logf, stderr=subprocess.STDOUT, cwd=d)
 
     def once_argv(self, d, db, replica):
-        return [tradevault_bin(), "replicate", db, "file://" + replica, "--once"]
+        return [self.bin(), "replicate", db, "file://" + replica, "--once"]
 
     def restore_argv(self, replica, out, timestamp_ns=None, txid=None, quick=False):
-        argv = [tradevault_bin(), "restore", "--replica", "file://" + replica, "--output", out]
+        argv = [self.bin(), "restore", "--replica", "file://" + replica, "--output", out]
         if timestamp_ns is not None:
             argv += ["--timestamp", iso_ms(timestamp_ns)]
         if txid is not None:
@@ -301,8 +331,8 @@ class TradeVault:
 def make_tool(name):
     if name == "none":
         return None
-    if name == "tradevault":
-        return TradeVault()
+    if name in ("tradevault", "tradevault-base"):
+        return TradeVault(name)
     if name in Litestream.INTERVALS:
         return Litestream(name)
     sys.exit(f"unknown tool {name!r}")
@@ -555,7 +585,7 @@ def run_once(tag, tool_name, rate, batch, duration, jitter=1.0, restore=True,
     res["db_bytes_checkpointed"] = file_size(db)
     res["d"] = d
     if not keep:
-        shutil.rmtree(d, ignore_errors=True)
+        remove_run_dir(d)
     return res
 
 

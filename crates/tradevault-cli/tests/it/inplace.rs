@@ -14,15 +14,6 @@ fn trade(id: &str) -> Value {
     json!({ "trade_id": id, "symbol": "BTCUSD", "side": "buy", "qty": "1", "price": "100" })
 }
 
-fn status(data: &Path) -> Value {
-    let out = command()
-        .args(["status", "--json", "--data-dir"])
-        .arg(data)
-        .output()
-        .expect("status");
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
-
 /// Every row of `t`, in order, and the integrity check's answer.
 fn content(db: &Path) -> (Vec<(i64, String)>, String) {
     let conn = rusqlite::Connection::open(db).expect("open");
@@ -48,14 +39,25 @@ fn in_place_restore_of_a_served_store_goes_through_the_server() {
     for i in 0..3 {
         assert_eq!(api.post("/v1/trades", &trade(&format!("t{i}"))).0, 201);
     }
-    // Wait until the replica holds the three trades, and note that point.
+    // Wait until the replica's latest point holds the three trades, and note that point.
     let mut point = 0;
-    for _ in 0..3_000 {
-        let s = status(&data);
-        let store = &s[0]["status"];
-        if store["txid"].as_u64().is_some_and(|t| t > 0) && store["replicas"][0]["txid"] == store["txid"] {
-            point = store["txid"].as_u64().expect("txid");
-            break;
+    for attempt in 0..3_000 {
+        let probe = dir.path().join(format!("probe-{attempt}.db"));
+        let out = command()
+            .args(["restore", "--json", "--replica", &url, "--output"])
+            .arg(&probe)
+            .output()
+            .expect("probe restore");
+        if out.status.success() {
+            let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+            let conn = rusqlite::Connection::open(&probe).expect("probe");
+            let n: i64 = conn
+                .query_row("SELECT count(*) FROM trades", [], |r| r.get(0))
+                .expect("count");
+            if n == 3 {
+                point = report["txid"].as_u64().expect("txid");
+                break;
+            }
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -1,5 +1,11 @@
 //! A replica in a local directory: `<root>/ltx/<level>/<min>-<max>.ltx`, each file's mtime set to
 //! its header time (Litestream's restore reads creation times from mtimes).
+//!
+//! The replication engine's local log is a [`FileReplica::cache`]: its files are written whole
+//! under a temporary name and renamed, but neither they nor their directory are fsynced (the
+//! engine verifies the cache at startup and always starts with a snapshot). A replica on the same
+//! filesystem receives a cache file by [`FileReplica::put_link`]: a hard link, fsync, rename,
+//! fsync of the directory, so a shipment costs one new inode and two fsyncs in all.
 
 use std::fs::{self, File, FileTimes};
 use std::io::Write;
@@ -13,12 +19,27 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct FileReplica {
     root: PathBuf,
+    /// Whether `put` fsyncs each file and its directory (false for a cache).
+    durable: bool,
 }
 
 impl FileReplica {
     /// A replica rooted at `root` (created on first write).
     pub fn new(root: impl Into<PathBuf>) -> FileReplica {
-        FileReplica { root: root.into() }
+        FileReplica {
+            root: root.into(),
+            durable: true,
+        }
+    }
+
+    /// A cache rooted at `root`: files still appear only when complete (temporary name, rename),
+    /// but nothing is fsynced, so after a machine crash a file may be missing or, under its final
+    /// name, incomplete. Whoever reads it after a restart verifies it first.
+    pub fn cache(root: impl Into<PathBuf>) -> FileReplica {
+        FileReplica {
+            root: root.into(),
+            durable: false,
+        }
     }
 
     /// Its root directory.
@@ -36,8 +57,29 @@ impl FileReplica {
             .join(ltx::file_name(min_txid, max_txid))
     }
 
+    /// Whether it fsyncs what it writes (false for a cache).
+    pub fn durable(&self) -> bool {
+        self.durable
+    }
+
+    /// Creates the directory of `level` if needed; new directories are durable only once their
+    /// parents are synced: the root, `ltx`, the level.
+    fn ensure_level_dir(&self, level: u32) -> Result<PathBuf> {
+        let dir = self.level_dir(level);
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(|e| Error::io("create replica directory", &dir, e))?;
+            if self.durable {
+                for d in [self.root.as_path(), &self.root.join("ltx")] {
+                    sync_dir(d)?;
+                }
+            }
+        }
+        Ok(dir)
+    }
+
     /// Verifies `bytes` as an LTX file, then writes it so that it appears only when complete:
-    /// a temporary name, fsync, rename, fsync of the directory; its mtime is its header time.
+    /// a temporary name, fsync, rename, fsync of the directory (a cache skips both fsyncs); its
+    /// mtime is its header time.
     pub fn put(&self, level: u32, bytes: &[u8]) -> Result<ReplicaFile> {
         let (header, _) = ltx::Decoder::new(bytes)
             .and_then(|d| d.finish())
@@ -45,21 +87,10 @@ impl FileReplica {
                 name: format!("file for level {level}"),
                 source,
             })?;
-        let dir = self.level_dir(level);
-        if !dir.is_dir() {
-            fs::create_dir_all(&dir).map_err(|e| Error::io("create replica directory", &dir, e))?;
-            // New directories are durable only once their parents are synced: the root, `ltx`, the level.
-            for d in [self.root.as_path(), &self.root.join("ltx")] {
-                File::open(d)
-                    .and_then(|h| h.sync_all())
-                    .map_err(|e| Error::io("fsync replica directory", d, e))?;
-            }
-        }
+        let dir = self.ensure_level_dir(level)?;
         let path = self.path_of(level, header.min_txid, header.max_txid);
-        // A name of its own: two writers never share a temporary file (nor see it as an LTX file).
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = path.with_extension(format!("ltx.{}.{n}.tmp", std::process::id()));
+        let tmp = temp_name(&path);
+        let durable = self.durable;
         let written = File::create(&tmp)
             .map_err(|e| Error::io("create replica file", &tmp, e))
             .and_then(|mut f| {
@@ -69,8 +100,11 @@ impl FileReplica {
                     + Duration::from_millis(u64::try_from(header.timestamp_ms).unwrap_or(0));
                 f.set_times(FileTimes::new().set_modified(created).set_accessed(created))
                     .map_err(|e| Error::io("set replica file time", &tmp, e))?;
-                f.sync_all()
-                    .map_err(|e| Error::io("fsync replica file", &tmp, e))
+                if durable {
+                    f.sync_all()
+                        .map_err(|e| Error::io("fsync replica file", &tmp, e))?;
+                }
+                Ok(())
             });
         if let Err(e) = written {
             // A full disk must not fill up further with half-written files.
@@ -78,9 +112,9 @@ impl FileReplica {
             return Err(e);
         }
         fs::rename(&tmp, &path).map_err(|e| Error::io("rename replica file", &path, e))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("fsync replica directory", &dir, e))?;
+        if self.durable {
+            sync_dir(&dir)?;
+        }
         Ok(ReplicaFile {
             level,
             min_txid: header.min_txid,
@@ -88,6 +122,54 @@ impl FileReplica {
             size: bytes.len() as u64,
             created_at_ms: header.timestamp_ms,
         })
+    }
+
+    /// Puts `file` of the cache `source` at `level` with no copy: a hard link under a temporary
+    /// name, an fsync of the file (its bytes, which the cache did not sync, and its link count),
+    /// a rename, an fsync of the directory. The caller vouches for the bytes: the engine verifies
+    /// its cache at startup and every file it writes there. `Ok(None)` when no link can be made
+    /// (another filesystem, or one without hard links): copy instead.
+    pub fn put_link(
+        &self,
+        level: u32,
+        source: &FileReplica,
+        file: &ReplicaFile,
+    ) -> Result<Option<ReplicaFile>> {
+        let from = source.path_of(file.level, file.min_txid, file.max_txid);
+        let dir = self.ensure_level_dir(level)?;
+        let path = self.path_of(level, file.min_txid, file.max_txid);
+        let tmp = temp_name(&path);
+        match fs::hard_link(&from, &tmp) {
+            Ok(()) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::CrossesDevices
+                    || e.kind() == std::io::ErrorKind::PermissionDenied
+                    || e.kind() == std::io::ErrorKind::Unsupported
+                    || e.raw_os_error() == Some(EPERM) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::io("link replica file", &tmp, e)),
+        }
+        let durable = || -> Result<()> {
+            if self.durable {
+                File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::io("fsync replica file", &tmp, e))?;
+            }
+            fs::rename(&tmp, &path).map_err(|e| Error::io("rename replica file", &path, e))
+        };
+        if let Err(e) = durable() {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        if self.durable {
+            sync_dir(&dir)?;
+        }
+        Ok(Some(ReplicaFile {
+            level,
+            ..file.clone()
+        }))
     }
 
     /// The files of `level`, ordered by transaction range; names that are not LTX files
@@ -144,6 +226,38 @@ impl FileReplica {
         fs::read(&path).map_err(|e| Error::io("read replica file", &path, e))
     }
 
+    /// Removes the temporary files of `levels` and the files that do not verify (a cache after a
+    /// machine crash: a name that survived without its bytes). Returns the LTX files removed.
+    /// Only for a directory no other process writes.
+    pub fn remove_unverified(&self, levels: &[u32]) -> Result<Vec<ReplicaFile>> {
+        let mut removed = Vec::new();
+        for &level in levels {
+            let dir = self.level_dir(level);
+            if let Ok(entries) = fs::read_dir(&dir) {
+                for entry in entries.flatten() {
+                    if entry.file_name().to_str().is_some_and(|n| n.ends_with(".tmp")) {
+                        fs::remove_file(entry.path())
+                            .map_err(|e| Error::io("delete temporary file", entry.path(), e))?;
+                    }
+                }
+            }
+            for f in self.list(level)? {
+                let bytes = match self.read(&f) {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                };
+                let ok = ltx::Decoder::new(bytes.as_slice())
+                    .and_then(|d| d.finish())
+                    .is_ok_and(|(h, _)| (h.min_txid, h.max_txid) == (f.min_txid, f.max_txid));
+                if !ok {
+                    self.delete(&f)?;
+                    removed.push(f);
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes a file; a file already gone is not an error.
     pub fn delete(&self, file: &ReplicaFile) -> Result<()> {
         let path = self.path_of(file.level, file.min_txid, file.max_txid);
@@ -153,4 +267,21 @@ impl FileReplica {
             Err(e) => Err(Error::io("delete replica file", &path, e)),
         }
     }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync replica directory", dir, e))
+}
+
+/// What some filesystems answer a hard link with when they have none.
+const EPERM: i32 = 1;
+
+/// A name of its own for the file that becomes `path`: two writers never share a temporary file
+/// (nor see it as an LTX file).
+fn temp_name(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_extension(format!("ltx.{}.{n}.tmp", std::process::id()))
 }

@@ -20,7 +20,7 @@ use super::status::{self, DatabaseStatus, ReplicaStatus};
 use super::{Replicator, Synced, upload};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::replica::{FileReplica, Replica, SNAPSHOT_LEVEL};
+use crate::replica::{FileReplica, Replica, ReplicaFile, SNAPSHOT_LEVEL};
 use crate::store::writer::{Commit, CommitGate, CommitListener, Release};
 use crate::store::{Store, wal_path};
 use crate::wal::WalReader;
@@ -37,6 +37,8 @@ const LOCAL_LOG_BYTES_MAX: u64 = 1 << 30;
 const WRITE_LOCK_WAIT: Duration = Duration::from_millis(50);
 /// How long after a checkpoint that could not complete the next one is tried.
 const CHECKPOINT_RETRY: Duration = Duration::from_millis(500);
+/// Most level-0 files the shipper remembers having written, so uploaders need no listing.
+const RECENT_MAX: usize = 4_096;
 
 /// Replicates databases until stopped.
 pub struct Engine {
@@ -177,6 +179,71 @@ pub(crate) struct State {
     shipped: VecDeque<(u64, u64)>,
     /// Answers held until enough replicas have their commit: (commit, deadline, release).
     held: VecDeque<(u64, Instant, Release)>,
+    /// In sync mode, how many replicas must hold a commit before its answers go (0 otherwise).
+    sync_replicas: usize,
+    /// The level-0 files this process wrote into the local log and has not pruned, in TXID
+    /// order: an uploader that keeps up takes its next file from here instead of a listing.
+    pub(crate) recent: VecDeque<ReplicaFile>,
+}
+
+/// An answer to send, once the lock is released.
+type Released = (Release, std::result::Result<(), String>);
+
+impl State {
+    /// Takes the held answers whose commit `sync_replicas` replicas hold, or whose deadline has
+    /// passed (those answer `not_replicated`), in commit order.
+    pub(crate) fn take_released(&mut self, now: Instant) -> Vec<Released> {
+        let mut released = Vec::new();
+        if self.sync_replicas == 0 {
+            return released;
+        }
+        while let Some((seq, deadline, _)) = self.held.front() {
+            let confirmed = self
+                .status
+                .replicas
+                .iter()
+                .filter(|r| r.commit_seq >= *seq)
+                .count();
+            let result = if confirmed >= self.sync_replicas {
+                Ok(())
+            } else if *deadline <= now {
+                Err(format!(
+                    "{confirmed} of the {} replicas required confirmed it in time",
+                    self.sync_replicas
+                ))
+            } else {
+                break;
+            };
+            if let Some((_, _, release)) = self.held.pop_front() {
+                released.push((release, result));
+            }
+        }
+        released
+    }
+
+    /// Records that the local log's files up to `txid` hold every store commit up to `seq`, and
+    /// credits the replicas that already hold `txid` with them.
+    ///
+    /// `seq` is read before the WAL is, and a commit is in the WAL before its listener call, so a
+    /// sync can ship a commit that only a later `seq` names; that later sync then finds nothing
+    /// new, and without this record the commit's answers would wait for the next commit.
+    fn record_shipped(&mut self, txid: u64, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        match self.shipped.back_mut() {
+            Some((t, s)) if *t == txid => *s = (*s).max(seq),
+            _ => self.shipped.push_back((txid, seq)),
+        }
+        if self.shipped.len() > 100_000 {
+            self.shipped.pop_front();
+        }
+        for r in &mut self.status.replicas {
+            if r.txid.is_some_and(|t| t >= txid) {
+                r.commit_seq = r.commit_seq.max(seq);
+            }
+        }
+    }
 }
 
 impl Db {
@@ -303,7 +370,16 @@ impl Engine {
         let local_dir = status::local_log_dir(&path);
         std::fs::create_dir_all(&local_dir)
             .map_err(|e| Error::io("create local log", &local_dir, e))?;
-        let local = Replica::File(FileReplica::new(&local_dir));
+        // The local log is a cache: nothing in it is fsynced (the WAL keeps every commit until the
+        // engine has shipped it; replicas get their own durable copy). After a machine crash a
+        // file may have lost its name, or kept its name without its bytes: such files go here, and
+        // the first shipment is always a snapshot numbered past what remains and past what any
+        // replica holds (an uploader that finds a replica ahead asks for one), so no history has a gap.
+        let cache = FileReplica::cache(&local_dir);
+        for f in cache.remove_unverified(&[0, SNAPSHOT_LEVEL])? {
+            tracing::warn!(database = %spec.name, level = f.level, min_txid = f.min_txid, max_txid = f.max_txid, "local log file did not verify (a machine crash?); removed");
+        }
+        let local = Replica::File(cache);
         let replicator = Replicator::new(&path, local.clone())?;
         let replicas = spec
             .replicas
@@ -334,6 +410,8 @@ impl Engine {
                 raise_txid: 0,
                 shipped: VecDeque::new(),
                 held: VecDeque::new(),
+                sync_replicas: 0,
+                recent: VecDeque::new(),
             }),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -365,10 +443,9 @@ impl Engine {
             })?;
         }
         if let Some((_, needed)) = gate {
+            db.lock().sync_replicas = needed;
             let db = db.clone();
-            self.spawn(&format!("tv-gate-{}", spec.name), move || {
-                run_gate(&db, needed)
-            })?;
+            self.spawn(&format!("tv-gate-{}", spec.name), move || run_gate(&db))?;
         }
         Ok(())
     }
@@ -519,34 +596,13 @@ struct ShipperOptions {
     checkpoint_wal_bytes: u64,
 }
 
-/// Releases held answers once `needed` replicas hold their commit, or after their deadline.
-fn run_gate(db: &Db, needed: usize) {
+/// Releases held answers whose deadline passed (uploaders release the confirmed ones themselves,
+/// and this thread any they left), then sleeps until the next deadline.
+fn run_gate(db: &Db) {
     let mut st = db.lock();
     loop {
         let now = Instant::now();
-        let mut released = Vec::new();
-        while let Some((seq, deadline, _)) = st.held.front() {
-            let confirmed = st
-                .status
-                .replicas
-                .iter()
-                .filter(|r| r.commit_seq >= *seq)
-                .count();
-            if confirmed >= needed {
-                let (_, _, release) = st.held.pop_front().expect("front exists");
-                released.push((release, Ok(())));
-            } else if *deadline <= now {
-                let (_, _, release) = st.held.pop_front().expect("front exists");
-                released.push((
-                    release,
-                    Err(format!(
-                        "{confirmed} of the {needed} replicas required confirmed it in time"
-                    )),
-                ));
-            } else {
-                break;
-            }
-        }
+        let released = st.take_released(now);
         let stopping = db.stopping();
         if !released.is_empty() {
             drop(st);
@@ -791,14 +847,25 @@ impl Shipper<'_> {
                 if synced != Synced::Nothing {
                     st.status.txid = txid;
                     st.status.txid_time_ms = Some(ts);
-                    st.shipped.push_back((txid, seq));
-                    if st.shipped.len() > 100_000 {
-                        st.shipped.pop_front();
+                    if let Synced::Transactions { bytes, .. } = synced {
+                        if st.recent.len() >= RECENT_MAX {
+                            st.recent.pop_front();
+                        }
+                        st.recent.push_back(ReplicaFile {
+                            level: 0,
+                            min_txid: txid,
+                            max_txid: txid,
+                            size: bytes,
+                            created_at_ms: ts,
+                        });
                     }
                     if let Synced::Snapshot { .. } = synced {
                         tracing::info!(database = %db.name, txid, "snapshot written to the local log");
                     }
                 }
+                // Even when nothing new was found: the commits up to `seq` may have been shipped
+                // by the previous sync, which read the WAL before their listener call came.
+                st.record_shipped(txid, seq);
                 drop(st);
                 db.changed.notify_all();
                 true
@@ -897,10 +964,7 @@ impl Shipper<'_> {
                     st.status.txid = txid;
                     st.status.txid_time_ms = Some(ts);
                 }
-                // Files up to `txid` hold every commit up to `seq`, shipped now or before.
-                if txid > 0 && st.shipped.back().is_none_or(|&(_, s)| s < seq) {
-                    st.shipped.push_back((txid, seq));
-                }
+                st.record_shipped(txid, seq);
                 if done {
                     st.status.checkpoints += 1;
                 }
@@ -1041,13 +1105,23 @@ fn prune_local(db: &Db, status: &DatabaseStatus) -> Result<()> {
         return Ok(());
     };
     let mut total: u64 = files.iter().map(|f| f.size).sum::<u64>() + newest.size;
+    // Files go oldest first, so what goes is a prefix: the shipper's record of recent files
+    // forgets the same prefix.
+    let mut deleted_to = 0;
+    let mut result = Ok(());
     for f in &files {
-        if f.max_txid <= everyone_has || total > LOCAL_LOG_BYTES_MAX {
-            db.local.delete(f)?;
-            total -= f.size;
+        if f.max_txid > everyone_has && total <= LOCAL_LOG_BYTES_MAX {
+            break;
         }
+        if let Err(e) = db.local.delete(f) {
+            result = Err(e);
+            break;
+        }
+        total -= f.size;
+        deleted_to = f.max_txid;
     }
-    Ok(())
+    db.lock().recent.retain(|f| f.max_txid > deleted_to);
+    result
 }
 
 /// Runs `PRAGMA wal_checkpoint(TRUNCATE)` without waiting for readers; true if it truncated.
@@ -1146,4 +1220,42 @@ pub(crate) fn anyhow_chain(e: &Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(replicas: usize) -> State {
+        State {
+            status: DatabaseStatus {
+                replicas: vec![ReplicaStatus::default(); replicas],
+                ..DatabaseStatus::default()
+            },
+            history_start: 1,
+            snapshot_wanted: false,
+            raise_txid: 0,
+            shipped: VecDeque::new(),
+            held: VecDeque::new(),
+            sync_replicas: 0,
+            recent: VecDeque::new(),
+        }
+    }
+
+    #[test]
+    fn a_commit_shipped_before_its_listener_call_still_reaches_the_gate() {
+        let mut st = state(2);
+        st.record_shipped(5, 10);
+        st.status.replicas[0].txid = Some(5);
+        st.status.replicas[0].commit_seq = Db::commit_seq_at(&st, 5);
+        // Commit 11 was already in the WAL when file 5 was written; the sync its listener call
+        // triggers finds nothing new.
+        st.record_shipped(5, 11);
+        assert_eq!(Db::commit_seq_at(&st, 5), 11);
+        assert_eq!(st.status.replicas[0].commit_seq, 11);
+        assert_eq!(st.status.replicas[1].commit_seq, 0, "replica 1 holds nothing yet");
+        st.record_shipped(6, 12);
+        assert_eq!(st.shipped, VecDeque::from([(5, 11), (6, 12)]));
+        assert_eq!(st.status.replicas[0].commit_seq, 11, "file 6 is not on replica 0");
+    }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::engine::{Db, ReplicaSpec, anyhow_chain};
 use crate::error::{Error, Result};
-use crate::replica::{ReplicaFile, SNAPSHOT_LEVEL};
+use crate::replica::{Replica, ReplicaFile, SNAPSHOT_LEVEL};
 
 /// The finest point-in-time step a replica with no sync interval keeps, in ms.
 const GRANULARITY_MS: i64 = 10;
@@ -40,6 +40,7 @@ pub(crate) fn run(db: &Db, index: usize, spec: ReplicaSpec) {
         last_upload: None,
         next_maintenance_ms: db.now_ms() + 5_000,
         drain_until: None,
+        link: true,
     };
     up.run();
 }
@@ -57,6 +58,14 @@ struct Uploader<'a> {
     /// When the next maintenance pass is due, by the engine's clock.
     next_maintenance_ms: i64,
     drain_until: Option<Instant>,
+    /// Whether local files may still be hard-linked into the replica (until a link fails).
+    link: bool,
+}
+
+/// What goes to the replica next: a local file as it is, or files merged in memory.
+enum Piece {
+    Local(ReplicaFile),
+    Merged(Vec<u8>),
 }
 
 impl Uploader<'_> {
@@ -233,9 +242,16 @@ impl Uploader<'_> {
             } else {
                 i64::MAX
             };
+            // Files a replica can link cost no copy and no inode each, where a merge costs a
+            // decode, an encode and a new file: with no interval, they go one by one.
+            let files_max = if self.spec.sync_interval.is_zero() && self.can_link() {
+                1
+            } else {
+                MERGE_FILES_MAX
+            };
             let mut next = position + 1;
             let mut bytes = 0;
-            for f in local.list_after(0, position)? {
+            for f in self.local_after(position)? {
                 if f.min_txid < next {
                     continue;
                 }
@@ -244,7 +260,7 @@ impl Uploader<'_> {
                     .is_some_and(|first| f.created_at_ms - first.created_at_ms >= span_ms);
                 if f.min_txid > next
                     || too_late
-                    || run.len() >= MERGE_FILES_MAX
+                    || run.len() >= files_max
                     || bytes >= MERGE_BYTES_MAX
                 {
                     break;
@@ -255,22 +271,22 @@ impl Uploader<'_> {
             }
         }
         let started = self.db.now_ms();
-        let (level, bytes, max_txid, ts, snapshot) = if !run.is_empty() {
-            let data = if run.len() == 1 {
-                local.read(&run[0])?
+        let (level, piece, max_txid, ts, snapshot) = if !run.is_empty() {
+            let piece = if run.len() == 1 {
+                Piece::Local(run[0].clone())
             } else {
                 let inputs = run
                     .iter()
                     .map(|f| local.read(f))
                     .collect::<Result<Vec<_>>>()?;
                 let slices: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
-                ltx::compact(&slices).map_err(|source| Error::Ltx {
+                Piece::Merged(ltx::compact(&slices).map_err(|source| Error::Ltx {
                     name: format!("merge of {} local files", run.len()),
                     source,
-                })?
+                })?)
             };
             let last = run.last().map_or(position, |f| f.max_txid);
-            (0, data, last, run[0].created_at_ms, run[0].min_txid == 1)
+            (0, piece, last, run[0].created_at_ms, run[0].min_txid == 1)
         } else {
             let above = self.need_snapshot_above.unwrap_or(0).max(position);
             let snapshot = local
@@ -283,15 +299,13 @@ impl Uploader<'_> {
                 self.db.changed.notify_all();
                 return Ok(false);
             };
-            (
-                SNAPSHOT_LEVEL,
-                local.read(&s)?,
-                s.max_txid,
-                s.created_at_ms,
-                true,
-            )
+            let (max_txid, ts) = (s.max_txid, s.created_at_ms);
+            (SNAPSHOT_LEVEL, Piece::Local(s), max_txid, ts, true)
         };
-        let written = self.spec.replica.put(level, &bytes)?;
+        let written = match piece {
+            Piece::Local(f) => self.put_local(level, &f)?,
+            Piece::Merged(bytes) => self.spec.replica.put(level, &bytes)?,
+        };
         self.last_upload = Some(Instant::now());
         self.position = Some(max_txid);
         if snapshot {
@@ -323,9 +337,52 @@ impl Uploader<'_> {
         if max_txid >= local_txid {
             r.caught_up_at_ms = Some(started);
         }
+        // In sync mode, the answers this upload confirms go now, not after another thread's wakeup.
+        let released = st.take_released(Instant::now());
         drop(st);
         self.db.changed.notify_all();
+        for (release, result) in released {
+            release(result);
+        }
         Ok(true)
+    }
+
+    /// The local log's level-0 files after `position`: from the shipper's record of the files it
+    /// wrote when that holds the next one, else from a listing (after a restart, a snapshot, or
+    /// an uploader that fell far behind).
+    fn local_after(&self, position: u64) -> Result<Vec<ReplicaFile>> {
+        {
+            let st = self.db.lock();
+            let i = st.recent.partition_point(|f| f.max_txid <= position);
+            if st.recent.get(i).is_some_and(|f| f.min_txid == position + 1) {
+                return Ok(st.recent.range(i..).cloned().collect());
+            }
+        }
+        self.db.local.list_after(0, position)
+    }
+
+    /// Whether local files can be hard-linked into the replica (as far as is known).
+    fn can_link(&self) -> bool {
+        self.link && matches!(self.spec.replica, Replica::File(_))
+    }
+
+    /// Puts a local-log file on the replica at `level`: a hard link when the replica is a
+    /// directory on the same filesystem (no copy, and the local log's pruning frees no inode),
+    /// else a copy.
+    fn put_local(&mut self, level: u32, file: &ReplicaFile) -> Result<ReplicaFile> {
+        if self.link
+            && let (Replica::File(to), Replica::File(from)) = (&self.spec.replica, &self.db.local)
+        {
+            match to.put_link(level, from, file)? {
+                Some(written) => return Ok(written),
+                None => {
+                    tracing::info!(replica = %self.spec.name, "the replica is on another filesystem: copying files instead of linking them");
+                    self.link = false;
+                }
+            }
+        }
+        let bytes = self.db.local.read(file)?;
+        self.spec.replica.put(level, &bytes)
     }
 
     /// Compaction, snapshot schedule and retention; updates the restorable window in status.
