@@ -443,17 +443,13 @@ impl Config {
                 ),
             ));
         }
-        if self.replication.mode == "sync" {
-            let n = self.replication.sync_replicas;
-            if n == 0 || n > self.replication.replica.len() as u64 {
-                return Err(bad(
-                    "replication.sync_replicas",
-                    format!(
-                        "must be between 1 and the number of replicas ({}), not {n}",
-                        self.replication.replica.len()
-                    ),
-                ));
-            }
+        // Against the number of replicas it is checked where they are all known (`serve` adds
+        // those of --replica).
+        if self.replication.mode == "sync" && self.replication.sync_replicas == 0 {
+            return Err(bad(
+                "replication.sync_replicas",
+                "must be at least 1 in sync mode".into(),
+            ));
         }
         if !(1..=600_000).contains(&self.replication.sync_timeout_ms) {
             return Err(bad(
