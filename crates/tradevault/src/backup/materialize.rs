@@ -1,0 +1,322 @@
+//! [`restore_backup`]: a backup's pages into a new database file. Its pages may live in its
+//! ancestors' packs; the manifest lists every segment it needs, so nothing else is read.
+//!
+//! Packs are fetched one ahead of the one being decoded; each segment's stored bytes are checked
+//! against their blake3 before decoding, and every page against its page-table hash before it is
+//! written. Pages go into a staging file this call created; the output name appears only after
+//! every page was checked and the file was synced, and never over an existing file.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::catalog::read_manifest;
+use super::codec::{Identity, decode};
+use super::format::{self, Manifest, PageEntry};
+use super::{Progress, Target};
+use crate::error::{Error, Result};
+
+/// What a restore of a backup did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoredBackup {
+    /// The backup restored.
+    pub id: String,
+    /// The file written.
+    pub output: String,
+    /// Pages written.
+    pub pages: u32,
+    /// Bytes per page.
+    pub page_size: u32,
+    /// Bytes of the database.
+    pub bytes: u64,
+    /// Bytes read from the target.
+    pub fetched_bytes: u64,
+    /// Objects read from the target.
+    pub objects: u64,
+    /// Every commit finished before this time is in the restored state (ms since the epoch).
+    pub state_min_ms: i64,
+    /// No commit started after this time is in it: LTX files after this continue it.
+    pub state_max_ms: i64,
+    /// Seconds spent fetching, decoding, checking and writing.
+    pub seconds: f64,
+    /// The manifest of the backup.
+    #[serde(skip)]
+    pub manifest: Manifest,
+}
+
+/// Restores backup `id` from `target` into `output`, which must not exist (nor its `-wal` and
+/// `-shm`). `identity` is needed for an encrypted backup. The database is not checked with
+/// SQLite here: every page equals the page that was backed up; callers run the check they want.
+pub fn restore_backup(
+    target: &Target,
+    id: &str,
+    identity: Option<&Identity>,
+    output: &Path,
+    progress: Option<&Progress>,
+) -> Result<RestoredBackup> {
+    let started = Instant::now();
+    for side in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{side}", output.display()));
+        if p.exists() {
+            return Err(Error::invalid(
+                "output_exists",
+                None,
+                format!(
+                    "{} already exists; a restore never overwrites a file",
+                    p.display()
+                ),
+            ));
+        }
+    }
+    let manifest = read_manifest(target, id)?;
+    if !manifest.recipients.is_empty() && identity.is_none() {
+        return Err(Error::backup(
+            "identity_required",
+            format!("backup {id} is encrypted (age) and no identity was given"),
+            Some("pass --identity FILE: the age identity whose public key is in [backup] recipients"),
+        ));
+    }
+    let key = format::pages_key(id);
+    let bytes = target.get(&key)?.ok_or_else(|| {
+        Error::backup("corrupt_object", format!("backup {id}: object {key} is missing"), None)
+    })?;
+    let actual = format::hex_hash(&bytes);
+    if actual != manifest.page_table.blake3 {
+        return Err(Error::backup(
+            "corrupt_object",
+            format!(
+                "backup {id}: object {key}: expected blake3 {}, actual {actual}",
+                manifest.page_table.blake3
+            ),
+            None,
+        ));
+    }
+    let entries = format::decode_pages(&bytes, &key)?;
+    if entries.len() != manifest.page_count as usize {
+        return Err(Error::backup(
+            "corrupt_object",
+            format!("backup {id}: object {key} lists {} pages, the manifest {}", entries.len(), manifest.page_count),
+            None,
+        ));
+    }
+    let staging = PathBuf::from(format!("{}.tradevault-restore", output.display()));
+    let out = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&staging)
+        .map_err(|e| Error::io("create staging file", &staging, e))?;
+    let result = fill(target, &manifest, &entries, identity, &out, &staging, progress);
+    let result = result.and_then(|(fetched, objects)| {
+        out.sync_all()
+            .map_err(|e| Error::io("fsync staging file", &staging, e))?;
+        // Never over an existing file: link fails if the name was taken meanwhile.
+        std::fs::hard_link(&staging, output)
+            .map_err(|e| Error::io("name restored database", output, e))?;
+        Ok((fetched, objects))
+    });
+    let _ = std::fs::remove_file(&staging);
+    let (fetched_bytes, objects) = result?;
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("fsync directory", dir, e))?;
+    }
+    Ok(RestoredBackup {
+        id: manifest.id.clone(),
+        output: output.display().to_string(),
+        pages: manifest.page_count,
+        page_size: manifest.page_size,
+        bytes: manifest.size_bytes(),
+        fetched_bytes,
+        objects,
+        state_min_ms: manifest.state_min_ms,
+        state_max_ms: manifest.state_max_ms,
+        seconds: started.elapsed().as_secs_f64(),
+        manifest,
+    })
+}
+
+/// Writes every page into `out`; returns bytes and objects fetched.
+fn fill(
+    target: &Target,
+    manifest: &Manifest,
+    entries: &[PageEntry],
+    identity: Option<&Identity>,
+    out: &File,
+    staging: &Path,
+    progress: Option<&Progress>,
+) -> Result<(u64, u64)> {
+    let ps = manifest.page_size as usize;
+    out.set_len(manifest.size_bytes())
+        .map_err(|e| Error::io("size staging file", staging, e))?;
+    if let Some(p) = progress {
+        p.start(u64::from(manifest.page_count));
+    }
+    // For each segment, the page numbers of its slots.
+    let mut slots: Vec<Vec<(u32, u32)>> = vec![Vec::new(); manifest.segments.len()];
+    for (i, e) in entries.iter().enumerate() {
+        let seg = slots.get_mut(e.segment as usize).ok_or_else(|| {
+            Error::backup(
+                "corrupt_object",
+                format!("backup {}: page {} points at segment {} of {}", manifest.id, i + 1, e.segment, manifest.segments.len()),
+                None,
+            )
+        })?;
+        seg.push((e.slot, i as u32 + 1));
+    }
+    // Segments by pack, in pack order.
+    let mut by_pack: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, s) in manifest.segments.iter().enumerate() {
+        if !slots[i].is_empty() {
+            by_pack.entry(s.pack.as_str()).or_default().push(i);
+        }
+    }
+    let encrypted = !manifest.recipients.is_empty();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
+    let mut fetched = 0u64;
+    let mut objects = 0u64;
+    std::thread::scope(|s| -> Result<()> {
+        let (tx, rx) = sync_channel::<Result<(String, Vec<u8>)>>(1);
+        let keys: Vec<String> = by_pack.keys().map(|k| (*k).to_owned()).collect();
+        s.spawn(move || {
+            for key in keys {
+                let got = target.get(&key).and_then(|b| {
+                    b.ok_or_else(|| {
+                        Error::backup("corrupt_object", format!("object {key} is missing"), None)
+                    })
+                });
+                let failed = got.is_err();
+                if tx.send(got.map(|b| (key, b))).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for got in rx {
+            let (key, pack) = got.map_err(|e| named(manifest, e))?;
+            fetched += pack.len() as u64;
+            objects += 1;
+            if let Some(p) = progress {
+                p.add_bytes(pack.len() as u64);
+            }
+            let segs = &by_pack[key.as_str()];
+            let per = segs.len().div_ceil(threads).max(1);
+            std::thread::scope(|inner| -> Result<()> {
+                let handles: Vec<_> = segs
+                    .chunks(per)
+                    .map(|chunk| {
+                        let pack = &pack;
+                        let slots = &slots;
+                        inner.spawn(move || -> Result<()> {
+                            for &i in chunk {
+                                decode_segment(manifest, i, pack, &slots[i], entries, identity, encrypted, out, staging, ps, progress)?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().map_err(|_| Error::Internal {
+                        message: "restore thread panicked".into(),
+                    })??;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })?;
+    Ok((fetched, objects))
+}
+
+fn named(manifest: &Manifest, e: Error) -> Error {
+    match e {
+        Error::Backup { code, message, hint } => Error::Backup {
+            code,
+            message: format!("backup {}: {message}", manifest.id),
+            hint,
+        },
+        other => other,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode_segment(
+    manifest: &Manifest,
+    index: usize,
+    pack: &[u8],
+    slots: &[(u32, u32)],
+    entries: &[PageEntry],
+    identity: Option<&Identity>,
+    encrypted: bool,
+    out: &File,
+    staging: &Path,
+    ps: usize,
+    progress: Option<&Progress>,
+) -> Result<()> {
+    let seg = &manifest.segments[index];
+    let corrupt = |what: String| {
+        Error::backup(
+            "corrupt_object",
+            format!(
+                "backup {}: object {}: segment at offset {} ({} bytes, {} pages): {what}",
+                manifest.id, seg.pack, seg.offset, seg.len, seg.pages
+            ),
+            Some("verify the other targets with 'tradevault backup verify --all'; restore from a backup that passes"),
+        )
+    };
+    let end = seg.offset.checked_add(seg.len).filter(|e| *e <= pack.len() as u64);
+    let Some(end) = end else {
+        return Err(corrupt(format!("the object holds only {} bytes", pack.len())));
+    };
+    let stored = &pack[seg.offset as usize..end as usize];
+    let actual = format::hex_hash(stored);
+    if actual != seg.blake3 {
+        return Err(corrupt(format!("expected blake3 {}, actual {actual}", seg.blake3)));
+    }
+    let plain = decode(stored, &manifest.compression, encrypted, identity, seg.pages as usize * ps)
+        .map_err(|why| {
+            if why.contains("decrypt") || why.contains("identity") {
+                Error::backup(
+                    "identity_mismatch",
+                    format!("backup {}: cannot decrypt {}: {why}", manifest.id, seg.pack),
+                    Some("pass the identity whose public key was in [backup] recipients when it was taken"),
+                )
+            } else {
+                corrupt(why)
+            }
+        })?;
+    // Runs of consecutive page numbers are written with one call.
+    let mut sorted: Vec<(u32, u32)> = slots.to_vec();
+    sorted.sort_by_key(|(_, pgno)| *pgno);
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i + 1;
+        while j < sorted.len()
+            && sorted[j].1 == sorted[j - 1].1 + 1
+            && sorted[j].0 == sorted[j - 1].0 + 1
+        {
+            j += 1;
+        }
+        for &(slot, pgno) in &sorted[i..j] {
+            let page = plain
+                .get(slot as usize * ps..(slot as usize + 1) * ps)
+                .ok_or_else(|| corrupt(format!("page {pgno} is at slot {slot}, past its end")))?;
+            if format::page_hash(page) != entries[pgno as usize - 1].hash {
+                return Err(corrupt(format!("page {pgno} differs from its hash in the page table")));
+            }
+        }
+        let (first_slot, first_pgno) = sorted[i];
+        let run = &plain[first_slot as usize * ps..(first_slot as usize + (j - i)) * ps];
+        out.write_all_at(run, u64::from(first_pgno - 1) * ps as u64)
+            .map_err(|e| Error::io("write restored pages", staging, e))?;
+        if let Some(p) = progress {
+            p.add_pages((j - i) as u64);
+        }
+        i = j;
+    }
+    Ok(())
+}
