@@ -1,5 +1,6 @@
 //! One file per subcommand, and what they share: loading the config and starting logs.
 
+pub mod backup;
 pub mod check;
 pub mod init;
 pub mod replicate;

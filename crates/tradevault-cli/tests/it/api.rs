@@ -721,7 +721,7 @@ fn health_and_metrics() {
     }
     let (_, stats) = api.get("/v1/stats?check=true");
     assert_eq!(stats["integrity"], "ok");
-    assert_eq!(stats["schema_version"], 1);
+    assert_eq!(stats["schema_version"], 2);
     assert!(stats["page_size"].as_i64().is_some_and(|p| p > 0));
     assert!(stats["wal_file_size_bytes"].as_u64().is_some());
 }

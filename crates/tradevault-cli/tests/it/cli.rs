@@ -46,7 +46,7 @@ fn init_stats_and_check() {
     let (code, out, err) = run(&["init", "--data-dir", d, "--json"]);
     assert_eq!(code, 0, "{err}");
     let init: Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(init["schema_version"], 1);
+    assert_eq!(init["schema_version"], 2);
     assert!(dir.path().join("tradevault.db").exists());
     {
         let server = Server::start(dir.path());
