@@ -53,6 +53,16 @@ impl Target {
         })
     }
 
+    /// A target in an S3 bucket, built with its own settings (tests, callers with explicit
+    /// credentials).
+    pub fn from_s3(replica: S3Replica) -> Target {
+        Target {
+            name: replica.describe().split('?').next().unwrap_or_default().to_owned(),
+            kind: Kind::S3(replica),
+            rules: None,
+        }
+    }
+
     /// A configured target by name, or a target by URL.
     pub fn resolve(config: &BackupConfig, name_or_url: &str) -> Result<Target> {
         if let Some(t) = config.target.iter().find(|t| t.name == name_or_url) {
