@@ -68,7 +68,7 @@ impl Default for BackupConfig {
             recipients: Vec::new(),
             full_every: 24,
             segment_bytes: 4 << 20,
-            pack_bytes: 64 << 20,
+            pack_bytes: 16 << 20,
             threads: 2,
             target: Vec::new(),
         }

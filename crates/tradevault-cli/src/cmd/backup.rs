@@ -429,6 +429,14 @@ fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         super::print_json(&json)?;
     }
     if results.is_empty() {
+        if let Some(id) = &args.id {
+            return Err(tradevault::Error::backup(
+                "not_found",
+                format!("no backup {id:?} on any target"),
+                Some("run 'tradevault backup list' to see the ids"),
+            )
+            .into());
+        }
         eprintln!("tradevault: no backup to verify");
     }
     if results.iter().any(|(_, v)| !v.ok) {

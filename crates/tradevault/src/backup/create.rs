@@ -1,12 +1,13 @@
 //! [`create`]: one consistent snapshot of a database, written to each target as a full or an
 //! incremental backup.
 //!
-//! Per target, three kinds of thread work at once: this thread reads pages from the snapshot,
+//! Per target, four kinds of thread work at once: this thread reads pages from the snapshot,
 //! hashes each one and compares it with the parent backup's page table, gathering the changed
-//! pages into segments; `threads` workers compress (and encrypt) segments; one packer puts them,
-//! in order, into pack objects of about `pack_bytes`. Channels between them are bounded, so memory
-//! stays at a few segments and one pack. The page table and then the manifest are written only
-//! after every pack is stored: a backup that did not finish is never visible.
+//! pages into segments; `threads` workers compress (and encrypt) segments; a packer puts them, in
+//! order, into pack objects of about `pack_bytes`; an uploader stores each full pack while the
+//! next one fills. Channels between them are bounded, so memory stays at a few segments and three
+//! packs. The page table and then the manifest are written only after every pack is stored: a
+//! backup that did not finish is never visible.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -123,7 +124,12 @@ fn finish(target: &Target, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-fn find_parent(target: &Target, options: &CreateOptions<'_>, page_size: u32) -> Option<Parent> {
+fn find_parent(
+    target: &Target,
+    options: &CreateOptions<'_>,
+    codec: &Codec,
+    page_size: u32,
+) -> Option<Parent> {
     if options.full || options.config.full_every <= 1 {
         return None;
     }
@@ -144,6 +150,15 @@ fn find_parent(target: &Target, options: &CreateOptions<'_>, page_size: u32) -> 
     }
     let load = || -> Result<Parent> {
         let manifest = catalog.manifest(target, &newest.id)?;
+        // A backup decodes every segment one way: a change of compression or recipients starts
+        // a new chain.
+        if manifest.compression != codec.compression || manifest.recipients != codec.recipients() {
+            return Err(Error::backup(
+                "codec_changed",
+                "compression or recipients changed since the previous backup",
+                None,
+            ));
+        }
         let key = pages_key(&manifest.id);
         let bytes = target.get(&key)?.ok_or_else(|| {
             Error::backup("corrupt_object", format!("object {key} is missing"), None)
@@ -161,7 +176,7 @@ fn find_parent(target: &Target, options: &CreateOptions<'_>, page_size: u32) -> 
     match load() {
         Ok(p) => Some(p),
         Err(e) => {
-            tracing::warn!(target = %target.name, parent = %newest.id, error = %e, "previous backup unreadable; taking a full backup");
+            tracing::warn!(target = %target.name, parent = %newest.id, error = %e, "no incremental on the previous backup; taking a full backup");
             None
         }
     }
@@ -182,7 +197,7 @@ fn write_one(
     let config = options.config;
     let ps = snapshot.page_size as usize;
     let id = super::new_id(started_ms, &format!("{}/{}", target.name, options.database));
-    let parent = find_parent(target, options, snapshot.page_size);
+    let parent = find_parent(target, options, codec, snapshot.page_size);
     let segment_pages = (config.segment_bytes as usize / ps).max(1) as u32;
     let threads = config.threads.max(1) as usize;
     if let Some(p) = options.progress {
@@ -200,7 +215,10 @@ fn write_one(
         // the reader's sends fail instead of waiting forever.
         drop((done_tx, job_rx));
         let packer = s.spawn(|| pack(target, &id, config.pack_bytes, done_rx, options.progress));
-        let read = read_pages(snapshot, parent.as_ref(), segment_pages, job_tx, options.progress);
+        let read = match parent.as_ref() {
+            Some(p) => read_changed(snapshot, p, segment_pages, threads, job_tx, options.progress),
+            None => read_pages(snapshot, None, segment_pages, job_tx, options.progress),
+        };
         let packed = packer.join().map_err(|_| Error::Internal {
             message: "backup packer panicked".into(),
         })?;
@@ -285,6 +303,100 @@ fn write_one(
     })
 }
 
+/// An incremental backup: hashes every page on `threads` threads (the compressors have little to
+/// do), then reads again only the pages whose hash differs from the parent's and sends them, a
+/// segment at a time.
+fn read_changed(
+    snapshot: &Snapshot,
+    parent: &Parent,
+    segment_pages: u32,
+    threads: usize,
+    jobs: SyncSender<Job>,
+    progress: Option<&Progress>,
+) -> Result<Vec<([u8; format::PAGE_HASH_LEN], Place)>> {
+    let ps = snapshot.page_size as usize;
+    let total = snapshot.page_count;
+    let ranges = total.div_ceil(segment_pages);
+    let next = std::sync::atomic::AtomicU32::new(0);
+    let hashed: Vec<Result<Vec<(u32, Vec<[u8; format::PAGE_HASH_LEN]>)>>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut buf = vec![0u8; segment_pages as usize * ps];
+                    let mut out = Vec::new();
+                    loop {
+                        let r = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if r >= ranges {
+                            return Ok(out);
+                        }
+                        let first = r * segment_pages + 1;
+                        let n = segment_pages.min(total - first + 1);
+                        let chunk = &mut buf[..n as usize * ps];
+                        snapshot.read_pages(first, chunk)?;
+                        out.push((r, chunk.chunks(ps).map(format::page_hash).collect()));
+                        if let Some(p) = progress {
+                            p.add_pages(u64::from(n));
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(Error::Internal {
+                        message: "backup hashing thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut hashes = vec![[0u8; format::PAGE_HASH_LEN]; total as usize];
+    for part in hashed {
+        for (r, hs) in part? {
+            let at = (r * segment_pages) as usize;
+            hashes[at..at + hs.len()].copy_from_slice(&hs);
+        }
+    }
+    let mut places = Vec::with_capacity(total as usize);
+    let mut pending: Vec<u8> = Vec::with_capacity(segment_pages as usize * ps);
+    let mut pending_pages = 0u32;
+    let mut next_segment = 0u32;
+    let mut page = vec![0u8; ps];
+    for (i, hash) in hashes.into_iter().enumerate() {
+        if let Some(e) = parent.pages.get(i).filter(|e| e.hash == hash) {
+            places.push((hash, Place::Parent(e.segment, e.slot)));
+            continue;
+        }
+        snapshot.read_pages(i as u32 + 1, &mut page)?;
+        if format::page_hash(&page) != hash {
+            return Err(Error::Internal {
+                message: format!("page {} changed inside a read transaction", i + 1),
+            });
+        }
+        places.push((hash, Place::New(next_segment, pending_pages)));
+        pending.extend_from_slice(&page);
+        pending_pages += 1;
+        if pending_pages == segment_pages {
+            let full = std::mem::replace(&mut pending, Vec::with_capacity(segment_pages as usize * ps));
+            jobs.send((next_segment, pending_pages, full))
+                .map_err(|_| Error::Internal {
+                    message: "backup writer stopped".into(),
+                })?;
+            next_segment += 1;
+            pending_pages = 0;
+        }
+    }
+    if pending_pages > 0 {
+        jobs.send((next_segment, pending_pages, pending))
+            .map_err(|_| Error::Internal {
+                message: "backup writer stopped".into(),
+            })?;
+    }
+    Ok(places)
+}
+
 /// Reads every page, hashes it, and sends the ones the parent does not hold, a segment at a time.
 fn read_pages(
     snapshot: &Snapshot,
@@ -354,13 +466,43 @@ fn compress_worker(jobs: &Mutex<Receiver<Job>>, done: &SyncSender<Done>, codec: 
     }
 }
 
-/// Puts compressed segments, in index order, into packs of about `pack_bytes`.
+/// Puts compressed segments, in index order, into packs of about `pack_bytes`; a thread of its
+/// own stores each full pack, so compression goes on while a pack is written and synced.
 fn pack(
     target: &Target,
     id: &str,
     pack_bytes: u64,
     done: Receiver<Done>,
     progress: Option<&Progress>,
+) -> Result<(Vec<Segment>, Vec<ObjectSum>)> {
+    std::thread::scope(|s| {
+        let (full_tx, full_rx) = sync_channel::<(String, Vec<u8>)>(1);
+        let uploader = s.spawn(move || -> Result<()> {
+            for (key, bytes) in full_rx {
+                let len = bytes.len() as u64;
+                target.put(&key, bytes)?;
+                if let Some(p) = progress {
+                    p.add_bytes(len);
+                }
+            }
+            Ok(())
+        });
+        let packed = fill_packs(id, pack_bytes, done, &full_tx);
+        drop(full_tx);
+        let uploaded = uploader.join().map_err(|_| Error::Internal {
+            message: "backup uploader panicked".into(),
+        })?;
+        // The target's failure explains a packer that could not hand over a pack.
+        uploaded?;
+        packed
+    })
+}
+
+fn fill_packs(
+    id: &str,
+    pack_bytes: u64,
+    done: Receiver<Done>,
+    full: &SyncSender<(String, Vec<u8>)>,
 ) -> Result<(Vec<Segment>, Vec<ObjectSum>)> {
     let mut waiting: BTreeMap<u32, (u32, Vec<u8>)> = BTreeMap::new();
     let mut next = 0u32;
@@ -372,19 +514,15 @@ fn pack(
             return Ok(());
         }
         let key = pack_key(id, packs.len() as u32);
-        let sum = ObjectSum {
+        packs.push(ObjectSum {
             key: key.clone(),
             size: buf.len() as u64,
             blake3: format::hex_hash(buf),
-        };
-        let bytes = std::mem::take(buf);
-        let len = bytes.len() as u64;
-        target.put(&key, bytes)?;
-        if let Some(p) = progress {
-            p.add_bytes(len);
-        }
-        packs.push(sum);
-        Ok(())
+        });
+        full.send((key, std::mem::take(buf)))
+            .map_err(|_| Error::Internal {
+                message: "backup uploader stopped".into(),
+            })
     };
     for result in done {
         let (index, pages, stored) = result?;

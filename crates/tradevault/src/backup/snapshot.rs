@@ -1,15 +1,18 @@
 //! [`Snapshot`]: a consistent copy of a live SQLite database, page by page, without stopping its
 //! writers.
 //!
-//! A read-only connection opens a read transaction and keeps it until every page was read. In WAL
-//! mode that read mark stops any checkpoint from copying frames past it into the database file,
-//! and stops the WAL from being restarted under it. The WAL is then read to its end (every
-//! committed transaction, verified frame by frame, the newest version of each page kept in
-//! memory), and the database file is read with those pages laid over it. Any page a checkpoint
-//! may copy into the file meanwhile is one of those laid over it, so the result is exactly the
-//! state after the WAL's last commit. If the WAL's header changed while it was read (a reset), the
-//! whole read starts again. A database in rollback-journal mode is read under the transaction's
-//! SHARED lock, which holds its writers off until the read ends.
+//! A read-only connection opens a read transaction and keeps it until every page was read (and
+//! the rows counted, on that connection: the same state). In WAL mode its read mark stops any
+//! checkpoint from copying frames past it into the database file, and stops the WAL from being
+//! restarted under it. The snapshot's last frame is the WAL index header's (`-shm`) when BEGIN
+//! started: read just before and just after, and started again unless both are the same. The WAL
+//! is read up to that frame (every committed transaction, verified frame by frame, the newest
+//! version of each page kept in memory) and the database file is read with those pages laid over
+//! it. Any page a checkpoint may copy into the file meanwhile is one of those laid over it, so the
+//! result is exactly the transaction's state. (Reading the WAL to its end instead takes commits
+//! made after BEGIN: the rows counted then disagree with the pages, as a test showed.) A
+//! database in rollback-journal mode is read under the transaction's SHARED lock, which holds its
+//! writers off until the read ends.
 //!
 //! Memory: the WAL's distinct pages (the store bounds its WAL at `checkpoint_wal_bytes`).
 
@@ -28,7 +31,8 @@ use crate::wal::WalReader;
 /// A consistent state of a database being read.
 pub struct Snapshot {
     path: PathBuf,
-    conn: Option<Connection>,
+    /// In a mutex only so that a snapshot can be shared by the threads reading its pages.
+    conn: std::sync::Mutex<Option<Connection>>,
     file: File,
     file_pages: u64,
     /// Bytes per page.
@@ -50,13 +54,16 @@ impl Snapshot {
         if !db.is_file() {
             return Err(Error::NotInitialized { path: db.to_owned() });
         }
-        for _ in 0..16 {
+        for _ in 0..1_000 {
             if let Some(s) = Snapshot::try_open(db, now)? {
                 return Ok(s);
             }
         }
         Err(Error::Internal {
-            message: format!("the wal of {} kept being reset while it was read", db.display()),
+            message: format!(
+                "{}: no stable snapshot in 1000 tries (its WAL index kept changing)",
+                db.display()
+            ),
         })
     }
 
@@ -65,10 +72,6 @@ impl Snapshot {
             .map_err(|e| Error::sqlite("open database for backup", e))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| Error::sqlite("set busy timeout", e))?;
-        // The read transaction starts with the first read, and lasts until the connection closes.
-        conn.execute_batch("BEGIN")
-            .and_then(|()| conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())))
-            .map_err(|e| corrupt_or(db, e))?;
         let file = File::open(db).map_err(|e| Error::io("open database", db, e))?;
         let mut header = [0u8; 100];
         file.read_exact_at(&mut header, 0)
@@ -82,50 +85,76 @@ impl Snapshot {
         let raw = u32::from(u16::from_be_bytes([header[16], header[17]]));
         let page_size = if raw == 1 { 65_536 } else { raw };
         let wal_mode = header[18] == 2;
+        let shm = PathBuf::from(format!("{}-shm", db.display()));
+        // The read transaction starts with the first read. Its snapshot is the WAL index header
+        // it found: when the header is the same just before and just after, that header (its
+        // last valid frame, its salts) describes the snapshot exactly.
+        // One read outside a transaction opens (and, if needed, rebuilds) the WAL index.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .map_err(|e| corrupt_or(db, e))?;
         let state_min_ms = now();
+        let before = if wal_mode { shm_header(&shm)? } else { None };
+        conn.execute_batch("BEGIN")
+            .and_then(|()| conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())))
+            .map_err(|e| corrupt_or(db, e))?;
+        let after = if wal_mode { shm_header(&shm)? } else { None };
+        let state_max_ms = now();
+        if wal_mode && (before.is_none() || before != after) {
+            return Ok(None);
+        }
         let mut overlay = HashMap::new();
         let mut commit = None;
         let mut wal = None;
-        let wal_file = wal_path(db);
-        if wal_mode && let Some(mut reader) = WalReader::open(&wal_file)? {
-            let before = *reader.header();
-            if before.page_size == page_size {
-                while let Some(t) = reader.next_transaction()? {
-                    for (pgno, data) in t.pages {
-                        if pgno <= t.commit {
-                            overlay.insert(pgno, data);
-                        }
-                    }
-                    commit = Some(t.commit);
-                }
-                let after = WalReader::open(&wal_file)?.map(|r| *r.header());
-                if after != Some(before) {
-                    return Ok(None);
-                }
-                let p = reader.position();
-                wal = Some(WalMark {
-                    salt1: p.salt1,
-                    salt2: p.salt2,
-                    offset: p.offset,
-                });
+        if let Some(h) = after.filter(|h| h.max_frame > h.backfilled) {
+            // Frames up to max_frame are the snapshot's; the database file holds every frame up
+            // to `backfilled` already, and no checkpoint copies frames past the read mark.
+            let Some(mut reader) = WalReader::open(&wal_path(db))? else {
+                return Ok(None);
+            };
+            let wh = *reader.header();
+            if wh.page_size != page_size || (wh.salt1, wh.salt2) != h.salts {
+                return Ok(None);
             }
+            let limit = 32 + u64::from(h.max_frame) * (24 + u64::from(page_size));
+            let mut end = 32;
+            while let Some(t) = reader.next_transaction()? {
+                if t.end > limit {
+                    break;
+                }
+                end = t.end;
+                for (pgno, data) in t.pages {
+                    if pgno <= t.commit {
+                        overlay.insert(pgno, data);
+                    }
+                }
+                commit = Some(t.commit);
+            }
+            if end != limit {
+                return Ok(None);
+            }
+            wal = Some(WalMark {
+                salt1: wh.salt1,
+                salt2: wh.salt2,
+                offset: end,
+            });
         }
-        let state_max_ms = now();
         let file_len = file
             .metadata()
             .map_err(|e| Error::io("read database size", db, e))?
             .len();
         let file_pages = file_len / u64::from(page_size);
-        let page_count = match commit {
-            Some(c) => c,
-            None => u32::try_from(file_pages).map_err(|_| Error::Internal {
+        let page_count = match (commit, after) {
+            (Some(c), _) => c,
+            // Everything is in the file; the WAL index knows its size in pages.
+            (None, Some(h)) if h.pages > 0 => h.pages,
+            _ => u32::try_from(file_pages).map_err(|_| Error::Internal {
                 message: "database too large".into(),
             })?,
         };
         overlay.retain(|pgno, _| *pgno <= page_count);
         Ok(Some(Snapshot {
             path: db.to_owned(),
-            conn: Some(conn),
+            conn: std::sync::Mutex::new(Some(conn)),
             file,
             file_pages,
             page_size,
@@ -166,13 +195,54 @@ impl Snapshot {
     /// Takes the connection holding the read transaction, to count rows on another thread; give
     /// it back with [`Snapshot::put_connection`] (or drop the snapshot only after the pages).
     pub fn take_connection(&mut self) -> Option<Connection> {
-        self.conn.take()
+        self.conn.get_mut().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Gives back the connection taken with [`Snapshot::take_connection`].
     pub fn put_connection(&mut self, conn: Connection) {
-        self.conn = Some(conn);
+        *self.conn.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(conn);
     }
+}
+
+/// What a snapshot needs of the WAL index (the `-shm` file, SQLite's `WalIndexHdr` and
+/// `nBackfill`, in native byte order): its header as a whole, to compare, and a few fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ShmHeader {
+    bytes: [u8; 48],
+    max_frame: u32,
+    pages: u32,
+    salts: (u32, u32),
+    backfilled: u32,
+}
+
+fn shm_header(path: &Path) -> Result<Option<ShmHeader>> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open wal index", path, e)),
+    };
+    let mut b = [0u8; 104];
+    if f.read_exact_at(&mut b, 0).is_err() {
+        return Ok(None);
+    }
+    // SQLite writes the second copy first: a header being written shows two different copies.
+    if b[..48] != b[48..96] || b[12] == 0 {
+        return Ok(None);
+    }
+    let ne = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let mut bytes = [0u8; 48];
+    bytes.copy_from_slice(&b[..48]);
+    Ok(Some(ShmHeader {
+        bytes,
+        max_frame: ne(16),
+        pages: ne(20),
+        // The salts are copied from the WAL header as bytes: big-endian words there.
+        salts: (
+            u32::from_be_bytes([b[32], b[33], b[34], b[35]]),
+            u32::from_be_bytes([b[36], b[37], b[38], b[39]]),
+        ),
+        backfilled: ne(96),
+    }))
 }
 
 /// Rows per table (SQLite's own and virtual tables left out), in the connection's transaction.

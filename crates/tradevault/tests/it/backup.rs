@@ -236,7 +236,10 @@ fn encrypted_backups_need_the_identity_and_only_that_one() {
         recipients: vec![key.to_public().to_string()],
         ..small_config()
     };
+    // A plain backup first: a change of recipients starts a new chain.
+    let plain = create(&target, &db, &small_config());
     let full = create(&target, &db, &config);
+    assert!(full.parent.is_none(), "not an increment of {}", plain.id);
     add_rows(&conn, 10_000, 5);
     let incr = create(&target, &db, &config);
     assert!(incr.parent.is_some(), "incrementals work without the secret key");
