@@ -71,7 +71,9 @@ pub fn create(targets: &[Target], options: &CreateOptions<'_>) -> Result<Vec<Man
         &options.config.recipients,
     )?;
     let started_ms = (options.now)();
+    let clock = std::time::Instant::now();
     let mut snapshot = Snapshot::open(&options.db, options.now)?;
+    tracing::debug!(pages = snapshot.page_count, ms = clock.elapsed().as_millis() as u64, "backup snapshot open");
     let conn = snapshot.take_connection();
     let mut out = Vec::new();
     let mut tables = None;
@@ -88,6 +90,7 @@ pub fn create(targets: &[Target], options: &CreateOptions<'_>) -> Result<Vec<Man
         let mut counter = counter;
         for target in targets {
             let mut manifest = write_one(target, &snapshot, &codec, options, started_ms)?;
+            tracing::debug!(target = %target.name, ms = clock.elapsed().as_millis() as u64, "backup pages stored");
             if tables.is_none()
                 && let Some(handle) = counter.take()
             {
@@ -99,7 +102,9 @@ pub fn create(targets: &[Target], options: &CreateOptions<'_>) -> Result<Vec<Man
             }
             manifest.tables = tables.clone().unwrap_or_default();
             manifest.finished_ms = (options.now)();
+            tracing::debug!(ms = clock.elapsed().as_millis() as u64, "backup rows counted");
             finish(target, &manifest)?;
+            tracing::debug!(ms = clock.elapsed().as_millis() as u64, "backup manifest and index written");
             out.push(manifest);
         }
         Ok(())
@@ -182,6 +187,9 @@ fn find_parent(
     }
 }
 
+/// A page's blake3 (start), CRC and place.
+type Located = ([u8; format::PAGE_HASH_LEN], u64, Place);
+
 /// A segment on its way to a compressor: its index among the new segments and its pages.
 type Job = (u32, u32, Vec<u8>);
 /// A compressed segment on its way to the packer.
@@ -197,7 +205,9 @@ fn write_one(
     let config = options.config;
     let ps = snapshot.page_size as usize;
     let id = super::new_id(started_ms, &format!("{}/{}", target.name, options.database));
+    let clock = std::time::Instant::now();
     let parent = find_parent(target, options, codec, snapshot.page_size);
+    tracing::debug!(parent = parent.is_some(), ms = clock.elapsed().as_millis() as u64, "backup parent looked up");
     let segment_pages = (config.segment_bytes as usize / ps).max(1) as u32;
     let threads = config.threads.max(1) as usize;
     if let Some(p) = options.progress {
@@ -217,7 +227,7 @@ fn write_one(
         let packer = s.spawn(|| pack(target, &id, config.pack_bytes, done_rx, options.progress));
         let read = match parent.as_ref() {
             Some(p) => read_changed(snapshot, p, segment_pages, threads, job_tx, options.progress),
-            None => read_pages(snapshot, None, segment_pages, job_tx, options.progress),
+            None => read_pages(snapshot, segment_pages, job_tx, options.progress),
         };
         let packed = packer.join().map_err(|_| Error::Internal {
             message: "backup packer panicked".into(),
@@ -227,10 +237,11 @@ fn write_one(
         let places = read?;
         Ok::<_, Error>((places, segments, packs))
     })?;
+    tracing::debug!(ms = clock.elapsed().as_millis() as u64, "backup pages read and packed");
     // Number the segments: the parent's that are still used, then the new ones.
     let mut used: BTreeSet<u32> = BTreeSet::new();
     for place in &places {
-        if let (_, Place::Parent(seg, _)) = place {
+        if let (_, _, Place::Parent(seg, _)) = place {
             used.insert(*seg);
         }
     }
@@ -246,22 +257,24 @@ fn write_one(
     segments.extend(new_segments);
     let entries: Vec<PageEntry> = places
         .iter()
-        .map(|(hash, place)| match place {
+        .map(|(hash, crc, place)| match place {
             Place::Parent(seg, slot) => PageEntry {
                 segment: renumber[seg],
                 slot: *slot,
                 hash: *hash,
+                crc: *crc,
             },
             Place::New(seg, slot) => PageEntry {
                 segment: first_new + seg,
                 slot: *slot,
                 hash: *hash,
+                crc: *crc,
             },
         })
         .collect();
     let pages_stored = places
         .iter()
-        .filter(|(_, p)| matches!(p, Place::New(..)))
+        .filter(|(_, _, p)| matches!(p, Place::New(..)))
         .count() as u32;
     let owners: BTreeSet<String> = segments
         .iter()
@@ -303,9 +316,9 @@ fn write_one(
     })
 }
 
-/// An incremental backup: hashes every page on `threads` threads (the compressors have little to
-/// do), then reads again only the pages whose hash differs from the parent's and sends them, a
-/// segment at a time.
+/// An incremental backup: CRCs every page on `threads` threads (the compressors have little to
+/// do), then reads again only the pages whose CRC differs from the parent's, hashes and sends them,
+/// a segment at a time. Unchanged pages keep the parent's entry, blake3 included.
 fn read_changed(
     snapshot: &Snapshot,
     parent: &Parent,
@@ -313,12 +326,12 @@ fn read_changed(
     threads: usize,
     jobs: SyncSender<Job>,
     progress: Option<&Progress>,
-) -> Result<Vec<([u8; format::PAGE_HASH_LEN], Place)>> {
+) -> Result<Vec<Located>> {
     let ps = snapshot.page_size as usize;
     let total = snapshot.page_count;
     let ranges = total.div_ceil(segment_pages);
     let next = std::sync::atomic::AtomicU32::new(0);
-    let hashed: Vec<Result<Vec<(u32, Vec<[u8; format::PAGE_HASH_LEN]>)>>> = std::thread::scope(|s| {
+    let summed: Vec<Result<Vec<(u32, Vec<u64>)>>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
@@ -333,7 +346,7 @@ fn read_changed(
                         let n = segment_pages.min(total - first + 1);
                         let chunk = &mut buf[..n as usize * ps];
                         snapshot.read_pages(first, chunk)?;
-                        out.push((r, chunk.chunks(ps).map(format::page_hash).collect()));
+                        out.push((r, chunk.chunks(ps).map(format::page_crc).collect()));
                         if let Some(p) = progress {
                             p.add_pages(u64::from(n));
                         }
@@ -346,65 +359,64 @@ fn read_changed(
             .map(|w| {
                 w.join().unwrap_or_else(|_| {
                     Err(Error::Internal {
-                        message: "backup hashing thread panicked".into(),
+                        message: "backup reading thread panicked".into(),
                     })
                 })
             })
             .collect()
     });
-    let mut hashes = vec![[0u8; format::PAGE_HASH_LEN]; total as usize];
-    for part in hashed {
-        for (r, hs) in part? {
+    let mut crcs = vec![0u64; total as usize];
+    for part in summed {
+        for (r, cs) in part? {
             let at = (r * segment_pages) as usize;
-            hashes[at..at + hs.len()].copy_from_slice(&hs);
+            crcs[at..at + cs.len()].copy_from_slice(&cs);
         }
     }
+    let stopped = || Error::Internal {
+        message: "backup writer stopped".into(),
+    };
     let mut places = Vec::with_capacity(total as usize);
     let mut pending: Vec<u8> = Vec::with_capacity(segment_pages as usize * ps);
     let mut pending_pages = 0u32;
     let mut next_segment = 0u32;
     let mut page = vec![0u8; ps];
-    for (i, hash) in hashes.into_iter().enumerate() {
-        if let Some(e) = parent.pages.get(i).filter(|e| e.hash == hash) {
-            places.push((hash, Place::Parent(e.segment, e.slot)));
+    for (i, crc) in crcs.into_iter().enumerate() {
+        if let Some(e) = parent.pages.get(i).filter(|e| e.crc == crc) {
+            places.push((e.hash, crc, Place::Parent(e.segment, e.slot)));
             continue;
         }
         snapshot.read_pages(i as u32 + 1, &mut page)?;
-        if format::page_hash(&page) != hash {
+        if format::page_crc(&page) != crc {
             return Err(Error::Internal {
                 message: format!("page {} changed inside a read transaction", i + 1),
             });
         }
-        places.push((hash, Place::New(next_segment, pending_pages)));
+        places.push((format::page_hash(&page), crc, Place::New(next_segment, pending_pages)));
         pending.extend_from_slice(&page);
         pending_pages += 1;
         if pending_pages == segment_pages {
-            let full = std::mem::replace(&mut pending, Vec::with_capacity(segment_pages as usize * ps));
+            let full =
+                std::mem::replace(&mut pending, Vec::with_capacity(segment_pages as usize * ps));
             jobs.send((next_segment, pending_pages, full))
-                .map_err(|_| Error::Internal {
-                    message: "backup writer stopped".into(),
-                })?;
+                .map_err(|_| stopped())?;
             next_segment += 1;
             pending_pages = 0;
         }
     }
     if pending_pages > 0 {
         jobs.send((next_segment, pending_pages, pending))
-            .map_err(|_| Error::Internal {
-                message: "backup writer stopped".into(),
-            })?;
+            .map_err(|_| stopped())?;
     }
     Ok(places)
 }
 
-/// Reads every page, hashes it, and sends the ones the parent does not hold, a segment at a time.
+/// A full backup: reads every page, hashes it, and sends them all, a segment at a time.
 fn read_pages(
     snapshot: &Snapshot,
-    parent: Option<&Parent>,
     segment_pages: u32,
     jobs: SyncSender<Job>,
     progress: Option<&Progress>,
-) -> Result<Vec<([u8; format::PAGE_HASH_LEN], Place)>> {
+) -> Result<Vec<Located>> {
     let ps = snapshot.page_size as usize;
     let total = snapshot.page_count;
     let mut places = Vec::with_capacity(total as usize);
@@ -423,14 +435,11 @@ fn read_pages(
         snapshot.read_pages(first, chunk)?;
         for i in 0..n {
             let page = &chunk[i as usize * ps..(i as usize + 1) * ps];
-            let hash = format::page_hash(page);
-            let pgno = first + i;
-            let same = parent.and_then(|p| p.pages.get(pgno as usize - 1)).filter(|e| e.hash == hash);
-            if let Some(e) = same {
-                places.push((hash, Place::Parent(e.segment, e.slot)));
-                continue;
-            }
-            places.push((hash, Place::New(next_segment, pending_pages)));
+            places.push((
+                format::page_hash(page),
+                format::page_crc(page),
+                Place::New(next_segment, pending_pages),
+            ));
             pending.extend_from_slice(page);
             pending_pages += 1;
             if pending_pages == segment_pages {

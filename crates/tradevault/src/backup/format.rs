@@ -4,8 +4,9 @@
 //! - `backups/<id>.manifest`: `TVBKMANI`, version, then the [`Manifest`] as JSON. Written last: a
 //!   backup exists when, and only when, its manifest does.
 //! - `backups/<id>.pages`: `TVBKPAGE`, version, then the page table, zstd-compressed: for every
-//!   page, the segment holding it, its slot in that segment, and the first 16 bytes of the blake3
-//!   of its plain content.
+//!   page, the segment holding it, its slot in that segment, the first 16 bytes of the blake3 of
+//!   its plain content (checked by every restore), and its CRC-64 (what the next incremental
+//!   backup compares: 15 GB/s where blake3 on 4 KiB pages does about 1).
 //! - `packs/<id>/<n>.pack`: segments back to back. A segment is pages compressed together (zstd
 //!   or gzip), then age-encrypted when the backup is. Packs carry no header: the manifest records
 //!   each segment's offset, length and blake3, and each pack's size and blake3.
@@ -24,6 +25,8 @@ const CHECKSUM_LEN: usize = 32;
 
 /// Bytes of a page's hash kept in the page table.
 pub const PAGE_HASH_LEN: usize = 16;
+/// Bytes per page in the page table: segment, slot, hash, CRC.
+const ENTRY_LEN: usize = 4 + 4 + PAGE_HASH_LEN + 8;
 
 /// Everything a backup records about itself; the `.manifest` object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +137,8 @@ pub struct PageEntry {
     pub slot: u32,
     /// The start of the blake3 of its content.
     pub hash: [u8; PAGE_HASH_LEN],
+    /// CRC-64/NVME of its content: how incremental backups find the pages that changed.
+    pub crc: u64,
 }
 
 /// The key of a backup's manifest.
@@ -154,6 +159,11 @@ pub fn pack_key(id: &str, n: u32) -> String {
 /// The backup id a pack key belongs to.
 pub fn pack_owner(key: &str) -> Option<&str> {
     key.strip_prefix("packs/")?.split_once('/').map(|(id, _)| id)
+}
+
+/// The CRC an incremental backup compares a page by.
+pub fn page_crc(page: &[u8]) -> u64 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, page)
 }
 
 /// Hex blake3 of `bytes`.
@@ -233,7 +243,7 @@ pub fn decode_manifest(bytes: &[u8], key: &str) -> Result<Manifest> {
 
 /// Encodes a page table object: columns (segments, slots, hashes), zstd-compressed.
 pub fn encode_pages(entries: &[PageEntry]) -> Result<Vec<u8>> {
-    let mut raw = Vec::with_capacity(entries.len() * (8 + PAGE_HASH_LEN) + 4);
+    let mut raw = Vec::with_capacity(entries.len() * ENTRY_LEN + 4);
     raw.extend_from_slice(&(entries.len() as u32).to_be_bytes());
     for e in entries {
         raw.extend_from_slice(&e.segment.to_be_bytes());
@@ -243,6 +253,9 @@ pub fn encode_pages(entries: &[PageEntry]) -> Result<Vec<u8>> {
     }
     for e in entries {
         raw.extend_from_slice(&e.hash);
+    }
+    for e in entries {
+        raw.extend_from_slice(&e.crc.to_be_bytes());
     }
     let compressed = zstd::bulk::compress(&raw, 3).map_err(|e| Error::Internal {
         message: format!("compress page table: {e}"),
@@ -259,19 +272,23 @@ pub fn decode_pages(bytes: &[u8], key: &str) -> Result<Vec<PageEntry>> {
         return Err(bad("page table is truncated"));
     }
     let n = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
-    if raw.len() != 4 + n * (8 + PAGE_HASH_LEN) {
+    if raw.len() != 4 + n * ENTRY_LEN {
         return Err(bad("page table has the wrong length"));
     }
     let u32_at = |at: usize| u32::from_be_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
     let hashes = 4 + n * 8;
+    let crcs = hashes + n * PAGE_HASH_LEN;
     Ok((0..n)
         .map(|i| {
             let mut hash = [0u8; PAGE_HASH_LEN];
             hash.copy_from_slice(&raw[hashes + i * PAGE_HASH_LEN..hashes + (i + 1) * PAGE_HASH_LEN]);
+            let mut crc = [0u8; 8];
+            crc.copy_from_slice(&raw[crcs + i * 8..crcs + (i + 1) * 8]);
             PageEntry {
                 segment: u32_at(4 + i * 4),
                 slot: u32_at(4 + n * 4 + i * 4),
                 hash,
+                crc: u64::from_be_bytes(crc),
             }
         })
         .collect())
@@ -288,6 +305,7 @@ mod tests {
                 segment: i / 256,
                 slot: i % 256,
                 hash: page_hash(&i.to_be_bytes()),
+                crc: page_crc(&i.to_be_bytes()),
             })
             .collect();
         let mut bytes = encode_pages(&entries).expect("encode");

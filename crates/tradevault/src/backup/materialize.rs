@@ -59,6 +59,19 @@ pub fn restore_backup(
     output: &Path,
     progress: Option<&Progress>,
 ) -> Result<RestoredBackup> {
+    materialize(target, id, identity, output, progress, true)
+}
+
+/// [`restore_backup`], with `sync: false` for a scratch file that is read at once and deleted
+/// (deep verify): no fsync of the file or its directory.
+pub(crate) fn materialize(
+    target: &Target,
+    id: &str,
+    identity: Option<&Identity>,
+    output: &Path,
+    progress: Option<&Progress>,
+    sync: bool,
+) -> Result<RestoredBackup> {
     let started = Instant::now();
     for side in ["", "-wal", "-shm"] {
         let p = PathBuf::from(format!("{}{side}", output.display()));
@@ -112,8 +125,10 @@ pub fn restore_backup(
         .map_err(|e| Error::io("create staging file", &staging, e))?;
     let result = fill(target, &manifest, &entries, identity, &out, &staging, progress);
     let result = result.and_then(|(fetched, objects)| {
-        out.sync_all()
-            .map_err(|e| Error::io("fsync staging file", &staging, e))?;
+        if sync {
+            out.sync_all()
+                .map_err(|e| Error::io("fsync staging file", &staging, e))?;
+        }
         // Never over an existing file: link fails if the name was taken meanwhile.
         std::fs::hard_link(&staging, output)
             .map_err(|e| Error::io("name restored database", output, e))?;
@@ -121,7 +136,7 @@ pub fn restore_backup(
     });
     let _ = std::fs::remove_file(&staging);
     let (fetched_bytes, objects) = result?;
-    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = output.parent().filter(|d| sync && !d.as_os_str().is_empty()) {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| Error::io("fsync directory", dir, e))?;

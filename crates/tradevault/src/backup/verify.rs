@@ -11,7 +11,8 @@ use rusqlite::{Connection, OpenFlags};
 use super::catalog::{Verification, read_manifest, record_verification};
 use super::format::{self, pack_owner};
 use super::snapshot::row_counts;
-use super::{Identity, Target, format_ms, restore_backup};
+use super::materialize::materialize;
+use super::{Identity, Target, format_ms};
 use crate::error::{Error, Result};
 use crate::restore::Check;
 
@@ -123,7 +124,8 @@ pub fn verify(target: &Target, id: &str, options: &VerifyOptions<'_>) -> Result<
     }
     let dir = options.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let scratch = dir.join(format!("tradevault-verify-{}-{id}.db", std::process::id()));
-    let restored = restore_backup(target, id, options.identity, &scratch, None);
+    // A scratch file is read at once and deleted: it is not synced.
+    let restored = materialize(target, id, options.identity, &scratch, None, false);
     let outcome = match restored {
         Err(e @ Error::Backup { code: "identity_mismatch", .. }) => Err(e),
         Err(e @ (Error::Backup { .. } | Error::Invalid { .. })) => {
@@ -144,27 +146,36 @@ pub fn verify(target: &Target, id: &str, options: &VerifyOptions<'_>) -> Result<
     finish(target, id, options, at_ms, started, problems, objects, bytes)
 }
 
+/// Runs the check and counts rows at the same time, on two connections (SQLite's check is one
+/// thread; the counts read other pages), both reading the file through mmap.
 fn check_restored(
     path: &std::path::Path,
     check: Check,
     expected: &std::collections::BTreeMap<String, u64>,
     problems: &mut Vec<String>,
 ) -> Result<()> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| Error::sqlite("open restored backup", e))?;
-    let lines: std::result::Result<Vec<String>, _> = conn
-        .prepare(&format!("PRAGMA {}(20)", check.pragma()))
-        .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect());
-    match lines {
+    let open = || -> Result<Connection> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| Error::sqlite("open restored backup", e))?;
+        conn.pragma_update(None, "mmap_size", 1_i64 << 40)
+            .map_err(|e| Error::sqlite("open restored backup", e))?;
+        Ok(conn)
+    };
+    let (checker, counter) = (open()?, open()?);
+    let (checked, counted) = std::thread::scope(|s| {
+        let counts = s.spawn(move || row_counts(&counter, path));
+        let lines: std::result::Result<Vec<String>, _> = checker
+            .prepare(&format!("PRAGMA {}(20)", check.pragma()))
+            .and_then(|mut st| st.query_map([], |r| r.get::<_, String>(0))?.collect());
+        (lines, counts.join())
+    });
+    match checked {
         Ok(l) if l == ["ok"] => {}
         Ok(l) => problems.push(format!("{}: {}", check.pragma(), l.join("; "))),
-        Err(e) => {
-            problems.push(format!("{}: {e}", check.pragma()));
-            return Ok(());
-        }
+        Err(e) => problems.push(format!("{}: {e}", check.pragma())),
     }
-    match row_counts(&conn, path) {
-        Ok(actual) => {
+    match counted {
+        Ok(Ok(actual)) => {
             for (table, n) in expected {
                 match actual.get(table) {
                     Some(a) if a == n => {}
@@ -178,7 +189,8 @@ fn check_restored(
                 problems.push(format!("table {table}: in the restored database, not counted at backup time"));
             }
         }
-        Err(e) => problems.push(format!("count rows: {e}")),
+        Ok(Err(e)) => problems.push(format!("count rows: {e}")),
+        Err(_) => problems.push("count rows: the counting thread panicked".into()),
     }
     Ok(())
 }
