@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use super::catalog::Catalog;
 use super::format::{
-    self, Manifest, ObjectSum, PageEntry, Segment, encode_manifest, encode_pages, manifest_key,
-    pack_key, pages_key,
+    self, Fingerprint, Manifest, ObjectSum, PageEntry, Segment, encode_manifest, encode_pages,
+    manifest_key, pack_key, pages_key,
 };
 use super::snapshot::{Snapshot, row_counts};
 use super::{Codec, Kind, Progress, Target};
@@ -187,8 +187,8 @@ fn find_parent(
     }
 }
 
-/// A page's blake3 (start), CRC and place.
-type Located = ([u8; format::PAGE_HASH_LEN], u64, Place);
+/// A page's fingerprint and place.
+type Located = (u64, Place);
 
 /// A segment on its way to a compressor: its index among the new segments and its pages.
 type Job = (u32, u32, Vec<u8>);
@@ -209,6 +209,11 @@ fn write_one(
     let parent = find_parent(target, options, codec, snapshot.page_size);
     tracing::debug!(parent = parent.is_some(), ms = clock.elapsed().as_millis() as u64, "backup parent looked up");
     let segment_pages = (config.segment_bytes as usize / ps).max(1) as u32;
+    let fingerprint = if codec.recipients().is_empty() {
+        Fingerprint::Crc64
+    } else {
+        Fingerprint::Blake3
+    };
     let threads = config.threads.max(1) as usize;
     if let Some(p) = options.progress {
         p.start(u64::from(snapshot.page_count));
@@ -226,8 +231,8 @@ fn write_one(
         drop((done_tx, job_rx));
         let packer = s.spawn(|| pack(target, &id, config.pack_bytes, done_rx, options.progress));
         let read = match parent.as_ref() {
-            Some(p) => read_changed(snapshot, p, segment_pages, threads, job_tx, options.progress),
-            None => read_pages(snapshot, segment_pages, job_tx, options.progress),
+            Some(p) => read_changed(snapshot, fingerprint, p, segment_pages, threads, job_tx, options.progress),
+            None => read_pages(snapshot, fingerprint, segment_pages, job_tx, options.progress),
         };
         let packed = packer.join().map_err(|_| Error::Internal {
             message: "backup packer panicked".into(),
@@ -241,7 +246,7 @@ fn write_one(
     // Number the segments: the parent's that are still used, then the new ones.
     let mut used: BTreeSet<u32> = BTreeSet::new();
     for place in &places {
-        if let (_, _, Place::Parent(seg, _)) = place {
+        if let (_, Place::Parent(seg, _)) = place {
             used.insert(*seg);
         }
     }
@@ -257,24 +262,22 @@ fn write_one(
     segments.extend(new_segments);
     let entries: Vec<PageEntry> = places
         .iter()
-        .map(|(hash, crc, place)| match place {
+        .map(|(fp, place)| match place {
             Place::Parent(seg, slot) => PageEntry {
                 segment: renumber[seg],
                 slot: *slot,
-                hash: *hash,
-                crc: *crc,
+                fp: *fp,
             },
             Place::New(seg, slot) => PageEntry {
                 segment: first_new + seg,
                 slot: *slot,
-                hash: *hash,
-                crc: *crc,
+                fp: *fp,
             },
         })
         .collect();
     let pages_stored = places
         .iter()
-        .filter(|(_, _, p)| matches!(p, Place::New(..)))
+        .filter(|(_, p)| matches!(p, Place::New(..)))
         .count() as u32;
     let owners: BTreeSet<String> = segments
         .iter()
@@ -302,6 +305,7 @@ fn write_one(
         ltx_txid: None,
         page_size: snapshot.page_size,
         page_count: snapshot.page_count,
+        page_fingerprint: fingerprint.as_str().to_owned(),
         tables: BTreeMap::new(),
         compression: codec.compression.clone(),
         level: codec.level,
@@ -316,11 +320,12 @@ fn write_one(
     })
 }
 
-/// An incremental backup: CRCs every page on `threads` threads (the compressors have little to
-/// do), then reads again only the pages whose CRC differs from the parent's, hashes and sends them,
-/// a segment at a time. Unchanged pages keep the parent's entry, blake3 included.
+/// An incremental backup: fingerprints every page on `threads` threads (the compressors have
+/// little to do), then reads again only the pages whose fingerprint differs from the parent's and
+/// sends them, a segment at a time. Unchanged pages keep the parent's entry.
 fn read_changed(
     snapshot: &Snapshot,
+    fingerprint: Fingerprint,
     parent: &Parent,
     segment_pages: u32,
     threads: usize,
@@ -346,7 +351,7 @@ fn read_changed(
                         let n = segment_pages.min(total - first + 1);
                         let chunk = &mut buf[..n as usize * ps];
                         snapshot.read_pages(first, chunk)?;
-                        out.push((r, chunk.chunks(ps).map(format::page_crc).collect()));
+                        out.push((r, chunk.chunks(ps).map(|p| fingerprint.of(p)).collect()));
                         if let Some(p) = progress {
                             p.add_pages(u64::from(n));
                         }
@@ -365,11 +370,11 @@ fn read_changed(
             })
             .collect()
     });
-    let mut crcs = vec![0u64; total as usize];
+    let mut fps = vec![0u64; total as usize];
     for part in summed {
         for (r, cs) in part? {
             let at = (r * segment_pages) as usize;
-            crcs[at..at + cs.len()].copy_from_slice(&cs);
+            fps[at..at + cs.len()].copy_from_slice(&cs);
         }
     }
     let stopped = || Error::Internal {
@@ -380,18 +385,18 @@ fn read_changed(
     let mut pending_pages = 0u32;
     let mut next_segment = 0u32;
     let mut page = vec![0u8; ps];
-    for (i, crc) in crcs.into_iter().enumerate() {
-        if let Some(e) = parent.pages.get(i).filter(|e| e.crc == crc) {
-            places.push((e.hash, crc, Place::Parent(e.segment, e.slot)));
+    for (i, fp) in fps.into_iter().enumerate() {
+        if let Some(e) = parent.pages.get(i).filter(|e| e.fp == fp) {
+            places.push((fp, Place::Parent(e.segment, e.slot)));
             continue;
         }
         snapshot.read_pages(i as u32 + 1, &mut page)?;
-        if format::page_crc(&page) != crc {
+        if fingerprint.of(&page) != fp {
             return Err(Error::Internal {
                 message: format!("page {} changed inside a read transaction", i + 1),
             });
         }
-        places.push((format::page_hash(&page), crc, Place::New(next_segment, pending_pages)));
+        places.push((fp, Place::New(next_segment, pending_pages)));
         pending.extend_from_slice(&page);
         pending_pages += 1;
         if pending_pages == segment_pages {
@@ -413,6 +418,7 @@ fn read_changed(
 /// A full backup: reads every page, hashes it, and sends them all, a segment at a time.
 fn read_pages(
     snapshot: &Snapshot,
+    fingerprint: Fingerprint,
     segment_pages: u32,
     jobs: SyncSender<Job>,
     progress: Option<&Progress>,
@@ -435,11 +441,7 @@ fn read_pages(
         snapshot.read_pages(first, chunk)?;
         for i in 0..n {
             let page = &chunk[i as usize * ps..(i as usize + 1) * ps];
-            places.push((
-                format::page_hash(page),
-                format::page_crc(page),
-                Place::New(next_segment, pending_pages),
-            ));
+            places.push((fingerprint.of(page), Place::New(next_segment, pending_pages)));
             pending.extend_from_slice(page);
             pending_pages += 1;
             if pending_pages == segment_pages {

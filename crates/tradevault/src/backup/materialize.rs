@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::catalog::read_manifest;
 use super::codec::{Identity, decode};
-use super::format::{self, Manifest, PageEntry};
+use super::format::{self, Fingerprint, Manifest, PageEntry};
 use super::{Progress, Target};
 use crate::error::{Error, Result};
 
@@ -273,6 +273,16 @@ fn decode_segment(
     progress: Option<&Progress>,
 ) -> Result<()> {
     let seg = &manifest.segments[index];
+    let fingerprint = Fingerprint::parse(&manifest.page_fingerprint).ok_or_else(|| {
+        Error::backup(
+            "corrupt_object",
+            format!(
+                "backup {}: unknown page fingerprint {:?}",
+                manifest.id, manifest.page_fingerprint
+            ),
+            None,
+        )
+    })?;
     let corrupt = |what: String| {
         Error::backup(
             "corrupt_object",
@@ -320,8 +330,10 @@ fn decode_segment(
             let page = plain
                 .get(slot as usize * ps..(slot as usize + 1) * ps)
                 .ok_or_else(|| corrupt(format!("page {pgno} is at slot {slot}, past its end")))?;
-            if format::page_hash(page) != entries[pgno as usize - 1].hash {
-                return Err(corrupt(format!("page {pgno} differs from its hash in the page table")));
+            if fingerprint.of(page) != entries[pgno as usize - 1].fp {
+                return Err(corrupt(format!(
+                    "page {pgno} differs from its fingerprint in the page table"
+                )));
             }
         }
         let (first_slot, first_pgno) = sorted[i];

@@ -118,6 +118,7 @@ fn online_full_then_incremental_backups_restore_each_state() {
     });
     assert!(full.parent.is_none());
     assert_eq!(full.pages_stored, full.page_count);
+    assert_eq!(full.page_fingerprint, "crc64-nvme");
     let rows = restored_rows(&target, &full.id, dir.path(), None);
     assert!(rows.len() >= 5_000);
     assert_eq!(
@@ -240,6 +241,7 @@ fn encrypted_backups_need_the_identity_and_only_that_one() {
     let plain = create(&target, &db, &small_config());
     let full = create(&target, &db, &config);
     assert!(full.parent.is_none(), "not an increment of {}", plain.id);
+    assert_eq!(full.page_fingerprint, "blake3-64", "no linear checksum of plain pages in the clear");
     add_rows(&conn, 10_000, 5);
     let incr = create(&target, &db, &config);
     assert!(incr.parent.is_some(), "incrementals work without the secret key");
