@@ -10,7 +10,8 @@
 //!
 //! `cargo bench -p tradevault --bench backup`. TRADEVAULT_BENCH_TICKS: the tick day (default
 //! `$TMPDIR/seed-methods/ticks.db`; generated with gen_ticks.py when missing). TRADEVAULT_BENCH_RUNS:
-//! runs per measure (default 5). Needs `sqlite3` and `zstd` on the PATH. Everything is written
+//! runs per measure (default 5). Needs `sqlite3` and `zstd` on the PATH, and about 1.5 GB free
+//! beside the tick day (a copy of it, the seeds' snapshot, a backup, a scratch restore). Everything is written
 //! under a temporary directory on the same disk as $TMPDIR, and the page cache is warm (the
 //! database was just read), as for a backup of a database in use.
 
@@ -56,9 +57,7 @@ fn main() {
         sh(&format!("zstd -q -f -3 -T0 {} -o {}", q(&snap), q(&z)));
         theirs.push(t.elapsed().as_secs_f64());
         their_bytes = file_len(&z);
-        if run + 1 < runs {
-            let _ = std::fs::remove_file(&snap);
-        }
+        let _ = std::fs::remove_file(&snap);
         let target_dir = dir.join(format!("full-{run}"));
         let target = target(&target_dir);
         let t = Instant::now();
@@ -69,7 +68,9 @@ fn main() {
             std::fs::remove_dir_all(&target_dir).expect("clean");
         }
     }
-    println!("\nP6 full compressed backup (goal: no slower than .backup + zstd -3 -T0, ratio at least its)");
+    println!(
+        "\nP6 full compressed backup (goal: no slower than .backup + zstd -3 -T0, ratio at least its)"
+    );
     report("sqlite3 .backup + zstd -3 -T0", &theirs, size, their_bytes);
     report("tradevault backup create (zstd 3)", &ours, size, our_bytes);
     let gzip_config = BackupConfig {
@@ -78,7 +79,12 @@ fn main() {
     };
     let t = Instant::now();
     let gz = create(&target(&dir.join("gzip")), &db, &gzip_config, true);
-    report("tradevault backup create (gzip 6), 1 run", &[t.elapsed().as_secs_f64()], size, gz.stored_bytes());
+    report(
+        "tradevault backup create (gzip 6), 1 run",
+        &[t.elapsed().as_secs_f64()],
+        size,
+        gz.stored_bytes(),
+    );
     std::fs::remove_dir_all(dir.join("gzip")).expect("clean");
 
     // P12: deep verify of the last full backup against decompress + quick_check.
@@ -93,11 +99,21 @@ fn main() {
     for _ in 0..runs.min(3) {
         let plain = dir.join("plain.db");
         let t = Instant::now();
-        sh(&format!("zstd -q -d -f {} -o {}", q(&dir.join("snap.db.zst")), q(&plain)));
-        sh(&format!("sqlite3 {} 'PRAGMA quick_check' > /dev/null", q(&plain)));
+        sh(&format!(
+            "zstd -q -d -f {} -o {}",
+            q(&dir.join("snap.db.zst")),
+            q(&plain)
+        ));
+        sh(&format!(
+            "sqlite3 {} 'PRAGMA quick_check' > /dev/null",
+            q(&plain)
+        ));
         baseline.push(t.elapsed().as_secs_f64());
         let _ = std::fs::remove_file(&plain);
-        for (check, out) in [(Check::Quick, &mut deep_quick), (Check::Integrity, &mut deep_integrity)] {
+        for (check, out) in [
+            (Check::Quick, &mut deep_quick),
+            (Check::Integrity, &mut deep_integrity),
+        ] {
             let v = verify(&full_target, &newest, check, dir);
             assert!(v.ok, "{:?}", v.problems);
             out.push(v.seconds);
@@ -106,13 +122,20 @@ fn main() {
     println!("\nP12 deep verify (goal: no more than decompress + quick_check)");
     report("zstd -d + PRAGMA quick_check", &baseline, 0, 0);
     report("backup verify --deep --quick-check", &deep_quick, 0, 0);
-    report("backup verify --deep (integrity_check)", &deep_integrity, 0, 0);
-    let _ = std::fs::remove_file(dir.join("snap.db"));
+    report(
+        "backup verify --deep (integrity_check)",
+        &deep_integrity,
+        0,
+        0,
+    );
+    let _ = std::fs::remove_file(dir.join("snap.db.zst"));
 
     // P7: 1% of the pages changed, then an incremental backup on top of the full one.
     let pages = size / 4096;
     let changed = pages / 100;
-    println!("\nP7 incremental backup after 1% of the pages changed ({changed} of {pages} pages), against the full backup above (goal: at most 5% of its bytes and time)");
+    println!(
+        "\nP7 incremental backup after 1% of the pages changed ({changed} of {pages} pages), against the full backup above (goal: at most 5% of its bytes and time)"
+    );
     let full_time = median(&ours);
     for (name, change) in [("random", true), ("clustered (appended rows)", false)] {
         let (mut times, mut bytes, mut stored_pages) = (Vec::new(), Vec::new(), Vec::new());
@@ -130,8 +153,11 @@ fn main() {
                     x ^= x >> 7;
                     x ^= x << 17;
                     let id = (x % rows as u64) as i64 + 1;
-                    conn.execute("UPDATE ticks SET volume = volume + 1 WHERE rowid = ?1", [id])
-                        .expect("update");
+                    conn.execute(
+                        "UPDATE ticks SET volume = volume + 1 WHERE rowid = ?1",
+                        [id],
+                    )
+                    .expect("update");
                 }
                 conn.execute_batch("COMMIT").expect("commit");
             } else {
@@ -162,7 +188,12 @@ fn main() {
             100.0 * t / full_time,
             mib(b),
             100.0 * b as f64 / our_bytes as f64,
-            median_u(&stored_pages.iter().map(|p| u64::from(*p)).collect::<Vec<_>>()),
+            median_u(
+                &stored_pages
+                    .iter()
+                    .map(|p| u64::from(*p))
+                    .collect::<Vec<_>>()
+            ),
         );
     }
     println!("\nload after: {}", load());
@@ -209,7 +240,12 @@ fn target(dir: &Path) -> Target {
 
 fn report(name: &str, secs: &[f64], size: u64, stored: u64) {
     let ratio = if stored > 0 {
-        format!(", {} -> {} = {:.2}x", mib(size), mib(stored), size as f64 / stored as f64)
+        format!(
+            ", {} -> {} = {:.2}x",
+            mib(size),
+            mib(stored),
+            size as f64 / stored as f64
+        )
     } else {
         String::new()
     };
@@ -222,10 +258,19 @@ fn report(name: &str, secs: &[f64], size: u64, stored: u64) {
 }
 
 fn generate(path: &Path) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/bench/seed-methods/gen_ticks.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/bench/seed-methods/gen_ticks.py"
+    );
     std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).expect("dir");
-    println!("generating {} with {script} (about 2 minutes)", path.display());
-    sh(&format!("python3 {script} {} --rows 6000000 --seed 42", q(path)));
+    println!(
+        "generating {} with {script} (about 2 minutes)",
+        path.display()
+    );
+    sh(&format!(
+        "python3 {script} {} --rows 6000000 --seed 42",
+        q(path)
+    ));
 }
 
 fn sh(cmd: &str) {
@@ -252,7 +297,10 @@ fn load() -> String {
 }
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn median(v: &[f64]) -> f64 {

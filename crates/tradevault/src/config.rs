@@ -584,7 +584,10 @@ impl Config {
         ];
         for (key, value, max) in bounded {
             if value == 0 || value > max {
-                return Err(bad(key, format!("must be between 1 and {max}, not {value}")));
+                return Err(bad(
+                    key,
+                    format!("must be between 1 and {max}, not {value}"),
+                ));
             }
         }
         if b.segment_bytes < 65_536 {
@@ -610,7 +613,10 @@ impl Config {
             if !(t.url.starts_with("file:///") || t.url.starts_with("s3://")) {
                 return Err(bad(
                     &key("url"),
-                    format!("{:?} is not a file:///absolute/path or s3://bucket/path URL", t.url),
+                    format!(
+                        "{:?} is not a file:///absolute/path or s3://bucket/path URL",
+                        t.url
+                    ),
                 ));
             }
             if let Some(w) = &t.keep_within
@@ -896,7 +902,10 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("[backup]\ncompression = \"xz\"\n", "backup.compression"),
             ("[backup]\nzstd_level = 30\n", "backup.zstd_level"),
-            ("[backup]\nrecipients = [\"age1nope\"]\n", "backup.recipients"),
+            (
+                "[backup]\nrecipients = [\"age1nope\"]\n",
+                "backup.recipients",
+            ),
             (
                 "[[backup.target]]\nname = \"a\"\nurl = \"/relative\"\n",
                 "backup.target[0].url",

@@ -199,7 +199,11 @@ impl Error {
     }
 
     /// A backup error with a code, a message and a hint.
-    pub fn backup(code: &'static str, message: impl Into<String>, hint: Option<&'static str>) -> Self {
+    pub fn backup(
+        code: &'static str,
+        message: impl Into<String>,
+        hint: Option<&'static str>,
+    ) -> Self {
         Error::Backup {
             code,
             message: message.into(),

@@ -229,7 +229,10 @@ fn create(config: &Config, args: CreateArgs) -> anyhow::Result<ExitCode> {
     } else {
         for (m, t) in manifests.iter().zip(&targets) {
             let how = match &m.parent {
-                Some(p) => format!("incremental on {p}, {} of {} pages", m.pages_stored, m.page_count),
+                Some(p) => format!(
+                    "incremental on {p}, {} of {} pages",
+                    m.pages_stored, m.page_count
+                ),
                 None => format!("full, {} pages", m.page_count),
             };
             println!(
@@ -265,14 +268,25 @@ fn list(config: &Config, args: ListArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for (target, backups) in out {
-        println!("{} ({}): {} backups", target.name, target.describe(), backups.len());
-        let mut t = super::table(&["ID", "DATABASE", "TYPE", "KIND", "SIZE", "STORED", "VERIFIED"]);
+        println!(
+            "{} ({}): {} backups",
+            target.name,
+            target.describe(),
+            backups.len()
+        );
+        let mut t = super::table(&[
+            "ID", "DATABASE", "TYPE", "KIND", "SIZE", "STORED", "VERIFIED",
+        ]);
         for b in &backups {
             t.add_row(vec![
                 b.id.clone(),
                 b.database.clone(),
                 b.kind.clone(),
-                if b.depth == 0 { "full".into() } else { format!("incr {}", b.depth) },
+                if b.depth == 0 {
+                    "full".into()
+                } else {
+                    format!("incr {}", b.depth)
+                },
                 super::human_bytes(b.size_bytes),
                 super::human_bytes(b.stored_bytes),
                 verified_text(b),
@@ -320,17 +334,55 @@ fn show(config: &Config, args: ShowArgs) -> anyhow::Result<ExitCode> {
                 "page_table": manifest.page_table,
             }))?;
         } else {
-            let kind = if record.depth == 0 { "full".to_owned() } else { format!("incremental (depth {})", record.depth) };
-            println!("backup {} on {} ({})", record.id, target.name, target.describe());
+            let kind = if record.depth == 0 {
+                "full".to_owned()
+            } else {
+                format!("incremental (depth {})", record.depth)
+            };
+            println!(
+                "backup {} on {} ({})",
+                record.id,
+                target.name,
+                target.describe()
+            );
             println!("  database   {} ({})", record.database, record.source);
             println!("  type       {}, {kind}", record.kind);
             println!("  taken      {}", record.created);
-            println!("  state      every commit before {}, none after {}", backup::format_ms(manifest.state_min_ms), backup::format_ms(manifest.state_max_ms));
-            println!("  size       {} ({} pages of {} bytes)", super::human_bytes(record.size_bytes), record.pages, record.page_size);
-            println!("  stored     {} ({} pages), restore reads {}", super::human_bytes(record.stored_bytes), record.pages_stored, super::human_bytes(record.restore_bytes));
-            println!("  codec      {}{}", record.compression, if record.encrypted { ", age-encrypted" } else { "" });
+            println!(
+                "  state      every commit before {}, none after {}",
+                backup::format_ms(manifest.state_min_ms),
+                backup::format_ms(manifest.state_max_ms)
+            );
+            println!(
+                "  size       {} ({} pages of {} bytes)",
+                super::human_bytes(record.size_bytes),
+                record.pages,
+                record.page_size
+            );
+            println!(
+                "  stored     {} ({} pages), restore reads {}",
+                super::human_bytes(record.stored_bytes),
+                record.pages_stored,
+                super::human_bytes(record.restore_bytes)
+            );
+            println!(
+                "  codec      {}{}",
+                record.compression,
+                if record.encrypted {
+                    ", age-encrypted"
+                } else {
+                    ""
+                }
+            );
             println!("  parent     {}", record.parent.as_deref().unwrap_or("-"));
-            println!("  needs      {}", if record.depends_on.is_empty() { "-".to_owned() } else { record.depends_on.join(", ") });
+            println!(
+                "  needs      {}",
+                if record.depends_on.is_empty() {
+                    "-".to_owned()
+                } else {
+                    record.depends_on.join(", ")
+                }
+            );
             println!("  verified   {}", verified_text(&record));
             for (table, n) in &record.tables {
                 println!("  rows       {table}: {n}");
@@ -354,16 +406,34 @@ fn stats(config: &Config, args: TargetArgs) -> anyhow::Result<ExitCode> {
     for s in all {
         println!("{} ({})", s.target, s.url);
         for d in s.databases {
-            println!("  {}: {} backups ({} full), {} stored, ratio {:.2}x{}", d.database, d.count, d.full, super::human_bytes(d.stored_bytes), d.ratio, d.full_ratio.map(|r| format!(" (full backups {r:.2}x)")).unwrap_or_default());
+            println!(
+                "  {}: {} backups ({} full), {} stored, ratio {:.2}x{}",
+                d.database,
+                d.count,
+                d.full,
+                super::human_bytes(d.stored_bytes),
+                d.ratio,
+                d.full_ratio
+                    .map(|r| format!(" (full backups {r:.2}x)"))
+                    .unwrap_or_default()
+            );
             if let (Some(o), Some(n)) = (&d.oldest, &d.newest) {
                 println!("    oldest {} ({}), newest {} ({})", o.1, o.0, n.1, n.0);
             }
             match &d.last_verified {
-                Some((id, at, deep)) => println!("    last verified {at}{} ({id})", if *deep { " deep" } else { "" }),
+                Some((id, at, deep)) => println!(
+                    "    last verified {at}{} ({id})",
+                    if *deep { " deep" } else { "" }
+                ),
                 None => println!("    last verified: never"),
             }
             match &d.last_drill {
-                Some(dr) => println!("    last drill {} {} (rto {:.1} s)", backup::format_ms(dr.at_ms), if dr.ok { "ok" } else { "FAILED" }, dr.rto_seconds),
+                Some(dr) => println!(
+                    "    last drill {} {} (rto {:.1} s)",
+                    backup::format_ms(dr.at_ms),
+                    if dr.ok { "ok" } else { "FAILED" },
+                    dr.rto_seconds
+                ),
                 None => println!("    last drill: never"),
             }
         }
@@ -380,7 +450,11 @@ fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let now = || now_ms();
     let options = VerifyOptions {
         deep: args.deep,
-        check: if args.quick_check { Check::Quick } else { Check::Integrity },
+        check: if args.quick_check {
+            Check::Quick
+        } else {
+            Check::Integrity
+        },
         identity: identity.as_ref(),
         scratch_dir: args.scratch_dir.clone(),
         now: &now,
@@ -403,13 +477,27 @@ fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             }
         } else {
-            catalog.newest(None).map(|b| vec![b.id.clone()]).unwrap_or_default()
+            catalog
+                .newest(None)
+                .map(|b| vec![b.id.clone()])
+                .unwrap_or_default()
         };
         for id in ids {
             let v = backup::verify(target, &id, &options)?;
             if !args.target.json {
                 if v.ok {
-                    println!("{} on {}: ok ({} objects, {} read{}) in {:.2} s", v.id, target.name, v.objects, super::human_bytes(v.bytes), v.check.as_deref().map(|c| format!(", {c} ok, rows match")).unwrap_or_default(), v.seconds);
+                    println!(
+                        "{} on {}: ok ({} objects, {} read{}) in {:.2} s",
+                        v.id,
+                        target.name,
+                        v.objects,
+                        super::human_bytes(v.bytes),
+                        v.check
+                            .as_deref()
+                            .map(|c| format!(", {c} ok, rows match"))
+                            .unwrap_or_default(),
+                        v.seconds
+                    );
                 } else {
                     println!("{} on {}: CORRUPT", v.id, target.name);
                     for p in &v.problems {
@@ -453,27 +541,51 @@ fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<ExitCode> {
         target.check_reachable()?;
         let catalog = Catalog::load(target)?;
         let leftovers = retention::leftovers(target, &catalog, now)?;
-        let plan = retention::plan(&target.name, &catalog, target.rules.as_ref(), now, leftovers);
+        let plan = retention::plan(
+            &target.name,
+            &catalog,
+            target.rules.as_ref(),
+            now,
+            leftovers,
+        );
         plans.push(plan);
     }
     let mut refused = None;
     let mut applied = Vec::new();
     for (target, plan) in targets.iter().zip(&plans) {
         if !args.target.json {
-            let verb = if args.dry_run { "would delete" } else { "deleting" };
+            let verb = if args.dry_run {
+                "would delete"
+            } else {
+                "deleting"
+            };
             println!(
                 "{}: {verb} {} backups ({}){}, keeping {}",
                 target.name,
                 plan.delete.len(),
                 super::human_bytes(plan.bytes),
-                if plan.leftovers.is_empty() { String::new() } else { format!(" and {} leftover objects", plan.leftovers.len()) },
+                if plan.leftovers.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and {} leftover objects", plan.leftovers.len())
+                },
                 plan.keep.len()
             );
             for d in &plan.delete {
-                println!("  delete {} ({}, {})", d.id, d.database, super::human_bytes(d.bytes));
+                println!(
+                    "  delete {} ({}, {})",
+                    d.id,
+                    d.database,
+                    super::human_bytes(d.bytes)
+                );
             }
             for k in &plan.keep {
-                println!("  keep   {} ({}): {}", k.id, k.database, k.reasons.join(", "));
+                println!(
+                    "  keep   {} ({}): {}",
+                    k.id,
+                    k.database,
+                    k.reasons.join(", ")
+                );
             }
             if let Some(why) = &plan.refused {
                 println!("  refused: {why}");
@@ -484,13 +596,20 @@ fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<ExitCode> {
         }
         match retention::apply(target, plan) {
             Ok(p) => applied.push(serde_json::json!({"target": target.name, "pruned": p})),
-            Err(e @ tradevault::Error::Backup { code: "prune_refused", .. }) => refused = Some(e),
+            Err(
+                e @ tradevault::Error::Backup {
+                    code: "prune_refused",
+                    ..
+                },
+            ) => refused = Some(e),
             Err(e) => return Err(e.into()),
         }
     }
     mirror(config, &targets);
     if args.target.json {
-        super::print_json(&serde_json::json!({"dry_run": args.dry_run, "plans": plans, "applied": applied}))?;
+        super::print_json(
+            &serde_json::json!({"dry_run": args.dry_run, "plans": plans, "applied": applied}),
+        )?;
     }
     if let Some(e) = refused {
         return Err(e.into());
@@ -508,7 +627,9 @@ fn mirror(config: &Config, targets: &[Target]) {
     let store = match tradevault::Store::open(&config.store, clock) {
         Ok(s) => s,
         Err(tradevault::Error::Locked { .. }) => {
-            eprintln!("note: the store is in use by 'tradevault serve'; its backup_metadata is not updated");
+            eprintln!(
+                "note: the store is in use by 'tradevault serve'; its backup_metadata is not updated"
+            );
             return;
         }
         Err(e) => {
@@ -528,7 +649,10 @@ fn mirror(config: &Config, targets: &[Target]) {
             runtime.block_on(store.mirror_backups(target.name.clone(), target.describe(), c))
         });
         if let Err(e) = result {
-            eprintln!("note: backup catalog of {} not mirrored into the store: {e}", target.name);
+            eprintln!(
+                "note: backup catalog of {} not mirrored into the store: {e}",
+                target.name
+            );
         }
     }
     store.close();

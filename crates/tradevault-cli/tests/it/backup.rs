@@ -75,25 +75,51 @@ fn create_beside_a_running_server_then_list_a_bare_target_by_url() {
         let t = serde_json::json!({ "trade_id": "a", "symbol": "X", "side": "buy", "qty": "1", "price": "2" });
         assert_eq!(api.post("/v1/trades", &t).0, 201);
         // The store in --data-dir, while the server writes; the configured target by default.
-        let (code, out, err) = run(&["backup", "create", "--data-dir", d, "--config", c, "--json"], &[]);
+        let (code, out, err) = run(
+            &["backup", "create", "--data-dir", d, "--config", c, "--json"],
+            &[],
+        );
         assert_eq!(code, 0, "{err}");
         let created = json(&out);
         assert_eq!(created[0]["target"], "local");
         assert_eq!(created[0]["database"], "store");
         assert_eq!(created[0]["tables"]["trades"], 1);
-        assert!(err.contains("in use by 'tradevault serve'"), "the mirror waits for serve: {err}");
+        assert!(
+            err.contains("in use by 'tradevault serve'"),
+            "the mirror waits for serve: {err}"
+        );
         let t = serde_json::json!({ "trade_id": "b", "symbol": "X", "side": "buy", "qty": "1", "price": "2" });
         assert_eq!(api.post("/v1/trades", &t).0, 201);
-        let (code, out, err) = run(&["backup", "create", "--data-dir", d, "--config", c, "--type", "scheduled", "--json"], &[]);
+        let (code, out, err) = run(
+            &[
+                "backup",
+                "create",
+                "--data-dir",
+                d,
+                "--config",
+                c,
+                "--type",
+                "scheduled",
+                "--json",
+            ],
+            &[],
+        );
         assert_eq!(code, 0, "{err}");
         assert_eq!(json(&out)[0]["incremental"], true);
     }
     // With the server stopped, the catalog is mirrored into the store.
-    let (code, _, err) = run(&["backup", "verify", "--deep", "--data-dir", d, "--config", c], &[]);
+    let (code, _, err) = run(
+        &["backup", "verify", "--deep", "--data-dir", d, "--config", c],
+        &[],
+    );
     assert_eq!(code, 0, "{err}");
     let conn = rusqlite::Connection::open(data.join("tradevault.db")).expect("open store");
     let (n, verified): (i64, i64) = conn
-        .query_row("SELECT count(*), sum(verified) FROM backup_metadata", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT count(*), sum(verified) FROM backup_metadata",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .expect("mirror");
     assert_eq!((n, verified), (2, 1));
 
@@ -111,7 +137,10 @@ fn create_beside_a_running_server_then_list_a_bare_target_by_url() {
     let id = backups[1]["id"].as_str().expect("id");
     let (code, out, err) = run(&["backup", "show", id, "--target", &target], &[]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("incremental") && out.contains("trades: 2"), "{out}");
+    assert!(
+        out.contains("incremental") && out.contains("trades: 2"),
+        "{out}"
+    );
     let (code, out, err) = run(&["backup", "stats", "--target", &target, "--json"], &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)[0]["databases"][0]["count"], 2);
@@ -127,16 +156,40 @@ fn create_beside_a_running_server_then_list_a_bare_target_by_url() {
 fn errors_have_codes_and_hints() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_str().expect("utf8");
-    let (code, _, err) = run(&["backup", "list", "--target", "offsite", "--data-dir", d], &[]);
+    let (code, _, err) = run(
+        &["backup", "list", "--target", "offsite", "--data-dir", d],
+        &[],
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("no backup target named \"offsite\"") && err.contains("hint:"), "{err}");
-    let (code, _, err) = run(&["backup", "list", "--target", "file:///nonexistent/tv-backups"], &[]);
+    assert!(
+        err.contains("no backup target named \"offsite\"") && err.contains("hint:"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &[
+            "backup",
+            "list",
+            "--target",
+            "file:///nonexistent/tv-backups",
+        ],
+        &[],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("is not a directory"), "{err}");
     let (code, _, err) = run(&["backup", "create", "--data-dir", d], &[]);
     assert_eq!(code, 1);
     assert!(err.contains("no backup target"), "{err}");
-    let (code, _, _) = run(&["backup", "create", "--type", "hourly", "--target", "file:///tmp/x"], &[]);
+    let (code, _, _) = run(
+        &[
+            "backup",
+            "create",
+            "--type",
+            "hourly",
+            "--target",
+            "file:///tmp/x",
+        ],
+        &[],
+    );
     assert_eq!(code, 2, "a bad --type is a usage error");
 }
 
@@ -156,9 +209,11 @@ fn sigkill_during_create_leaves_no_backup_and_the_next_one_works() {
     let mut killed = 0;
     for _ in 0..3 {
         let mut c = command();
-        c.args(["backup", "create", "--db", dbs, "--target", &target, "--full"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        c.args([
+            "backup", "create", "--db", dbs, "--target", &target, "--full",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         for (k, v) in env {
             c.env(k, v);
         }
@@ -168,7 +223,10 @@ fn sigkill_during_create_leaves_no_backup_and_the_next_one_works() {
         // Kill it once it has written some packs, but not its manifest.
         loop {
             let some = std::fs::read_dir(&packs)
-                .map(|d| d.flatten().any(|e| std::fs::read_dir(e.path()).is_ok_and(|mut p| p.next().is_some())))
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| std::fs::read_dir(e.path()).is_ok_and(|mut p| p.next().is_some()))
+                })
                 .unwrap_or(false);
             if some || started.elapsed() > Duration::from_secs(60) {
                 break;
@@ -196,10 +254,26 @@ fn sigkill_during_create_leaves_no_backup_and_the_next_one_works() {
         std::fs::remove_dir_all(&root).expect("clean");
     }
     assert_eq!(killed, 1, "the backup was never caught in the middle");
-    let (code, out, err) = run(&["backup", "create", "--db", dbs, "--target", &target, "--json"], &env);
+    let (code, out, err) = run(
+        &[
+            "backup", "create", "--db", dbs, "--target", &target, "--json",
+        ],
+        &env,
+    );
     assert_eq!(code, 0, "{err}");
     let id = json(&out)[0]["id"].as_str().expect("id").to_owned();
-    let (code, out, err) = run(&["backup", "verify", &id, "--deep", "--quick-check", "--target", &target], &[]);
+    let (code, out, err) = run(
+        &[
+            "backup",
+            "verify",
+            &id,
+            "--deep",
+            "--quick-check",
+            "--target",
+            &target,
+        ],
+        &[],
+    );
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, _) = run(&["backup", "list", "--target", &target, "--json"], &[]);
     assert_eq!(code, 0);

@@ -246,7 +246,10 @@ impl Catalog {
                 Some(v) => v.clone(),
                 None => {
                     stale = true;
-                    match target.get(&key)?.and_then(|b| serde_json::from_slice(&b).ok()) {
+                    match target
+                        .get(&key)?
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                    {
                         Some(v) => v,
                         None => continue,
                     }
@@ -260,7 +263,10 @@ impl Catalog {
                 Some(d) => d.clone(),
                 None => {
                     stale = true;
-                    match target.get(&key)?.and_then(|b| serde_json::from_slice(&b).ok()) {
+                    match target
+                        .get(&key)?
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                    {
                         Some(d) => d,
                         None => continue,
                     }

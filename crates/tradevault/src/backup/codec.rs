@@ -194,7 +194,9 @@ mod tests {
 
     #[test]
     fn round_trips_with_and_without_encryption() {
-        let plain: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_be_bytes()).collect();
+        let plain: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_be_bytes())
+            .collect();
         for compression in ["zstd", "gzip"] {
             let codec = Codec::new(compression, 3, &[]).expect("codec");
             let stored = codec.encode(&plain).expect("encode");

@@ -73,7 +73,11 @@ pub fn create(targets: &[Target], options: &CreateOptions<'_>) -> Result<Vec<Man
     let started_ms = (options.now)();
     let clock = std::time::Instant::now();
     let mut snapshot = Snapshot::open(&options.db, options.now)?;
-    tracing::debug!(pages = snapshot.page_count, ms = clock.elapsed().as_millis() as u64, "backup snapshot open");
+    tracing::debug!(
+        pages = snapshot.page_count,
+        ms = clock.elapsed().as_millis() as u64,
+        "backup snapshot open"
+    );
     let conn = snapshot.take_connection();
     let mut out = Vec::new();
     let mut tables = None;
@@ -102,9 +106,15 @@ pub fn create(targets: &[Target], options: &CreateOptions<'_>) -> Result<Vec<Man
             }
             manifest.tables = tables.clone().unwrap_or_default();
             manifest.finished_ms = (options.now)();
-            tracing::debug!(ms = clock.elapsed().as_millis() as u64, "backup rows counted");
+            tracing::debug!(
+                ms = clock.elapsed().as_millis() as u64,
+                "backup rows counted"
+            );
             finish(target, &manifest)?;
-            tracing::debug!(ms = clock.elapsed().as_millis() as u64, "backup manifest and index written");
+            tracing::debug!(
+                ms = clock.elapsed().as_millis() as u64,
+                "backup manifest and index written"
+            );
             out.push(manifest);
         }
         Ok(())
@@ -207,7 +217,11 @@ fn write_one(
     let id = super::new_id(started_ms, &format!("{}/{}", target.name, options.database));
     let clock = std::time::Instant::now();
     let parent = find_parent(target, options, codec, snapshot.page_size);
-    tracing::debug!(parent = parent.is_some(), ms = clock.elapsed().as_millis() as u64, "backup parent looked up");
+    tracing::debug!(
+        parent = parent.is_some(),
+        ms = clock.elapsed().as_millis() as u64,
+        "backup parent looked up"
+    );
     let segment_pages = (config.segment_bytes as usize / ps).max(1) as u32;
     let fingerprint = if codec.recipients().is_empty() {
         Fingerprint::Crc64
@@ -231,8 +245,22 @@ fn write_one(
         drop((done_tx, job_rx));
         let packer = s.spawn(|| pack(target, &id, config.pack_bytes, done_rx, options.progress));
         let read = match parent.as_ref() {
-            Some(p) => read_changed(snapshot, fingerprint, p, segment_pages, threads, job_tx, options.progress),
-            None => read_pages(snapshot, fingerprint, segment_pages, job_tx, options.progress),
+            Some(p) => read_changed(
+                snapshot,
+                fingerprint,
+                p,
+                segment_pages,
+                threads,
+                job_tx,
+                options.progress,
+            ),
+            None => read_pages(
+                snapshot,
+                fingerprint,
+                segment_pages,
+                job_tx,
+                options.progress,
+            ),
         };
         let packed = packer.join().map_err(|_| Error::Internal {
             message: "backup packer panicked".into(),
@@ -242,7 +270,10 @@ fn write_one(
         let places = read?;
         Ok::<_, Error>((places, segments, packs))
     })?;
-    tracing::debug!(ms = clock.elapsed().as_millis() as u64, "backup pages read and packed");
+    tracing::debug!(
+        ms = clock.elapsed().as_millis() as u64,
+        "backup pages read and packed"
+    );
     // Number the segments: the parent's that are still used, then the new ones.
     let mut used: BTreeSet<u32> = BTreeSet::new();
     for place in &places {
@@ -400,8 +431,10 @@ fn read_changed(
         pending.extend_from_slice(&page);
         pending_pages += 1;
         if pending_pages == segment_pages {
-            let full =
-                std::mem::replace(&mut pending, Vec::with_capacity(segment_pages as usize * ps));
+            let full = std::mem::replace(
+                &mut pending,
+                Vec::with_capacity(segment_pages as usize * ps),
+            );
             jobs.send((next_segment, pending_pages, full))
                 .map_err(|_| stopped())?;
             next_segment += 1;
@@ -441,7 +474,10 @@ fn read_pages(
         snapshot.read_pages(first, chunk)?;
         for i in 0..n {
             let page = &chunk[i as usize * ps..(i as usize + 1) * ps];
-            places.push((fingerprint.of(page), Place::New(next_segment, pending_pages)));
+            places.push((
+                fingerprint.of(page),
+                Place::New(next_segment, pending_pages),
+            ));
             pending.extend_from_slice(page);
             pending_pages += 1;
             if pending_pages == segment_pages {

@@ -204,7 +204,9 @@ pub fn pack_key(id: &str, n: u32) -> String {
 
 /// The backup id a pack key belongs to.
 pub fn pack_owner(key: &str) -> Option<&str> {
-    key.strip_prefix("packs/")?.split_once('/').map(|(id, _)| id)
+    key.strip_prefix("packs/")?
+        .split_once('/')
+        .map(|(id, _)| id)
 }
 
 /// Hex blake3 of `bytes`.
@@ -227,7 +229,9 @@ fn unframed<'a>(magic: &[u8; 8], bytes: &'a [u8], key: &str) -> Result<&'a [u8]>
         Error::backup(
             "corrupt_object",
             format!("object {key}: {what}"),
-            Some("run 'tradevault backup verify' on the other targets; restore from another backup"),
+            Some(
+                "run 'tradevault backup verify' on the other targets; restore from another backup",
+            ),
         )
     };
     if bytes.len() < 12 + CHECKSUM_LEN || &bytes[..8] != magic {

@@ -11,6 +11,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
+
 use std::time::Instant;
 
 use serde::Serialize;
@@ -91,12 +92,18 @@ pub(crate) fn materialize(
         return Err(Error::backup(
             "identity_required",
             format!("backup {id} is encrypted (age) and no identity was given"),
-            Some("pass --identity FILE: the age identity whose public key is in [backup] recipients"),
+            Some(
+                "pass --identity FILE: the age identity whose public key is in [backup] recipients",
+            ),
         ));
     }
     let key = format::pages_key(id);
     let bytes = target.get(&key)?.ok_or_else(|| {
-        Error::backup("corrupt_object", format!("backup {id}: object {key} is missing"), None)
+        Error::backup(
+            "corrupt_object",
+            format!("backup {id}: object {key} is missing"),
+            None,
+        )
     })?;
     let actual = format::hex_hash(&bytes);
     if actual != manifest.page_table.blake3 {
@@ -113,7 +120,11 @@ pub(crate) fn materialize(
     if entries.len() != manifest.page_count as usize {
         return Err(Error::backup(
             "corrupt_object",
-            format!("backup {id}: object {key} lists {} pages, the manifest {}", entries.len(), manifest.page_count),
+            format!(
+                "backup {id}: object {key} lists {} pages, the manifest {}",
+                entries.len(),
+                manifest.page_count
+            ),
             None,
         ));
     }
@@ -123,7 +134,9 @@ pub(crate) fn materialize(
         .create_new(true)
         .open(&staging)
         .map_err(|e| Error::io("create staging file", &staging, e))?;
-    let result = fill(target, &manifest, &entries, identity, &out, &staging, progress);
+    let result = fill(
+        target, &manifest, &entries, identity, &out, &staging, progress,
+    );
     let result = result.and_then(|(fetched, objects)| {
         if sync {
             out.sync_all()
@@ -136,7 +149,10 @@ pub(crate) fn materialize(
     });
     let _ = std::fs::remove_file(&staging);
     let (fetched_bytes, objects) = result?;
-    if let Some(dir) = output.parent().filter(|d| sync && !d.as_os_str().is_empty()) {
+    if let Some(dir) = output
+        .parent()
+        .filter(|d| sync && !d.as_os_str().is_empty())
+    {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| Error::io("fsync directory", dir, e))?;
@@ -178,7 +194,13 @@ fn fill(
         let seg = slots.get_mut(e.segment as usize).ok_or_else(|| {
             Error::backup(
                 "corrupt_object",
-                format!("backup {}: page {} points at segment {} of {}", manifest.id, i + 1, e.segment, manifest.segments.len()),
+                format!(
+                    "backup {}: page {} points at segment {} of {}",
+                    manifest.id,
+                    i + 1,
+                    e.segment,
+                    manifest.segments.len()
+                ),
                 None,
             )
         })?;
@@ -192,64 +214,73 @@ fn fill(
         }
     }
     let encrypted = !manifest.recipients.is_empty();
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
-    let mut fetched = 0u64;
-    let mut objects = 0u64;
-    std::thread::scope(|s| -> Result<()> {
-        let (tx, rx) = sync_channel::<Result<(String, Vec<u8>)>>(1);
-        let keys: Vec<String> = by_pack.keys().map(|k| (*k).to_owned()).collect();
-        s.spawn(move || {
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(4);
+    // One thread fetches packs (one ahead) and hands out their segments; `threads` workers decode
+    // segments from any pack as they come, so no pack waits for the slowest segment of the last.
+    type Work = (std::sync::Arc<Vec<u8>>, usize);
+    let keys: Vec<&str> = by_pack.keys().copied().collect();
+    std::thread::scope(|s| -> Result<(u64, u64)> {
+        let (tx, rx) = sync_channel::<Work>(threads * 2);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let rx = rx.clone();
+                let slots = &slots;
+                s.spawn(move || -> Result<()> {
+                    loop {
+                        let work = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((pack, i)) = work else {
+                            return Ok(());
+                        };
+                        decode_segment(
+                            manifest, i, &pack, &slots[i], entries, identity, encrypted, out,
+                            staging, ps, progress,
+                        )?;
+                    }
+                })
+            })
+            .collect();
+        drop(rx);
+        let fetched = (|| -> Result<(u64, u64)> {
+            let (mut bytes, mut objects) = (0u64, 0u64);
             for key in keys {
-                let got = target.get(&key).and_then(|b| {
-                    b.ok_or_else(|| {
-                        Error::backup("corrupt_object", format!("object {key} is missing"), None)
-                    })
-                });
-                let failed = got.is_err();
-                if tx.send(got.map(|b| (key, b))).is_err() || failed {
-                    return;
+                let pack = target.get(key)?.ok_or_else(|| {
+                    Error::backup("corrupt_object", format!("object {key} is missing"), None)
+                })?;
+                bytes += pack.len() as u64;
+                objects += 1;
+                if let Some(p) = progress {
+                    p.add_bytes(pack.len() as u64);
+                }
+                let pack = std::sync::Arc::new(pack);
+                for &i in &by_pack[key] {
+                    // A worker that failed stops taking work: its error is reported below.
+                    if tx.send((pack.clone(), i)).is_err() {
+                        return Ok((bytes, objects));
+                    }
                 }
             }
-        });
-        for got in rx {
-            let (key, pack) = got.map_err(|e| named(manifest, e))?;
-            fetched += pack.len() as u64;
-            objects += 1;
-            if let Some(p) = progress {
-                p.add_bytes(pack.len() as u64);
-            }
-            let segs = &by_pack[key.as_str()];
-            let per = segs.len().div_ceil(threads).max(1);
-            std::thread::scope(|inner| -> Result<()> {
-                let handles: Vec<_> = segs
-                    .chunks(per)
-                    .map(|chunk| {
-                        let pack = &pack;
-                        let slots = &slots;
-                        inner.spawn(move || -> Result<()> {
-                            for &i in chunk {
-                                decode_segment(manifest, i, pack, &slots[i], entries, identity, encrypted, out, staging, ps, progress)?;
-                            }
-                            Ok(())
-                        })
-                    })
-                    .collect();
-                for h in handles {
-                    h.join().map_err(|_| Error::Internal {
-                        message: "restore thread panicked".into(),
-                    })??;
-                }
-                Ok(())
-            })?;
+            Ok((bytes, objects))
+        })();
+        drop(tx);
+        for w in workers {
+            w.join().map_err(|_| Error::Internal {
+                message: "restore thread panicked".into(),
+            })??;
         }
-        Ok(())
-    })?;
-    Ok((fetched, objects))
+        fetched.map_err(|e| named(manifest, e))
+    })
 }
 
 fn named(manifest: &Manifest, e: Error) -> Error {
     match e {
-        Error::Backup { code, message, hint } => Error::Backup {
+        Error::Backup {
+            code,
+            message,
+            hint,
+        } => Error::Backup {
             code,
             message: format!("backup {}: {message}", manifest.id),
             hint,
@@ -290,17 +321,28 @@ fn decode_segment(
                 "backup {}: object {}: segment at offset {} ({} bytes, {} pages): {what}",
                 manifest.id, seg.pack, seg.offset, seg.len, seg.pages
             ),
-            Some("verify the other targets with 'tradevault backup verify --all'; restore from a backup that passes"),
+            Some(
+                "verify the other targets with 'tradevault backup verify --all'; restore from a backup that passes",
+            ),
         )
     };
-    let end = seg.offset.checked_add(seg.len).filter(|e| *e <= pack.len() as u64);
+    let end = seg
+        .offset
+        .checked_add(seg.len)
+        .filter(|e| *e <= pack.len() as u64);
     let Some(end) = end else {
-        return Err(corrupt(format!("the object holds only {} bytes", pack.len())));
+        return Err(corrupt(format!(
+            "the object holds only {} bytes",
+            pack.len()
+        )));
     };
     let stored = &pack[seg.offset as usize..end as usize];
     let actual = format::hex_hash(stored);
     if actual != seg.blake3 {
-        return Err(corrupt(format!("expected blake3 {}, actual {actual}", seg.blake3)));
+        return Err(corrupt(format!(
+            "expected blake3 {}, actual {actual}",
+            seg.blake3
+        )));
     }
     let plain = decode(stored, &manifest.compression, encrypted, identity, seg.pages as usize * ps)
         .map_err(|why| {

@@ -159,10 +159,13 @@ pub fn plan(
         }
         // Dependencies of kept backups are kept, transitively (a dependency's own dependencies
         // are in its depends_on too, but follow them anyway).
-        let by_id: BTreeMap<&str, &&BackupRecord> = list.iter().map(|b| (b.id.as_str(), b)).collect();
+        let by_id: BTreeMap<&str, &&BackupRecord> =
+            list.iter().map(|b| (b.id.as_str(), b)).collect();
         let mut stack: Vec<String> = reasons.keys().map(|k| (*k).to_owned()).collect();
         while let Some(id) = stack.pop() {
-            let Some(b) = by_id.get(id.as_str()) else { continue };
+            let Some(b) = by_id.get(id.as_str()) else {
+                continue;
+            };
             for dep in &b.depends_on {
                 if let Some(d) = by_id.get(dep.as_str()) {
                     let first = !reasons.contains_key(d.id.as_str());
@@ -200,8 +203,8 @@ pub fn plan(
             ));
         }
     }
-    let bytes = delete.iter().map(|d| d.bytes).sum::<u64>()
-        + leftovers.iter().map(|(_, n)| n).sum::<u64>();
+    let bytes =
+        delete.iter().map(|d| d.bytes).sum::<u64>() + leftovers.iter().map(|(_, n)| n).sum::<u64>();
     PrunePlan {
         target: target_name.to_owned(),
         delete,
@@ -214,7 +217,11 @@ pub fn plan(
 
 fn bucket(ms: i64, format: &str) -> String {
     jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).strftime(format).to_string())
+        .map(|t| {
+            t.to_zoned(jiff::tz::TimeZone::UTC)
+                .strftime(format)
+                .to_string()
+        })
         .unwrap_or_default()
 }
 
@@ -233,7 +240,9 @@ pub fn leftovers(target: &Target, catalog: &Catalog, now_ms: i64) -> Result<Vec<
         }
     }
     for (key, size) in target.list("backups/")? {
-        if let Some(id) = key.strip_prefix("backups/").and_then(|k| k.strip_suffix(".pages"))
+        if let Some(id) = key
+            .strip_prefix("backups/")
+            .and_then(|k| k.strip_suffix(".pages"))
             && !ids.contains(id)
             && old(id)
         {
@@ -241,7 +250,9 @@ pub fn leftovers(target: &Target, catalog: &Catalog, now_ms: i64) -> Result<Vec<
         }
     }
     for (key, size) in target.list("events/")? {
-        if let Some(id) = key.strip_prefix("events/").and_then(|k| k.split('/').next())
+        if let Some(id) = key
+            .strip_prefix("events/")
+            .and_then(|k| k.split('/').next())
             && !ids.contains(id)
         {
             out.push((key, size));
@@ -273,7 +284,10 @@ pub fn apply(target: &Target, plan: &PrunePlan) -> Result<Pruned> {
         {
             target.delete(key)?;
         }
-        for (key, _) in packs.iter().filter(|(k, _)| pack_owner(k) == Some(d.id.as_str())) {
+        for (key, _) in packs
+            .iter()
+            .filter(|(k, _)| pack_owner(k) == Some(d.id.as_str()))
+        {
             target.delete(key)?;
         }
         bytes += d.bytes;
@@ -397,7 +411,12 @@ mod tests {
         assert_eq!(kept.len(), 24 + 1, "{kept:?}");
         let oldest = &c.backups[0];
         assert!(kept.contains(oldest.id.as_str()));
-        let why = &p.keep.iter().find(|k| k.id == oldest.id).expect("kept").reasons;
+        let why = &p
+            .keep
+            .iter()
+            .find(|k| k.id == oldest.id)
+            .expect("kept")
+            .reasons;
         assert!(why.contains(&"newest verified".to_owned()), "{why:?}");
         // Every kept backup's dependencies are kept.
         for b in &c.backups {
@@ -421,8 +440,16 @@ mod tests {
         };
         let p = plan("t", &c, Some(&r), NOW, vec![]);
         let newest = &c.backups[47];
-        let why = &p.keep.iter().find(|k| k.id == newest.id).expect("kept").reasons;
-        assert!(why.iter().any(|w| w == "within 2h") && why.iter().any(|w| w == "daily"), "{why:?}");
+        let why = &p
+            .keep
+            .iter()
+            .find(|k| k.id == newest.id)
+            .expect("kept")
+            .reasons;
+        assert!(
+            why.iter().any(|w| w == "within 2h") && why.iter().any(|w| w == "daily"),
+            "{why:?}"
+        );
     }
 
     #[test]

@@ -52,7 +52,9 @@ impl Snapshot {
     /// Opens a consistent snapshot of `db`; `now` gives the time in ms since the epoch.
     pub fn open(db: &Path, now: &dyn Fn() -> i64) -> Result<Snapshot> {
         if !db.is_file() {
-            return Err(Error::NotInitialized { path: db.to_owned() });
+            return Err(Error::NotInitialized {
+                path: db.to_owned(),
+            });
         }
         for _ in 0..1_000 {
             if let Some(s) = Snapshot::try_open(db, now)? {
@@ -195,7 +197,10 @@ impl Snapshot {
     /// Takes the connection holding the read transaction, to count rows on another thread; give
     /// it back with [`Snapshot::put_connection`] (or drop the snapshot only after the pages).
     pub fn take_connection(&mut self) -> Option<Connection> {
-        self.conn.get_mut().unwrap_or_else(|p| p.into_inner()).take()
+        self.conn
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Gives back the connection taken with [`Snapshot::take_connection`].

@@ -41,7 +41,9 @@ impl Target {
             _ => {
                 return Err(Error::backup(
                     "unknown_target",
-                    format!("{url:?} is neither a configured target nor a file:///absolute/path or s3://bucket/path URL"),
+                    format!(
+                        "{url:?} is neither a configured target nor a file:///absolute/path or s3://bucket/path URL"
+                    ),
                     Some("see [[backup.target]] in the config, or give a URL"),
                 ));
             }
@@ -57,7 +59,12 @@ impl Target {
     /// credentials).
     pub fn from_s3(replica: S3Replica) -> Target {
         Target {
-            name: replica.describe().split('?').next().unwrap_or_default().to_owned(),
+            name: replica
+                .describe()
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
             kind: Kind::S3(replica),
             rules: None,
         }
@@ -88,7 +95,9 @@ impl Target {
                     known.join(", ")
                 }
             ),
-            Some("add a [[backup.target]] to the config, or pass --target file:///path or s3://bucket/path"),
+            Some(
+                "add a [[backup.target]] to the config, or pass --target file:///path or s3://bucket/path",
+            ),
         ))
     }
 
@@ -114,7 +123,11 @@ impl Target {
         match &self.kind {
             Kind::File(root) if !root.is_dir() => Err(Error::backup(
                 "target_unreachable",
-                format!("backup target {}: {} is not a directory", self.name, root.display()),
+                format!(
+                    "backup target {}: {} is not a directory",
+                    self.name,
+                    root.display()
+                ),
                 Some("check the path (and that its disk is mounted)"),
             )),
             Kind::File(_) => Ok(()),
@@ -204,18 +217,26 @@ impl Target {
     /// An S3 failure to get an answer at all becomes `target_unreachable`; answers keep theirs.
     fn unreachable(&self, e: Error) -> Error {
         match e {
-            Error::Replica {
-                message, hint, ..
-            } if message.contains("cannot reach") || message.contains("no answer") => Error::Backup {
-                code: "target_unreachable",
-                message: format!("backup target {} ({}): {message}", self.name, self.describe()),
-                hint,
-            },
-            Error::Replica {
-                message, hint, ..
-            } => Error::Backup {
+            Error::Replica { message, hint, .. }
+                if message.contains("cannot reach") || message.contains("no answer") =>
+            {
+                Error::Backup {
+                    code: "target_unreachable",
+                    message: format!(
+                        "backup target {} ({}): {message}",
+                        self.name,
+                        self.describe()
+                    ),
+                    hint,
+                }
+            }
+            Error::Replica { message, hint, .. } => Error::Backup {
                 code: "target_error",
-                message: format!("backup target {} ({}): {message}", self.name, self.describe()),
+                message: format!(
+                    "backup target {} ({}): {message}",
+                    self.name,
+                    self.describe()
+                ),
                 hint,
             },
             other => other,

@@ -10,8 +10,8 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::catalog::{Verification, read_manifest, record_verification};
 use super::format::{self, pack_owner};
-use super::snapshot::row_counts;
 use super::materialize::materialize;
+use super::snapshot::row_counts;
 use super::{Identity, Target, format_ms};
 use crate::error::{Error, Result};
 use crate::restore::Check;
@@ -42,7 +42,12 @@ pub fn verify(target: &Target, id: &str, options: &VerifyOptions<'_>) -> Result<
     let mut bytes = 0u64;
     let manifest = match read_manifest(target, id) {
         Ok(m) => m,
-        Err(e @ Error::Backup { code: "corrupt_object", .. }) => {
+        Err(
+            e @ Error::Backup {
+                code: "corrupt_object",
+                ..
+            },
+        ) => {
             problems.push(e.to_string());
             return finish(target, id, options, at_ms, started, problems, 1, 0);
         }
@@ -113,7 +118,9 @@ pub fn verify(target: &Target, id: &str, options: &VerifyOptions<'_>) -> Result<
                 }
             }
         }
-        return finish(target, id, options, at_ms, started, problems, objects, bytes);
+        return finish(
+            target, id, options, at_ms, started, problems, objects, bytes,
+        );
     }
     if !manifest.recipients.is_empty() && options.identity.is_none() {
         return Err(Error::backup(
@@ -122,12 +129,20 @@ pub fn verify(target: &Target, id: &str, options: &VerifyOptions<'_>) -> Result<
             Some("pass --identity FILE, or verify without --deep (checksums need no key)"),
         ));
     }
-    let dir = options.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = options
+        .scratch_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
     let scratch = dir.join(format!("tradevault-verify-{}-{id}.db", std::process::id()));
     // A scratch file is read at once and deleted: it is not synced.
     let restored = materialize(target, id, options.identity, &scratch, None, false);
     let outcome = match restored {
-        Err(e @ Error::Backup { code: "identity_mismatch", .. }) => Err(e),
+        Err(
+            e @ Error::Backup {
+                code: "identity_mismatch",
+                ..
+            },
+        ) => Err(e),
         Err(e @ (Error::Backup { .. } | Error::Invalid { .. })) => {
             problems.push(e.to_string());
             Ok(())
@@ -136,14 +151,24 @@ pub fn verify(target: &Target, id: &str, options: &VerifyOptions<'_>) -> Result<
         Ok(r) => {
             objects += r.objects;
             bytes += r.fetched_bytes;
-            check_restored(&scratch, options.check, &manifest.tables, &mut problems)
+            let checking = Instant::now();
+            let checked = check_restored(&scratch, options.check, &manifest.tables, &mut problems);
+            tracing::debug!(
+                id,
+                restore_ms = (r.seconds * 1e3) as u64,
+                check_ms = checking.elapsed().as_millis() as u64,
+                "backup restored to scratch and checked"
+            );
+            checked
         }
     };
     for side in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(format!("{}{side}", scratch.display()));
     }
     outcome?;
-    finish(target, id, options, at_ms, started, problems, objects, bytes)
+    finish(
+        target, id, options, at_ms, started, problems, objects, bytes,
+    )
 }
 
 /// Runs the check and counts rows at the same time, on two connections (SQLite's check is one
@@ -182,11 +207,15 @@ fn check_restored(
                     Some(a) => problems.push(format!(
                         "table {table}: {a} rows restored, {n} counted at backup time"
                     )),
-                    None => problems.push(format!("table {table}: missing from the restored database")),
+                    None => {
+                        problems.push(format!("table {table}: missing from the restored database"))
+                    }
                 }
             }
             for table in actual.keys().filter(|t| !expected.contains_key(*t)) {
-                problems.push(format!("table {table}: in the restored database, not counted at backup time"));
+                problems.push(format!(
+                    "table {table}: in the restored database, not counted at backup time"
+                ));
             }
         }
         Ok(Err(e)) => problems.push(format!("count rows: {e}")),

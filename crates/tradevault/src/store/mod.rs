@@ -325,10 +325,8 @@ impl Store {
         url: String,
         catalog: crate::backup::Catalog,
     ) -> Result<()> {
-        self.write(move |tx| {
-            backups::mirror(tx, &target, &url, &catalog.backups, &catalog.drills)
-        })
-        .await
+        self.write(move |tx| backups::mirror(tx, &target, &url, &catalog.backups, &catalog.drills))
+            .await
     }
 
     /// Row counts, file sizes, pages, schema version and the last integrity result. With

@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 
 /// Migrations; index + 1 is the schema version each one produces. Never edit a released one.
 /// 2: the mirror of the backup catalogs (`backup_metadata`, `backup_drills`), seed 000's table.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE signals (
     id                 INTEGER PRIMARY KEY,
     signal_id          TEXT NOT NULL UNIQUE,
@@ -128,7 +129,8 @@ CREATE TABLE bot_status (
     updated_at   TEXT NOT NULL,
     PRIMARY KEY (key, test_mode)
 ) WITHOUT ROWID;
-"#, r#"
+"#,
+    r#"
 CREATE TABLE backup_metadata (
     target                 TEXT NOT NULL,
     backup_id              TEXT NOT NULL,
@@ -157,7 +159,8 @@ CREATE TABLE backup_drills (
     detail       TEXT NOT NULL,
     PRIMARY KEY (target, database, at)
 ) WITHOUT ROWID;
-"#];
+"#,
+];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use age::secrecy::ExposeSecret;
 use tradevault::backup::{
-    self, Catalog, CreateOptions, Identity, Kind, Target, VerifyOptions, catalog, format,
-    retention,
+    self, Catalog, CreateOptions, Identity, Kind, Target, VerifyOptions, catalog, format, retention,
 };
 use tradevault::config::{BackupConfig, BackupTargetConfig};
 use tradevault::replica::S3Replica;
@@ -63,7 +62,12 @@ fn create(target: &Target, db: &Path, config: &BackupConfig) -> backup::Manifest
         .remove(0)
 }
 
-fn verify(target: &Target, id: &str, deep: bool, identity: Option<&Identity>) -> backup::Verification {
+fn verify(
+    target: &Target,
+    id: &str,
+    deep: bool,
+    identity: Option<&Identity>,
+) -> backup::Verification {
     let clock = now;
     backup::verify(
         target,
@@ -84,7 +88,12 @@ fn file_target(dir: &Path) -> Target {
     Target::parse(&format!("file://{}", dir.display())).expect("target")
 }
 
-fn restored_rows(target: &Target, id: &str, dir: &Path, identity: Option<&Identity>) -> Vec<(i64, String)> {
+fn restored_rows(
+    target: &Target,
+    id: &str,
+    dir: &Path,
+    identity: Option<&Identity>,
+) -> Vec<(i64, String)> {
     let out = dir.join(format!("restored-{id}.db"));
     backup::restore_backup(target, id, identity, &out, None).expect("restore");
     crate::rows(&out)
@@ -137,7 +146,12 @@ fn online_full_then_incremental_backups_restore_each_state() {
     let incr = create(&target, &db, &config);
     assert_eq!(incr.parent.as_deref(), Some(full.id.as_str()));
     assert_eq!(incr.depends_on, vec![full.id.clone()]);
-    assert!(incr.pages_stored > 0 && incr.pages_stored * 10 < incr.page_count, "{} of {}", incr.pages_stored, incr.page_count);
+    assert!(
+        incr.pages_stored > 0 && incr.pages_stored * 10 < incr.page_count,
+        "{} of {}",
+        incr.pages_stored,
+        incr.page_count
+    );
     assert!(incr.stored_bytes() * 5 < full.stored_bytes());
     assert_eq!(restored_rows(&target, &incr.id, dir.path(), None), after);
     assert_eq!(incr.tables.get("fills").copied(), Some(after.len() as u64));
@@ -183,7 +197,10 @@ fn a_corrupt_pack_is_named_with_its_backup_object_and_checksums() {
     assert!(text.contains(&m.id), "{text}");
     assert!(text.contains(&seg.pack), "{text}");
     assert!(text.contains(&format!("offset {}", seg.offset)), "{text}");
-    assert!(text.contains("expected blake3") && text.contains(&seg.blake3), "{text}");
+    assert!(
+        text.contains("expected blake3") && text.contains(&seg.blake3),
+        "{text}"
+    );
 
     let deep = verify(&target, &m.id, true, None);
     assert!(!deep.ok);
@@ -201,7 +218,11 @@ fn a_corrupt_pack_is_named_with_its_backup_object_and_checksums() {
     bytes[at] ^= 1;
     std::fs::write(&manifest, &bytes).expect("damage manifest");
     let v = verify(&target, &m.id, false, None);
-    assert!(!v.ok && v.problems.join("\n").contains(".manifest"), "{:?}", v.problems);
+    assert!(
+        !v.ok && v.problems.join("\n").contains(".manifest"),
+        "{:?}",
+        v.problems
+    );
 }
 
 #[test]
@@ -219,11 +240,17 @@ fn deep_verify_catches_row_counts_that_differ() {
         format::encode_manifest(&m).expect("encode"),
     )
     .expect("rewrite manifest");
-    assert!(verify(&target, &m.id, false, None).ok, "checksums alone cannot see it");
+    assert!(
+        verify(&target, &m.id, false, None).ok,
+        "checksums alone cannot see it"
+    );
     let v = verify(&target, &m.id, true, None);
     assert!(!v.ok);
     let text = v.problems.join("\n");
-    assert!(text.contains("table fills: 2000 rows restored, 2001 counted"), "{text}");
+    assert!(
+        text.contains("table fills: 2000 rows restored, 2001 counted"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -241,10 +268,16 @@ fn encrypted_backups_need_the_identity_and_only_that_one() {
     let plain = create(&target, &db, &small_config());
     let full = create(&target, &db, &config);
     assert!(full.parent.is_none(), "not an increment of {}", plain.id);
-    assert_eq!(full.page_fingerprint, "blake3-64", "no linear checksum of plain pages in the clear");
+    assert_eq!(
+        full.page_fingerprint, "blake3-64",
+        "no linear checksum of plain pages in the clear"
+    );
     add_rows(&conn, 10_000, 5);
     let incr = create(&target, &db, &config);
-    assert!(incr.parent.is_some(), "incrementals work without the secret key");
+    assert!(
+        incr.parent.is_some(),
+        "incrementals work without the secret key"
+    );
     let identity_file = dir.path().join("key.txt");
     std::fs::write(&identity_file, key.to_string().expose_secret()).expect("key file");
     let identity = Identity::from_file(&identity_file).expect("identity");
@@ -254,8 +287,14 @@ fn encrypted_backups_need_the_identity_and_only_that_one() {
     assert_eq!(err.code(), Some("identity_required"));
     let other = age::x25519::Identity::generate();
     let wrong = Identity::from_text(other.to_string().expose_secret()).expect("identity");
-    let err = backup::restore_backup(&target, &incr.id, Some(&wrong), &dir.path().join("b.db"), None)
-        .expect_err("wrong identity");
+    let err = backup::restore_backup(
+        &target,
+        &incr.id,
+        Some(&wrong),
+        &dir.path().join("b.db"),
+        None,
+    )
+    .expect_err("wrong identity");
     assert_eq!(err.code(), Some("identity_mismatch"));
     assert_eq!(
         restored_rows(&target, &incr.id, dir.path(), Some(&identity)),
@@ -365,7 +404,11 @@ fn the_catalog_is_rebuilt_from_the_target_alone() {
     std::fs::remove_file(root.join("index.json")).expect("remove index");
     // Leftovers of a backup that died: a pack and a temporary file; neither is listed.
     std::fs::create_dir_all(root.join("packs/20200101T000000.000Z-dead00")).expect("dir");
-    std::fs::write(root.join("packs/20200101T000000.000Z-dead00/0000.pack"), b"x").expect("pack");
+    std::fs::write(
+        root.join("packs/20200101T000000.000Z-dead00/0000.pack"),
+        b"x",
+    )
+    .expect("pack");
     std::fs::write(root.join("backups/x.manifest.tmp-1-0"), b"x").expect("tmp");
     let c = Catalog::load(&target).expect("catalog");
     assert!(c.index_stale);
@@ -395,11 +438,18 @@ fn backups_to_s3_list_verify_and_restore() {
     add_rows(&conn, 50_000, 3);
     let incr = create(&target, &db, &small_config());
     assert_eq!(incr.parent.as_deref(), Some(full.id.as_str()));
-    assert!(server.object(&format!("backups/prod/backups/{}.manifest", incr.id)).is_file());
+    assert!(
+        server
+            .object(&format!("backups/prod/backups/{}.manifest", incr.id))
+            .is_file()
+    );
     let c = Catalog::load(&target).expect("catalog");
     assert_eq!(c.backups.len(), 2);
     assert!(verify(&target, &incr.id, true, None).ok);
-    assert_eq!(restored_rows(&target, &incr.id, dir.path(), None), crate::rows(&db));
+    assert_eq!(
+        restored_rows(&target, &incr.id, dir.path(), None),
+        crate::rows(&db)
+    );
 }
 
 #[test]
