@@ -36,6 +36,8 @@ enum Command {
     Replicate(cmd::replicate::Args),
     /// Replication of the store and every [[database]]: position, lag, errors, restorable window.
     Status(cmd::status::Args),
+    /// Backups: create, list, show, stats, verify, prune.
+    Backup(cmd::backup::Args),
     /// Rebuild a database from a replica (ours or Litestream's), to the latest state, a TXID or a
     /// time, into a new file or in place.
     Restore(cmd::restore::Args),
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => cmd::stats::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Check(args) => cmd::check::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Replicate(args) => cmd::replicate::run(cli.config.as_deref(), cli.data_dir, args),
+        Command::Backup(args) => cmd::backup::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Restore(args) => cmd::restore::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Status(args) => cmd::status::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Drill(args) => cmd::drill::run(cli.config.as_deref(), cli.data_dir, args),

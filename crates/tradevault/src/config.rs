@@ -35,6 +35,8 @@ pub struct Config {
     pub database: Vec<DatabaseConfig>,
     /// The schedules of `serve`'s jobs (`[jobs]`).
     pub jobs: JobsConfig,
+    /// Backups (`[backup]`, `[[backup.target]]`).
+    pub backup: BackupConfig,
 }
 
 /// `[jobs]`: cron expressions (UTC; 5 fields, or 6 with seconds first) for the jobs `serve` runs;
@@ -64,6 +66,44 @@ impl Default for JobsConfig {
     }
 }
 
+/// `[backup]`: how backups are compressed and encrypted, and where they go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// `zstd` (the default) or `gzip`.
+    pub compression: String,
+    /// zstd level (1 to 19; 3 is zstd's default); gzip uses level 6, as `gzip` does.
+    pub zstd_level: u64,
+    /// age public keys (`age1...`): when any is given, every segment is encrypted to all of them.
+    pub recipients: Vec<String>,
+    /// Every `full_every`-th backup of a database on a target is full; the others are incremental
+    /// (only the pages changed since the previous backup). 1 makes every backup full.
+    pub full_every: u64,
+    /// Plain bytes of pages compressed together as one segment.
+    pub segment_bytes: u64,
+    /// Segments are written in pack objects of about this many bytes.
+    pub pack_bytes: u64,
+    /// Threads compressing (and encrypting) segments.
+    pub threads: u64,
+    /// Where backups go.
+    pub target: Vec<BackupTargetConfig>,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            compression: "zstd".into(),
+            zstd_level: 3,
+            recipients: Vec::new(),
+            full_every: 24,
+            segment_bytes: 4 << 20,
+            pack_bytes: 16 << 20,
+            threads: 2,
+            target: Vec::new(),
+        }
+    }
+}
+
 impl JobsConfig {
     /// (name, schedule) of each job; an empty schedule means "only when asked".
     pub fn schedules(&self) -> Vec<(&'static str, &str)> {
@@ -74,6 +114,51 @@ impl JobsConfig {
             ("drill", self.drill.trim()),
         ]
     }
+}
+
+/// `[[backup.target]]`: a place that receives backups, and its retention rules. With no rule at
+/// all, prune keeps everything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupTargetConfig {
+    /// Its name in `--target` and listings.
+    pub name: String,
+    /// `file:///absolute/path` or `s3://bucket/path?endpoint=...`.
+    pub url: String,
+    /// Keep the newest N backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u64>,
+    /// Keep every backup newer than this (`36h`, `7d`, `4w`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_within: Option<String>,
+    /// Keep the newest backup of each of the last N hours that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_hourly: Option<u64>,
+    /// Keep the newest backup of each of the last N days (UTC) that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_daily: Option<u64>,
+    /// Keep the newest backup of each of the last N ISO weeks that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_weekly: Option<u64>,
+    /// Keep the newest backup of each of the last N months that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_monthly: Option<u64>,
+}
+
+/// Parses a duration such as `90m`, `36h`, `7d` or `4w` into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let unit = text.chars().last()?;
+    let n: i64 = text[..text.len() - unit.len_utf8()].trim().parse().ok()?;
+    let ms = match unit {
+        's' => 1_000,
+        'm' => 60_000,
+        'h' => 3_600_000,
+        'd' => 86_400_000,
+        'w' => 7 * 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(ms).filter(|v| *v > 0)
 }
 
 /// `[replication]`: how the store is replicated, and its replicas.
@@ -515,11 +600,76 @@ impl Config {
                 ));
             }
         }
+        self.validate_backup(&bad)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(bad(
                 "log.format",
                 format!("must be \"text\" or \"json\", not {:?}", self.log.format),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_backup(&self, bad: &dyn Fn(&str, String) -> Error) -> Result<()> {
+        let b = &self.backup;
+        if !matches!(b.compression.as_str(), "zstd" | "gzip") {
+            return Err(bad(
+                "backup.compression",
+                format!("must be \"zstd\" or \"gzip\", not {:?}", b.compression),
+            ));
+        }
+        let bounded = [
+            ("backup.zstd_level", b.zstd_level, 19),
+            ("backup.full_every", b.full_every, 10_000),
+            ("backup.segment_bytes", b.segment_bytes, 64 << 20),
+            ("backup.pack_bytes", b.pack_bytes, 4 << 30),
+            ("backup.threads", b.threads, 64),
+        ];
+        for (key, value, max) in bounded {
+            if value == 0 || value > max {
+                return Err(bad(
+                    key,
+                    format!("must be between 1 and {max}, not {value}"),
+                ));
+            }
+        }
+        if b.segment_bytes < 65_536 {
+            return Err(bad("backup.segment_bytes", "must be at least 65536".into()));
+        }
+        for r in &b.recipients {
+            if r.parse::<age::x25519::Recipient>().is_err() {
+                return Err(bad(
+                    "backup.recipients",
+                    format!("{r:?} is not an age public key (age1...)"),
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in b.target.iter().enumerate() {
+            let key = |k: &str| format!("backup.target[{i}].{k}");
+            if t.name.is_empty() || t.name.contains("://") || !names.insert(t.name.clone()) {
+                return Err(bad(
+                    &key("name"),
+                    "must be present, unique, and not a URL".into(),
+                ));
+            }
+            if !(t.url.starts_with("file:///") || t.url.starts_with("s3://")) {
+                return Err(bad(
+                    &key("url"),
+                    format!(
+                        "{:?} is not a file:///absolute/path or s3://bucket/path URL",
+                        t.url
+                    ),
+                ));
+            }
+            if let Some(w) = &t.keep_within
+                && parse_duration_ms(w).is_none()
+            {
+                return Err(bad(
+                    &key("keep_within"),
+                    format!("{w:?} is not a duration such as 36h, 7d or 4w"),
+                ));
+            }
         }
         Ok(())
     }
@@ -770,6 +920,51 @@ mod tests {
                         "{source_name}"
                     );
                 }
+                other => panic!("expected a config error for {text:?}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn backup_section_and_targets() {
+        let c = load_text(
+            "[backup]\ncompression = \"gzip\"\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n\
+             [[backup.target]]\nname = \"local\"\nurl = \"file:///var/backups/tv\"\nkeep_last = 3\nkeep_within = \"7d\"\n\
+             [[backup.target]]\nname = \"s3\"\nurl = \"s3://b/p\"\nkeep_daily = 7\n",
+            &[("TRADEVAULT_BACKUP_ZSTD_LEVEL", "5")],
+        )
+        .expect("load");
+        assert_eq!(c.backup.compression, "gzip");
+        assert_eq!(c.backup.zstd_level, 5);
+        assert_eq!(c.backup.target.len(), 2);
+        assert_eq!(c.backup.target[0].keep_last, Some(3));
+        assert_eq!(c.backup.target[1].keep_daily, Some(7));
+        assert_eq!(parse_duration_ms("7d"), Some(7 * 86_400_000));
+        assert_eq!(parse_duration_ms("36h"), Some(36 * 3_600_000));
+        assert_eq!(parse_duration_ms("7x"), None);
+        let cases: &[(&str, &str)] = &[
+            ("[backup]\ncompression = \"xz\"\n", "backup.compression"),
+            ("[backup]\nzstd_level = 30\n", "backup.zstd_level"),
+            (
+                "[backup]\nrecipients = [\"age1nope\"]\n",
+                "backup.recipients",
+            ),
+            (
+                "[[backup.target]]\nname = \"a\"\nurl = \"/relative\"\n",
+                "backup.target[0].url",
+            ),
+            (
+                "[[backup.target]]\nname = \"a\"\nurl = \"file:///x\"\nkeep_within = \"soon\"\n",
+                "backup.target[0].keep_within",
+            ),
+            (
+                "[[backup.target]]\nname = \"a\"\nurl = \"file:///x\"\n[[backup.target]]\nname = \"a\"\nurl = \"file:///y\"\n",
+                "backup.target[1].name",
+            ),
+        ];
+        for (text, key) in cases {
+            match load_text(text, &[]) {
+                Err(Error::Config { key: k, .. }) => assert_eq!(&k, key, "for {text:?}"),
                 other => panic!("expected a config error for {text:?}, got {other:?}"),
             }
         }

@@ -150,6 +150,18 @@ pub enum Error {
         #[source]
         source: ltx::Error,
     },
+    /// A backup operation failed or was refused; `code` says which way (`unknown_target`,
+    /// `target_unreachable`, `corrupt_object`, `identity_required`, `not_found`, `prune_refused`,
+    /// `integrity_failed`, `row_counts_differ`, ...). The message names the backup and object.
+    #[error("{message}")]
+    Backup {
+        /// Machine-readable code.
+        code: &'static str,
+        /// What is wrong and where.
+        message: String,
+        /// What to do about it.
+        hint: Option<&'static str>,
+    },
     /// A bug: something that should not happen did. Details are in the log.
     #[error("internal error: {message}")]
     Internal {
@@ -183,6 +195,27 @@ impl Error {
             code,
             field: field.into(),
             message: message.into(),
+        }
+    }
+
+    /// A backup error with a code, a message and a hint.
+    pub fn backup(
+        code: &'static str,
+        message: impl Into<String>,
+        hint: Option<&'static str>,
+    ) -> Self {
+        Error::Backup {
+            code,
+            message: message.into(),
+            hint,
+        }
+    }
+
+    /// The machine-readable code of a backup or request error.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Error::Backup { code, .. } | Error::Invalid { code, .. } => Some(code),
+            _ => None,
         }
     }
 
@@ -236,7 +269,7 @@ impl Error {
             Error::NotReplicated { .. } => Some(
                 "the write is stored and will replicate when the replicas return; re-sending it is safe (identical re-sends answer 200); see 'tradevault status'",
             ),
-            Error::Replica { hint, .. } => *hint,
+            Error::Replica { hint, .. } | Error::Backup { hint, .. } => *hint,
             _ => None,
         }
     }

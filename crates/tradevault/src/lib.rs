@@ -12,9 +12,12 @@
 //! - [`wal`]: committed transactions read from a SQLite WAL, verified frame by frame.
 //! - [`replicate`]: ships a database's transactions to a replica as LTX files.
 //! - [`restore`]: plans, verifies and assembles a database from a replica, to a time or a TXID.
+//! - [`backup`]: online, compressed, checksummed (optionally encrypted) backups, incremental by page;
+//!   their catalog on each target, verification and retention.
 //! - [`clock`]: time is handed in, never read from the wall inside the library.
 
 pub mod api;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod drill;

@@ -1,5 +1,6 @@
 //! One file per subcommand, and what they share: loading the config and starting logs.
 
+pub mod backup;
 pub mod check;
 pub mod drill;
 pub mod init;

@@ -2,6 +2,7 @@
 //! crash tests with SIGKILL.
 
 mod api;
+mod backup;
 mod cli;
 mod common;
 mod crash;

@@ -259,6 +259,86 @@ impl S3Replica {
         })
     }
 
+    /// Stores `bytes` under `key` (relative to the replica's path) with one PUT: S3 shows the
+    /// object only once it is complete. For backups, which keep their own objects beside LTX files.
+    pub fn put_object(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        let client = self.client.clone();
+        let full = client.object_key(key);
+        let limit = deadline(bytes.len() as u64);
+        self.run(async move {
+            let action = format!("put {full}");
+            let path = Key::from(full.as_str());
+            let put = client.store.put(&path, PutPayload::from(bytes));
+            client.within(&action, limit, put).await?;
+            Ok(())
+        })
+    }
+
+    /// The bytes of the object `key` (relative to the replica's path); `None` when there is none.
+    pub fn get_object(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let client = self.client.clone();
+        let full = client.object_key(key);
+        self.run(async move {
+            let action = format!("read {full}");
+            let path = Key::from(full.as_str());
+            let get = async {
+                match client.store.get(&path).await {
+                    Ok(got) => got.bytes().await.map(|b| Some(b.to_vec())),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            };
+            // Backup objects are at most a pack (tens of MiB): give them the time of a large one.
+            client.within(&action, deadline(256 << 20), get).await
+        })
+    }
+
+    /// The objects under `prefix` (relative to the replica's path), as (relative key, size),
+    /// ordered by key.
+    pub fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let client = self.client.clone();
+        let dir = client.object_key(prefix.trim_end_matches('/'));
+        self.run(async move {
+            let action = format!("list {dir}/");
+            let mut stream = client.store.list(Some(&Key::from(dir.as_str())));
+            let mut out = Vec::new();
+            while let Some(meta) = client
+                .within(&action, OPERATION_TIMEOUT, stream.try_next())
+                .await?
+            {
+                let key = meta.location.as_ref();
+                let relative = if client.prefix.is_empty() {
+                    Some(key)
+                } else {
+                    key.strip_prefix(client.prefix.as_str())
+                        .and_then(|k| k.strip_prefix('/'))
+                };
+                if let Some(k) = relative {
+                    out.push((k.to_owned(), meta.size));
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+    }
+
+    /// Removes the object `key` (relative to the replica's path); one already gone is not an error.
+    pub fn delete_object(&self, key: &str) -> Result<()> {
+        let client = self.client.clone();
+        let full = client.object_key(key);
+        self.run(async move {
+            let action = format!("delete {full}");
+            let path = Key::from(full.as_str());
+            let delete = async {
+                match client.store.delete(&path).await {
+                    Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    other => other,
+                }
+            };
+            client.within(&action, OPERATION_TIMEOUT, delete).await
+        })
+    }
+
     /// Runs `operation` on the replica's runtime and waits for it on this thread. Inside a
     /// multi-threaded runtime the wait is announced with `block_in_place`, so the caller's other
     /// tasks (an S3 server in a test, say) move to another worker meanwhile.
@@ -290,6 +370,14 @@ impl S3Replica {
 }
 
 impl Client {
+    fn object_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
     fn key(&self, level: u32, name: &str) -> String {
         if self.prefix.is_empty() {
             format!("{level:04x}/{name}")

@@ -4,6 +4,7 @@
 //!
 //! Only this module (and, later, `wal`) opens SQLite.
 
+mod backups;
 pub mod model;
 pub mod position;
 pub mod query;
@@ -313,6 +314,18 @@ impl Store {
         bot_version: Option<String>,
     ) -> Result<Status> {
         self.write(move |tx| write::put_status(tx, &key, &value, test_mode, bot_version.as_deref()))
+            .await
+    }
+
+    /// Replaces the store's mirror of one backup target's catalog (`backup_metadata`,
+    /// `backup_drills`) with `catalog`.
+    pub async fn mirror_backups(
+        &self,
+        target: String,
+        url: String,
+        catalog: crate::backup::Catalog,
+    ) -> Result<()> {
+        self.write(move |tx| backups::mirror(tx, &target, &url, &catalog.backups, &catalog.drills))
             .await
     }
 

@@ -10,7 +10,9 @@ use rusqlite::Connection;
 use crate::error::{Error, Result};
 
 /// Migrations; index + 1 is the schema version each one produces. Never edit a released one.
-const MIGRATIONS: &[&str] = &[r#"
+/// 2: the mirror of the backup catalogs (`backup_metadata`, `backup_drills`), seed 000's table.
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE signals (
     id                 INTEGER PRIMARY KEY,
     signal_id          TEXT NOT NULL UNIQUE,
@@ -140,7 +142,38 @@ CREATE TABLE job_runs (
     detail         TEXT
 );
 CREATE INDEX job_runs_job ON job_runs (job, id);
-"#];
+"#,
+    r#"
+CREATE TABLE backup_metadata (
+    target                 TEXT NOT NULL,
+    backup_id              TEXT NOT NULL,
+    database               TEXT NOT NULL,
+    backup_path            TEXT NOT NULL,
+    backup_time            TEXT NOT NULL,
+    backup_type            TEXT NOT NULL CHECK (backup_type IN ('manual', 'scheduled', 'safety')),
+    tables                 TEXT NOT NULL DEFAULT '{}',
+    size_bytes             INTEGER NOT NULL,
+    compressed_size_bytes  INTEGER NOT NULL,
+    verified               INTEGER NOT NULL DEFAULT 0 CHECK (verified IN (0, 1)),
+    verified_at            TEXT,
+    parent_id              TEXT,
+    mirrored_at            TEXT NOT NULL,
+    PRIMARY KEY (target, backup_id)
+) WITHOUT ROWID;
+CREATE INDEX backup_metadata_time ON backup_metadata (database, backup_time);
+
+CREATE TABLE backup_drills (
+    target       TEXT NOT NULL,
+    database     TEXT NOT NULL,
+    at           TEXT NOT NULL,
+    backup_id    TEXT,
+    ok           INTEGER NOT NULL CHECK (ok IN (0, 1)),
+    rto_seconds  REAL NOT NULL,
+    detail       TEXT NOT NULL,
+    PRIMARY KEY (target, database, at)
+) WITHOUT ROWID;
+"#,
+];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

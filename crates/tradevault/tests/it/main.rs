@@ -1,5 +1,6 @@
 //! Component tests of the library: a real SQLite store in a temp dir, no HTTP.
 
+mod backup;
 mod engine;
 mod jobs;
 mod litestream;

@@ -1,0 +1,695 @@
+//! `tradevault backup create|list|show|stats|verify|prune`: thin over `tradevault::backup`.
+//! Data on stdout (a table, or `--json`), progress and notes on stderr.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tradevault::Config;
+use tradevault::backup::{
+    self, BackupRecord, Catalog, CreateOptions, Identity, Kind, Progress, Target, VerifyOptions,
+    retention,
+};
+use tradevault::restore::Check;
+
+use crate::UsageError;
+
+/// Arguments of `backup`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Take a consistent online backup and write it to every target (or --target).
+    Create(CreateArgs),
+    /// List the backups on each target (or --target, even a bare one given by URL).
+    List(ListArgs),
+    /// Everything recorded about one backup.
+    Show(ShowArgs),
+    /// Counts, bytes, ratio, oldest and newest, last verified, last drill.
+    Stats(TargetArgs),
+    /// Check every object's checksum; --deep also restores, checks and counts rows.
+    Verify(VerifyArgs),
+    /// Delete what the targets' retention rules no longer keep (plan first, then apply).
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TargetArgs {
+    /// A configured target's name, or a URL (file:///path, s3://bucket/path?endpoint=...);
+    /// default: every configured target.
+    #[arg(long, value_name = "NAME|URL")]
+    target: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct CreateArgs {
+    /// A configured [[database]] name or a SQLite file's path; default: the store in --data-dir.
+    #[arg(long, value_name = "NAME|PATH")]
+    db: Option<String>,
+    /// Why: manual (default), scheduled or safety.
+    #[arg(long = "type", value_name = "TYPE", default_value = "manual")]
+    kind: String,
+    /// Take a full backup even where an incremental one could be taken.
+    #[arg(long)]
+    full: bool,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct ListArgs {
+    /// Only backups of this database (its name in the catalog).
+    #[arg(long, value_name = "NAME")]
+    db: Option<String>,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct ShowArgs {
+    /// The backup's id (or a unique start of it).
+    id: String,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// The backup's id; default: the newest backup on each target.
+    id: Option<String>,
+    /// Every backup.
+    #[arg(long, conflicts_with = "id")]
+    all: bool,
+    /// Also decompress, restore to a scratch file, run PRAGMA integrity_check and compare rows.
+    #[arg(long)]
+    deep: bool,
+    /// With --deep, run quick_check instead of integrity_check (indexes not compared with tables).
+    #[arg(long, requires = "deep")]
+    quick_check: bool,
+    /// age identity file, for a deep verify of an encrypted backup.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// Where the scratch database goes (default: the system's temporary directory).
+    #[arg(long, value_name = "DIR")]
+    scratch_dir: Option<PathBuf>,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct PruneArgs {
+    /// Print the plan and delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+pub fn run(
+    config_file: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(config_file, data_dir)?;
+    super::start_logging(&config)?;
+    match args.command {
+        Command::Create(a) => create(&config, a),
+        Command::List(a) => list(&config, a),
+        Command::Show(a) => show(&config, a),
+        Command::Stats(a) => stats(&config, a),
+        Command::Verify(a) => verify(&config, a),
+        Command::Prune(a) => prune(&config, a),
+    }
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// The targets named by `--target`, or every configured one.
+fn targets(config: &Config, args: &TargetArgs) -> anyhow::Result<Vec<Target>> {
+    match &args.target {
+        Some(t) => Ok(vec![Target::resolve(&config.backup, t)?]),
+        None if config.backup.target.is_empty() => Err(tradevault::Error::backup(
+            "no_target",
+            "no backup target: pass --target NAME|URL or configure [[backup.target]]",
+            Some("e.g. --target file:///var/backups/tradevault"),
+        )
+        .into()),
+        None => config
+            .backup
+            .target
+            .iter()
+            .map(|t| Target::from_config(t).map_err(Into::into))
+            .collect(),
+    }
+}
+
+/// The database to back up: its file and its name.
+fn database(config: &Config, db: Option<&str>) -> anyhow::Result<(PathBuf, String)> {
+    let Some(db) = db else {
+        return Ok((config.database_path(), "store".into()));
+    };
+    if let Some(d) = config.database.iter().find(|d| d.name == db) {
+        return Ok((d.path.clone(), d.name.clone()));
+    }
+    let path = PathBuf::from(db);
+    if !path.is_file() {
+        return Err(UsageError(format!(
+            "--db {db:?} is neither a configured [[database]] name nor a file"
+        ))
+        .into());
+    }
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "db".into());
+    Ok((path, name))
+}
+
+fn create(config: &Config, args: CreateArgs) -> anyhow::Result<ExitCode> {
+    let kind: Kind = args
+        .kind
+        .parse()
+        .map_err(|e: tradevault::Error| UsageError(e.to_string()))?;
+    let targets = targets(config, &args.target)?;
+    let (db, name) = database(config, args.db.as_deref())?;
+    let progress = Progress::default();
+    let started = Instant::now();
+    let now = || now_ms();
+    let options = CreateOptions {
+        db,
+        database: name,
+        kind,
+        config: &config.backup,
+        full: args.full,
+        progress: Some(&progress),
+        now: &now,
+    };
+    let manifests = with_progress(&progress, !args.target.json, "backup", || {
+        backup::create(&targets, &options)
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    mirror(config, &targets);
+    if args.target.json {
+        let out: Vec<serde_json::Value> = manifests
+            .iter()
+            .zip(&targets)
+            .map(|(m, t)| {
+                serde_json::json!({
+                    "target": t.name,
+                    "id": m.id,
+                    "database": m.database,
+                    "type": m.kind,
+                    "incremental": m.parent.is_some(),
+                    "parent": m.parent,
+                    "pages": m.page_count,
+                    "pages_stored": m.pages_stored,
+                    "size_bytes": m.size_bytes(),
+                    "stored_bytes": m.stored_bytes(),
+                    "tables": m.tables,
+                    "state_min_ms": m.state_min_ms,
+                    "state_max_ms": m.state_max_ms,
+                    "seconds": seconds,
+                })
+            })
+            .collect();
+        super::print_json(&out)?;
+    } else {
+        for (m, t) in manifests.iter().zip(&targets) {
+            let how = match &m.parent {
+                Some(p) => format!(
+                    "incremental on {p}, {} of {} pages",
+                    m.pages_stored, m.page_count
+                ),
+                None => format!("full, {} pages", m.page_count),
+            };
+            println!(
+                "backup written: {} on {}: {} of {} stored ({how}) in {seconds:.2} s",
+                m.id,
+                t.name,
+                super::human_bytes(m.stored_bytes()),
+                super::human_bytes(m.size_bytes()),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(config: &Config, args: ListArgs) -> anyhow::Result<ExitCode> {
+    let mut out = Vec::new();
+    for target in targets(config, &args.target)? {
+        target.check_reachable()?;
+        let catalog = Catalog::load(&target)?;
+        let backups: Vec<BackupRecord> = catalog
+            .backups
+            .into_iter()
+            .filter(|b| args.db.as_deref().is_none_or(|d| b.database == d))
+            .collect();
+        out.push((target, backups));
+    }
+    if args.target.json {
+        let json: Vec<serde_json::Value> = out
+            .iter()
+            .map(|(t, b)| serde_json::json!({"target": t.name, "url": t.describe(), "backups": b}))
+            .collect();
+        super::print_json(&json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (target, backups) in out {
+        println!(
+            "{} ({}): {} backups",
+            target.name,
+            target.describe(),
+            backups.len()
+        );
+        let mut t = super::table(&[
+            "ID", "DATABASE", "TYPE", "KIND", "SIZE", "STORED", "VERIFIED",
+        ]);
+        for b in &backups {
+            t.add_row(vec![
+                b.id.clone(),
+                b.database.clone(),
+                b.kind.clone(),
+                if b.depth == 0 {
+                    "full".into()
+                } else {
+                    format!("incr {}", b.depth)
+                },
+                super::human_bytes(b.size_bytes),
+                super::human_bytes(b.stored_bytes),
+                verified_text(b),
+            ]);
+        }
+        if !backups.is_empty() {
+            println!("{t}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verified_text(b: &BackupRecord) -> String {
+    match &b.verified {
+        None => "-".into(),
+        Some(v) if v.ok => format!("{}{}", v.at, if v.deep { " (deep)" } else { "" }),
+        Some(v) => format!("FAILED {}", v.at),
+    }
+}
+
+fn show(config: &Config, args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let mut last_err = None;
+    for target in targets(config, &args.target)? {
+        let catalog = Catalog::load(&target)?;
+        let record = match catalog.find(&args.id) {
+            Ok(r) => r.clone(),
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
+        };
+        let manifest = catalog.manifest(&target, &record.id)?;
+        if args.target.json {
+            super::print_json(&serde_json::json!({
+                "target": target.name,
+                "url": target.describe(),
+                "backup": record,
+                "state_min": backup::format_ms(manifest.state_min_ms),
+                "state_max": backup::format_ms(manifest.state_max_ms),
+                "wal": manifest.wal,
+                "ltx_txid": manifest.ltx_txid,
+                "recipients": manifest.recipients,
+                "segments": manifest.segments.len(),
+                "packs": manifest.packs,
+                "page_table": manifest.page_table,
+            }))?;
+        } else {
+            let kind = if record.depth == 0 {
+                "full".to_owned()
+            } else {
+                format!("incremental (depth {})", record.depth)
+            };
+            println!(
+                "backup {} on {} ({})",
+                record.id,
+                target.name,
+                target.describe()
+            );
+            println!("  database   {} ({})", record.database, record.source);
+            println!("  type       {}, {kind}", record.kind);
+            println!("  taken      {}", record.created);
+            println!(
+                "  state      every commit before {}, none after {}",
+                backup::format_ms(manifest.state_min_ms),
+                backup::format_ms(manifest.state_max_ms)
+            );
+            println!(
+                "  size       {} ({} pages of {} bytes)",
+                super::human_bytes(record.size_bytes),
+                record.pages,
+                record.page_size
+            );
+            println!(
+                "  stored     {} ({} pages), restore reads {}",
+                super::human_bytes(record.stored_bytes),
+                record.pages_stored,
+                super::human_bytes(record.restore_bytes)
+            );
+            println!(
+                "  codec      {}{}",
+                record.compression,
+                if record.encrypted {
+                    ", age-encrypted"
+                } else {
+                    ""
+                }
+            );
+            println!("  parent     {}", record.parent.as_deref().unwrap_or("-"));
+            println!(
+                "  needs      {}",
+                if record.depends_on.is_empty() {
+                    "-".to_owned()
+                } else {
+                    record.depends_on.join(", ")
+                }
+            );
+            println!("  verified   {}", verified_text(&record));
+            for (table, n) in &record.tables {
+                println!("  rows       {table}: {n}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    Err(last_err.map_or_else(|| anyhow::anyhow!("no backup {}", args.id), Into::into))
+}
+
+fn stats(config: &Config, args: TargetArgs) -> anyhow::Result<ExitCode> {
+    let mut all = Vec::new();
+    for target in targets(config, &args)? {
+        target.check_reachable()?;
+        all.push(Catalog::load(&target)?.stats(&target));
+    }
+    if args.json {
+        super::print_json(&all)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in all {
+        println!("{} ({})", s.target, s.url);
+        for d in s.databases {
+            println!(
+                "  {}: {} backups ({} full), {} stored, ratio {:.2}x{}",
+                d.database,
+                d.count,
+                d.full,
+                super::human_bytes(d.stored_bytes),
+                d.ratio,
+                d.full_ratio
+                    .map(|r| format!(" (full backups {r:.2}x)"))
+                    .unwrap_or_default()
+            );
+            if let (Some(o), Some(n)) = (&d.oldest, &d.newest) {
+                println!("    oldest {} ({}), newest {} ({})", o.1, o.0, n.1, n.0);
+            }
+            match &d.last_verified {
+                Some((id, at, deep)) => println!(
+                    "    last verified {at}{} ({id})",
+                    if *deep { " deep" } else { "" }
+                ),
+                None => println!("    last verified: never"),
+            }
+            match &d.last_drill {
+                Some(dr) => println!(
+                    "    last drill {} {} (rto {:.1} s)",
+                    backup::format_ms(dr.at_ms),
+                    if dr.ok { "ok" } else { "FAILED" },
+                    dr.rto_seconds
+                ),
+                None => println!("    last drill: never"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let identity = args
+        .identity
+        .as_deref()
+        .map(Identity::from_file)
+        .transpose()?;
+    let now = || now_ms();
+    let options = VerifyOptions {
+        deep: args.deep,
+        check: if args.quick_check {
+            Check::Quick
+        } else {
+            Check::Integrity
+        },
+        identity: identity.as_ref(),
+        scratch_dir: args.scratch_dir.clone(),
+        now: &now,
+        record: true,
+    };
+    let mut results = Vec::new();
+    let targets = targets(config, &args.target)?;
+    for target in &targets {
+        target.check_reachable()?;
+        let catalog = Catalog::load(target)?;
+        let ids: Vec<String> = if args.all {
+            catalog.backups.iter().map(|b| b.id.clone()).collect()
+        } else if let Some(id) = &args.id {
+            match catalog.find(id) {
+                Ok(b) => vec![b.id.clone()],
+                Err(e) if targets.len() > 1 && args.target.target.is_none() => {
+                    tracing::info!(target = %target.name, error = %e, "not on this target");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            catalog
+                .newest(None)
+                .map(|b| vec![b.id.clone()])
+                .unwrap_or_default()
+        };
+        for id in ids {
+            let v = backup::verify(target, &id, &options)?;
+            if !args.target.json {
+                if v.ok {
+                    println!(
+                        "{} on {}: ok ({} objects, {} read{}) in {:.2} s",
+                        v.id,
+                        target.name,
+                        v.objects,
+                        super::human_bytes(v.bytes),
+                        v.check
+                            .as_deref()
+                            .map(|c| format!(", {c} ok, rows match"))
+                            .unwrap_or_default(),
+                        v.seconds
+                    );
+                } else {
+                    println!("{} on {}: CORRUPT", v.id, target.name);
+                    for p in &v.problems {
+                        println!("  {p}");
+                    }
+                }
+            }
+            results.push((target.name.clone(), v));
+        }
+    }
+    mirror(config, &targets);
+    if args.target.json {
+        let json: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(t, v)| serde_json::json!({"target": t, "verification": v}))
+            .collect();
+        super::print_json(&json)?;
+    }
+    if results.is_empty() {
+        if let Some(id) = &args.id {
+            return Err(tradevault::Error::backup(
+                "not_found",
+                format!("no backup {id:?} on any target"),
+                Some("run 'tradevault backup list' to see the ids"),
+            )
+            .into());
+        }
+        eprintln!("tradevault: no backup to verify");
+    }
+    if results.iter().any(|(_, v)| !v.ok) {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<ExitCode> {
+    let targets = targets(config, &args.target)?;
+    let now = now_ms();
+    let mut plans = Vec::new();
+    for target in &targets {
+        target.check_reachable()?;
+        let catalog = Catalog::load(target)?;
+        let leftovers = retention::leftovers(target, &catalog, now)?;
+        let plan = retention::plan(
+            &target.name,
+            &catalog,
+            target.rules.as_ref(),
+            now,
+            leftovers,
+        );
+        plans.push(plan);
+    }
+    let mut refused = None;
+    let mut applied = Vec::new();
+    for (target, plan) in targets.iter().zip(&plans) {
+        if !args.target.json {
+            let verb = if args.dry_run {
+                "would delete"
+            } else {
+                "deleting"
+            };
+            println!(
+                "{}: {verb} {} backups ({}){}, keeping {}",
+                target.name,
+                plan.delete.len(),
+                super::human_bytes(plan.bytes),
+                if plan.leftovers.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and {} leftover objects", plan.leftovers.len())
+                },
+                plan.keep.len()
+            );
+            for d in &plan.delete {
+                println!(
+                    "  delete {} ({}, {})",
+                    d.id,
+                    d.database,
+                    super::human_bytes(d.bytes)
+                );
+            }
+            for k in &plan.keep {
+                println!(
+                    "  keep   {} ({}): {}",
+                    k.id,
+                    k.database,
+                    k.reasons.join(", ")
+                );
+            }
+            if let Some(why) = &plan.refused {
+                println!("  refused: {why}");
+            }
+        }
+        if args.dry_run || plan.is_empty() {
+            continue;
+        }
+        match retention::apply(target, plan) {
+            Ok(p) => applied.push(serde_json::json!({"target": target.name, "pruned": p})),
+            Err(
+                e @ tradevault::Error::Backup {
+                    code: "prune_refused",
+                    ..
+                },
+            ) => refused = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    mirror(config, &targets);
+    if args.target.json {
+        super::print_json(
+            &serde_json::json!({"dry_run": args.dry_run, "plans": plans, "applied": applied}),
+        )?;
+    }
+    if let Some(e) = refused {
+        return Err(e.into());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Mirrors the targets' catalogs into the store, when the store exists and no server holds it
+/// (a running `serve` keeps its own mirror).
+fn mirror(config: &Config, targets: &[Target]) {
+    if !config.database_path().is_file() {
+        return;
+    }
+    let clock = std::sync::Arc::new(tradevault::clock::SystemClock);
+    let store = match tradevault::Store::open(&config.store, clock) {
+        Ok(s) => s,
+        Err(tradevault::Error::Locked { .. }) => {
+            eprintln!(
+                "note: the store is in use by 'tradevault serve'; its backup_metadata is not updated"
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("note: backup catalog not mirrored into the store: {e}");
+            return;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("note: backup catalog not mirrored into the store: {e}");
+            return;
+        }
+    };
+    for target in targets {
+        let result = Catalog::load(target).and_then(|c| {
+            runtime.block_on(store.mirror_backups(target.name.clone(), target.describe(), c))
+        });
+        if let Err(e) = result {
+            eprintln!(
+                "note: backup catalog of {} not mirrored into the store: {e}",
+                target.name
+            );
+        }
+    }
+    store.close();
+}
+
+/// Runs `work` with a progress bar on stderr (when it is a terminal and `show` is set).
+fn with_progress<T>(
+    progress: &Progress,
+    show: bool,
+    what: &str,
+    work: impl FnOnce() -> tradevault::Result<T>,
+) -> anyhow::Result<T> {
+    let bar = if show && std::io::stderr().is_terminal() {
+        ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:24}] {pos}/{len} pages, eta {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    let result = std::thread::scope(|s| {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let bar = &bar;
+        s.spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_millis(100))
+            {
+                bar.set_length(progress.pages_total());
+                bar.set_position(progress.pages_done());
+            }
+        });
+        let r = work();
+        drop(stop);
+        r
+    });
+    bar.finish_and_clear();
+    result.context(format!("{what} failed"))
+}

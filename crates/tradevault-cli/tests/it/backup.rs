@@ -1,0 +1,281 @@
+//! `tradevault backup` against the built binary: create beside a running server, list a bare
+//! target by URL with no config, a SIGKILL in the middle of a backup leaves nothing visible and
+//! the next backup works, clear errors and exit codes, prune's plan.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{Server, command};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = command();
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run tradevault");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not json ({e}): {out}"))
+}
+
+/// A database in WAL mode holding about `mib` MiB of rows that compress like real ones.
+fn big_database(path: &Path, mib: u32) {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE ticks (id INTEGER PRIMARY KEY, sym TEXT, px REAL, note TEXT);",
+    )
+    .expect("schema");
+    let rows = mib * 4_000;
+    conn.execute_batch("BEGIN").expect("begin");
+    let mut x: u64 = 88_172_645_463_325_252;
+    for i in 0..rows {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        conn.execute(
+            "INSERT INTO ticks (id, sym, px, note) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![
+                i64::from(i),
+                format!("S{}", x % 100),
+                (x % 100_000) as f64 / 100.0,
+                format!("{:x}{:x}", x, x.rotate_left(17)).repeat(4)
+            ],
+        )
+        .expect("insert");
+    }
+    conn.execute_batch("COMMIT").expect("commit");
+}
+
+#[test]
+fn create_beside_a_running_server_then_list_a_bare_target_by_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let d = data.to_str().expect("utf8");
+    let target = format!("file://{}", dir.path().join("target").display());
+    let config = dir.path().join("tv.toml");
+    std::fs::write(
+        &config,
+        format!("[[backup.target]]\nname = \"local\"\nurl = \"{target}\"\nkeep_last = 1\n"),
+    )
+    .expect("config");
+    let c = config.to_str().expect("utf8");
+    {
+        let server = Server::start(&data);
+        let mut api = server.client();
+        let t = serde_json::json!({ "trade_id": "a", "symbol": "X", "side": "buy", "qty": "1", "price": "2" });
+        assert_eq!(api.post("/v1/trades", &t).0, 201);
+        // The store in --data-dir, while the server writes; the configured target by default.
+        let (code, out, err) = run(
+            &["backup", "create", "--data-dir", d, "--config", c, "--json"],
+            &[],
+        );
+        assert_eq!(code, 0, "{err}");
+        let created = json(&out);
+        assert_eq!(created[0]["target"], "local");
+        assert_eq!(created[0]["database"], "store");
+        assert_eq!(created[0]["tables"]["trades"], 1);
+        assert!(
+            err.contains("in use by 'tradevault serve'"),
+            "the mirror waits for serve: {err}"
+        );
+        let t = serde_json::json!({ "trade_id": "b", "symbol": "X", "side": "buy", "qty": "1", "price": "2" });
+        assert_eq!(api.post("/v1/trades", &t).0, 201);
+        let (code, out, err) = run(
+            &[
+                "backup",
+                "create",
+                "--data-dir",
+                d,
+                "--config",
+                c,
+                "--type",
+                "scheduled",
+                "--json",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(json(&out)[0]["incremental"], true);
+    }
+    // With the server stopped, the catalog is mirrored into the store.
+    let (code, _, err) = run(
+        &["backup", "verify", "--deep", "--data-dir", d, "--config", c],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let conn = rusqlite::Connection::open(data.join("tradevault.db")).expect("open store");
+    let (n, verified): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), sum(verified) FROM backup_metadata",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("mirror");
+    assert_eq!((n, verified), (2, 1));
+
+    // The primary is gone: only the target and its URL are left.
+    std::fs::remove_dir_all(&data).expect("remove data");
+    std::fs::remove_file(dir.path().join("target/index.json")).expect("remove index");
+    let (code, out, err) = run(&["backup", "list", "--target", &target, "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let listed = json(&out);
+    let backups = listed[0]["backups"].as_array().expect("backups");
+    assert_eq!(backups.len(), 2);
+    assert_eq!(backups[1]["kind"], "scheduled");
+    assert_eq!(backups[1]["tables"]["trades"], 2);
+    assert_eq!(backups[1]["verified"]["ok"], true);
+    let id = backups[1]["id"].as_str().expect("id");
+    let (code, out, err) = run(&["backup", "show", id, "--target", &target], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("incremental") && out.contains("trades: 2"),
+        "{out}"
+    );
+    let (code, out, err) = run(&["backup", "stats", "--target", &target, "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)[0]["databases"][0]["count"], 2);
+
+    // Prune's plan: keep_last 1 keeps the newest (verified) and the full backup it needs.
+    let (code, out, err) = run(&["backup", "prune", "--dry-run", "--config", c], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("would delete 0 backups"), "{out}");
+    assert!(out.contains("needed by"), "{out}");
+}
+
+#[test]
+fn errors_have_codes_and_hints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf8");
+    let (code, _, err) = run(
+        &["backup", "list", "--target", "offsite", "--data-dir", d],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no backup target named \"offsite\"") && err.contains("hint:"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &[
+            "backup",
+            "list",
+            "--target",
+            "file:///nonexistent/tv-backups",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("is not a directory"), "{err}");
+    let (code, _, err) = run(&["backup", "create", "--data-dir", d], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no backup target"), "{err}");
+    let (code, _, _) = run(
+        &[
+            "backup",
+            "create",
+            "--type",
+            "hourly",
+            "--target",
+            "file:///tmp/x",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "a bad --type is a usage error");
+}
+
+#[test]
+fn sigkill_during_create_leaves_no_backup_and_the_next_one_works() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("ticks.db");
+    big_database(&db, 24);
+    let root = dir.path().join("target");
+    let target = format!("file://{}", root.display());
+    let dbs = db.to_str().expect("utf8");
+    // Small packs, so the first ones land well before the backup ends.
+    let env = [
+        ("TRADEVAULT_BACKUP_PACK_BYTES", "65536"),
+        ("TRADEVAULT_BACKUP_SEGMENT_BYTES", "65536"),
+    ];
+    let mut killed = 0;
+    for _ in 0..3 {
+        let mut c = command();
+        c.args([
+            "backup", "create", "--db", dbs, "--target", &target, "--full",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().expect("spawn");
+        let started = Instant::now();
+        let packs = root.join("packs");
+        // Kill it once it has written some packs, but not its manifest.
+        loop {
+            let some = std::fs::read_dir(&packs)
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| std::fs::read_dir(e.path()).is_ok_and(|mut p| p.next().is_some()))
+                })
+                .unwrap_or(false);
+            if some || started.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            if child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let finished = child.try_wait().expect("wait").is_some();
+        let _ = child.kill();
+        let _ = child.wait();
+        if !finished {
+            killed += 1;
+            let (code, out, err) = run(&["backup", "list", "--target", &target, "--json"], &[]);
+            assert_eq!(code, 0, "{err}");
+            assert_eq!(
+                json(&out)[0]["backups"].as_array().map(Vec::len),
+                Some(0),
+                "a killed backup is not listed: {out}"
+            );
+            break;
+        }
+        // It finished before the kill: start again on an empty target.
+        std::fs::remove_dir_all(&root).expect("clean");
+    }
+    assert_eq!(killed, 1, "the backup was never caught in the middle");
+    let (code, out, err) = run(
+        &[
+            "backup", "create", "--db", dbs, "--target", &target, "--json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let id = json(&out)[0]["id"].as_str().expect("id").to_owned();
+    let (code, out, err) = run(
+        &[
+            "backup",
+            "verify",
+            &id,
+            "--deep",
+            "--quick-check",
+            "--target",
+            &target,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = run(&["backup", "list", "--target", &target, "--json"], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)[0]["backups"].as_array().map(Vec::len), Some(1));
+}

@@ -1,0 +1,599 @@
+//! [`create`]: one consistent snapshot of a database, written to each target as a full or an
+//! incremental backup.
+//!
+//! Per target, four kinds of thread work at once: this thread reads pages from the snapshot,
+//! hashes each one and compares it with the parent backup's page table, gathering the changed
+//! pages into segments; `threads` workers compress (and encrypt) segments; a packer puts them, in
+//! order, into pack objects of about `pack_bytes`; an uploader stores each full pack while the
+//! next one fills. Channels between them are bounded, so memory stays at a few segments and three
+//! packs. The page table and then the manifest are written only after every pack is stored: a
+//! backup that did not finish is never visible.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use super::catalog::Catalog;
+use super::format::{
+    self, Fingerprint, Manifest, ObjectSum, PageEntry, Segment, encode_manifest, encode_pages,
+    manifest_key, pack_key, pages_key,
+};
+use super::snapshot::{Snapshot, row_counts};
+use super::{Codec, Kind, Progress, Target};
+use crate::config::BackupConfig;
+use crate::error::{Error, Result};
+
+/// What to back up, and how.
+pub struct CreateOptions<'a> {
+    /// The database file.
+    pub db: PathBuf,
+    /// Its name in the catalog.
+    pub database: String,
+    /// Why the backup is taken.
+    pub kind: Kind,
+    /// Compression, encryption, segment and pack sizes, threads, `full_every`.
+    pub config: &'a BackupConfig,
+    /// Take a full backup even where an incremental one could be taken.
+    pub full: bool,
+    /// Counters for a progress bar.
+    pub progress: Option<&'a Progress>,
+    /// The time, in ms since the epoch (the library never reads the wall clock itself).
+    pub now: &'a (dyn Fn() -> i64 + Sync),
+}
+
+/// Where a page of the new backup is: in a segment of the parent, or in a new one.
+#[derive(Clone, Copy)]
+enum Place {
+    Parent(u32, u32),
+    New(u32, u32),
+}
+
+/// The parent backup an incremental one is taken against.
+struct Parent {
+    manifest: Manifest,
+    pages: Vec<PageEntry>,
+}
+
+/// Takes one snapshot of `options.db` and writes a backup of it to every target, in turn.
+/// Returns the manifest written to each. A target that fails stops the whole call.
+pub fn create(targets: &[Target], options: &CreateOptions<'_>) -> Result<Vec<Manifest>> {
+    if targets.is_empty() {
+        return Err(Error::backup(
+            "no_target",
+            "no backup target: configure a [[backup.target]] or pass --target",
+            Some("add [[backup.target]] with a name and a url to the config"),
+        ));
+    }
+    let codec = Codec::new(
+        &options.config.compression,
+        options.config.zstd_level as u32,
+        &options.config.recipients,
+    )?;
+    let started_ms = (options.now)();
+    let clock = std::time::Instant::now();
+    let mut snapshot = Snapshot::open(&options.db, options.now)?;
+    tracing::debug!(
+        pages = snapshot.page_count,
+        ms = clock.elapsed().as_millis() as u64,
+        "backup snapshot open"
+    );
+    let conn = snapshot.take_connection();
+    let mut out = Vec::new();
+    let mut tables = None;
+    std::thread::scope(|s| -> Result<()> {
+        // Rows are counted on the snapshot's own connection (same read transaction) while the
+        // first target's pages are read.
+        let db = options.db.clone();
+        let counter = conn.map(|c| {
+            s.spawn(move || {
+                let counts = row_counts(&c, &db);
+                (counts, c)
+            })
+        });
+        let mut counter = counter;
+        for target in targets {
+            let mut manifest = write_one(target, &snapshot, &codec, options, started_ms)?;
+            tracing::debug!(target = %target.name, ms = clock.elapsed().as_millis() as u64, "backup pages stored");
+            if tables.is_none()
+                && let Some(handle) = counter.take()
+            {
+                let (counts, c) = handle.join().map_err(|_| Error::Internal {
+                    message: "row count thread panicked".into(),
+                })?;
+                tables = Some(counts?);
+                snapshot.put_connection(c);
+            }
+            manifest.tables = tables.clone().unwrap_or_default();
+            manifest.finished_ms = (options.now)();
+            tracing::debug!(
+                ms = clock.elapsed().as_millis() as u64,
+                "backup rows counted"
+            );
+            finish(target, &manifest)?;
+            tracing::debug!(
+                ms = clock.elapsed().as_millis() as u64,
+                "backup manifest and index written"
+            );
+            out.push(manifest);
+        }
+        Ok(())
+    })?;
+    drop(snapshot);
+    Ok(out)
+}
+
+/// Writes the page table and then the manifest: from here on the backup exists.
+fn finish(target: &Target, manifest: &Manifest) -> Result<()> {
+    target.put(&manifest_key(&manifest.id), encode_manifest(manifest)?)?;
+    tracing::info!(
+        target = %target.name,
+        id = %manifest.id,
+        pages = manifest.page_count,
+        pages_stored = manifest.pages_stored,
+        bytes = manifest.stored_bytes(),
+        "backup written"
+    );
+    // The index is a cache of what the manifests say: failing to refresh it loses nothing.
+    super::catalog::refresh_index(target);
+    Ok(())
+}
+
+fn find_parent(
+    target: &Target,
+    options: &CreateOptions<'_>,
+    codec: &Codec,
+    page_size: u32,
+) -> Option<Parent> {
+    if options.full || options.config.full_every <= 1 {
+        return None;
+    }
+    let catalog = match Catalog::load(target) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(target = %target.name, error = %e, "catalog unreadable; taking a full backup");
+            return None;
+        }
+    };
+    let newest = catalog
+        .backups
+        .iter()
+        .filter(|b| b.database == options.database)
+        .max_by(|a, b| a.id.cmp(&b.id))?;
+    if u64::from(newest.depth) + 1 >= options.config.full_every || newest.page_size != page_size {
+        return None;
+    }
+    let load = || -> Result<Parent> {
+        let manifest = catalog.manifest(target, &newest.id)?;
+        // A backup decodes every segment one way: a change of compression or recipients starts
+        // a new chain.
+        if manifest.compression != codec.compression || manifest.recipients != codec.recipients() {
+            return Err(Error::backup(
+                "codec_changed",
+                "compression or recipients changed since the previous backup",
+                None,
+            ));
+        }
+        let key = pages_key(&manifest.id);
+        let bytes = target.get(&key)?.ok_or_else(|| {
+            Error::backup("corrupt_object", format!("object {key} is missing"), None)
+        })?;
+        if format::hex_hash(&bytes) != manifest.page_table.blake3 {
+            return Err(Error::backup(
+                "corrupt_object",
+                format!("object {key}: checksum differs from its manifest's"),
+                None,
+            ));
+        }
+        let pages = format::decode_pages(&bytes, &key)?;
+        Ok(Parent { manifest, pages })
+    };
+    match load() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(target = %target.name, parent = %newest.id, error = %e, "no incremental on the previous backup; taking a full backup");
+            None
+        }
+    }
+}
+
+/// A page's fingerprint and place.
+type Located = (u64, Place);
+
+/// A segment on its way to a compressor: its index among the new segments and its pages.
+type Job = (u32, u32, Vec<u8>);
+/// A compressed segment on its way to the packer.
+type Done = Result<(u32, u32, Vec<u8>)>;
+
+fn write_one(
+    target: &Target,
+    snapshot: &Snapshot,
+    codec: &Codec,
+    options: &CreateOptions<'_>,
+    started_ms: i64,
+) -> Result<Manifest> {
+    let config = options.config;
+    let ps = snapshot.page_size as usize;
+    let id = super::new_id(started_ms, &format!("{}/{}", target.name, options.database));
+    let clock = std::time::Instant::now();
+    let parent = find_parent(target, options, codec, snapshot.page_size);
+    tracing::debug!(
+        parent = parent.is_some(),
+        ms = clock.elapsed().as_millis() as u64,
+        "backup parent looked up"
+    );
+    let segment_pages = (config.segment_bytes as usize / ps).max(1) as u32;
+    let fingerprint = if codec.recipients().is_empty() {
+        Fingerprint::Crc64
+    } else {
+        Fingerprint::Blake3
+    };
+    let threads = config.threads.max(1) as usize;
+    if let Some(p) = options.progress {
+        p.start(u64::from(snapshot.page_count));
+    }
+    let (places, new_segments, packs) = std::thread::scope(|s| {
+        let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
+        let (done_tx, done_rx) = sync_channel::<Done>(threads * 2);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        for _ in 0..threads {
+            let (rx, tx) = (job_rx.clone(), done_tx.clone());
+            s.spawn(move || compress_worker(&rx, &tx, codec));
+        }
+        // Only the workers hold the ends they use: when the packer stops, they stop, and then
+        // the reader's sends fail instead of waiting forever.
+        drop((done_tx, job_rx));
+        let packer = s.spawn(|| pack(target, &id, config.pack_bytes, done_rx, options.progress));
+        let read = match parent.as_ref() {
+            Some(p) => read_changed(
+                snapshot,
+                fingerprint,
+                p,
+                segment_pages,
+                threads,
+                job_tx,
+                options.progress,
+            ),
+            None => read_pages(
+                snapshot,
+                fingerprint,
+                segment_pages,
+                job_tx,
+                options.progress,
+            ),
+        };
+        let packed = packer.join().map_err(|_| Error::Internal {
+            message: "backup packer panicked".into(),
+        })?;
+        // A packer failure (the target) explains a reader that could not send: report it first.
+        let (segments, packs) = packed?;
+        let places = read?;
+        Ok::<_, Error>((places, segments, packs))
+    })?;
+    tracing::debug!(
+        ms = clock.elapsed().as_millis() as u64,
+        "backup pages read and packed"
+    );
+    // Number the segments: the parent's that are still used, then the new ones.
+    let mut used: BTreeSet<u32> = BTreeSet::new();
+    for place in &places {
+        if let (_, Place::Parent(seg, _)) = place {
+            used.insert(*seg);
+        }
+    }
+    let mut segments: Vec<Segment> = Vec::with_capacity(used.len() + new_segments.len());
+    let mut renumber = BTreeMap::new();
+    if let Some(p) = &parent {
+        for seg in &used {
+            renumber.insert(*seg, segments.len() as u32);
+            segments.push(p.manifest.segments[*seg as usize].clone());
+        }
+    }
+    let first_new = segments.len() as u32;
+    segments.extend(new_segments);
+    let entries: Vec<PageEntry> = places
+        .iter()
+        .map(|(fp, place)| match place {
+            Place::Parent(seg, slot) => PageEntry {
+                segment: renumber[seg],
+                slot: *slot,
+                fp: *fp,
+            },
+            Place::New(seg, slot) => PageEntry {
+                segment: first_new + seg,
+                slot: *slot,
+                fp: *fp,
+            },
+        })
+        .collect();
+    let pages_stored = places
+        .iter()
+        .filter(|(_, p)| matches!(p, Place::New(..)))
+        .count() as u32;
+    let owners: BTreeSet<String> = segments
+        .iter()
+        .filter_map(|s| format::pack_owner(&s.pack))
+        .filter(|o| *o != id)
+        .map(str::to_owned)
+        .collect();
+    let pages_bytes = encode_pages(&entries)?;
+    let page_table = ObjectSum {
+        key: pages_key(&id),
+        size: pages_bytes.len() as u64,
+        blake3: format::hex_hash(&pages_bytes),
+    };
+    target.put(&page_table.key, pages_bytes)?;
+    Ok(Manifest {
+        id: id.clone(),
+        database: options.database.clone(),
+        source: options.db.display().to_string(),
+        kind: options.kind.as_str().to_owned(),
+        started_ms,
+        finished_ms: 0,
+        state_min_ms: snapshot.state_min_ms,
+        state_max_ms: snapshot.state_max_ms,
+        wal: snapshot.wal,
+        ltx_txid: None,
+        page_size: snapshot.page_size,
+        page_count: snapshot.page_count,
+        page_fingerprint: fingerprint.as_str().to_owned(),
+        tables: BTreeMap::new(),
+        compression: codec.compression.clone(),
+        level: codec.level,
+        recipients: codec.recipients(),
+        parent: parent.as_ref().map(|p| p.manifest.id.clone()),
+        depends_on: owners.into_iter().collect(),
+        depth: parent.as_ref().map_or(0, |p| p.manifest.depth + 1),
+        pages_stored,
+        segments,
+        packs,
+        page_table,
+    })
+}
+
+/// An incremental backup: fingerprints every page on `threads` threads (the compressors have
+/// little to do), then reads again only the pages whose fingerprint differs from the parent's and
+/// sends them, a segment at a time. Unchanged pages keep the parent's entry.
+fn read_changed(
+    snapshot: &Snapshot,
+    fingerprint: Fingerprint,
+    parent: &Parent,
+    segment_pages: u32,
+    threads: usize,
+    jobs: SyncSender<Job>,
+    progress: Option<&Progress>,
+) -> Result<Vec<Located>> {
+    let ps = snapshot.page_size as usize;
+    let total = snapshot.page_count;
+    let ranges = total.div_ceil(segment_pages);
+    let next = std::sync::atomic::AtomicU32::new(0);
+    let summed: Vec<Result<Vec<(u32, Vec<u64>)>>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut buf = vec![0u8; segment_pages as usize * ps];
+                    let mut out = Vec::new();
+                    loop {
+                        let r = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if r >= ranges {
+                            return Ok(out);
+                        }
+                        let first = r * segment_pages + 1;
+                        let n = segment_pages.min(total - first + 1);
+                        let chunk = &mut buf[..n as usize * ps];
+                        snapshot.read_pages(first, chunk)?;
+                        out.push((r, chunk.chunks(ps).map(|p| fingerprint.of(p)).collect()));
+                        if let Some(p) = progress {
+                            p.add_pages(u64::from(n));
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(Error::Internal {
+                        message: "backup reading thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut fps = vec![0u64; total as usize];
+    for part in summed {
+        for (r, cs) in part? {
+            let at = (r * segment_pages) as usize;
+            fps[at..at + cs.len()].copy_from_slice(&cs);
+        }
+    }
+    let stopped = || Error::Internal {
+        message: "backup writer stopped".into(),
+    };
+    let mut places = Vec::with_capacity(total as usize);
+    let mut pending: Vec<u8> = Vec::with_capacity(segment_pages as usize * ps);
+    let mut pending_pages = 0u32;
+    let mut next_segment = 0u32;
+    let mut page = vec![0u8; ps];
+    for (i, fp) in fps.into_iter().enumerate() {
+        if let Some(e) = parent.pages.get(i).filter(|e| e.fp == fp) {
+            places.push((fp, Place::Parent(e.segment, e.slot)));
+            continue;
+        }
+        snapshot.read_pages(i as u32 + 1, &mut page)?;
+        if fingerprint.of(&page) != fp {
+            return Err(Error::Internal {
+                message: format!("page {} changed inside a read transaction", i + 1),
+            });
+        }
+        places.push((fp, Place::New(next_segment, pending_pages)));
+        pending.extend_from_slice(&page);
+        pending_pages += 1;
+        if pending_pages == segment_pages {
+            let full = std::mem::replace(
+                &mut pending,
+                Vec::with_capacity(segment_pages as usize * ps),
+            );
+            jobs.send((next_segment, pending_pages, full))
+                .map_err(|_| stopped())?;
+            next_segment += 1;
+            pending_pages = 0;
+        }
+    }
+    if pending_pages > 0 {
+        jobs.send((next_segment, pending_pages, pending))
+            .map_err(|_| stopped())?;
+    }
+    Ok(places)
+}
+
+/// A full backup: reads every page, hashes it, and sends them all, a segment at a time.
+fn read_pages(
+    snapshot: &Snapshot,
+    fingerprint: Fingerprint,
+    segment_pages: u32,
+    jobs: SyncSender<Job>,
+    progress: Option<&Progress>,
+) -> Result<Vec<Located>> {
+    let ps = snapshot.page_size as usize;
+    let total = snapshot.page_count;
+    let mut places = Vec::with_capacity(total as usize);
+    let segment_bytes = segment_pages as usize * ps;
+    let mut buf = vec![0u8; segment_bytes];
+    let mut pending: Vec<u8> = Vec::with_capacity(segment_bytes);
+    let mut pending_pages = 0u32;
+    let mut next_segment = 0u32;
+    let stopped = || Error::Internal {
+        message: "backup writer stopped".into(),
+    };
+    let mut first = 1u32;
+    while first <= total {
+        let n = segment_pages.min(total - first + 1);
+        let chunk = &mut buf[..n as usize * ps];
+        snapshot.read_pages(first, chunk)?;
+        for i in 0..n {
+            let page = &chunk[i as usize * ps..(i as usize + 1) * ps];
+            places.push((
+                fingerprint.of(page),
+                Place::New(next_segment, pending_pages),
+            ));
+            pending.extend_from_slice(page);
+            pending_pages += 1;
+            if pending_pages == segment_pages {
+                let full = std::mem::replace(&mut pending, Vec::with_capacity(segment_bytes));
+                jobs.send((next_segment, pending_pages, full))
+                    .map_err(|_| stopped())?;
+                next_segment += 1;
+                pending_pages = 0;
+            }
+        }
+        if let Some(p) = progress {
+            p.add_pages(u64::from(n));
+        }
+        first += n;
+    }
+    if pending_pages > 0 {
+        jobs.send((next_segment, pending_pages, pending))
+            .map_err(|_| stopped())?;
+    }
+    Ok(places)
+}
+
+fn compress_worker(jobs: &Mutex<Receiver<Job>>, done: &SyncSender<Done>, codec: &Codec) {
+    loop {
+        let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok((index, pages, plain)) = job else {
+            return;
+        };
+        let result = codec.encode(&plain).map(|stored| (index, pages, stored));
+        if done.send(result).is_err() {
+            return;
+        }
+    }
+}
+
+/// Puts compressed segments, in index order, into packs of about `pack_bytes`; a thread of its
+/// own stores each full pack, so compression goes on while a pack is written and synced.
+fn pack(
+    target: &Target,
+    id: &str,
+    pack_bytes: u64,
+    done: Receiver<Done>,
+    progress: Option<&Progress>,
+) -> Result<(Vec<Segment>, Vec<ObjectSum>)> {
+    std::thread::scope(|s| {
+        let (full_tx, full_rx) = sync_channel::<(String, Vec<u8>)>(1);
+        let uploader = s.spawn(move || -> Result<()> {
+            for (key, bytes) in full_rx {
+                let len = bytes.len() as u64;
+                target.put(&key, bytes)?;
+                if let Some(p) = progress {
+                    p.add_bytes(len);
+                }
+            }
+            Ok(())
+        });
+        let packed = fill_packs(id, pack_bytes, done, &full_tx);
+        drop(full_tx);
+        let uploaded = uploader.join().map_err(|_| Error::Internal {
+            message: "backup uploader panicked".into(),
+        })?;
+        // The target's failure explains a packer that could not hand over a pack.
+        uploaded?;
+        packed
+    })
+}
+
+fn fill_packs(
+    id: &str,
+    pack_bytes: u64,
+    done: Receiver<Done>,
+    full: &SyncSender<(String, Vec<u8>)>,
+) -> Result<(Vec<Segment>, Vec<ObjectSum>)> {
+    let mut waiting: BTreeMap<u32, (u32, Vec<u8>)> = BTreeMap::new();
+    let mut next = 0u32;
+    let mut segments = Vec::new();
+    let mut packs = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let flush = |buf: &mut Vec<u8>, packs: &mut Vec<ObjectSum>| -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let key = pack_key(id, packs.len() as u32);
+        packs.push(ObjectSum {
+            key: key.clone(),
+            size: buf.len() as u64,
+            blake3: format::hex_hash(buf),
+        });
+        full.send((key, std::mem::take(buf)))
+            .map_err(|_| Error::Internal {
+                message: "backup uploader stopped".into(),
+            })
+    };
+    for result in done {
+        let (index, pages, stored) = result?;
+        waiting.insert(index, (pages, stored));
+        while let Some((pages, stored)) = waiting.remove(&next) {
+            segments.push(Segment {
+                pack: pack_key(id, packs.len() as u32),
+                offset: buf.len() as u64,
+                len: stored.len() as u64,
+                pages,
+                blake3: format::hex_hash(&stored),
+            });
+            buf.extend_from_slice(&stored);
+            next += 1;
+            if buf.len() as u64 >= pack_bytes {
+                flush(&mut buf, &mut packs)?;
+            }
+        }
+    }
+    if !waiting.is_empty() {
+        return Err(Error::Internal {
+            message: "backup segments went missing between compression and packing".into(),
+        });
+    }
+    flush(&mut buf, &mut packs)?;
+    Ok((segments, packs))
+}
