@@ -145,6 +145,7 @@ pub fn run(
             Some(Arc::new(Engine::start(databases, clock)?))
         };
         let runtime = super::jobs::Runtime {
+            store: store.clone(),
             store_replicas: store_replicas.clone(),
             engine: engine.clone(),
             link: runtime_link,

@@ -256,6 +256,23 @@ pub fn replace(conn: &mut Connection, db: &Path, staging: &Path, safety: &Path) 
     }
 }
 
+/// Runs `PRAGMA integrity_check` on `file` and returns its rows per table (an error names what
+/// the check found).
+pub fn check_file(file: &Path) -> Result<BTreeMap<String, u64>> {
+    let conn = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| Error::sqlite("open restored file", e))?;
+    let found: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|e| Error::sqlite("integrity_check", e))?;
+    if found != "ok" {
+        return Err(Error::Corrupt {
+            path: file.to_owned(),
+            detail: format!("integrity_check: {found}"),
+        });
+    }
+    Ok(fingerprint(&conn)?.rows)
+}
+
 /// [`replace`] for a database no program has open: opens it, replaces, closes.
 pub fn replace_file(db: &Path, staging: &Path, safety: &Path) -> Result<Replaced> {
     let mut conn = Connection::open(db).map_err(|e| Error::sqlite("open database", e))?;
