@@ -28,6 +28,16 @@ pub struct Args {
     /// ?endpoint=http://host:port&region=R&force-path-style=true (credentials in AWS_* variables).
     #[arg(long, value_name = "URL")]
     replica: Option<String>,
+    /// The backup target to restore from (a configured name or a URL); default: the configured
+    /// targets, when a backup is the source.
+    #[arg(long, value_name = "NAME|URL")]
+    target: Option<String>,
+    /// Restore this backup (an id, or the unique start of one) instead of a replica's point.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["timestamp", "txid", "latest"])]
+    backup: Option<String>,
+    /// The age identity file that decrypts an encrypted backup.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
     /// Where to write the database; must not exist.
     #[arg(long, value_name = "PATH", required_unless_present_any = ["in_place", "dry_run"])]
     output: Option<PathBuf>,
@@ -81,15 +91,15 @@ pub fn run(
         );
     }
     let url = match (&args.replica, configured.first()) {
-        (Some(url), _) => url.clone(),
-        (None, Some(url)) => url.clone(),
-        (None, None) => {
-            return Err(UsageError(format!(
-                "no replica to restore {db_name} from: pass --replica URL, or configure one"
-            ))
-            .into());
-        }
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(url)) => Some(url.clone()),
+        (None, None) => None,
     };
+    // A backup is the source when asked for, or when there is no replica: the newest one.
+    if args.backup.is_some() || url.is_none() || (args.target.is_some() && args.replica.is_none()) {
+        return from_backup(&config, &args, &db_name, &db_path);
+    }
+    let url = url.unwrap_or_default();
     let replica = super::replica_of(&url)?;
     let target = target_of(&args)?;
     let started = Instant::now();
@@ -99,20 +109,7 @@ pub fn run(
         print_plan(&plan, args.json)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let (output, in_place) = match (&args.output, args.in_place) {
-        (Some(out), false) => (out.clone(), None),
-        (_, true) => {
-            let dir = inplace::work_dir(&db_path);
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("create {}", dir.display()))?;
-            let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S%.3fZ").to_string();
-            (
-                dir.join(format!("staging-{stamp}.db")),
-                Some(dir.join(format!("safety-{stamp}.db"))),
-            )
-        }
-        (None, false) => return Err(UsageError("pass --output PATH or --in-place".into()).into()),
-    };
+    let (output, in_place) = staging_for(&args, &db_path)?;
     let progress = Progress::default();
     let options = restore::Options {
         limits: config.restore.clone(),
@@ -133,17 +130,15 @@ pub fn run(
     })?;
     if let Some(safety) = in_place {
         let swapped = put_in_place(&config, &db_name, &db_path, &output, &safety);
-        for suffix in ["", "-wal", "-shm"] {
-            let mut name = output.clone().into_os_string();
-            name.push(suffix);
-            let _ = std::fs::remove_file(name);
-        }
+        remove_db_files(&output);
         let replaced = swapped?;
+        let safety_backup = safety_backup(&config, &db_name, &safety);
         let total = started.elapsed();
         if args.json {
             let mut out = summary(&restored, planned, total);
             out["output"] = serde_json::json!(db_path);
             out["in_place"] = serde_json::to_value(&replaced)?;
+            out["safety_backup"] = safety_backup;
             super::print_json(&out)?;
         } else {
             println!(
@@ -395,4 +390,202 @@ fn show_progress(plan: &Plan, progress: &Progress, check: Check, stop: &mpsc::Re
         bar.tick();
     }
     bar.finish_and_clear();
+}
+
+/// Restores a backup: `--backup ID`, or the newest backup of the database (when it has no
+/// replica, or `--target` alone was given), into `--output` or in place.
+fn from_backup(
+    config: &tradevault::Config,
+    args: &Args,
+    db_name: &str,
+    db_path: &Path,
+) -> anyhow::Result<ExitCode> {
+    use tradevault::backup::{Catalog, Identity, Target as BackupTarget};
+    if args.timestamp.is_some() || args.txid.is_some() {
+        return Err(UsageError(
+            "--timestamp and --txid need a replica (--replica URL, or one in the config): a backup restores to its own time only; pick one with --backup ID".into(),
+        )
+        .into());
+    }
+    let targets: Vec<BackupTarget> = match &args.target {
+        Some(t) => vec![BackupTarget::resolve(&config.backup, t)?],
+        None => config
+            .backup
+            .target
+            .iter()
+            .map(BackupTarget::from_config)
+            .collect::<tradevault::Result<_>>()?,
+    };
+    if targets.is_empty() {
+        return Err(UsageError(format!(
+            "nothing to restore {db_name} from: pass --replica URL or --target URL, or configure a replica or a backup target"
+        ))
+        .into());
+    }
+    // The backup asked for, or the newest of this database, on the first target that has it.
+    let mut found = None;
+    let mut misses = Vec::new();
+    for target in &targets {
+        let catalog = match Catalog::load(target) {
+            Ok(c) => c,
+            Err(e) => {
+                misses.push(format!("{}: {e}", target.name));
+                continue;
+            }
+        };
+        let record = match &args.backup {
+            Some(id) => catalog.find(id).ok().cloned(),
+            None => catalog.newest(Some(db_name)).cloned(),
+        };
+        match record {
+            Some(r) => {
+                found = Some((target.clone(), r));
+                break;
+            }
+            None => misses.push(format!("{}: no such backup", target.name)),
+        }
+    }
+    let Some((target, record)) = found else {
+        return Err(tradevault::Error::backup(
+            "not_found",
+            format!(
+                "no backup {} of {db_name} on any target ({})",
+                args.backup.as_deref().unwrap_or("at all"),
+                misses.join("; ")
+            ),
+            Some("run 'tradevault backup list' to see the ids"),
+        )
+        .into());
+    };
+    let plan = serde_json::json!({
+        "source": "backup",
+        "target": target.name,
+        "backup_id": record.id,
+        "database": record.database,
+        "objects": record.depends_on.len() + 2,
+        "fetch_bytes": record.restore_bytes,
+        "result_time": tradevault::backup::format_ms(record.state_max_ms),
+        "state_min_ms": record.state_min_ms,
+        "state_max_ms": record.state_max_ms,
+        "encrypted": record.encrypted,
+    });
+    if args.dry_run {
+        if args.json {
+            super::print_json(&plan)?;
+        } else {
+            println!(
+                "would restore backup {} of {} from {}: {} to fetch, the state at {}",
+                record.id,
+                record.database,
+                target.name,
+                super::human_bytes(record.restore_bytes),
+                tradevault::backup::format_ms(record.state_max_ms)
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let identity = args.identity.as_deref().map(Identity::from_file).transpose()?;
+    let started = Instant::now();
+    let (output, in_place) = staging_for(args, db_path)?;
+    let restored = tradevault::backup::restore_backup(&target, &record.id, identity.as_ref(), &output, None);
+    let checked = restored.and_then(|r| {
+        tradevault::restore::inplace::check_file(&output).map(|rows| (r, rows))
+    });
+    let (restored, rows) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            remove_db_files(&output);
+            return Err(e.into());
+        }
+    };
+    let mut out = serde_json::json!({
+        "output": if in_place.is_some() { db_path.display().to_string() } else { output.display().to_string() },
+        "plan": plan,
+        "pages": restored.pages,
+        "bytes": restored.bytes,
+        "fetched_bytes": restored.fetched_bytes,
+        "rows": rows,
+        "check": "integrity_check",
+    });
+    if let Some(safety) = in_place {
+        let swapped = put_in_place(config, db_name, db_path, &output, &safety);
+        remove_db_files(&output);
+        out["in_place"] = swapped?;
+        out["safety_backup"] = safety_backup(config, db_name, &safety);
+    }
+    out["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
+    if args.json {
+        super::print_json(&out)?;
+    } else {
+        println!(
+            "restored backup {} of {} ({} pages, integrity ok) to {} in {:.2} s",
+            record.id,
+            record.database,
+            restored.pages,
+            out["output"].as_str().unwrap_or("?"),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where a restore writes: `--output`, or for `--in-place` a staging file beside the database,
+/// with the safety copy's path.
+fn staging_for(args: &Args, db_path: &Path) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    match (&args.output, args.in_place) {
+        (Some(out), false) => Ok((out.clone(), None)),
+        (_, true) => {
+            let dir = inplace::work_dir(db_path);
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S%.3fZ").to_string();
+            Ok((
+                dir.join(format!("staging-{stamp}.db")),
+                Some(dir.join(format!("safety-{stamp}.db"))),
+            ))
+        }
+        (None, false) => Err(UsageError("pass --output PATH or --in-place".into()).into()),
+    }
+}
+
+fn remove_db_files(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(name);
+    }
+}
+
+/// The safety copy of an in-place restore, backed up (type safety) to every configured target,
+/// so it falls under their retention like any backup; the local copy stays as well.
+fn safety_backup(config: &tradevault::Config, db_name: &str, safety: &Path) -> serde_json::Value {
+    use tradevault::backup::{CreateOptions, Kind, Target as BackupTarget};
+    if config.backup.target.is_empty() {
+        return serde_json::json!({ "local": safety, "targets": [] });
+    }
+    let targets: Vec<BackupTarget> = config
+        .backup
+        .target
+        .iter()
+        .filter_map(|t| BackupTarget::from_config(t).ok())
+        .collect();
+    let now = || jiff::Timestamp::now().as_millisecond();
+    let options = CreateOptions {
+        db: safety.to_owned(),
+        database: db_name.to_owned(),
+        kind: Kind::Safety,
+        config: &config.backup,
+        full: false,
+        progress: None,
+        now: &now,
+    };
+    match tradevault::backup::create(&targets, &options) {
+        Ok(manifests) => serde_json::json!({
+            "local": safety,
+            "targets": manifests.iter().zip(&targets).map(|(m, t)| serde_json::json!({"target": t.name, "id": m.id})).collect::<Vec<_>>(),
+        }),
+        Err(e) => {
+            eprintln!("tradevault: the safety copy stays in {} but could not be backed up: {e}", safety.display());
+            serde_json::json!({ "local": safety, "error": e.to_string() })
+        }
+    }
 }
