@@ -131,6 +131,7 @@ fn drill_one(
     ));
     let plan = restore::plan(replica, Target::Latest)?;
     let options = restore::Options {
+        base: None,
         limits: limits.clone(),
         check: Check::Integrity,
         progress: None,

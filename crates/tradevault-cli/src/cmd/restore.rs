@@ -103,15 +103,54 @@ pub fn run(
     let replica = super::replica_of(&url)?;
     let target = target_of(&args)?;
     let started = Instant::now();
-    let plan = restore::plan(&replica, target)?;
+    let mut plan = restore::plan(&replica, target)?;
+    // A backup plus the replica's files after it, when that reads fewer bytes.
+    let via_backup = if args.replica.is_none() || args.target.is_some() {
+        cheaper_via_backup(&config, &args, &db_name, &replica, target, &plan)
+    } else {
+        None
+    };
+    if let Some((_, record, tail)) = &via_backup {
+        tracing::info!(backup = %record.id, files = tail.files.len(), "restoring a backup and the replica's files after it");
+        plan = tail.clone();
+    }
     let planned = started.elapsed();
     if args.dry_run {
+        if let Some((target, record, _)) = &via_backup {
+            if !args.json {
+                println!(
+                    "backup {} from {} ({} to fetch, the state at {}), then:",
+                    record.id,
+                    target.name,
+                    super::human_bytes(record.restore_bytes),
+                    tradevault::backup::format_ms(record.state_max_ms)
+                );
+            } else {
+                let mut out = serde_json::to_value(&plan)?;
+                out["backup"] = serde_json::json!({ "target": target.name, "id": record.id, "fetch_bytes": record.restore_bytes });
+                super::print_json(&out)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
         print_plan(&plan, args.json)?;
         return Ok(ExitCode::SUCCESS);
     }
     let (output, in_place) = staging_for(&args, &db_path)?;
+    let base = match &via_backup {
+        Some((target, record, _)) => {
+            let dir = inplace::work_dir(&db_path);
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            let file = dir.join(format!("base-{}.db", record.id));
+            remove_db_files(&file);
+            let identity = args.identity.as_deref().map(tradevault::backup::Identity::from_file).transpose()?;
+            tradevault::backup::restore_backup(target, &record.id, identity.as_ref(), &file, None)?;
+            Some(file)
+        }
+        None => None,
+    };
     let progress = Progress::default();
     let options = restore::Options {
+        base: base.as_deref(),
         limits: config.restore.clone(),
         check: if args.quick_check {
             Check::Quick
@@ -127,7 +166,11 @@ pub fn run(
         let restored = restore::apply_with(&replica, plan, &output, &options);
         drop(stop);
         restored
-    })?;
+    });
+    if let Some(base) = &base {
+        remove_db_files(base);
+    }
+    let restored = restored?;
     if let Some(safety) = in_place {
         let swapped = put_in_place(&config, &db_name, &db_path, &output, &safety);
         remove_db_files(&output);
@@ -588,4 +631,43 @@ fn safety_backup(config: &tradevault::Config, db_name: &str, safety: &Path) -> s
             serde_json::json!({ "local": safety, "error": e.to_string() })
         }
     }
+}
+
+/// The newest backup of `db_name` on the configured targets (or `--target`) from which the
+/// replica's files reach `target`, if restoring it and those files reads fewer bytes than `plan`.
+fn cheaper_via_backup(
+    config: &tradevault::Config,
+    args: &Args,
+    db_name: &str,
+    replica: &tradevault::replica::Replica,
+    target: Target,
+    plan: &Plan,
+) -> Option<(tradevault::backup::Target, tradevault::backup::BackupRecord, Plan)> {
+    use tradevault::backup::{Catalog, Target as BackupTarget};
+    let targets: Vec<BackupTarget> = match &args.target {
+        Some(t) => BackupTarget::resolve(&config.backup, t).ok().into_iter().collect(),
+        None => config.backup.target.iter().filter_map(|t| BackupTarget::from_config(t).ok()).collect(),
+    };
+    let mut best: Option<(BackupTarget, tradevault::backup::BackupRecord, Plan)> = None;
+    for t in targets {
+        let Ok(catalog) = Catalog::load(&t) else { continue };
+        let mut candidates: Vec<_> = catalog
+            .backups
+            .iter()
+            .filter(|b| b.database == db_name && (!b.encrypted || args.identity.is_some()))
+            .filter(|b| b.state_max_ms <= plan.point_ms)
+            .collect();
+        candidates.sort_by_key(|b| std::cmp::Reverse(b.state_max_ms));
+        for b in candidates.into_iter().take(3) {
+            let Ok(tail) = restore::plan_after(replica, target, b.state_min_ms, b.state_max_ms) else {
+                continue;
+            };
+            let cost = b.restore_bytes + tail.bytes;
+            let better = best.as_ref().map_or(cost < plan.bytes, |(_, rb, rp)| cost < rb.restore_bytes + rp.bytes);
+            if better {
+                best = Some((t.clone(), b.clone(), tail));
+            }
+        }
+    }
+    best
 }

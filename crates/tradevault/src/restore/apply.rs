@@ -58,6 +58,9 @@ pub struct Options<'a> {
     pub check: Check,
     /// Counters to update as the restore goes, if anyone watches.
     pub progress: Option<&'a Progress>,
+    /// A database to start from (a restored backup) instead of an empty file: the plan's files
+    /// are applied on top of it (see [`super::plan_after`]).
+    pub base: Option<&'a Path>,
 }
 
 /// What a restore did.
@@ -120,7 +123,8 @@ pub fn apply_with(
         .create_new(true)
         .open(&staging)
         .map_err(|e| Error::io("create staging file", &staging, e))?;
-    let result = restore_into(replica, plan, &out, &staging, output, options);
+    let result = copy_base(options.base, &out, &staging)
+        .and_then(|()| restore_into(replica, plan, &out, &staging, output, options));
     let _ = std::fs::remove_file(&staging);
     if let Some(p) = options.progress {
         p.set_stage(Stage::Done);
@@ -132,6 +136,17 @@ pub fn apply_with(
             .map_err(|e| Error::io("fsync directory", dir, e))?;
     }
     Ok(restored)
+}
+
+/// Copies the base database, if any, into the staging file.
+fn copy_base(base: Option<&Path>, out: &File, staging: &Path) -> Result<()> {
+    let Some(base) = base else {
+        return Ok(());
+    };
+    let mut from = File::open(base).map_err(|e| Error::io("open base database", base, e))?;
+    let mut to = out;
+    std::io::copy(&mut from, &mut to).map_err(|e| Error::io("copy base database", staging, e))?;
+    Ok(())
 }
 
 fn restore_into(

@@ -29,7 +29,7 @@ mod plan;
 mod progress;
 
 pub use apply::{Check, Options, Restored, apply, apply_with};
-pub use plan::{EXACT_WITHIN_MS, Plan, plan};
+pub use plan::{EXACT_WITHIN_MS, Plan, plan, plan_after};
 pub use progress::{Progress, Stage};
 
 /// What to restore to.

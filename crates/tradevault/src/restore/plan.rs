@@ -100,6 +100,84 @@ pub fn plan(replica: &Replica, target: Target) -> Result<Plan> {
     })
 }
 
+/// Plans the files that bring a database restored from a backup to `target`. The backup holds
+/// every commit finished before `state_min_ms` and none started after `state_max_ms`.
+///
+/// A file's commits all finished before the next file's timestamp; so every file followed by a
+/// file stamped at or before `state_min_ms` is already in the backup, and the chain starts right
+/// after the last of them, at `k + 1`. Applying the chain's files in order over the backup gives
+/// the target state: a page the backup holds newer than an early file's copy is changed again in
+/// a later file, which is applied after it. That needs the target to contain the whole backup, so
+/// the plan is refused unless `state_max_ms` is at or before the target point's timestamp.
+pub fn plan_after(
+    replica: &Replica,
+    target: Target,
+    state_min_ms: i64,
+    state_max_ms: i64,
+) -> Result<Plan> {
+    let full = plan(replica, target)?;
+    let mut all: Vec<ReplicaFile> = Vec::new();
+    for level in 0..=SNAPSHOT_LEVEL {
+        all.extend(replica.list(level)?);
+    }
+    let next_stamp = |f: &ReplicaFile| {
+        all.iter()
+            .filter(|n| n.min_txid == f.max_txid + 1)
+            .map(|n| n.created_at_ms)
+            .min()
+    };
+    let k = all
+        .iter()
+        .filter(|f| next_stamp(f).is_some_and(|t| t <= state_min_ms))
+        .map(|f| f.max_txid)
+        .max()
+        .unwrap_or(0);
+    if k == 0 {
+        return Err(impossible(
+            "the backup is older than the replica's history: restore from the replica alone".into(),
+        ));
+    }
+    if state_max_ms > full.point_ms {
+        return Err(impossible(format!(
+            "the backup holds commits up to {}, after the point asked for ({}): restore the backup alone, or from the replica alone",
+            time(state_max_ms),
+            full.point_time
+        )));
+    }
+    let usable = |f: &ReplicaFile| f.max_txid <= full.txid;
+    let mut chain: Vec<&ReplicaFile> = Vec::new();
+    let mut current = k;
+    while let Some(f) = all
+        .iter()
+        .filter(|f| f.min_txid <= current + 1 && f.max_txid > current && usable(f))
+        .max_by(|a, b| {
+            a.max_txid
+                .cmp(&b.max_txid)
+                .then(b.min_txid.cmp(&a.min_txid))
+                .then(a.level.cmp(&b.level))
+        })
+    {
+        current = f.max_txid;
+        chain.push(f);
+    }
+    if current != full.txid {
+        return Err(impossible(format!(
+            "the files after the backup reach txid {current}, not {}",
+            full.txid
+        )));
+    }
+    Ok(Plan {
+        files: chain
+            .iter()
+            .map(|f| (f.level, f.min_txid, f.max_txid, f.size))
+            .collect(),
+        txid: full.txid,
+        point_ms: full.point_ms,
+        point_time: full.point_time.clone(),
+        bytes: chain.iter().map(|f| f.size).sum(),
+    })
+}
+
 /// The newest usable snapshot, then, across all levels, the usable file that continues the chain
 /// and reaches furthest (ties: the lower start, then the higher level), until none does.
 fn chain(all: &[ReplicaFile], usable: impl Fn(&ReplicaFile) -> bool) -> Vec<&ReplicaFile> {

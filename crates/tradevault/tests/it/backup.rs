@@ -461,3 +461,98 @@ fn unknown_targets_are_named() {
     let err = missing.check_reachable().expect_err("unreachable");
     assert_eq!(err.code(), Some("target_unreachable"));
 }
+
+/// A backup plus the replica's files after it restores the latest state: the chain starts right
+/// after the last file the backup already holds, and the result equals the live database. A
+/// backup newer than the replica's latest point is refused as a base.
+#[test]
+fn a_backup_and_the_replicas_files_after_it_restore_the_latest_state() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tradevault::clock::{Clock, SystemClock};
+    use tradevault::replica::{FileReplica, Replica};
+    use tradevault::replicate::{DatabaseSpec, Engine, ReplicaSpec, Retention, Source};
+    use tradevault::restore::{self, Target as Point};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = crate::fills_db(&db);
+    let replica = Replica::from(FileReplica::new(dir.path().join("replica")));
+    let engine = Engine::start(
+        vec![DatabaseSpec {
+            name: "bot".into(),
+            source: Source::External(db.clone()),
+            replicas: vec![ReplicaSpec {
+                name: "r".into(),
+                replica: replica.clone(),
+                sync_interval: Duration::ZERO,
+                retention: Retention::default(),
+            }],
+            poll_interval: Duration::from_millis(1),
+            checkpoint_wal_bytes: 16 << 20,
+        }],
+        Arc::new(SystemClock) as Arc<dyn Clock>,
+    )
+    .expect("start");
+    let insert = |range: std::ops::Range<i64>| {
+        for i in range {
+            conn.execute("INSERT INTO fills (id, qty) VALUES (?1, printf('%d.5', ?1))", [i])
+                .expect("insert");
+        }
+    };
+    insert(0..200);
+    engine.wait_synced(Duration::from_secs(30)).expect("synced");
+    let target = file_target(&dir.path().join("backups"));
+    let config = BackupConfig::default();
+    let now = || jiff::Timestamp::now().as_millisecond();
+    let manifest = backup::create(
+        std::slice::from_ref(&target),
+        &CreateOptions {
+            db: db.clone(),
+            database: "bot".into(),
+            kind: Kind::Manual,
+            config: &config,
+            full: false,
+            progress: None,
+            now: &now,
+        },
+    )
+    .expect("backup")
+    .remove(0);
+    insert(200..500);
+    engine.wait_synced(Duration::from_secs(30)).expect("synced");
+    engine.stop();
+    let tail = restore::plan_after(&replica, Point::Latest, manifest.state_min_ms, manifest.state_max_ms)
+        .expect("plan after the backup");
+    let full = restore::plan(&replica, Point::Latest).expect("full plan");
+    assert_eq!(tail.txid, full.txid);
+    assert!(tail.files[0].1 > 1, "the chain starts after the backup: {tail:?}");
+    assert!(tail.bytes < full.bytes, "{} vs {}", tail.bytes, full.bytes);
+    let base = dir.path().join("base.db");
+    backup::restore_backup(&target, &manifest.id, None, &base, None).expect("restore backup");
+    let out = dir.path().join("restored.db");
+    let options = restore::Options {
+        base: Some(&base),
+        ..Default::default()
+    };
+    restore::apply_with(&replica, &tail, &out, &options).expect("apply the tail");
+    assert_eq!(crate::rows(&out), crate::rows(&db));
+
+    // A backup that holds commits the replica does not is no base for it.
+    insert(500..510);
+    let newer = backup::create(
+        std::slice::from_ref(&target),
+        &CreateOptions {
+            db: db.clone(),
+            database: "bot".into(),
+            kind: Kind::Manual,
+            config: &config,
+            full: false,
+            progress: None,
+            now: &now,
+        },
+    )
+    .expect("backup")
+    .remove(0);
+    assert!(restore::plan_after(&replica, Point::Latest, newer.state_min_ms, newer.state_max_ms).is_err());
+}

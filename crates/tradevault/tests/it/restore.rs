@@ -294,6 +294,7 @@ fn limits(
     decode_threads: u64,
 ) -> restore::Options<'static> {
     restore::Options {
+        base: None,
         limits: tradevault::config::RestoreConfig {
             downloads_max,
             downloaded_bytes_max,
@@ -368,6 +369,7 @@ fn a_large_file_decoded_on_several_threads_is_the_database_byte_for_byte() {
         let out = dir.path().join(format!("threads-{threads}.db"));
         let progress = restore::Progress::default();
         let options = restore::Options {
+        base: None,
             progress: Some(&progress),
             ..limits(2, 1 << 30, threads)
         };
