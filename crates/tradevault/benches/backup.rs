@@ -10,8 +10,8 @@
 //!
 //! `cargo bench -p tradevault --bench backup`. TRADEVAULT_BENCH_TICKS: the tick day (default
 //! `$TMPDIR/seed-methods/ticks.db`; generated with gen_ticks.py when missing). TRADEVAULT_BENCH_RUNS:
-//! runs per measure (default 5). Needs `sqlite3` and `zstd` on the PATH, and about 1.5 GB free
-//! beside the tick day (a copy of it, the seeds' snapshot, a backup, a scratch restore). Everything is written
+//! runs per measure (default 5). Needs `sqlite3` and `zstd` on the PATH, and about 1 GB free
+//! beside the tick day (the seeds' snapshot or a copy, a backup, a scratch restore). Everything is written
 //! under a temporary directory on the same disk as $TMPDIR, and the page cache is warm (the
 //! database was just read), as for a backup of a database in use.
 
@@ -33,9 +33,9 @@ fn main() {
     }
     let work = tempfile::tempdir_in(ticks.parent().unwrap_or(Path::new("."))).expect("tempdir");
     let dir = work.path();
-    // A copy: P7 changes it.
-    let db = dir.join("ticks.db");
-    sh(&format!("cp {} {}", q(&ticks), q(&db)));
+    // P6 and P12 read the tick day itself; P7 changes a copy, made once the others are done
+    // (disk space: about 1 GB at any time).
+    let db = ticks.clone();
     let size = file_len(&db);
     println!(
         "tick day {} ({}), {runs} runs per measure, {} cpus, load before: {}",
@@ -129,8 +129,14 @@ fn main() {
         0,
     );
     let _ = std::fs::remove_file(dir.join("snap.db.zst"));
+    let _ = std::fs::remove_dir_all(dir.join(format!("full-{}", runs - 1)));
 
-    // P7: 1% of the pages changed, then an incremental backup on top of the full one.
+    // P7: 1% of the pages changed, then an incremental backup on top of the full one, taken
+    // again from the copy.
+    let db = dir.join("ticks.db");
+    sh(&format!("cp {} {}", q(&ticks), q(&db)));
+    let full_target = target(&dir.join("p7"));
+    create(&full_target, &db, &config, true);
     let pages = size / 4096;
     let changed = pages / 100;
     println!(
