@@ -322,7 +322,9 @@ class TradeVault:
             argv += ["--timestamp", iso_ms(timestamp_ns)]
         if txid is not None:
             argv += ["--txid", str(txid)]
-        return argv  # it always runs PRAGMA integrity_check before publishing the file
+        if quick:
+            argv += ["--quick-check"]  # PRAGMA quick_check instead of the default integrity_check
+        return argv
 
     def local_dir(self, db):
         return os.path.join(os.path.dirname(db), "." + os.path.basename(db) + "-tradevault")
@@ -557,6 +559,15 @@ def run_once(tag, tool_name, rate, batch, duration, jitter=1.0, restore=True,
     res["wal_bytes_max"] = max(sampler.file_max["wal"], res["wal_bytes_end"])
     res["replica_bytes"] = tree_bytes(replica)
     res["ltx_files"] = ltx_counts(replica)
+    # gaps between consecutive level-0 files' mtimes while the writer ran (shipping stalls), and the
+    # newest file's age at T
+    l0 = sorted(f[4] for f in ltx_files(replica) if f[0] == 0 and f[4] >= res.get("first_ltx_ns", 0))
+    if len(l0) > 1:
+        gaps = sorted((b - a) / 1e6 for a, b in zip(l0, l0[1:]))
+        res["l0_gap_ms"] = {"max": gaps[-1], "p99": gaps[int(0.99 * (len(gaps) - 1))],
+                            "median": statistics.median(gaps), "over_10ms": sum(g > 10 for g in gaps),
+                            "over_25ms": sum(g > 25 for g in gaps), "n": len(gaps),
+                            "last_age_at_kill_ms": (t_kill_ns - l0[-1]) / 1e6}
     if tool:
         res["local_bytes"] = tree_bytes(tool.local_dir(db))
     suspicious = False
@@ -584,6 +595,11 @@ def run_once(tag, tool_name, rate, batch, duration, jitter=1.0, restore=True,
     conn.close()
     res["db_bytes_checkpointed"] = file_size(db)
     res["d"] = d
+    if os.environ.get("REP_BENCH_KEEP_LOGS") and tool:
+        # the sidecar's whole log, e.g. with RUST_LOG=tradevault=debug for its checkpoint events
+        dst = os.path.join(results_dir(), os.environ["REP_BENCH_KEEP_LOGS"])
+        os.makedirs(dst, exist_ok=True)
+        shutil.copyfile(os.path.join(d, "replicator.log"), os.path.join(dst, tag + ".log"))
     if not keep:
         remove_run_dir(d)
     return res
@@ -669,9 +685,8 @@ def exp_rto(args):
         if tr["initial_sync"]["rc"] != 0:
             log("  stderr:", tr["initial_sync"]["stderr"][-500:])
         tr["restore"] = bench(f"{name} restore", tool.restore_argv(replica, out), args.n)
-        if isinstance(tool, Litestream):
-            tr["restore_quick"] = bench(f"{name} restore -integrity-check quick",
-                                        tool.restore_argv(replica, out, quick=True), 1)
+        tr["restore_quick"] = bench(f"{name} restore, quick_check",
+                                    tool.restore_argv(replica, out, quick=True), args.n)
         # the file of the last timed restore
         if os.path.exists(out):
             tr["restored_quick_check"] = quick_check(out)
