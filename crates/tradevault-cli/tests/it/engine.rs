@@ -486,7 +486,10 @@ fn another_programs_database_and_the_sidecar_survive_sigkills() {
         }
         let _ = writer.wait();
         let _ = car.wait();
-        let has_files = dir.path().join("replica/ltx").is_dir();
+        // A sidecar killed before its first file was complete leaves nothing to restore yet.
+        let has_files = walk(&dir.path().join("replica/ltx"))
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "ltx"));
         if !has_files {
             continue;
         }
