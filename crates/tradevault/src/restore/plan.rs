@@ -144,22 +144,8 @@ pub fn plan_after(
             full.point_time
         )));
     }
-    let usable = |f: &ReplicaFile| f.max_txid <= full.txid;
     let mut chain: Vec<&ReplicaFile> = Vec::new();
-    let mut current = k;
-    while let Some(f) = all
-        .iter()
-        .filter(|f| f.min_txid <= current + 1 && f.max_txid > current && usable(f))
-        .max_by(|a, b| {
-            a.max_txid
-                .cmp(&b.max_txid)
-                .then(b.min_txid.cmp(&a.min_txid))
-                .then(a.level.cmp(&b.level))
-        })
-    {
-        current = f.max_txid;
-        chain.push(f);
-    }
+    let current = extend(&mut chain, &all, k, |f| f.max_txid <= full.txid);
     if current != full.txid {
         return Err(impossible(format!(
             "the files after the backup reach txid {current}, not {}",
@@ -191,6 +177,19 @@ fn chain(all: &[ReplicaFile], usable: impl Fn(&ReplicaFile) -> bool) -> Vec<&Rep
         chain.push(snapshot);
         current = snapshot.max_txid;
     }
+    extend(&mut chain, all, current, usable);
+    chain
+}
+
+/// Extends `chain`, which reaches `current`, with the usable file that continues it and reaches
+/// furthest (ties: the lower start, then the higher level), until none does; returns the TXID
+/// reached.
+fn extend<'a>(
+    chain: &mut Vec<&'a ReplicaFile>,
+    all: &'a [ReplicaFile],
+    mut current: u64,
+    usable: impl Fn(&ReplicaFile) -> bool,
+) -> u64 {
     while let Some(f) = all
         .iter()
         .filter(|f| f.min_txid <= current + 1 && f.max_txid > current && usable(f))
@@ -204,7 +203,7 @@ fn chain(all: &[ReplicaFile], usable: impl Fn(&ReplicaFile) -> bool) -> Vec<&Rep
         current = f.max_txid;
         chain.push(f);
     }
-    chain
+    current
 }
 
 /// Refuses a time inside a compacted file when the file after it came more than
