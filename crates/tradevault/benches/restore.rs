@@ -64,7 +64,7 @@ fn main() {
         let plan = restore::plan(&replica, Target::Latest).expect("plan");
         let planned = t.elapsed();
         let options = restore::Options {
-        base: None,
+            base: None,
             check,
             ..Default::default()
         };

@@ -95,8 +95,8 @@ pub fn run(spec: &DrillSpec, scratch: &Path, limits: &RestoreConfig) -> DrillRep
         }
     }
     report.rto_ms = started.elapsed().as_millis() as u64;
-    if let Ok(conn) = crate::store::open_read_only(&spec.path)
-        .or_else(|_| open_any_read_only(&spec.path))
+    if let Ok(conn) =
+        crate::store::open_read_only(&spec.path).or_else(|_| open_any_read_only(&spec.path))
         && let Ok(f) = crate::restore::inplace::fingerprint(&conn)
     {
         report.live_rows = f.rows;
@@ -123,7 +123,8 @@ fn drill_one(
     limits: &RestoreConfig,
     report: &mut DrillReport,
 ) -> Result<()> {
-    std::fs::create_dir_all(scratch).map_err(|e| Error::io("create drill directory", scratch, e))?;
+    std::fs::create_dir_all(scratch)
+        .map_err(|e| Error::io("create drill directory", scratch, e))?;
     let out = scratch.join(format!(
         "drill-{}-{}.db",
         spec.database,
@@ -145,7 +146,9 @@ fn drill_one(
     report.rows = crate::restore::inplace::fingerprint(&conn)?.rows;
     if let Some(id) = spec.sentinel {
         let found: i64 = conn
-            .query_row("SELECT count(*) FROM job_runs WHERE id = ?1", [id], |r| r.get(0))
+            .query_row("SELECT count(*) FROM job_runs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
             .unwrap_or(0);
         report.sentinel_found = Some(found == 1);
     }

@@ -214,7 +214,10 @@ impl Scheduler {
                     })
                     .await,
             )?;
-            tracing::warn!(runs = interrupted, "job runs interrupted by a stop were marked failed");
+            tracing::warn!(
+                runs = interrupted,
+                "job runs interrupted by a stop were marked failed"
+            );
         }
         for (name, due) in last {
             if let Some(job) = jobs.iter().find(|j| j.spec.name == name) {
@@ -313,7 +316,12 @@ impl Scheduler {
         Ok(id)
     }
 
-    fn start(self: &Arc<Self>, i: usize, due: Timestamp, trigger: Trigger) -> tokio::task::JoinHandle<()> {
+    fn start(
+        self: &Arc<Self>,
+        i: usize,
+        due: Timestamp,
+        trigger: Trigger,
+    ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             match me.insert_run(i, due, trigger).await {
@@ -350,7 +358,9 @@ impl Scheduler {
         };
         match &result {
             Ok(_) => tracing::info!(job = %name, run = id, duration_ms = ms, "job done"),
-            Err(e) => tracing::warn!(job = %name, run = id, duration_ms = ms, error = %e, "job failed"),
+            Err(e) => {
+                tracing::warn!(job = %name, run = id, duration_ms = ms, error = %e, "job failed")
+            }
         }
         crate::metrics::job_run(&name, status, ms as f64 / 1000.0);
         let finished = format_timestamp(self.clock.now());

@@ -36,7 +36,10 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config_file, data_dir)?;
     super::start_logging(&config)?;
-    let result = match (args.db.is_none() && args.replica.is_none(), super::serve_address(&config)) {
+    let result = match (
+        args.db.is_none() && args.replica.is_none(),
+        super::serve_address(&config),
+    ) {
         (true, Some(addr)) if super::store_in_use(&config) => through_server(addr)?,
         _ => here(&config, &args)?,
     };
@@ -68,7 +71,11 @@ pub fn run(
             }
         }
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Runs the server's drill job and waits for its result.
@@ -103,7 +110,10 @@ fn through_server(addr: std::net::SocketAddr) -> anyhow::Result<Value> {
             }
             return Ok(detail);
         }
-        anyhow::ensure!(Instant::now() < deadline, "the drill did not end within an hour");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the drill did not end within an hour"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -111,24 +121,40 @@ fn through_server(addr: std::net::SocketAddr) -> anyhow::Result<Value> {
 /// Runs the drill in this process.
 fn here(config: &tradevault::Config, args: &Args) -> anyhow::Result<Value> {
     let mut targets: Vec<(String, PathBuf, Vec<String>)> = Vec::new();
-    let store_urls: Vec<String> = config.replication.replica.iter().map(|r| r.url.clone()).collect();
+    let store_urls: Vec<String> = config
+        .replication
+        .replica
+        .iter()
+        .map(|r| r.url.clone())
+        .collect();
     match args.db.as_deref() {
         None => {
             if !store_urls.is_empty() || args.replica.is_some() {
                 targets.push(("store".into(), config.database_path(), store_urls));
             }
             for d in &config.database {
-                targets.push((d.name.clone(), d.path.clone(), d.replica.iter().map(|r| r.url.clone()).collect()));
+                targets.push((
+                    d.name.clone(),
+                    d.path.clone(),
+                    d.replica.iter().map(|r| r.url.clone()).collect(),
+                ));
             }
         }
         Some("store") => targets.push(("store".into(), config.database_path(), store_urls)),
         Some(name) => match config.database.iter().find(|d| d.name == name) {
-            Some(d) => targets.push((d.name.clone(), d.path.clone(), d.replica.iter().map(|r| r.url.clone()).collect())),
+            Some(d) => targets.push((
+                d.name.clone(),
+                d.path.clone(),
+                d.replica.iter().map(|r| r.url.clone()).collect(),
+            )),
             None => targets.push((name.to_owned(), PathBuf::from(name), Vec::new())),
         },
     }
     if targets.is_empty() {
-        return Err(UsageError("nothing to drill: no database has a replica; pass --replica URL".into()).into());
+        return Err(UsageError(
+            "nothing to drill: no database has a replica; pass --replica URL".into(),
+        )
+        .into());
     }
     let scratch = config.store.data_dir.join(".tradevault-drill");
     let mut reports = Vec::new();
@@ -140,7 +166,12 @@ fn here(config: &tradevault::Config, args: &Args) -> anyhow::Result<Value> {
             .iter()
             .map(|u| super::replica_of(u).map(|r| (u.clone(), r)))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let spec = DrillSpec { database: name, path, replicas, sentinel: None };
+        let spec = DrillSpec {
+            database: name,
+            path,
+            replicas,
+            sentinel: None,
+        };
         reports.push(drill::run(&spec, &scratch, &config.restore));
     }
     let ok = reports.iter().all(|r| r.ok);

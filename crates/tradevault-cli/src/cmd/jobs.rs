@@ -46,14 +46,20 @@ pub fn specs(config: &Config, rt: &Runtime) -> Vec<JobSpec> {
         drilled.push((
             "store".into(),
             config.database_path(),
-            rt.store_replicas.iter().map(|r| (r.display_name(), r.url.clone())).collect(),
+            rt.store_replicas
+                .iter()
+                .map(|r| (r.display_name(), r.url.clone()))
+                .collect(),
         ));
     }
     for d in &config.database {
         drilled.push((
             d.name.clone(),
             d.path.clone(),
-            d.replica.iter().map(|r| (r.display_name(), r.url.clone())).collect(),
+            d.replica
+                .iter()
+                .map(|r| (r.display_name(), r.url.clone()))
+                .collect(),
         ));
     }
     let targets: Vec<Target> = config
@@ -70,7 +76,12 @@ pub fn specs(config: &Config, rt: &Runtime) -> Vec<JobSpec> {
         .collect();
     if !targets.is_empty() {
         let mut backed_up = vec![("store".to_owned(), config.database_path())];
-        backed_up.extend(config.database.iter().map(|d| (d.name.clone(), d.path.clone())));
+        backed_up.extend(
+            config
+                .database
+                .iter()
+                .map(|d| (d.name.clone(), d.path.clone())),
+        );
         let (cfg, t, store) = (config.backup.clone(), targets.clone(), rt.store.clone());
         specs.push(JobSpec {
             name: "backup".into(),
@@ -281,7 +292,9 @@ fn mirror(store: &Arc<Store>, targets: &[Target]) {
         });
         match result {
             Ok(()) | Err(tradevault::Error::NotReplicated { .. }) => {}
-            Err(e) => tracing::warn!(target = %target.name, error = %e, "could not mirror the backup catalog"),
+            Err(e) => {
+                tracing::warn!(target = %target.name, error = %e, "could not mirror the backup catalog")
+            }
         }
     }
 }
@@ -292,9 +305,15 @@ fn mirror(store: &Arc<Store>, targets: &[Target]) {
 fn drill_backups(target: &Target, scratch: &std::path::Path) -> Vec<Value> {
     let catalog = match Catalog::load(target) {
         Ok(c) => c,
-        Err(e) => return vec![json!({ "target": target.name, "ok": false, "error": e.to_string() })],
+        Err(e) => {
+            return vec![json!({ "target": target.name, "ok": false, "error": e.to_string() })];
+        }
     };
-    let mut dbs: Vec<&str> = catalog.backups.iter().map(|b| b.database.as_str()).collect();
+    let mut dbs: Vec<&str> = catalog
+        .backups
+        .iter()
+        .map(|b| b.database.as_str())
+        .collect();
     dbs.sort_unstable();
     dbs.dedup();
     let mut out = Vec::new();
@@ -312,8 +331,14 @@ fn drill_backups(target: &Target, scratch: &std::path::Path) -> Vec<Value> {
             .and_then(|_| tradevault::restore::inplace::check_file(&file));
         let rto = started.elapsed().as_secs_f64();
         let (ok, detail) = match checked {
-            Ok(rows) if rows == b.tables => (true, format!("integrity ok, rows match ({} tables)", rows.len())),
-            Ok(rows) => (false, format!("rows differ: {rows:?} restored, {:?} recorded", b.tables)),
+            Ok(rows) if rows == b.tables => (
+                true,
+                format!("integrity ok, rows match ({} tables)", rows.len()),
+            ),
+            Ok(rows) => (
+                false,
+                format!("rows differ: {rows:?} restored, {:?} recorded", b.tables),
+            ),
             Err(e) => (false, e.to_string()),
         };
         for suffix in ["", "-wal", "-shm"] {

@@ -142,7 +142,11 @@ pub fn run(
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             let file = dir.join(format!("base-{}.db", record.id));
             remove_db_files(&file);
-            let identity = args.identity.as_deref().map(tradevault::backup::Identity::from_file).transpose()?;
+            let identity = args
+                .identity
+                .as_deref()
+                .map(tradevault::backup::Identity::from_file)
+                .transpose()?;
             tradevault::backup::restore_backup(target, &record.id, identity.as_ref(), &file, None)?;
             Some(file)
         }
@@ -227,7 +231,12 @@ fn database_of(
         (
             "store".to_owned(),
             config.database_path(),
-            config.replication.replica.iter().map(|r| r.url.clone()).collect(),
+            config
+                .replication
+                .replica
+                .iter()
+                .map(|r| r.url.clone())
+                .collect(),
         )
     };
     Ok(match db {
@@ -273,9 +282,8 @@ fn put_in_place(
         match tradevault::Store::open(&config.store, clock) {
             Ok(store) => {
                 let (db, staging, safety) = (db.to_owned(), staging.to_owned(), safety.to_owned());
-                let replaced = store.exclusive_blocking(move |conn| {
-                    inplace::replace(conn, &db, &staging, &safety)
-                });
+                let replaced = store
+                    .exclusive_blocking(move |conn| inplace::replace(conn, &db, &staging, &safety));
                 store.close();
                 return Ok(serde_json::to_value(replaced?)?);
             }
@@ -323,7 +331,9 @@ fn through_server(
         anyhow::bail!(
             "the server at {addr} refused or failed the in-place restore ({}): {}",
             answer.status,
-            json["error"]["message"].as_str().map_or_else(|| answer.text(), str::to_owned)
+            json["error"]["message"]
+                .as_str()
+                .map_or_else(|| answer.text(), str::to_owned)
         );
     }
     Ok(json)
@@ -527,13 +537,17 @@ fn from_backup(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let identity = args.identity.as_deref().map(Identity::from_file).transpose()?;
+    let identity = args
+        .identity
+        .as_deref()
+        .map(Identity::from_file)
+        .transpose()?;
     let started = Instant::now();
     let (output, in_place) = staging_for(args, db_path)?;
-    let restored = tradevault::backup::restore_backup(&target, &record.id, identity.as_ref(), &output, None);
-    let checked = restored.and_then(|r| {
-        tradevault::restore::inplace::check_file(&output).map(|rows| (r, rows))
-    });
+    let restored =
+        tradevault::backup::restore_backup(&target, &record.id, identity.as_ref(), &output, None);
+    let checked = restored
+        .and_then(|r| tradevault::restore::inplace::check_file(&output).map(|rows| (r, rows)));
     let (restored, rows) = match checked {
         Ok(v) => v,
         Err(e) => {
@@ -580,7 +594,9 @@ fn staging_for(args: &Args, db_path: &Path) -> anyhow::Result<(PathBuf, Option<P
         (_, true) => {
             let dir = inplace::work_dir(db_path);
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S%.3fZ").to_string();
+            let stamp = jiff::Timestamp::now()
+                .strftime("%Y%m%dT%H%M%S%.3fZ")
+                .to_string();
             Ok((
                 dir.join(format!("staging-{stamp}.db")),
                 Some(dir.join(format!("safety-{stamp}.db"))),
@@ -627,7 +643,10 @@ fn safety_backup(config: &tradevault::Config, db_name: &str, safety: &Path) -> s
             "targets": manifests.iter().zip(&targets).map(|(m, t)| serde_json::json!({"target": t.name, "id": m.id})).collect::<Vec<_>>(),
         }),
         Err(e) => {
-            eprintln!("tradevault: the safety copy stays in {} but could not be backed up: {e}", safety.display());
+            eprintln!(
+                "tradevault: the safety copy stays in {} but could not be backed up: {e}",
+                safety.display()
+            );
             serde_json::json!({ "local": safety, "error": e.to_string() })
         }
     }
@@ -642,15 +661,29 @@ fn cheaper_via_backup(
     replica: &tradevault::replica::Replica,
     target: Target,
     plan: &Plan,
-) -> Option<(tradevault::backup::Target, tradevault::backup::BackupRecord, Plan)> {
+) -> Option<(
+    tradevault::backup::Target,
+    tradevault::backup::BackupRecord,
+    Plan,
+)> {
     use tradevault::backup::{Catalog, Target as BackupTarget};
     let targets: Vec<BackupTarget> = match &args.target {
-        Some(t) => BackupTarget::resolve(&config.backup, t).ok().into_iter().collect(),
-        None => config.backup.target.iter().filter_map(|t| BackupTarget::from_config(t).ok()).collect(),
+        Some(t) => BackupTarget::resolve(&config.backup, t)
+            .ok()
+            .into_iter()
+            .collect(),
+        None => config
+            .backup
+            .target
+            .iter()
+            .filter_map(|t| BackupTarget::from_config(t).ok())
+            .collect(),
     };
     let mut best: Option<(BackupTarget, tradevault::backup::BackupRecord, Plan)> = None;
     for t in targets {
-        let Ok(catalog) = Catalog::load(&t) else { continue };
+        let Ok(catalog) = Catalog::load(&t) else {
+            continue;
+        };
         let mut candidates: Vec<_> = catalog
             .backups
             .iter()
@@ -659,11 +692,14 @@ fn cheaper_via_backup(
             .collect();
         candidates.sort_by_key(|b| std::cmp::Reverse(b.state_max_ms));
         for b in candidates.into_iter().take(3) {
-            let Ok(tail) = restore::plan_after(replica, target, b.state_min_ms, b.state_max_ms) else {
+            let Ok(tail) = restore::plan_after(replica, target, b.state_min_ms, b.state_max_ms)
+            else {
                 continue;
             };
             let cost = b.restore_bytes + tail.bytes;
-            let better = best.as_ref().map_or(cost < plan.bytes, |(_, rb, rp)| cost < rb.restore_bytes + rp.bytes);
+            let better = best.as_ref().map_or(cost < plan.bytes, |(_, rb, rp)| {
+                cost < rb.restore_bytes + rp.bytes
+            });
             if better {
                 best = Some((t.clone(), b.clone(), tail));
             }

@@ -73,7 +73,9 @@ pub fn run(
     if job_runs.is_empty() {
         println!("jobs: no runs recorded");
     } else {
-        let mut t = super::table(&["job", "run", "trigger", "due", "started", "took", "status", "detail"]);
+        let mut t = super::table(&[
+            "job", "run", "trigger", "due", "started", "took", "status", "detail",
+        ]);
         for r in &job_runs {
             t.add_row(vec![
                 r.job.clone(),
@@ -81,7 +83,8 @@ pub fn run(
                 r.trigger.clone(),
                 r.scheduled_for.clone(),
                 r.started_at.clone(),
-                r.duration_ms.map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+                r.duration_ms
+                    .map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
                 r.status.clone(),
                 short_detail(&r.detail),
             ]);

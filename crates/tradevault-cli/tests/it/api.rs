@@ -721,7 +721,10 @@ fn health_and_metrics() {
     }
     let (_, stats) = api.get("/v1/stats?check=true");
     assert_eq!(stats["integrity"], "ok");
-    assert_eq!(stats["schema_version"], tradevault::store::schema::SCHEMA_VERSION);
+    assert_eq!(
+        stats["schema_version"],
+        tradevault::store::schema::SCHEMA_VERSION
+    );
     assert!(stats["page_size"].as_i64().is_some_and(|p| p > 0));
     assert!(stats["wal_file_size_bytes"].as_u64().is_some());
 }

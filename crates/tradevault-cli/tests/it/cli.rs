@@ -46,7 +46,10 @@ fn init_stats_and_check() {
     let (code, out, err) = run(&["init", "--data-dir", d, "--json"]);
     assert_eq!(code, 0, "{err}");
     let init: Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(init["schema_version"], tradevault::store::schema::SCHEMA_VERSION);
+    assert_eq!(
+        init["schema_version"],
+        tradevault::store::schema::SCHEMA_VERSION
+    );
     assert!(dir.path().join("tradevault.db").exists());
     {
         let server = Server::start(dir.path());

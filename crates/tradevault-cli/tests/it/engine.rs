@@ -358,20 +358,28 @@ fn a_replica_on_a_full_disk_catches_up_once_space_is_freed() {
         i += 1;
         insert(i);
     }
-    eventually("the good replica to hold everything", Duration::from_secs(20), || {
-        let s = status_of(&db);
-        s["replicas"][0]["txid"] == s["txid"] && s["replicas"][1]["txid"] != s["txid"]
-    });
+    eventually(
+        "the good replica to hold everything",
+        Duration::from_secs(20),
+        || {
+            let s = status_of(&db);
+            s["replicas"][0]["txid"] == s["txid"] && s["replicas"][1]["txid"] != s["txid"]
+        },
+    );
     let leftovers: Vec<_> = walk(&full_root)
         .into_iter()
         .filter(|p| p.to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "half-written files: {leftovers:?}");
     disk.resize("64m");
-    eventually("the full replica to catch up", Duration::from_secs(40), || {
-        let s = status_of(&db);
-        s["replicas"][1]["txid"] == s["txid"] && s["replicas"][0]["txid"] == s["txid"]
-    });
+    eventually(
+        "the full replica to catch up",
+        Duration::from_secs(40),
+        || {
+            let s = status_of(&db);
+            s["replicas"][1]["txid"] == s["txid"] && s["replicas"][0]["txid"] == s["txid"]
+        },
+    );
     let _ = child.kill();
     let _ = child.wait();
     let expected = table_rows(&conn);

@@ -20,7 +20,9 @@ fn content(db: &Path) -> (Vec<(i64, String)>, String) {
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .expect("integrity_check");
-    let mut stmt = conn.prepare("SELECT id, v FROM t ORDER BY id").expect("prepare");
+    let mut stmt = conn
+        .prepare("SELECT id, v FROM t ORDER BY id")
+        .expect("prepare");
     let rows = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .expect("query")
@@ -66,11 +68,24 @@ fn in_place_restore_of_a_served_store_goes_through_the_server() {
         assert_eq!(api.post("/v1/trades", &trade(&format!("t{i}"))).0, 201);
     }
     let out = command()
-        .args(["restore", "--in-place", "--json", "--txid", &point.to_string(), "--replica", &url, "--data-dir"])
+        .args([
+            "restore",
+            "--in-place",
+            "--json",
+            "--txid",
+            &point.to_string(),
+            "--replica",
+            &url,
+            "--data-dir",
+        ])
         .arg(&data)
         .output()
         .expect("restore");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["in_place"]["before"]["rows"]["trades"], 5);
     assert_eq!(report["in_place"]["after"]["rows"]["trades"], 3);
@@ -81,7 +96,9 @@ fn in_place_restore_of_a_served_store_goes_through_the_server() {
     // The safety copy holds what was there before.
     let safety = report["in_place"]["safety"].as_str().expect("safety path");
     let conn = rusqlite::Connection::open(safety).expect("safety copy");
-    let n: i64 = conn.query_row("SELECT count(*) FROM trades", [], |r| r.get(0)).expect("count");
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM trades", [], |r| r.get(0))
+        .expect("count");
     assert_eq!(n, 5);
 }
 
@@ -107,7 +124,11 @@ fn replicate_once(db: &Path, url: &str) {
         .arg("--once")
         .output()
         .expect("replicate");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -126,7 +147,10 @@ fn in_place_restore_refuses_a_database_another_program_has_open() {
         .output()
         .expect("restore");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("is open in pid"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("is open in pid"),
+        "{stderr}"
+    );
     assert_eq!(content(&db).0.len(), 20, "nothing changed");
     drop(busy);
     let out = command()
@@ -134,7 +158,11 @@ fn in_place_restore_refuses_a_database_another_program_has_open() {
         .arg(&db)
         .output()
         .expect("restore");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(content(&db), (restored, "ok".to_owned()));
 }
 
@@ -160,11 +188,22 @@ fn a_killed_in_place_restore_leaves_the_old_or_the_new_database_and_says_which()
     // How long a whole run takes, to spread the kills over it.
     let started = std::time::Instant::now();
     let out = command()
-        .args(["restore", "--in-place", "--quick-check", "--replica", &url, "--db"])
+        .args([
+            "restore",
+            "--in-place",
+            "--quick-check",
+            "--replica",
+            &url,
+            "--db",
+        ])
         .arg(&db)
         .output()
         .expect("restore");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let full_ms = started.elapsed().as_millis() as u64;
     let mut rng = Rng::from_env("inplace");
     let (mut olds, mut news, mut reported) = (0, 0, 0);
@@ -174,7 +213,14 @@ fn a_killed_in_place_restore_leaves_the_old_or_the_new_database_and_says_which()
         }
         std::fs::copy(&pristine, &db).expect("reset");
         let mut child = command()
-            .args(["restore", "--in-place", "--quick-check", "--replica", &url, "--db"])
+            .args([
+                "restore",
+                "--in-place",
+                "--quick-check",
+                "--replica",
+                &url,
+                "--db",
+            ])
             .arg(&db)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -204,9 +250,18 @@ fn a_killed_in_place_restore_leaves_the_old_or_the_new_database_and_says_which()
         assert!(next.status.success(), "cycle {cycle}: {said}");
         if said.contains("was interrupted") {
             reported += 1;
-            let expected = if holds == "new" { "the restored content" } else { "its previous content" };
-            assert!(said.contains(expected), "cycle {cycle}: holds {holds}, but: {said}");
+            let expected = if holds == "new" {
+                "the restored content"
+            } else {
+                "its previous content"
+            };
+            assert!(
+                said.contains(expected),
+                "cycle {cycle}: holds {holds}, but: {said}"
+            );
         }
     }
-    eprintln!("30 kills: {olds} left the old content, {news} the new; {reported} journals reported");
+    eprintln!(
+        "30 kills: {olds} left the old content, {news} the new; {reported} journals reported"
+    );
 }

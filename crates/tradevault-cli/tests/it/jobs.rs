@@ -37,13 +37,18 @@ fn drills_prove_the_store_restorable_and_are_recorded() {
     assert_eq!(store["rows"]["trades"], 5);
     let (_, jobs) = api.get("/v1/jobs");
     let run = &jobs["runs"][0];
-    assert_eq!((run["job"].as_str(), run["status"].as_str()), (Some("drill"), Some("ok")), "{jobs}");
+    assert_eq!(
+        (run["job"].as_str(), run["status"].as_str()),
+        (Some("drill"), Some("ok")),
+        "{jobs}"
+    );
     let (_, metrics) = {
         let r = api.0.get("/metrics").expect("metrics");
         (r.status, r.text())
     };
     assert!(
-        metrics.contains("tradevault_last_verified_restorable_timestamp_seconds{database=\"store\"}"),
+        metrics
+            .contains("tradevault_last_verified_restorable_timestamp_seconds{database=\"store\"}"),
         "{metrics}"
     );
     let status = command()
@@ -58,7 +63,12 @@ fn drills_prove_the_store_restorable_and_are_recorded() {
     std::fs::remove_dir_all(&replica).expect("remove replica");
     let (ok, report) = drill(&data);
     assert!(!ok, "{report}");
-    assert!(report["drills"][0]["error"].as_str().is_some_and(|e| !e.is_empty()), "{report}");
+    assert!(
+        report["drills"][0]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{report}"
+    );
     let (_, jobs) = api.get("/v1/jobs");
     assert_eq!(jobs["runs"][0]["status"], "failed", "{jobs}");
 }
@@ -69,7 +79,11 @@ fn run_job(api: &mut crate::common::Api, job: &str) -> Value {
     let id = started["run_id"].as_i64().expect("run id");
     for _ in 0..6_000 {
         let (_, jobs) = api.get("/v1/jobs");
-        if let Some(run) = jobs["runs"].as_array().into_iter().flatten().find(|r| r["id"].as_i64() == Some(id))
+        if let Some(run) = jobs["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["id"].as_i64() == Some(id))
             && run["status"] != "running"
         {
             return run.clone();
@@ -124,7 +138,10 @@ fn scheduled_backups_verify_prune_drill_and_restore_from_a_backup() {
         .output()
         .expect("stats");
     let stats_text = String::from_utf8_lossy(&stats.stdout);
-    assert!(stats.status.success() && stats_text.contains("drill"), "{stats_text}");
+    assert!(
+        stats.status.success() && stats_text.contains("drill"),
+        "{stats_text}"
+    );
 
     // Restore the first backup still kept to a file: it holds the trades of its time.
     let listed = command()
@@ -139,14 +156,23 @@ fn scheduled_backups_verify_prune_drill_and_restore_from_a_backup() {
         .flat_map(|t| t["backups"].as_array().cloned().unwrap_or_default())
         .filter_map(|b| b["id"].as_str().map(str::to_owned))
         .collect();
-    assert!(!kept.is_empty() && kept.iter().all(|k| ids.contains(k)), "{listed}");
+    assert!(
+        !kept.is_empty() && kept.iter().all(|k| ids.contains(k)),
+        "{listed}"
+    );
     let out = dir.path().join("from-backup.db");
     let done = command()
-        .args(["restore", "--json", "--config", cfg, "--backup", &ids[2], "--output"])
+        .args([
+            "restore", "--json", "--config", cfg, "--backup", &ids[2], "--output",
+        ])
         .arg(&out)
         .output()
         .expect("restore");
-    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     let report: Value = serde_json::from_slice(&done.stdout).expect("json");
     assert_eq!(report["rows"]["trades"], 12, "{report}");
 
@@ -157,14 +183,30 @@ fn scheduled_backups_verify_prune_drill_and_restore_from_a_backup() {
     }
     assert_eq!(api.counts()["trades"], 14);
     let done = command()
-        .args(["restore", "--json", "--in-place", "--config", cfg, "--backup", &ids[2], "--data-dir"])
+        .args([
+            "restore",
+            "--json",
+            "--in-place",
+            "--config",
+            cfg,
+            "--backup",
+            &ids[2],
+            "--data-dir",
+        ])
         .arg(&data)
         .output()
         .expect("restore in place");
-    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     let report: Value = serde_json::from_slice(&done.stdout).expect("json");
     assert_eq!(api.counts()["trades"], 12);
-    assert_eq!(report["safety_backup"]["targets"][0]["target"], "local", "{report}");
+    assert_eq!(
+        report["safety_backup"]["targets"][0]["target"], "local",
+        "{report}"
+    );
     let listed = command()
         .args(["backup", "list", "--json", "--target", &url])
         .output()

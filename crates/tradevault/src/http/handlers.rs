@@ -356,10 +356,7 @@ pub(super) async fn list_jobs(State(s): State<AppState>) -> Answer {
         Some(jobs) => jobs.jobs().await?,
         None => Vec::new(),
     };
-    let runs = s
-        .store
-        .read(|c| crate::jobs::history(c, None, 50))
-        .await?;
+    let runs = s.store.read(|c| crate::jobs::history(c, None, 50)).await?;
     Ok(Json(json!({ "jobs": jobs, "runs": runs })).into_response())
 }
 

@@ -235,7 +235,11 @@ impl FileReplica {
             let dir = self.level_dir(level);
             if let Ok(entries) = fs::read_dir(&dir) {
                 for entry in entries.flatten() {
-                    if entry.file_name().to_str().is_some_and(|n| n.ends_with(".tmp")) {
+                    if entry
+                        .file_name()
+                        .to_str()
+                        .is_some_and(|n| n.ends_with(".tmp"))
+                    {
                         fs::remove_file(entry.path())
                             .map_err(|e| Error::io("delete temporary file", entry.path(), e))?;
                     }

@@ -494,7 +494,10 @@ impl Engine {
             if now >= deadline {
                 return Err(Error::Replica {
                     replica: behind.join(", "),
-                    message: format!("does not hold the latest commit after {} s", timeout.as_secs()),
+                    message: format!(
+                        "does not hold the latest commit after {} s",
+                        timeout.as_secs()
+                    ),
                     hint: None,
                 });
             }
@@ -1021,7 +1024,9 @@ impl Shipper<'_> {
                     pin.hold(&path);
                     copied = true;
                 }
-                Ok(_) => tracing::debug!(database = %db.name, "a reader holds back the checkpoint; later"),
+                Ok(_) => {
+                    tracing::debug!(database = %db.name, "a reader holds back the checkpoint; later")
+                }
                 Err(e) => tracing::debug!(database = %db.name, error = %e, "checkpoint failed"),
             }
         }
@@ -1253,9 +1258,15 @@ mod tests {
         st.record_shipped(5, 11);
         assert_eq!(Db::commit_seq_at(&st, 5), 11);
         assert_eq!(st.status.replicas[0].commit_seq, 11);
-        assert_eq!(st.status.replicas[1].commit_seq, 0, "replica 1 holds nothing yet");
+        assert_eq!(
+            st.status.replicas[1].commit_seq, 0,
+            "replica 1 holds nothing yet"
+        );
         st.record_shipped(6, 12);
         assert_eq!(st.shipped, VecDeque::from([(5, 11), (6, 12)]));
-        assert_eq!(st.status.replicas[0].commit_seq, 11, "file 6 is not on replica 0");
+        assert_eq!(
+            st.status.replicas[0].commit_seq, 11,
+            "file 6 is not on replica 0"
+        );
     }
 }

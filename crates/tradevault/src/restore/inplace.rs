@@ -123,7 +123,9 @@ pub fn fingerprint(conn: &Connection) -> Result<Fingerprint> {
         if kind == "table" && !name.starts_with("sqlite_") && !text.contains("VIRTUAL TABLE") {
             let quoted = name.replace('"', "\"\"");
             let n: i64 = conn
-                .query_row(&format!("SELECT count(*) FROM \"{quoted}\""), [], |r| r.get(0))
+                .query_row(&format!("SELECT count(*) FROM \"{quoted}\""), [], |r| {
+                    r.get(0)
+                })
                 .map_err(sql)?;
             rows.insert(name.clone(), n as u64);
         }
@@ -140,7 +142,12 @@ const CRC: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_GO_ISO);
 
 /// Replaces what `conn` (the only writer of `db`) holds with `staging`'s content, taking a safety
 /// copy to `safety` first and putting it back if anything after fails. See the module docs.
-pub fn replace(conn: &mut Connection, db: &Path, staging: &Path, safety: &Path) -> Result<Replaced> {
+pub fn replace(
+    conn: &mut Connection,
+    db: &Path,
+    staging: &Path,
+    safety: &Path,
+) -> Result<Replaced> {
     let source = Connection::open_with_flags(staging, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| Error::sqlite("open the restored file", e))?;
     let after = fingerprint(&source)?;
@@ -175,7 +182,8 @@ pub fn replace(conn: &mut Connection, db: &Path, staging: &Path, safety: &Path) 
     let t = Instant::now();
     let _ = std::fs::remove_file(safety);
     {
-        let mut copy = Connection::open(safety).map_err(|e| Error::sqlite("create safety copy", e))?;
+        let mut copy =
+            Connection::open(safety).map_err(|e| Error::sqlite("create safety copy", e))?;
         let backup = rusqlite::backup::Backup::new(conn, &mut copy)
             .map_err(|e| Error::sqlite("start safety copy", e))?;
         backup

@@ -23,8 +23,8 @@
 //! - A `T` before the first snapshot, or after the newest file, is refused with the nearest points.
 
 mod apply;
-pub mod inplace;
 mod fetch;
+pub mod inplace;
 mod plan;
 mod progress;
 

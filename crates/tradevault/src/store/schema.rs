@@ -129,7 +129,8 @@ CREATE TABLE bot_status (
     updated_at   TEXT NOT NULL,
     PRIMARY KEY (key, test_mode)
 ) WITHOUT ROWID;
-"#, r#"
+"#,
+    r#"
 CREATE TABLE job_runs (
     id             INTEGER PRIMARY KEY,
     job            TEXT NOT NULL,

@@ -193,7 +193,10 @@ impl WalReader {
         }
         let mut filled = 0;
         while filled < len {
-            match self.file.read_at(&mut self.buf[filled..], offset + filled as u64) {
+            match self
+                .file
+                .read_at(&mut self.buf[filled..], offset + filled as u64)
+            {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -496,8 +496,11 @@ fn a_backup_and_the_replicas_files_after_it_restore_the_latest_state() {
     .expect("start");
     let insert = |range: std::ops::Range<i64>| {
         for i in range {
-            conn.execute("INSERT INTO fills (id, qty) VALUES (?1, printf('%d.5', ?1))", [i])
-                .expect("insert");
+            conn.execute(
+                "INSERT INTO fills (id, qty) VALUES (?1, printf('%d.5', ?1))",
+                [i],
+            )
+            .expect("insert");
         }
     };
     insert(0..200);
@@ -522,11 +525,19 @@ fn a_backup_and_the_replicas_files_after_it_restore_the_latest_state() {
     insert(200..500);
     engine.wait_synced(Duration::from_secs(30)).expect("synced");
     engine.stop();
-    let tail = restore::plan_after(&replica, Point::Latest, manifest.state_min_ms, manifest.state_max_ms)
-        .expect("plan after the backup");
+    let tail = restore::plan_after(
+        &replica,
+        Point::Latest,
+        manifest.state_min_ms,
+        manifest.state_max_ms,
+    )
+    .expect("plan after the backup");
     let full = restore::plan(&replica, Point::Latest).expect("full plan");
     assert_eq!(tail.txid, full.txid);
-    assert!(tail.files[0].1 > 1, "the chain starts after the backup: {tail:?}");
+    assert!(
+        tail.files[0].1 > 1,
+        "the chain starts after the backup: {tail:?}"
+    );
     assert!(tail.bytes < full.bytes, "{} vs {}", tail.bytes, full.bytes);
     let base = dir.path().join("base.db");
     backup::restore_backup(&target, &manifest.id, None, &base, None).expect("restore backup");
@@ -554,5 +565,13 @@ fn a_backup_and_the_replicas_files_after_it_restore_the_latest_state() {
     )
     .expect("backup")
     .remove(0);
-    assert!(restore::plan_after(&replica, Point::Latest, newer.state_min_ms, newer.state_max_ms).is_err());
+    assert!(
+        restore::plan_after(
+            &replica,
+            Point::Latest,
+            newer.state_min_ms,
+            newer.state_max_ms
+        )
+        .is_err()
+    );
 }

@@ -115,12 +115,13 @@ fn compaction_snapshots_and_retention_follow_the_clock() {
     // The last merged second restores whole at its time. (Earlier seconds depend
     // on when the shipper looked relative to this test's clock steps: a commit's stamp is the
     // last look that found nothing new, which can be one step early, moving it a second back.)
-    let last_second = replica.list(1).expect("list").into_iter().last().expect("a level-1 file");
-    let plan = restore::plan(
-        &replica,
-        Target::Time(last_second.created_at_ms),
-    )
-    .expect("plan");
+    let last_second = replica
+        .list(1)
+        .expect("list")
+        .into_iter()
+        .last()
+        .expect("a level-1 file");
+    let plan = restore::plan(&replica, Target::Time(last_second.created_at_ms)).expect("plan");
     assert_eq!(plan.txid, last_second.max_txid, "{plan:?}");
 
     // The newest snapshot is older than snapshot_ms: a new one is written and uploaded.
@@ -239,19 +240,22 @@ fn the_engine_checkpoints_a_programs_wal_without_new_snapshots() {
     }
     let written = crate::rows(&db);
     let wal = dir.path().join("bot.db-wal");
-    eventually("the wal checkpointed and the replica holding every row", || {
-        let s = &engine.status()[0];
-        if s.checkpoints == 0
-            || s.replicas[0].txid != Some(s.txid)
-            || std::fs::metadata(&wal).map_or(0, |m| m.len()) >= 32 << 10
-        {
-            return false;
-        }
-        let out = dir.path().join(format!("probe-{}.db", s.txid));
-        restore::plan(&replica, Target::Latest)
-            .and_then(|plan| restore::apply(&replica, &plan, &out))
-            .is_ok_and(|_| crate::rows(&out) == written)
-    });
+    eventually(
+        "the wal checkpointed and the replica holding every row",
+        || {
+            let s = &engine.status()[0];
+            if s.checkpoints == 0
+                || s.replicas[0].txid != Some(s.txid)
+                || std::fs::metadata(&wal).map_or(0, |m| m.len()) >= 32 << 10
+            {
+                return false;
+            }
+            let out = dir.path().join(format!("probe-{}.db", s.txid));
+            restore::plan(&replica, Target::Latest)
+                .and_then(|plan| restore::apply(&replica, &plan, &out))
+                .is_ok_and(|_| crate::rows(&out) == written)
+        },
+    );
     let checkpoints = engine.status()[0].checkpoints;
     engine.stop();
     assert!(checkpoints >= 2, "{checkpoints} checkpoints");

@@ -83,17 +83,38 @@ async fn jobs_run_when_due_and_are_recorded() {
     clock.set(at("2026-11-02T12:00:00Z"));
     assert_eq!(finish(scheduler.tick().await).await, 2);
     let history = runs(&store).await;
-    let verify = history.iter().find(|r| r.job == "verify").expect("verify run");
+    let verify = history
+        .iter()
+        .find(|r| r.job == "verify")
+        .expect("verify run");
     assert_eq!(verify.status, "failed");
-    assert!(verify.detail["error"].as_str().is_some_and(|e| e.contains("checksum mismatch")), "{verify:?}");
+    assert!(
+        verify.detail["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("checksum mismatch")),
+        "{verify:?}"
+    );
     let backups: Vec<_> = history.iter().filter(|r| r.job == "backup").collect();
     assert_eq!(backups.len(), 2);
-    assert!(backups.iter().all(|r| r.status == "ok" && r.trigger == "schedule"));
-    assert!(backups[0].scheduled_for.starts_with("2026-11-02T12:00:00"), "{backups:?}");
+    assert!(
+        backups
+            .iter()
+            .all(|r| r.status == "ok" && r.trigger == "schedule")
+    );
+    assert!(
+        backups[0].scheduled_for.starts_with("2026-11-02T12:00:00"),
+        "{backups:?}"
+    );
     assert_eq!(backups[0].detail, json!({ "run": 2 }));
     let view = scheduler.jobs().await.expect("jobs");
     let backup = view.iter().find(|j| j.name == "backup").expect("backup");
-    assert!(backup.next_run.as_deref().is_some_and(|t| t.starts_with("2026-11-02T13:00:00")), "{backup:?}");
+    assert!(
+        backup
+            .next_run
+            .as_deref()
+            .is_some_and(|t| t.starts_with("2026-11-02T13:00:00")),
+        "{backup:?}"
+    );
     assert_eq!(backup.last_run.as_ref().map(|r| r.id), Some(backups[0].id));
 }
 
@@ -124,7 +145,10 @@ async fn a_job_never_runs_twice_at_once() {
         tokio::task::yield_now().await;
     }
     clock.set(at("2026-11-02T12:00:00Z"));
-    assert!(scheduler.tick().await.is_empty(), "not started while running");
+    assert!(
+        scheduler.tick().await.is_empty(),
+        "not started while running"
+    );
     let manual = scheduler.trigger("drill").await;
     assert!(manual.is_err(), "a manual run is refused while running");
     drop(release);
@@ -187,8 +211,15 @@ async fn missed_runs_run_once_at_start_and_interrupted_runs_are_marked_failed() 
     let history = runs(&store).await;
     let catch_up = &history[0];
     assert_eq!(catch_up.trigger, "catch_up");
-    assert!(catch_up.scheduled_for.starts_with("2026-11-02T15:00:00"), "{catch_up:?}");
+    assert!(
+        catch_up.scheduled_for.starts_with("2026-11-02T15:00:00"),
+        "{catch_up:?}"
+    );
     let interrupted = history.iter().find(|r| r.job == "prune").expect("prune");
     assert_eq!(interrupted.status, "failed");
-    assert!(interrupted.detail["error"].as_str().is_some_and(|e| e.contains("interrupted")));
+    assert!(
+        interrupted.detail["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("interrupted"))
+    );
 }

@@ -369,7 +369,7 @@ fn a_large_file_decoded_on_several_threads_is_the_database_byte_for_byte() {
         let out = dir.path().join(format!("threads-{threads}.db"));
         let progress = restore::Progress::default();
         let options = restore::Options {
-        base: None,
+            base: None,
             progress: Some(&progress),
             ..limits(2, 1 << 30, threads)
         };
