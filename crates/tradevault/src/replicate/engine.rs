@@ -27,7 +27,7 @@ use crate::wal::WalReader;
 
 /// The least time between two shipments to the local log in async mode: commits arriving
 /// meanwhile go into one file. Bounds the files per second; adds at most this to the loss window.
-const MIN_GAP: Duration = Duration::from_millis(5);
+const MIN_GAP: Duration = Duration::from_millis(8);
 /// How often status, metrics and the local log's pruning are brought up to date.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// The local log's size beyond which its oldest files go even if a replica still needs them (that
