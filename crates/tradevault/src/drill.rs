@@ -154,11 +154,7 @@ fn drill_one(
     }
     drop(conn);
     if report.sentinel_found != Some(false) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut name = out.clone().into_os_string();
-            name.push(suffix);
-            let _ = std::fs::remove_file(name);
-        }
+        restore::remove_database_files(&out);
     }
     tracing::info!(database = %spec.database, txid = plan.txid, pages = restored.pages, "drill restored and checked");
     Ok(())

@@ -176,12 +176,8 @@ pub fn specs(config: &Config, rt: &Runtime) -> Vec<JobSpec> {
                     // The newest backup of each database deeply (restored and checked, unless it
                     // is encrypted: this host holds no identity), the others never verified by
                     // their checksums.
-                    let newest: Vec<String> = {
-                        let mut dbs: Vec<&str> = catalog.backups.iter().map(|b| b.database.as_str()).collect();
-                        dbs.sort_unstable();
-                        dbs.dedup();
-                        dbs.iter().filter_map(|d| catalog.newest(Some(d)).map(|b| b.id.clone())).collect()
-                    };
+                    let newest: Vec<String> =
+                        newest_of_each(&catalog).into_iter().map(|b| b.id.clone()).collect();
                     for b in &catalog.backups {
                         let deep = newest.contains(&b.id) && !b.encrypted;
                         if !deep && b.verified.is_some() {
@@ -299,16 +295,8 @@ fn mirror(store: &Arc<Store>, targets: &[Target]) {
     }
 }
 
-/// Restores the newest backup of each database on `target` into `scratch`, checks it (integrity,
-/// rows per table as recorded), records the drill in the target's catalog, and reports it.
-/// Encrypted backups need an identity this host does not hold: their drill is their verification.
-fn drill_backups(target: &Target, scratch: &std::path::Path) -> Vec<Value> {
-    let catalog = match Catalog::load(target) {
-        Ok(c) => c,
-        Err(e) => {
-            return vec![json!({ "target": target.name, "ok": false, "error": e.to_string() })];
-        }
-    };
+/// The newest backup of each database in `catalog`.
+fn newest_of_each(catalog: &Catalog) -> Vec<&tradevault::backup::BackupRecord> {
     let mut dbs: Vec<&str> = catalog
         .backups
         .iter()
@@ -316,36 +304,44 @@ fn drill_backups(target: &Target, scratch: &std::path::Path) -> Vec<Value> {
         .collect();
     dbs.sort_unstable();
     dbs.dedup();
+    dbs.into_iter()
+        .filter_map(|d| catalog.newest(Some(d)))
+        .collect()
+}
+
+/// Restores the newest backup of each database on `target` into `scratch` and checks it (a deep
+/// verify: integrity, rows per table as recorded), records the drill in the target's catalog, and
+/// reports it. Encrypted backups need an identity this host does not hold: their checksums are
+/// verified by the verify job instead.
+fn drill_backups(target: &Target, scratch: &std::path::Path) -> Vec<Value> {
+    let catalog = match Catalog::load(target) {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![json!({ "target": target.name, "ok": false, "error": e.to_string() })];
+        }
+    };
+    let _ = std::fs::create_dir_all(scratch);
+    let now = now_ms;
+    let options = VerifyOptions {
+        deep: true,
+        check: Check::Integrity,
+        identity: None,
+        scratch_dir: Some(scratch.to_owned()),
+        now: &now,
+        record: false,
+    };
     let mut out = Vec::new();
-    for db in dbs {
-        let Some(b) = catalog.newest(Some(db)) else {
-            continue;
+    for b in newest_of_each(&catalog)
+        .into_iter()
+        .filter(|b| !b.encrypted)
+    {
+        let (ok, rto, detail) = match backup::verify(target, &b.id, &options) {
+            Ok(v) if v.ok => (true, v.seconds, "integrity ok, rows match".to_owned()),
+            Ok(v) => (false, v.seconds, v.problems.join("; ")),
+            Err(e) => (false, 0.0, e.to_string()),
         };
-        if b.encrypted {
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let _ = std::fs::create_dir_all(scratch);
-        let file = scratch.join(format!("backup-drill-{}.db", b.id));
-        let checked = backup::restore_backup(target, &b.id, None, &file, None)
-            .and_then(|_| tradevault::restore::inplace::check_file(&file));
-        let rto = started.elapsed().as_secs_f64();
-        let (ok, detail) = match checked {
-            Ok(rows) if rows == b.tables => (
-                true,
-                format!("integrity ok, rows match ({} tables)", rows.len()),
-            ),
-            Ok(rows) => (
-                false,
-                format!("rows differ: {rows:?} restored, {:?} recorded", b.tables),
-            ),
-            Err(e) => (false, e.to_string()),
-        };
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
-        }
         let record = DrillRecord {
-            database: db.to_owned(),
+            database: b.database.clone(),
             at_ms: now_ms(),
             backup_id: Some(b.id.clone()),
             ok,
@@ -355,7 +351,7 @@ fn drill_backups(target: &Target, scratch: &std::path::Path) -> Vec<Value> {
         if let Err(e) = backup::catalog::record_drill(target, &record) {
             tracing::warn!(target = %target.name, error = %e, "could not record the drill in the catalog");
         }
-        out.push(json!({ "target": target.name, "database": db, "backup_id": b.id, "ok": ok, "rto_seconds": rto, "detail": detail }));
+        out.push(json!({ "target": target.name, "database": b.database, "backup_id": b.id, "ok": ok, "rto_seconds": rto, "detail": detail }));
     }
     out
 }

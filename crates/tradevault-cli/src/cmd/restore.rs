@@ -141,7 +141,7 @@ pub fn run(
             let dir = inplace::work_dir(&db_path);
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             let file = dir.join(format!("base-{}.db", record.id));
-            remove_db_files(&file);
+            restore::remove_database_files(&file);
             let identity = args
                 .identity
                 .as_deref()
@@ -172,12 +172,12 @@ pub fn run(
         restored
     });
     if let Some(base) = &base {
-        remove_db_files(base);
+        restore::remove_database_files(base);
     }
     let restored = restored?;
     if let Some(safety) = in_place {
         let swapped = put_in_place(&config, &db_name, &db_path, &output, &safety);
-        remove_db_files(&output);
+        restore::remove_database_files(&output);
         let replaced = swapped?;
         let safety_backup = safety_backup(&config, &db_name, &safety);
         let total = started.elapsed();
@@ -551,7 +551,7 @@ fn from_backup(
     let (restored, rows) = match checked {
         Ok(v) => v,
         Err(e) => {
-            remove_db_files(&output);
+            restore::remove_database_files(&output);
             return Err(e.into());
         }
     };
@@ -566,7 +566,7 @@ fn from_backup(
     });
     if let Some(safety) = in_place {
         let swapped = put_in_place(config, db_name, db_path, &output, &safety);
-        remove_db_files(&output);
+        restore::remove_database_files(&output);
         out["in_place"] = swapped?;
         out["safety_backup"] = safety_backup(config, db_name, &safety);
     }
@@ -603,14 +603,6 @@ fn staging_for(args: &Args, db_path: &Path) -> anyhow::Result<(PathBuf, Option<P
             ))
         }
         (None, false) => Err(UsageError("pass --output PATH or --in-place".into()).into()),
-    }
-}
-
-fn remove_db_files(path: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut name = path.as_os_str().to_owned();
-        name.push(suffix);
-        let _ = std::fs::remove_file(name);
     }
 }
 

@@ -162,9 +162,7 @@ pub fn verify(target: &Target, id: &str, options: &VerifyOptions<'_>) -> Result<
             checked
         }
     };
-    for side in ["", "-wal", "-shm", "-journal"] {
-        let _ = std::fs::remove_file(format!("{}{side}", scratch.display()));
-    }
+    crate::restore::remove_database_files(&scratch);
     outcome?;
     finish(
         target, id, options, at_ms, started, problems, objects, bytes,

@@ -32,6 +32,16 @@ pub use apply::{Check, Options, Restored, apply, apply_with};
 pub use plan::{EXACT_WITHIN_MS, Plan, plan, plan_after};
 pub use progress::{Progress, Stage};
 
+/// Removes a database file and the files SQLite keeps beside it (`-wal`, `-shm`, `-journal`),
+/// ignoring the ones that are not there: for scratch and staging copies.
+pub fn remove_database_files(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(name);
+    }
+}
+
 /// What to restore to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
