@@ -139,43 +139,7 @@ fn now_ms() -> i64 {
 
 /// The targets named by `--target`, or every configured one.
 fn targets(config: &Config, args: &TargetArgs) -> anyhow::Result<Vec<Target>> {
-    match &args.target {
-        Some(t) => Ok(vec![Target::resolve(&config.backup, t)?]),
-        None if config.backup.target.is_empty() => Err(tradevault::Error::backup(
-            "no_target",
-            "no backup target: pass --target NAME|URL or configure [[backup.target]]",
-            Some("e.g. --target file:///var/backups/tradevault"),
-        )
-        .into()),
-        None => config
-            .backup
-            .target
-            .iter()
-            .map(|t| Target::from_config(t).map_err(Into::into))
-            .collect(),
-    }
-}
-
-/// The database to back up: its file and its name.
-fn database(config: &Config, db: Option<&str>) -> anyhow::Result<(PathBuf, String)> {
-    let Some(db) = db else {
-        return Ok((config.database_path(), "store".into()));
-    };
-    if let Some(d) = config.database.iter().find(|d| d.name == db) {
-        return Ok((d.path.clone(), d.name.clone()));
-    }
-    let path = PathBuf::from(db);
-    if !path.is_file() {
-        return Err(UsageError(format!(
-            "--db {db:?} is neither a configured [[database]] name nor a file"
-        ))
-        .into());
-    }
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "db".into());
-    Ok((path, name))
+    super::backup_targets(config, args.target.as_deref())
 }
 
 fn create(config: &Config, args: CreateArgs) -> anyhow::Result<ExitCode> {
@@ -184,7 +148,7 @@ fn create(config: &Config, args: CreateArgs) -> anyhow::Result<ExitCode> {
         .parse()
         .map_err(|e: tradevault::Error| UsageError(e.to_string()))?;
     let targets = targets(config, &args.target)?;
-    let (db, name) = database(config, args.db.as_deref())?;
+    let super::Database { name, path: db, .. } = super::database(config, args.db.as_deref())?;
     let progress = Progress::default();
     let started = Instant::now();
     let now = || now_ms();

@@ -120,36 +120,23 @@ fn through_server(addr: std::net::SocketAddr) -> anyhow::Result<Value> {
 
 /// Runs the drill in this process.
 fn here(config: &tradevault::Config, args: &Args) -> anyhow::Result<Value> {
-    let mut targets: Vec<(String, PathBuf, Vec<String>)> = Vec::new();
-    let store_urls: Vec<String> = config
-        .replication
-        .replica
-        .iter()
-        .map(|r| r.url.clone())
-        .collect();
-    match args.db.as_deref() {
+    let targets: Vec<super::Database> = match args.db.as_deref() {
+        Some(db) => vec![super::database(config, Some(db))?],
         None => {
-            if !store_urls.is_empty() || args.replica.is_some() {
-                targets.push(("store".into(), config.database_path(), store_urls));
-            }
-            for d in &config.database {
-                targets.push((
-                    d.name.clone(),
-                    d.path.clone(),
-                    d.replica.iter().map(|r| r.url.clone()).collect(),
-                ));
-            }
+            let store = super::database(config, None)?;
+            let with_replicas = !store.replicas.is_empty() || args.replica.is_some();
+            let configured = config
+                .database
+                .iter()
+                .map(|d| super::database(config, Some(&d.name)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            with_replicas
+                .then_some(store)
+                .into_iter()
+                .chain(configured)
+                .collect()
         }
-        Some("store") => targets.push(("store".into(), config.database_path(), store_urls)),
-        Some(name) => match config.database.iter().find(|d| d.name == name) {
-            Some(d) => targets.push((
-                d.name.clone(),
-                d.path.clone(),
-                d.replica.iter().map(|r| r.url.clone()).collect(),
-            )),
-            None => targets.push((name.to_owned(), PathBuf::from(name), Vec::new())),
-        },
-    }
+    };
     if targets.is_empty() {
         return Err(UsageError(
             "nothing to drill: no database has a replica; pass --replica URL".into(),
@@ -158,7 +145,12 @@ fn here(config: &tradevault::Config, args: &Args) -> anyhow::Result<Value> {
     }
     let scratch = config.store.data_dir.join(".tradevault-drill");
     let mut reports = Vec::new();
-    for (name, path, mut urls) in targets {
+    for super::Database {
+        name,
+        path,
+        replicas: mut urls,
+    } in targets
+    {
         if let Some(url) = &args.replica {
             urls = vec![url.clone()];
         }

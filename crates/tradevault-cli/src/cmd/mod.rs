@@ -145,3 +145,77 @@ pub fn store_in_use(config: &Config) -> bool {
         Err(_) => false,
     }
 }
+
+/// A database a command works on: its name (in catalogs, status and metrics), its file, and the
+/// URLs of its configured replicas.
+pub struct Database {
+    /// `store`, a `[[database]]` name, or a file's stem.
+    pub name: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// Its replicas in the config.
+    pub replicas: Vec<String>,
+}
+
+/// The database `--db` names: `store` (or no `--db`) is the store in `--data-dir`; then a
+/// configured `[[database]]` name; then a SQLite file's path, named by its file stem (as its
+/// backups are).
+pub fn database(config: &Config, db: Option<&str>) -> anyhow::Result<Database> {
+    match db {
+        None | Some("store") => Ok(Database {
+            name: "store".into(),
+            path: config.database_path(),
+            replicas: config
+                .replication
+                .replica
+                .iter()
+                .map(|r| r.url.clone())
+                .collect(),
+        }),
+        Some(name) => {
+            if let Some(d) = config.database.iter().find(|d| d.name == name) {
+                return Ok(Database {
+                    name: d.name.clone(),
+                    path: d.path.clone(),
+                    replicas: d.replica.iter().map(|r| r.url.clone()).collect(),
+                });
+            }
+            let path = PathBuf::from(name);
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+            match stem {
+                Some(stem) if path.is_file() || name.contains('/') => Ok(Database {
+                    name: stem,
+                    path,
+                    replicas: Vec::new(),
+                }),
+                _ => Err(UsageError(format!(
+                    "--db {name:?} is neither \"store\", a configured [[database]] name, nor a file"
+                ))
+                .into()),
+            }
+        }
+    }
+}
+
+/// The backup targets `--target` names (a configured name or a URL), or every configured one.
+pub fn backup_targets(
+    config: &Config,
+    target: Option<&str>,
+) -> anyhow::Result<Vec<tradevault::backup::Target>> {
+    use tradevault::backup::Target;
+    match target {
+        Some(t) => Ok(vec![Target::resolve(&config.backup, t)?]),
+        None if config.backup.target.is_empty() => Err(tradevault::Error::backup(
+            "no_target",
+            "no backup target: pass --target NAME|URL or configure [[backup.target]]",
+            Some("e.g. --target file:///var/backups/tradevault"),
+        )
+        .into()),
+        None => config
+            .backup
+            .target
+            .iter()
+            .map(|t| Target::from_config(t).map_err(Into::into))
+            .collect(),
+    }
+}

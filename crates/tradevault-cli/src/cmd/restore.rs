@@ -73,7 +73,11 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config_file, data_dir)?;
     super::start_logging(&config)?;
-    let (db_name, db_path, configured) = database_of(&config, args.db.as_deref())?;
+    let super::Database {
+        name: db_name,
+        path: db_path,
+        replicas: configured,
+    } = super::database(&config, args.db.as_deref())?;
     // An in-place restore a crash interrupted says what it left before anything else happens.
     if db_path.exists()
         && let Some(left) = inplace::interrupted(&db_path)?
@@ -220,44 +224,6 @@ pub fn run(
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// (name, path, configured replica URLs) of the database `--db` names (default: the store).
-fn database_of(
-    config: &tradevault::Config,
-    db: Option<&str>,
-) -> anyhow::Result<(String, PathBuf, Vec<String>)> {
-    let store = || {
-        (
-            "store".to_owned(),
-            config.database_path(),
-            config
-                .replication
-                .replica
-                .iter()
-                .map(|r| r.url.clone())
-                .collect(),
-        )
-    };
-    Ok(match db {
-        None | Some("store") => store(),
-        Some(name) => match config.database.iter().find(|d| d.name == name) {
-            Some(d) => (
-                d.name.clone(),
-                d.path.clone(),
-                d.replica.iter().map(|r| r.url.clone()).collect(),
-            ),
-            None if Path::new(name).is_file() || name.contains('/') => {
-                (name.to_owned(), PathBuf::from(name), Vec::new())
-            }
-            None => {
-                return Err(UsageError(format!(
-                    "--db {name:?} is neither \"store\", a configured [[database]] name, nor a file"
-                ))
-                .into());
-            }
-        },
-    })
 }
 
 /// Puts `staging` in place of `db`: through the running server if it holds the store, else
@@ -453,28 +419,20 @@ fn from_backup(
     db_name: &str,
     db_path: &Path,
 ) -> anyhow::Result<ExitCode> {
-    use tradevault::backup::{Catalog, Identity, Target as BackupTarget};
+    use tradevault::backup::{Catalog, Identity};
     if args.timestamp.is_some() || args.txid.is_some() {
         return Err(UsageError(
             "--timestamp and --txid need a replica (--replica URL, or one in the config): a backup restores to its own time only; pick one with --backup ID".into(),
         )
         .into());
     }
-    let targets: Vec<BackupTarget> = match &args.target {
-        Some(t) => vec![BackupTarget::resolve(&config.backup, t)?],
-        None => config
-            .backup
-            .target
-            .iter()
-            .map(BackupTarget::from_config)
-            .collect::<tradevault::Result<_>>()?,
-    };
-    if targets.is_empty() {
+    if args.target.is_none() && config.backup.target.is_empty() {
         return Err(UsageError(format!(
             "nothing to restore {db_name} from: pass --replica URL or --target URL, or configure a replica or a backup target"
         ))
         .into());
     }
+    let targets = super::backup_targets(config, args.target.as_deref())?;
     // The backup asked for, or the newest of this database, on the first target that has it.
     let mut found = None;
     let mut misses = Vec::new();
@@ -609,16 +567,20 @@ fn staging_for(args: &Args, db_path: &Path) -> anyhow::Result<(PathBuf, Option<P
 /// The safety copy of an in-place restore, backed up (type safety) to every configured target,
 /// so it falls under their retention like any backup; the local copy stays as well.
 fn safety_backup(config: &tradevault::Config, db_name: &str, safety: &Path) -> serde_json::Value {
-    use tradevault::backup::{CreateOptions, Kind, Target as BackupTarget};
+    use tradevault::backup::{CreateOptions, Kind};
     if config.backup.target.is_empty() {
         return serde_json::json!({ "local": safety, "targets": [] });
     }
-    let targets: Vec<BackupTarget> = config
-        .backup
-        .target
-        .iter()
-        .filter_map(|t| BackupTarget::from_config(t).ok())
-        .collect();
+    let targets = match super::backup_targets(config, None) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "tradevault: the safety copy stays in {} but could not be backed up: {e}",
+                safety.display()
+            );
+            return serde_json::json!({ "local": safety, "error": e.to_string() });
+        }
+    };
     let now = || jiff::Timestamp::now().as_millisecond();
     let options = CreateOptions {
         db: safety.to_owned(),
@@ -659,18 +621,8 @@ fn cheaper_via_backup(
     Plan,
 )> {
     use tradevault::backup::{Catalog, Target as BackupTarget};
-    let targets: Vec<BackupTarget> = match &args.target {
-        Some(t) => BackupTarget::resolve(&config.backup, t)
-            .ok()
-            .into_iter()
-            .collect(),
-        None => config
-            .backup
-            .target
-            .iter()
-            .filter_map(|t| BackupTarget::from_config(t).ok())
-            .collect(),
-    };
+    // Best effort: without usable targets, the replica alone is the plan.
+    let targets = super::backup_targets(config, args.target.as_deref()).unwrap_or_default();
     let mut best: Option<(BackupTarget, tradevault::backup::BackupRecord, Plan)> = None;
     for t in targets {
         let Ok(catalog) = Catalog::load(&t) else {
