@@ -209,11 +209,45 @@ fn example_config_is_complete_and_valid() {
         let Some(keys) = keys.as_table() else {
             continue;
         };
-        for key in keys.keys() {
+        for (key, value) in keys {
+            // Arrays of tables ([[replication.replica]], [[backup.target]]) are shown commented
+            // out, as a `key = []` line would keep them from being uncommented (TOML forbids it).
+            let tables = [("replication", "replica"), ("backup", "target")];
+            if tables.contains(&(section.as_str(), key.as_str())) {
+                assert!(value.as_array().is_some(), "{section}.{key} is an array");
+                assert!(
+                    text.contains(&format!("# [[{section}.{key}]]")),
+                    "example shows a commented [[{section}.{key}]] entry"
+                );
+                assert!(
+                    !text.contains(&format!("\n{key} = []")),
+                    "example must not write {section}.{key} = [] (uncommenting [[{section}.{key}]] would then fail)"
+                );
+                continue;
+            }
             assert!(
                 text.contains(&format!("{key} =")),
                 "example lists {section}.{key}"
             );
         }
     }
+    // Every commented [[...]] entry, uncommented, still loads.
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with("[[")
+                    || rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| !k.contains(' ')) =>
+            {
+                rest.split(" #").next().unwrap_or(rest).to_owned()
+            }
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    uncommented
+        .parse::<toml::Table>()
+        .expect("the example with its [[...]] entries uncommented is valid TOML");
 }
