@@ -55,18 +55,6 @@ pub fn run(
                 "listen on {addr} (is another process using it? pass --listen with another port)"
             )
         })?;
-        // Where `tradevault restore --in-place` finds this server.
-        let info = super::serve_info_path(&config);
-        let listening = listener.local_addr().context("read listen address")?;
-        if let Err(e) = std::fs::create_dir_all(&config.store.data_dir).and_then(|()| {
-            std::fs::write(
-                &info,
-                serde_json::json!({ "pid": std::process::id(), "listen": listening.to_string() })
-                    .to_string(),
-            )
-        }) {
-            tracing::warn!(path = %info.display(), error = %e, "could not record the server's address");
-        }
         let mut store_replicas = config.replication.replica.clone();
         for url in &args.replica {
             let mut r = ReplicaConfig::new(url.clone());
@@ -121,6 +109,9 @@ pub fn run(
             clock.clone(),
             hooks,
         )?);
+        // Where `tradevault restore --in-place` and `drill` find this server: written once the
+        // store's lock is ours, removed however serve ends.
+        let _info = ServeInfo::write(&config, &listener)?;
         let runtime_link = link.clone();
         if let Some(link) = link {
             databases.insert(
@@ -150,9 +141,13 @@ pub fn run(
             engine: engine.clone(),
             link: runtime_link,
         };
-        let jobs = Scheduler::new(store.clone(), clock_for_jobs, super::jobs::specs(&config, &runtime))
-            .await
-            .map_err(|e| UsageError(e.to_string()))?;
+        let jobs = Scheduler::new(
+            store.clone(),
+            clock_for_jobs,
+            super::jobs::specs(&config, &runtime),
+        )
+        .await
+        .map_err(|e| UsageError(e.to_string()))?;
         let (stop_jobs, jobs_stopped) = tokio::sync::oneshot::channel::<()>();
         let scheduler = tokio::spawn(jobs.clone().run(async move {
             let _ = jobs_stopped.await;
@@ -175,7 +170,9 @@ pub fn run(
                 Ok(engine) => tokio::task::spawn_blocking(move || engine.stop())
                     .await
                     .context("stop replication")?,
-                Err(_) => tracing::warn!("a job still uses replication; it stops when the job ends"),
+                Err(_) => {
+                    tracing::warn!("a job still uses replication; it stops when the job ends")
+                }
             }
         }
         match Arc::try_unwrap(store) {
@@ -184,7 +181,6 @@ pub fn run(
                 "store still in use at shutdown; its writer stops when the last request ends"
             ),
         }
-        let _ = std::fs::remove_file(&info);
         served?;
         Ok(ExitCode::SUCCESS)
     })
@@ -210,4 +206,29 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutdown requested");
+}
+
+/// `<data_dir>/serve.json` (pid and address) for as long as it lives.
+struct ServeInfo(std::path::PathBuf);
+
+impl ServeInfo {
+    fn write(
+        config: &tradevault::Config,
+        listener: &tokio::net::TcpListener,
+    ) -> anyhow::Result<ServeInfo> {
+        let path = super::serve_info_path(config);
+        let listening = listener.local_addr().context("read listen address")?;
+        let info =
+            serde_json::json!({ "pid": std::process::id(), "listen": listening.to_string() });
+        if let Err(e) = std::fs::write(&path, info.to_string()) {
+            tracing::warn!(path = %path.display(), error = %e, "could not record the server's address");
+        }
+        Ok(ServeInfo(path))
+    }
+}
+
+impl Drop for ServeInfo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
