@@ -240,7 +240,9 @@ fn a_killed_in_place_restore_leaves_the_old_or_the_new_database_and_says_which()
         } else {
             panic!("cycle {cycle}: a mixture of {} rows", rows.len());
         };
-        // The next run reports an interrupted restore, and what it left, before anything else.
+        // The next run reports an interrupted restore (one that left its journal), and what it
+        // left, before anything else.
+        let journal = tradevault::restore::inplace::journal_path(&db).exists();
         let next = command()
             .args(["restore", "--dry-run", "--replica", &url, "--db"])
             .arg(&db)
@@ -248,7 +250,13 @@ fn a_killed_in_place_restore_leaves_the_old_or_the_new_database_and_says_which()
             .expect("next run");
         let said = String::from_utf8_lossy(&next.stderr);
         assert!(next.status.success(), "cycle {cycle}: {said}");
-        if said.contains("was interrupted") {
+        assert_eq!(
+            said.contains("was interrupted"),
+            journal,
+            "cycle {cycle}: a journal was {}left, and the next run said: {said}",
+            if journal { "" } else { "not " }
+        );
+        if journal {
             reported += 1;
             let expected = if holds == "new" {
                 "the restored content"
