@@ -57,11 +57,6 @@ impl FileReplica {
             .join(ltx::file_name(min_txid, max_txid))
     }
 
-    /// Whether it fsyncs what it writes (false for a cache).
-    pub fn durable(&self) -> bool {
-        self.durable
-    }
-
     /// Creates the directory of `level` if needed; new directories are durable only once their
     /// parents are synced: the root, `ltx`, the level.
     fn ensure_level_dir(&self, level: u32) -> Result<PathBuf> {

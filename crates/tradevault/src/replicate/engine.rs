@@ -687,6 +687,7 @@ impl Shipper<'_> {
             self.backoff();
         }
         self.checkpoint_store(store, &link, busy_timeout_ms, Some(pin));
+        let mut next_checkpoint = Instant::now();
         loop {
             let (seq, first) = {
                 let mut l = link.lock();
@@ -728,8 +729,14 @@ impl Shipper<'_> {
                 }
             }
             let wal_bytes = file_len(&wal_path(&db.path));
-            if wal_bytes >= options.checkpoint_wal_bytes && !stopping {
-                self.checkpoint_store(store, &link, busy_timeout_ms, None);
+            if wal_bytes >= options.checkpoint_wal_bytes
+                && !stopping
+                && Instant::now() >= next_checkpoint
+                && !self.checkpoint_store(store, &link, busy_timeout_ms, None)
+            {
+                // A reader (a backup's snapshot, say) holds the WAL: let it be for a while
+                // rather than pausing the writer for nothing every few milliseconds.
+                next_checkpoint = Instant::now() + CHECKPOINT_RETRY;
             }
             if stopping {
                 return;
@@ -883,7 +890,7 @@ impl Shipper<'_> {
                     st.raise_txid = st.raise_txid.max(raise);
                 }
                 self.failures += 1;
-                let message = format!("{:#}", anyhow_chain(&e));
+                let message = crate::store::writer::error_chain(&e);
                 tracing::warn!(database = %db.name, error = %message, "could not read the wal into the local log; retrying");
                 db.lock().status.last_error = Some(message);
                 db.changed.notify_all();
@@ -906,20 +913,20 @@ impl Shipper<'_> {
     }
 
     /// Ships the WAL's tail and truncates it in an exclusive moment of the store's writer, after
-    /// copying the bulk beside it. `startup_pin`: the pin held since the startup snapshot was read.
+    /// copying the bulk beside it; returns whether it truncated. `startup_pin`: the pin held since the startup snapshot was read.
     fn checkpoint_store(
         &mut self,
         store: &Store,
         link: &Arc<StoreLink>,
         busy_timeout_ms: u64,
         startup_pin: Option<Pin>,
-    ) {
+    ) -> bool {
         let db = self.db;
         // A store that refuses writes after a failed write or fsync may be damaged: never fold
         // its WAL into the database.
         if let Some(cause) = store.unavailable() {
             tracing::warn!(cause = %cause, "store unavailable; no checkpoint");
-            return;
+            return false;
         }
         let path = db.path.clone();
         // The bulk of the copy happens beside the writer. A read transaction pins the WAL first:
@@ -977,6 +984,7 @@ impl Shipper<'_> {
                     crate::metrics::replication_checkpoint(&name);
                 }
                 tracing::debug!(database = %name, truncated = done, "wal shipped and checkpointed");
+                done
             }
             Err(e) => {
                 // The commits are still unshipped: keep their time for the next attempt.
@@ -985,6 +993,7 @@ impl Shipper<'_> {
                 drop(l);
                 db.lock().status.last_error = Some(e.to_string());
                 tracing::warn!(database = %name, error = %e, "wal checkpoint failed");
+                false
             }
         }
     }
@@ -1213,18 +1222,6 @@ fn file_len(path: &Path) -> u64 {
 fn file_identity(path: &Path) -> Option<(u64, std::time::SystemTime)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.len(), m.modified().ok()?))
-}
-
-/// The error and its causes, for one log line.
-pub(crate) fn anyhow_chain(e: &Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! [`Replicator`]: ships a SQLite database's committed transactions to a replica as LTX files,
-//! for a database that another program writes (the sidecar of `tradevault replicate`).
+//! [`Replicator`]: ships a SQLite database's committed transactions as LTX files into the
+//! replication engine's local log (see `engine.rs`), for the store and for other programs'
+//! databases alike.
 //!
 //! Each [`Replicator::sync`] reads the WAL from the last position and writes one level-0 file
 //! holding every transaction committed since (the newest version of each page), numbered with the
@@ -66,7 +67,7 @@ enum Resume {
     NoWal(u64, std::time::SystemTime),
 }
 
-/// Replicates one database to one file replica.
+/// Ships one database's WAL into one local log.
 pub struct Replicator {
     db: PathBuf,
     replica: Replica,

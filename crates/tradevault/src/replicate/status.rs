@@ -28,7 +28,8 @@ pub struct DatabaseStatus {
     pub txid_time_ms: Option<i64>,
     /// The WAL's size when last looked at.
     pub wal_bytes: u64,
-    /// Checkpoints that truncated the WAL.
+    /// Checkpoints that copied the whole WAL into the database (after which the WAL is
+    /// truncated or restarted).
     pub checkpoints: u64,
     /// The last error of the shipper (reading the WAL, writing the local log), if any.
     pub last_error: Option<String>,
@@ -47,7 +48,7 @@ pub struct ReplicaStatus {
     pub txid: Option<u64>,
     /// Time of the newest file on it (ms since the epoch).
     pub txid_time_ms: Option<i64>,
-    /// Seconds its newest point is behind the local log's newest (0 when caught up).
+    /// Seconds since it last held everything the local log had (0 when caught up).
     pub lag_seconds: f64,
     /// The last file uploaded by this process: `<level>/<min>-<max>.ltx`.
     pub last_file: Option<String>,

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::engine::{Db, ReplicaSpec, anyhow_chain};
+use super::engine::{Db, ReplicaSpec};
 use crate::error::{Error, Result};
 use crate::replica::{Replica, ReplicaFile, SNAPSHOT_LEVEL};
 
@@ -115,7 +115,7 @@ impl Uploader<'_> {
             if self.db.now_ms() >= self.next_maintenance_ms && !self.db.stopping() {
                 self.next_maintenance_ms = self.db.now_ms() + MAINTENANCE_MS;
                 if let Err(e) = self.maintain() {
-                    tracing::warn!(replica = %self.spec.name, error = %anyhow_chain(&e), "replica maintenance failed; retrying in a minute");
+                    tracing::warn!(replica = %self.spec.name, error = %crate::store::writer::error_chain(&e), "replica maintenance failed; retrying in a minute");
                 }
             }
         }
@@ -183,7 +183,7 @@ impl Uploader<'_> {
 
     fn failed(&mut self, e: &Error) {
         self.failures += 1;
-        let message = anyhow_chain(e);
+        let message = crate::store::writer::error_chain(e);
         tracing::warn!(database = %self.db.name, replica = %self.spec.name, error = %message, failures = self.failures, "replica upload failed; retrying with backoff");
         crate::metrics::replication_failed(&self.db.name, &self.spec.name);
         let now = self.db.now_ms();

@@ -358,7 +358,8 @@ impl Writer {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// The error and its causes, for one log line or status field.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
