@@ -155,11 +155,7 @@ fn find_parent(
             return None;
         }
     };
-    let newest = catalog
-        .backups
-        .iter()
-        .filter(|b| b.database == options.database)
-        .max_by(|a, b| a.id.cmp(&b.id))?;
+    let newest = catalog.newest(Some(&options.database))?;
     if u64::from(newest.depth) + 1 >= options.config.full_every || newest.page_size != page_size {
         return None;
     }

@@ -114,31 +114,21 @@ pub fn fingerprint(conn: &Connection) -> Result<Fingerprint> {
         .map_err(sql)?
         .collect::<rusqlite::Result<_>>()
         .map_err(sql)?;
-    let mut digest = CRC.digest();
-    let mut rows = BTreeMap::new();
+    let mut digest = ltx::Checksum::new();
     for (kind, name, text) in &schema {
         digest.update(kind.as_bytes());
         digest.update(name.as_bytes());
         digest.update(text.as_bytes());
-        if kind == "table" && !name.starts_with("sqlite_") && !text.contains("VIRTUAL TABLE") {
-            let quoted = name.replace('"', "\"\"");
-            let n: i64 = conn
-                .query_row(&format!("SELECT count(*) FROM \"{quoted}\""), [], |r| {
-                    r.get(0)
-                })
-                .map_err(sql)?;
-            rows.insert(name.clone(), n as u64);
-        }
     }
+    // Counted as backups count them, so a backup's recorded rows compare with a restore's.
+    let rows = crate::backup::snapshot::row_counts(conn, Path::new(conn.path().unwrap_or("")))?;
     Ok(Fingerprint {
         pages: pages as u64,
         free_pages: free_pages as u64,
-        schema: format!("{:016x}", digest.finalize()),
+        schema: format!("{:016x}", digest.finish()),
         rows,
     })
 }
-
-const CRC: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_GO_ISO);
 
 /// Replaces what `conn` (the only writer of `db`) holds with `staging`'s content, taking a safety
 /// copy to `safety` first and putting it back if anything after fails. See the module docs.

@@ -410,6 +410,11 @@ fn the_catalog_is_rebuilt_from_the_target_alone() {
     )
     .expect("pack");
     std::fs::write(root.join("backups/x.manifest.tmp-1-0"), b"x").expect("tmp");
+    let listed = target.list("backups/").expect("list");
+    assert!(
+        listed.iter().all(|(k, _)| !k.contains(".tmp-")),
+        "a listing skips temporary files: {listed:?}"
+    );
     let c = Catalog::load(&target).expect("catalog");
     assert!(c.index_stale);
     assert_eq!(c.backups.len(), 1);
