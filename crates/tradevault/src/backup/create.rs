@@ -15,11 +15,12 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
 use super::catalog::Catalog;
+use super::census::Census;
 use super::format::{
     self, Fingerprint, Manifest, ObjectSum, PageEntry, Segment, encode_manifest, encode_pages,
     manifest_key, pack_key, pages_key,
 };
-use super::snapshot::{Snapshot, row_counts};
+use super::snapshot::Snapshot;
 use super::{Codec, Kind, Progress, Target};
 use crate::config::BackupConfig;
 use crate::error::{Error, Result};
@@ -72,53 +73,36 @@ pub fn create(targets: &[Target], options: &CreateOptions<'_>) -> Result<Vec<Man
     )?;
     let started_ms = (options.now)();
     let clock = std::time::Instant::now();
-    let mut snapshot = Snapshot::open(&options.db, options.now)?;
+    let snapshot = Snapshot::open(&options.db, options.now)?;
     tracing::debug!(
         pages = snapshot.page_count,
         ms = clock.elapsed().as_millis() as u64,
         "backup snapshot open"
     );
-    let conn = snapshot.take_connection();
+    // The first target's pages also give the rows per table (see `census`).
+    let census = Census::new(snapshot.page_count);
     let mut out = Vec::new();
     let mut tables = None;
-    std::thread::scope(|s| -> Result<()> {
-        // Rows are counted on the snapshot's own connection (same read transaction) while the
-        // first target's pages are read.
-        let db = options.db.clone();
-        let counter = conn.map(|c| {
-            s.spawn(move || {
-                let counts = row_counts(&c, &db);
-                (counts, c)
-            })
-        });
-        let mut counter = counter;
-        for target in targets {
-            let mut manifest = write_one(target, &snapshot, &codec, options, started_ms)?;
-            tracing::debug!(target = %target.name, ms = clock.elapsed().as_millis() as u64, "backup pages stored");
-            if tables.is_none()
-                && let Some(handle) = counter.take()
-            {
-                let (counts, c) = handle.join().map_err(|_| Error::Internal {
-                    message: "row count thread panicked".into(),
-                })?;
-                tables = Some(counts?);
-                snapshot.put_connection(c);
-            }
-            manifest.tables = tables.clone().unwrap_or_default();
-            manifest.finished_ms = (options.now)();
+    for target in targets {
+        let first = tables.is_none().then_some(&census);
+        let mut manifest = write_one(target, &snapshot, &codec, options, started_ms, first)?;
+        tracing::debug!(target = %target.name, ms = clock.elapsed().as_millis() as u64, "backup pages stored");
+        if tables.is_none() {
+            tables = Some(snapshot.row_counts(Some(&census))?);
             tracing::debug!(
                 ms = clock.elapsed().as_millis() as u64,
                 "backup rows counted"
             );
-            finish(target, &manifest)?;
-            tracing::debug!(
-                ms = clock.elapsed().as_millis() as u64,
-                "backup manifest and index written"
-            );
-            out.push(manifest);
         }
-        Ok(())
-    })?;
+        manifest.tables = tables.clone().unwrap_or_default();
+        manifest.finished_ms = (options.now)();
+        finish(target, &manifest)?;
+        tracing::debug!(
+            ms = clock.elapsed().as_millis() as u64,
+            "backup manifest and index written"
+        );
+        out.push(manifest);
+    }
     drop(snapshot);
     Ok(out)
 }
@@ -207,6 +191,7 @@ fn write_one(
     codec: &Codec,
     options: &CreateOptions<'_>,
     started_ms: i64,
+    census: Option<&Census>,
 ) -> Result<Manifest> {
     let config = options.config;
     let ps = snapshot.page_size as usize;
@@ -249,6 +234,7 @@ fn write_one(
                 threads,
                 job_tx,
                 options.progress,
+                census,
             ),
             None => read_pages(
                 snapshot,
@@ -256,6 +242,7 @@ fn write_one(
                 segment_pages,
                 job_tx,
                 options.progress,
+                census,
             ),
         };
         let packed = packer.join().map_err(|_| Error::Internal {
@@ -358,6 +345,7 @@ fn read_changed(
     threads: usize,
     jobs: SyncSender<Job>,
     progress: Option<&Progress>,
+    census: Option<&Census>,
 ) -> Result<Vec<Located>> {
     let ps = snapshot.page_size as usize;
     let total = snapshot.page_count;
@@ -378,6 +366,9 @@ fn read_changed(
                         let n = segment_pages.min(total - first + 1);
                         let chunk = &mut buf[..n as usize * ps];
                         snapshot.read_pages(first, chunk)?;
+                        if let Some(c) = census {
+                            c.record(first, chunk, ps);
+                        }
                         out.push((r, chunk.chunks(ps).map(|p| fingerprint.of(p)).collect()));
                         if let Some(p) = progress {
                             p.add_pages(u64::from(n));
@@ -451,6 +442,7 @@ fn read_pages(
     segment_pages: u32,
     jobs: SyncSender<Job>,
     progress: Option<&Progress>,
+    census: Option<&Census>,
 ) -> Result<Vec<Located>> {
     let ps = snapshot.page_size as usize;
     let total = snapshot.page_count;
@@ -468,6 +460,9 @@ fn read_pages(
         let n = segment_pages.min(total - first + 1);
         let chunk = &mut buf[..n as usize * ps];
         snapshot.read_pages(first, chunk)?;
+        if let Some(c) = census {
+            c.record(first, chunk, ps);
+        }
         for i in 0..n {
             let page = &chunk[i as usize * ps..(i as usize + 1) * ps];
             places.push((

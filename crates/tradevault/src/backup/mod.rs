@@ -15,6 +15,7 @@
 //!   first, then applied; never the newest verified backup, never what a kept backup needs.
 
 pub mod catalog;
+mod census;
 pub mod codec;
 mod create;
 pub mod format;

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::census::Census;
 use super::format::WalMark;
 use crate::error::{Error, Result};
 use crate::store::wal_path;
@@ -31,7 +32,8 @@ use crate::wal::WalReader;
 /// A consistent state of a database being read.
 pub struct Snapshot {
     path: PathBuf,
-    /// In a mutex only so that a snapshot can be shared by the threads reading its pages.
+    /// Holds the read transaction. In a mutex only so that a snapshot can be shared by the threads
+    /// reading its pages.
     conn: std::sync::Mutex<Option<Connection>>,
     file: File,
     file_pages: u64,
@@ -194,18 +196,26 @@ impl Snapshot {
         Ok(())
     }
 
-    /// Takes the connection holding the read transaction, to count rows on another thread; give
-    /// it back with [`Snapshot::put_connection`] (or drop the snapshot only after the pages).
-    pub fn take_connection(&mut self) -> Option<Connection> {
-        self.conn
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
-    /// Gives back the connection taken with [`Snapshot::take_connection`].
-    pub fn put_connection(&mut self, conn: Connection) {
-        *self.conn.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+    /// Rows per table in this state: from `census` (the pages' own b-tree headers, noted while
+    /// they were read) where it can walk a table's tree, else with `count(*)` in the snapshot's
+    /// read transaction.
+    pub fn row_counts(&self, census: Option<&Census>) -> Result<BTreeMap<String, u64>> {
+        let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(conn) = guard.as_ref() else {
+            return Ok(BTreeMap::new());
+        };
+        let tables = tables(conn, &self.path)?;
+        let roots: Vec<u32> = tables.iter().map(|t| t.1).collect();
+        let walked = census.map_or_else(|| vec![None; roots.len()], |c| c.rows(&roots));
+        let mut out = BTreeMap::new();
+        for ((name, _), rows) in tables.into_iter().zip(walked) {
+            let rows = match rows {
+                Some(n) => n,
+                None => count(conn, &self.path, &name)?,
+            };
+            out.insert(name, rows);
+        }
+        Ok(out)
     }
 }
 
@@ -252,22 +262,29 @@ fn shm_header(path: &Path) -> Result<Option<ShmHeader>> {
 
 /// Rows per table (SQLite's own and virtual tables left out), in the connection's transaction.
 pub fn row_counts(conn: &Connection, path: &Path) -> Result<BTreeMap<String, u64>> {
-    let names: Vec<String> = conn
-        .prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
-             AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name",
-        )
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .map_err(|e| corrupt_or(path, e))?;
     let mut out = BTreeMap::new();
-    for name in names {
-        let sql = format!("SELECT count(*) FROM \"{}\"", name.replace('"', "\"\""));
-        let n: i64 = conn
-            .query_row(&sql, [], |r| r.get(0))
-            .map_err(|e| corrupt_or(path, e))?;
-        out.insert(name, n as u64);
+    for (name, _) in tables(conn, path)? {
+        let n = count(conn, path, &name)?;
+        out.insert(name, n);
     }
     Ok(out)
+}
+
+/// The tables [`row_counts`] counts, with their root pages, by name.
+fn tables(conn: &Connection, path: &Path) -> Result<Vec<(String, u32)>> {
+    conn.prepare(
+        "SELECT name, rootpage FROM sqlite_master WHERE type = 'table' \
+         AND name NOT LIKE 'sqlite_%' AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name",
+    )
+    .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+    .map_err(|e| corrupt_or(path, e))
+}
+
+fn count(conn: &Connection, path: &Path, table: &str) -> Result<u64> {
+    let sql = format!("SELECT count(*) FROM \"{}\"", table.replace('"', "\"\""));
+    conn.query_row(&sql, [], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+        .map_err(|e| corrupt_or(path, e))
 }
 
 fn corrupt_or(path: &Path, e: rusqlite::Error) -> Error {
