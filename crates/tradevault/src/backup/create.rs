@@ -177,6 +177,18 @@ fn find_parent(
     }
 }
 
+/// Where a backup's pages come from, and what is noted as they are read.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    snapshot: &'a Snapshot,
+    fingerprint: Fingerprint,
+    /// Pages per segment.
+    segment_pages: u32,
+    progress: Option<&'a Progress>,
+    /// Notes the pages' b-tree headers, for the row counts (the first target only).
+    census: Option<&'a Census>,
+}
+
 /// A page's fingerprint and place.
 type Located = (u64, Place);
 
@@ -225,25 +237,16 @@ fn write_one(
         // the reader's sends fail instead of waiting forever.
         drop((done_tx, job_rx));
         let packer = s.spawn(|| pack(target, &id, config.pack_bytes, done_rx, options.progress));
+        let source = Source {
+            snapshot,
+            fingerprint,
+            segment_pages,
+            progress: options.progress,
+            census,
+        };
         let read = match parent.as_ref() {
-            Some(p) => read_changed(
-                snapshot,
-                fingerprint,
-                p,
-                segment_pages,
-                threads,
-                job_tx,
-                options.progress,
-                census,
-            ),
-            None => read_pages(
-                snapshot,
-                fingerprint,
-                segment_pages,
-                job_tx,
-                options.progress,
-                census,
-            ),
+            Some(p) => read_changed(&source, p, threads, job_tx),
+            None => read_pages(&source, job_tx),
         };
         let packed = packer.join().map_err(|_| Error::Internal {
             message: "backup packer panicked".into(),
@@ -338,15 +341,18 @@ fn write_one(
 /// little to do), then reads again only the pages whose fingerprint differs from the parent's and
 /// sends them, a segment at a time. Unchanged pages keep the parent's entry.
 fn read_changed(
-    snapshot: &Snapshot,
-    fingerprint: Fingerprint,
+    source: &Source<'_>,
     parent: &Parent,
-    segment_pages: u32,
     threads: usize,
     jobs: SyncSender<Job>,
-    progress: Option<&Progress>,
-    census: Option<&Census>,
 ) -> Result<Vec<Located>> {
+    let Source {
+        snapshot,
+        fingerprint,
+        segment_pages,
+        progress,
+        census,
+    } = *source;
     let ps = snapshot.page_size as usize;
     let total = snapshot.page_count;
     let ranges = total.div_ceil(segment_pages);
@@ -436,14 +442,14 @@ fn read_changed(
 }
 
 /// A full backup: reads every page, hashes it, and sends them all, a segment at a time.
-fn read_pages(
-    snapshot: &Snapshot,
-    fingerprint: Fingerprint,
-    segment_pages: u32,
-    jobs: SyncSender<Job>,
-    progress: Option<&Progress>,
-    census: Option<&Census>,
-) -> Result<Vec<Located>> {
+fn read_pages(source: &Source<'_>, jobs: SyncSender<Job>) -> Result<Vec<Located>> {
+    let Source {
+        snapshot,
+        fingerprint,
+        segment_pages,
+        progress,
+        census,
+    } = *source;
     let ps = snapshot.page_size as usize;
     let total = snapshot.page_count;
     let mut places = Vec::with_capacity(total as usize);
