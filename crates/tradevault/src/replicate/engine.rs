@@ -33,10 +33,20 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// The local log's size beyond which its oldest files go even if a replica still needs them (that
 /// replica then catches up from a new snapshot).
 const LOCAL_LOG_BYTES_MAX: u64 = 1 << 30;
-/// How long an external database's checkpoint waits for the program's write lock.
-const WRITE_LOCK_WAIT: Duration = Duration::from_millis(50);
-/// How long after a checkpoint that could not complete the next one is tried.
+/// How long an external database's checkpoint tries for the program's write lock, and how often.
+/// A program writing flat out lets go of it only between two transactions, for some
+/// microseconds, which SQLite's own busy handler (sleeping 1, 2, 5, 10 ms...) nearly never hits:
+/// the WAL then grew to 250 MiB under a Python writer going flat out.
+const WRITE_LOCK_WAIT: Duration = Duration::from_millis(10);
+const WRITE_LOCK_POLL: Duration = Duration::from_micros(20);
+/// How long after a checkpoint that could not complete the next one is tried: soon when a writer
+/// had the lock (at 80 MB/s of WAL, 500 ms is 40 MiB), later when a reader held the WAL (a backup
+/// reads for seconds).
+const CHECKPOINT_RETRY_BUSY: Duration = Duration::from_millis(50);
 const CHECKPOINT_RETRY: Duration = Duration::from_millis(500);
+/// How often the external checkpoint, holding the write lock, tries again to copy frames that a
+/// reader held back (a program's reader usually ends within microseconds).
+const HELD_BACK_TRIES: u32 = 20;
 /// Most level-0 files the shipper remembers having written, so uploaders need no listing.
 const RECENT_MAX: usize = 4_096;
 
@@ -787,9 +797,13 @@ impl Shipper<'_> {
                 && !first
                 && Instant::now() >= next_checkpoint
             {
-                if !self.checkpoint_external(&mut pin, &mut quiet_since) {
-                    // Busy (the program's writer or a long reader): let it be for a while.
-                    next_checkpoint = Instant::now() + CHECKPOINT_RETRY;
+                // Busy (the program's writer, or a long reader): let it be for a while.
+                match self.checkpoint_external(&mut pin, &mut quiet_since) {
+                    Checkpointed::Done => {}
+                    Checkpointed::WriterBusy => {
+                        next_checkpoint = Instant::now() + CHECKPOINT_RETRY_BUSY
+                    }
+                    Checkpointed::HeldBack => next_checkpoint = Instant::now() + CHECKPOINT_RETRY,
                 }
                 seen = None;
             }
@@ -1003,15 +1017,15 @@ impl Shipper<'_> {
     /// would) ship the tail, copy the rest, and move the pin onto the database alone. Once the
     /// lock is let go, SQLite starts a new WAL generation at the program's next commit, which
     /// continues the history (see [`Replicator::set_wal_pinned`]); the WAL is then truncated if
-    /// nothing was committed meanwhile. Returns false if it could not complete (busy).
-    fn checkpoint_external(&mut self, pin: &mut Pin, quiet_since: &mut i64) -> bool {
+    /// nothing was committed meanwhile.
+    fn checkpoint_external(&mut self, pin: &mut Pin, quiet_since: &mut i64) -> Checkpointed {
         let db = self.db;
         let path = db.path.clone();
         if let Err(e) = passive_checkpoint(&path) {
             tracing::debug!(database = %db.name, error = %e, "passive checkpoint failed");
         }
-        let lock = open_plain(&path).and_then(|c| {
-            c.busy_timeout(WRITE_LOCK_WAIT)?;
+        let lock = open_plain(&path).and_then(|mut c| {
+            c.busy_handler(Some(poll_write_lock))?;
             c.execute_batch("BEGIN IMMEDIATE")?;
             Ok(c)
         });
@@ -1019,24 +1033,32 @@ impl Shipper<'_> {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(database = %db.name, error = %e, "the program's write lock is busy; checkpoint later");
-                return false;
+                return Checkpointed::WriterBusy;
             }
         };
         // Nothing commits until `lock` ends.
         let started = Instant::now();
         let mut copied = false;
         if self.pin_and_ship(pin, quiet_since) {
-            match passive_checkpoint(&path) {
-                Ok((log, done)) if log == done => {
-                    // Every frame is shipped and in the database: a pin taken now reads the
-                    // database alone, and does not stop the restart.
-                    pin.hold(&path);
-                    copied = true;
+            for _ in 0..HELD_BACK_TRIES {
+                match passive_checkpoint(&path) {
+                    Ok((log, done)) if log == done => {
+                        // Every frame is shipped and in the database: a pin taken now reads the
+                        // database alone, and does not stop the restart.
+                        pin.hold(&path);
+                        copied = true;
+                        break;
+                    }
+                    // A reader that began before the lock was taken: it ends soon.
+                    Ok(_) => std::thread::yield_now(),
+                    Err(e) => {
+                        tracing::debug!(database = %db.name, error = %e, "checkpoint failed");
+                        break;
+                    }
                 }
-                Ok(_) => {
-                    tracing::debug!(database = %db.name, "a reader holds back the checkpoint; later")
-                }
-                Err(e) => tracing::debug!(database = %db.name, error = %e, "checkpoint failed"),
+            }
+            if !copied {
+                tracing::debug!(database = %db.name, "a reader holds back the checkpoint; later");
             }
         }
         if let Err(e) = lock.execute_batch("ROLLBACK") {
@@ -1045,7 +1067,7 @@ impl Shipper<'_> {
         drop(lock);
         let held = started.elapsed();
         if !copied {
-            return false;
+            return Checkpointed::HeldBack;
         }
         // Shrink the file if the WAL is still all copied. Frames committed since cannot be copied
         // while the pin reads the database alone, so then this does nothing.
@@ -1063,7 +1085,7 @@ impl Shipper<'_> {
             truncated = matches!(truncated, Ok(0)),
             "wal shipped and checkpointed"
         );
-        true
+        Checkpointed::Done
     }
 
     /// Status file, metrics and pruning of the local log, once per second.
@@ -1203,6 +1225,27 @@ fn passive_checkpoint(path: &Path) -> rusqlite::Result<(i64, i64)> {
     open_plain(path)?.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
         Ok((row.get(1)?, row.get(2)?))
     })
+}
+
+/// What an external database's checkpoint came to.
+enum Checkpointed {
+    /// Shipped, copied, and the pin moved onto the database alone.
+    Done,
+    /// The program held its write lock throughout.
+    WriterBusy,
+    /// A reader kept frames from being copied (or the shipment failed).
+    HeldBack,
+}
+
+/// The busy handler of an external checkpoint's `BEGIN IMMEDIATE`: polls the write lock every
+/// `WRITE_LOCK_POLL`, spinning (a sleep that short oversleeps by the timer slack, tens of
+/// microseconds), for `WRITE_LOCK_WAIT` in all.
+fn poll_write_lock(attempts: i32) -> bool {
+    let until = Instant::now() + WRITE_LOCK_POLL;
+    while Instant::now() < until {
+        std::thread::yield_now();
+    }
+    (attempts as u128) < WRITE_LOCK_WAIT.as_micros() / WRITE_LOCK_POLL.as_micros()
 }
 
 /// A connection that never checkpoints on close (the engine decides when the WAL is folded in).
