@@ -202,8 +202,8 @@ fn a_program_checkpointing_its_own_wal_does_not_force_new_snapshots() {
 }
 
 /// The engine checkpoints a program's WAL itself (the program never does: autocheckpoint off),
-/// taking the program's write lock only for the tail: the WAL is folded in and truncated again and
-/// again, and every new WAL generation continues the history, so the replica is one snapshot and
+/// taking the program's write lock only for the tail: the WAL is folded in and restarted again and
+/// again (its file stays within four times the trigger), and every new WAL generation continues the history, so the replica is one snapshot and
 /// then only level-0 files in an unbroken chain, and restores exactly what the program wrote.
 #[test]
 fn the_engine_checkpoints_a_programs_wal_without_new_snapshots() {
@@ -246,7 +246,7 @@ fn the_engine_checkpoints_a_programs_wal_without_new_snapshots() {
             let s = &engine.status()[0];
             if s.checkpoints == 0
                 || s.replicas[0].txid != Some(s.txid)
-                || std::fs::metadata(&wal).map_or(0, |m| m.len()) >= 32 << 10
+                || std::fs::metadata(&wal).map_or(0, |m| m.len()) > 4 * (32 << 10)
             {
                 return false;
             }
