@@ -107,10 +107,12 @@ pub fn run(
     let replica = super::replica_of(&url)?;
     let target = target_of(&args)?;
     let started = Instant::now();
-    let mut plan = restore::plan(&replica, target)?;
+    // One listing of the replica serves every plan below.
+    let files = replica.list_all()?;
+    let mut plan = restore::plan_listed(&files, &replica.describe(), target)?;
     // A backup plus the replica's files after it, when that reads fewer bytes.
     let via_backup = if args.replica.is_none() || args.target.is_some() {
-        cheaper_via_backup(&config, &args, &db_name, &replica, target, &plan)
+        cheaper_via_backup(&config, &args, &db_name, &files, &plan)
     } else {
         None
     };
@@ -607,13 +609,13 @@ fn safety_backup(config: &tradevault::Config, db_name: &str, safety: &Path) -> s
 }
 
 /// The newest backup of `db_name` on the configured targets (or `--target`) from which the
-/// replica's files reach `target`, if restoring it and those files reads fewer bytes than `plan`.
+/// replica's files (`files`, all its levels) reach the point of `plan`, if restoring it and those
+/// files reads fewer bytes than `plan`.
 fn cheaper_via_backup(
     config: &tradevault::Config,
     args: &Args,
     db_name: &str,
-    replica: &tradevault::replica::Replica,
-    target: Target,
+    files: &[tradevault::replica::ReplicaFile],
     plan: &Plan,
 ) -> Option<(
     tradevault::backup::Target,
@@ -636,7 +638,7 @@ fn cheaper_via_backup(
             .collect();
         candidates.sort_by_key(|b| std::cmp::Reverse(b.state_max_ms));
         for b in candidates.into_iter().take(3) {
-            let Ok(tail) = restore::plan_after(replica, target, b.state_min_ms, b.state_max_ms)
+            let Ok(tail) = restore::plan_after_listed(files, plan, b.state_min_ms, b.state_max_ms)
             else {
                 continue;
             };

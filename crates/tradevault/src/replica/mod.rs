@@ -90,6 +90,15 @@ impl Replica {
         }
     }
 
+    /// The files of every level, snapshots last, each level ordered by transaction range.
+    pub fn list_all(&self) -> Result<Vec<ReplicaFile>> {
+        let mut all = Vec::new();
+        for level in 0..=SNAPSHOT_LEVEL {
+            all.extend(self.list(level)?);
+        }
+        Ok(all)
+    }
+
     /// The files of `level` that end after `txid`, ordered by transaction range.
     pub fn list_after(&self, level: u32, txid: u64) -> Result<Vec<ReplicaFile>> {
         match self {

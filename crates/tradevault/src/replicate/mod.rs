@@ -84,11 +84,9 @@ impl Replicator {
     /// A replicator of `db` into `replica`, continuing after the newest TXID already there.
     pub fn new(db: &Path, replica: Replica) -> Result<Replicator> {
         let (mut txid, mut last_ts) = (0, i64::MIN);
-        for level in 0..=SNAPSHOT_LEVEL {
-            for f in replica.list(level)? {
-                txid = txid.max(f.max_txid);
-                last_ts = last_ts.max(f.created_at_ms);
-            }
+        for f in replica.list_all()? {
+            txid = txid.max(f.max_txid);
+            last_ts = last_ts.max(f.created_at_ms);
         }
         Ok(Replicator {
             db: db.to_owned(),

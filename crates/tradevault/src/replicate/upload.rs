@@ -201,10 +201,7 @@ impl Uploader<'_> {
     /// history: the shipper numbers past it and the next file it gets is a snapshot.
     fn discover(&mut self) -> Result<()> {
         let mut newest: Option<&ReplicaFile> = None;
-        let mut all = Vec::new();
-        for level in 0..=SNAPSHOT_LEVEL {
-            all.extend(self.spec.replica.list(level)?);
-        }
+        let all = self.spec.replica.list_all()?;
         for f in &all {
             if newest.is_none_or(|n| f.max_txid > n.max_txid) {
                 newest = Some(f);
@@ -393,10 +390,7 @@ impl Uploader<'_> {
         if self.spec.sync_interval < Duration::from_secs(1) {
             self.compact_seconds(now - retention.fine_ms)?;
         }
-        let mut files = Vec::new();
-        for level in 0..=SNAPSHOT_LEVEL {
-            files.extend(replica.list(level)?);
-        }
+        let mut files = replica.list_all()?;
         // Snapshots are files that start at TXID 1.
         let newest_snapshot = files
             .iter()

@@ -29,7 +29,7 @@ mod plan;
 mod progress;
 
 pub use apply::{Check, Options, Restored, apply, apply_with};
-pub use plan::{EXACT_WITHIN_MS, Plan, plan, plan_after};
+pub use plan::{EXACT_WITHIN_MS, Plan, plan, plan_after, plan_after_listed, plan_listed};
 pub use progress::{Progress, Stage};
 
 /// Removes a database file and the files SQLite keeps beside it (`-wal`, `-shm`, `-journal`),

@@ -28,24 +28,23 @@ pub struct Plan {
 
 /// Plans a restore of `target` from `replica`.
 pub fn plan(replica: &Replica, target: Target) -> Result<Plan> {
-    let mut all: Vec<ReplicaFile> = Vec::new();
-    for level in 0..=SNAPSHOT_LEVEL {
-        all.extend(replica.list(level)?);
-    }
+    plan_listed(&replica.list_all()?, &replica.describe(), target)
+}
+
+/// [`plan`] over `all`, the files of every level of the replica `from` (named in messages), so
+/// that one listing serves several plans.
+pub fn plan_listed(all: &[ReplicaFile], from: &str, target: Target) -> Result<Plan> {
     if all.is_empty() {
-        return Err(impossible(format!(
-            "no LTX files in {}",
-            replica.describe()
-        )));
+        return Err(impossible(format!("no LTX files in {from}")));
     }
     let usable = |f: &ReplicaFile| match target {
         Target::Latest => true,
         Target::Txid(t) => f.max_txid <= t,
         Target::Time(ms) => f.created_at_ms <= ms,
     };
-    let chain = chain(&all, usable);
+    let chain = chain(all, usable);
     let current = chain.last().map_or(0, |f| f.max_txid);
-    let points = restorable_points(&all);
+    let points = restorable_points(all);
     if let Target::Time(ms) = target {
         let newest = all.iter().map(|f| f.created_at_ms).max().unwrap_or(0);
         if ms > newest {
@@ -85,7 +84,7 @@ pub fn plan(replica: &Replica, target: Target) -> Result<Plan> {
         )));
     }
     if let Target::Time(ms) = target {
-        refuse_inexact(ms, &chain, &all)?;
+        refuse_inexact(ms, &chain, all)?;
     }
     let last = chain[chain.len() - 1];
     Ok(Plan {
@@ -115,11 +114,19 @@ pub fn plan_after(
     state_min_ms: i64,
     state_max_ms: i64,
 ) -> Result<Plan> {
-    let full = plan(replica, target)?;
-    let mut all: Vec<ReplicaFile> = Vec::new();
-    for level in 0..=SNAPSHOT_LEVEL {
-        all.extend(replica.list(level)?);
-    }
+    let all = replica.list_all()?;
+    let full = plan_listed(&all, &replica.describe(), target)?;
+    plan_after_listed(&all, &full, state_min_ms, state_max_ms)
+}
+
+/// [`plan_after`] over `all`, the files of every level of the replica, given `full`, the plan
+/// of the same target from the replica alone.
+pub fn plan_after_listed(
+    all: &[ReplicaFile],
+    full: &Plan,
+    state_min_ms: i64,
+    state_max_ms: i64,
+) -> Result<Plan> {
     let next_stamp = |f: &ReplicaFile| {
         all.iter()
             .filter(|n| n.min_txid == f.max_txid + 1)
@@ -145,7 +152,7 @@ pub fn plan_after(
         )));
     }
     let mut chain: Vec<&ReplicaFile> = Vec::new();
-    let current = extend(&mut chain, &all, k, |f| f.max_txid <= full.txid);
+    let current = extend(&mut chain, all, k, |f| f.max_txid <= full.txid);
     if current != full.txid {
         return Err(impossible(format!(
             "the files after the backup reach txid {current}, not {}",
