@@ -17,6 +17,8 @@ pub struct Encoder<W: Write> {
     index: Vec<(u32, u64, u64)>,
     last_pgno: u32,
     block: Vec<u8>,
+    /// LZ4's match table, kept from page to page (a new one per page is an allocation).
+    table: lz4_flex::block::CompressTable,
 }
 
 impl<W: Write> Encoder<W> {
@@ -35,6 +37,7 @@ impl<W: Write> Encoder<W> {
             index: Vec::new(),
             last_pgno: 0,
             block: Vec::new(),
+            table: lz4_flex::block::CompressTable::default(),
         })
     }
 
@@ -66,7 +69,8 @@ impl<W: Write> Encoder<W> {
         }
         self.block
             .resize(lz4_flex::block::get_maximum_output_size(data.len()), 0);
-        let n = lz4_flex::block::compress_into(data, &mut self.block).map_err(|e| Error::Page {
+        let n = lz4_flex::block::compress_into_with_table(data, &mut self.block, &mut self.table)
+            .map_err(|e| Error::Page {
             pgno,
             reason: format!("lz4 compression failed: {e}"),
         })?;
