@@ -368,7 +368,7 @@ impl Uploader<'_> {
 
     /// Puts a local-log file on the replica at `level`: a hard link when the replica is a
     /// directory on the same filesystem (no copy, and the local log's pruning frees no inode),
-    /// else a copy.
+    /// else a copy streamed from the file (a snapshot is as large as the database).
     fn put_local(&mut self, level: u32, file: &ReplicaFile) -> Result<ReplicaFile> {
         if self.link
             && let (Replica::File(to), Replica::File(from)) = (&self.spec.replica, &self.db.local)
@@ -381,8 +381,12 @@ impl Uploader<'_> {
                 }
             }
         }
-        let bytes = self.db.local.read(file)?;
-        self.spec.replica.put(level, &bytes)
+        let Replica::File(local) = &self.db.local else {
+            let bytes = self.db.local.read(file)?;
+            return self.spec.replica.put(level, &bytes);
+        };
+        let path = local.path_of(file.level, file.min_txid, file.max_txid);
+        self.spec.replica.put_file(level, &path)
     }
 
     /// Compaction, snapshot schedule and retention; updates the restorable window in status.
