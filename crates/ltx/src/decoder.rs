@@ -25,7 +25,9 @@ pub struct Decoder<R: Read> {
     header: Header,
     checksum: Checksum,
     offset: u64,
-    frames: Vec<(u32, u64, u64)>,
+    /// The page index the frames read so far call for, as (pgno, offset, size) uvarints: a few
+    /// bytes per page, compared with the file's own index at the end.
+    frames: Vec<u8>,
     last_pgno: u32,
     block: Vec<u8>,
     trailer: Option<Trailer>,
@@ -120,7 +122,9 @@ impl<R: Read> Decoder<R> {
         self.checksum.update(&(len as u32).to_be_bytes());
         self.checksum.update(buf);
         let size = 10 + len as u64;
-        self.frames.push((pgno, self.offset, size));
+        crate::encoder::put_uvarint(&mut self.frames, u64::from(pgno));
+        crate::encoder::put_uvarint(&mut self.frames, self.offset);
+        crate::encoder::put_uvarint(&mut self.frames, size);
         self.offset += size;
         self.last_pgno = pgno;
         Ok(Some(pgno))
@@ -159,37 +163,45 @@ impl<R: Read> Decoder<R> {
 
     /// Page index, its length, and the trailer; then the checksum and the end of the file.
     fn read_tail(&mut self) -> Result<()> {
-        let mut index = Vec::new();
-        let mut entries = Vec::new();
+        // The file's index is read entry by entry, each compared with the one its frames call
+        // for and summed as it goes: nothing of it is kept.
+        let expected = std::mem::take(&mut self.frames);
+        let mut at = 0;
+        let mut index_bytes = 0u64;
+        // Index bytes read and not yet summed.
+        let mut pending = Vec::with_capacity(4_096 + 30);
+        let mismatch = || Error::Trailer("the page index does not match the pages".into());
         loop {
-            let pgno = self.uvarint(&mut index)?;
+            let pgno = self.uvarint(&mut pending)?;
+            if pgno != 0 {
+                let offset = self.uvarint(&mut pending)?;
+                let size = self.uvarint(&mut pending)?;
+                for value in [pgno, offset, size] {
+                    if next_uvarint(&expected, &mut at) != Some(value) {
+                        return Err(mismatch());
+                    }
+                }
+            }
+            if pgno == 0 || pending.len() >= 4_096 {
+                self.checksum.update(&pending);
+                index_bytes += pending.len() as u64;
+                pending.clear();
+            }
             if pgno == 0 {
                 break;
             }
-            let offset = self.uvarint(&mut index)?;
-            let size = self.uvarint(&mut index)?;
-            entries.push((
-                u32::try_from(pgno)
-                    .map_err(|_| Error::Trailer("page number out of range".into()))?,
-                offset,
-                size,
-            ));
         }
-        if entries != self.frames {
-            return Err(Error::Trailer(
-                "the page index does not match the pages".into(),
-            ));
+        if at != expected.len() {
+            return Err(mismatch());
         }
         let mut rest = [0u8; 24];
         self.read(&mut rest, "trailer")?;
         let index_len = u64::from_be_bytes(rest[0..8].try_into().unwrap_or_default());
-        if index_len != index.len() as u64 {
+        if index_len != index_bytes {
             return Err(Error::Trailer(format!(
-                "page index length {index_len}, but it is {} bytes",
-                index.len()
+                "page index length {index_len}, but it is {index_bytes} bytes"
             )));
         }
-        self.checksum.update(&index);
         self.checksum.update(&rest[0..16]);
         let post_apply_checksum = u64::from_be_bytes(rest[8..16].try_into().unwrap_or_default());
         let stored = u64::from_be_bytes(rest[16..24].try_into().unwrap_or_default());
@@ -221,6 +233,7 @@ impl<R: Read> Decoder<R> {
         Ok(())
     }
 
+    /// Reads one uvarint of the page index, appending its bytes to `raw`.
     fn uvarint(&mut self, raw: &mut Vec<u8>) -> Result<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
@@ -234,6 +247,20 @@ impl<R: Read> Decoder<R> {
         }
         Err(Error::Trailer("page index varint too long".into()))
     }
+}
+
+/// The uvarint at `*at` in `bytes` (written by this crate: well formed), moving `*at` past it.
+fn next_uvarint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes.get(*at)?;
+        *at += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
 }
 
 fn eof_as(e: std::io::Error, f: impl FnOnce() -> Error) -> Error {

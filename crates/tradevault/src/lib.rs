@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod replica;
 pub mod replicate;
 pub mod restore;
+pub mod snapshot;
 pub mod store;
 pub mod wal;
 

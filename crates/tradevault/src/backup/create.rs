@@ -20,10 +20,10 @@ use super::format::{
     self, Fingerprint, Manifest, ObjectSum, PageEntry, Segment, encode_manifest, encode_pages,
     manifest_key, pack_key, pages_key,
 };
-use super::snapshot::Snapshot;
 use super::{Codec, Kind, Progress, Target};
 use crate::config::BackupConfig;
 use crate::error::{Error, Result};
+use crate::snapshot::Snapshot;
 
 /// What to back up, and how.
 pub struct CreateOptions<'a> {
@@ -318,7 +318,11 @@ fn write_one(
         finished_ms: 0,
         state_min_ms: snapshot.state_min_ms,
         state_max_ms: snapshot.state_max_ms,
-        wal: snapshot.wal,
+        wal: snapshot.wal.map(|p| super::format::WalMark {
+            salt1: p.salt1,
+            salt2: p.salt2,
+            offset: p.offset,
+        }),
         ltx_txid: None,
         page_size: snapshot.page_size,
         page_count: snapshot.page_count,

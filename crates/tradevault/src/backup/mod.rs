@@ -1,7 +1,7 @@
 //! Backups: whole, consistent, compressed (and optionally encrypted) copies of a SQLite database,
 //! taken online, written to targets (directories or S3 prefixes) that describe themselves.
 //!
-//! - [`create`]: reads a [`snapshot::Snapshot`] (a read transaction: writers go on), hashes every
+//! - [`create`]: reads a [`crate::snapshot::Snapshot`] (a read transaction: writers go on), hashes every
 //!   page, and stores the pages that differ from the previous backup on that target (all of them
 //!   for a full backup) as compressed segments in pack objects, then the page table, then the
 //!   manifest. A backup exists once its manifest does, so a crash leaves nothing visible.
@@ -15,13 +15,12 @@
 //!   first, then applied; never the newest verified backup, never what a kept backup needs.
 
 pub mod catalog;
-mod census;
+pub(crate) mod census;
 pub mod codec;
 mod create;
 pub mod format;
 mod materialize;
 pub mod retention;
-pub mod snapshot;
 pub mod target;
 mod verify;
 

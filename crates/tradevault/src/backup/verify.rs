@@ -11,10 +11,10 @@ use rusqlite::{Connection, OpenFlags};
 use super::catalog::{Verification, read_manifest, record_verification};
 use super::format::{self, pack_owner};
 use super::materialize::materialize;
-use super::snapshot::row_counts;
 use super::{Identity, Target, format_ms};
 use crate::error::{Error, Result};
 use crate::restore::Check;
+use crate::snapshot::row_counts;
 
 /// How to verify.
 pub struct VerifyOptions<'a> {

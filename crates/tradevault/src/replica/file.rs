@@ -8,11 +8,11 @@
 //! fsync of the directory, so a shipment costs one new inode and two fsyncs in all.
 
 use std::fs::{self, File, FileTimes};
-use std::io::Write;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::ReplicaFile;
+use super::{ReplicaFile, STREAM_BUFFER_BYTES, WriteLtx, verify_ltx};
 use crate::error::{Error, Result};
 
 /// A replica in a directory.
@@ -82,15 +82,83 @@ impl FileReplica {
                 name: format!("file for level {level}"),
                 source,
             })?;
+        self.write_new(level, header.min_txid, header.max_txid, |f, tmp| {
+            f.write_all(bytes)
+                .map_err(|e| Error::io("write replica file", tmp, e))?;
+            Ok(header)
+        })
+    }
+
+    /// Writes the LTX file `write` produces straight into the replica's directory under a
+    /// temporary name, reads it back to verify it, then installs it as [`FileReplica::put`]
+    /// does. Memory: a write buffer, whatever the file's size.
+    pub fn put_streamed(
+        &self,
+        level: u32,
+        min_txid: u64,
+        max_txid: u64,
+        write: &mut WriteLtx<'_>,
+    ) -> Result<ReplicaFile> {
+        self.write_new(level, min_txid, max_txid, |f, tmp| {
+            let mut out = BufWriter::with_capacity(STREAM_BUFFER_BYTES, &mut *f);
+            write(&mut out)?;
+            out.flush()
+                .map_err(|e| Error::io("write replica file", tmp, e))?;
+            drop(out);
+            f.seek(SeekFrom::Start(0))
+                .map_err(|e| Error::io("read back replica file", tmp, e))?;
+            verify_ltx(&*f, || format!("{} (as written)", tmp.display()))
+        })
+    }
+
+    /// Verifies the LTX file at `source`, then copies it in (the kernel copies: no buffer here)
+    /// and installs it as [`FileReplica::put`] does.
+    pub fn put_file(&self, level: u32, source: &Path) -> Result<ReplicaFile> {
+        let mut from = File::open(source).map_err(|e| Error::io("open ltx file", source, e))?;
+        let header = verify_ltx(&from, || source.display().to_string())?;
+        from.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io("read ltx file", source, e))?;
+        self.write_new(level, header.min_txid, header.max_txid, |f, tmp| {
+            std::io::copy(&mut from, f).map_err(|e| Error::io("copy into replica file", tmp, e))?;
+            Ok(header)
+        })
+    }
+
+    /// Creates the file of `level` covering `min_txid..=max_txid` so that it appears only when
+    /// complete: `fill` writes it under a temporary name and returns its verified header; then
+    /// its mtime is set to the header time, and it is fsynced, renamed, and its directory fsynced
+    /// (a cache skips both fsyncs). Any failure removes the temporary file.
+    fn write_new(
+        &self,
+        level: u32,
+        min_txid: u64,
+        max_txid: u64,
+        fill: impl FnOnce(&mut File, &Path) -> Result<ltx::Header>,
+    ) -> Result<ReplicaFile> {
         let dir = self.ensure_level_dir(level)?;
-        let path = self.path_of(level, header.min_txid, header.max_txid);
+        let path = self.path_of(level, min_txid, max_txid);
         let tmp = temp_name(&path);
         let durable = self.durable;
-        let written = File::create(&tmp)
+        // Readable too: a streamed file is read back to be verified.
+        let written = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
             .map_err(|e| Error::io("create replica file", &tmp, e))
             .and_then(|mut f| {
-                f.write_all(bytes)
-                    .map_err(|e| Error::io("write replica file", &tmp, e))?;
+                let header = fill(&mut f, &tmp)?;
+                if (header.min_txid, header.max_txid) != (min_txid, max_txid) {
+                    return Err(Error::Internal {
+                        message: format!(
+                            "ltx file {} holds TXIDs {}-{}",
+                            path.display(),
+                            header.min_txid,
+                            header.max_txid
+                        ),
+                    });
+                }
                 let created = UNIX_EPOCH
                     + Duration::from_millis(u64::try_from(header.timestamp_ms).unwrap_or(0));
                 f.set_times(FileTimes::new().set_modified(created).set_accessed(created))
@@ -99,14 +167,24 @@ impl FileReplica {
                     f.sync_all()
                         .map_err(|e| Error::io("fsync replica file", &tmp, e))?;
                 }
-                Ok(())
+                let size = f
+                    .metadata()
+                    .map_err(|e| Error::io("read replica file size", &tmp, e))?
+                    .len();
+                Ok((header, size))
             });
-        if let Err(e) = written {
-            // A full disk must not fill up further with half-written files.
+        let (header, size) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                // A full disk must not fill up further with half-written files.
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = fs::rename(&tmp, &path) {
             let _ = fs::remove_file(&tmp);
-            return Err(e);
+            return Err(Error::io("rename replica file", &path, e));
         }
-        fs::rename(&tmp, &path).map_err(|e| Error::io("rename replica file", &path, e))?;
         if self.durable {
             sync_dir(&dir)?;
         }
@@ -114,7 +192,7 @@ impl FileReplica {
             level,
             min_txid: header.min_txid,
             max_txid: header.max_txid,
-            size: bytes.len() as u64,
+            size,
             created_at_ms: header.timestamp_ms,
         })
     }
@@ -241,13 +319,12 @@ impl FileReplica {
                 }
             }
             for f in self.list(level)? {
-                let bytes = match self.read(&f) {
-                    Ok(b) => b,
-                    Err(_) => continue,
+                // Streamed: a snapshot in the cache can be as large as the database.
+                let Ok(file) = File::open(self.path_of(level, f.min_txid, f.max_txid)) else {
+                    continue;
                 };
-                let ok = ltx::Decoder::new(bytes.as_slice())
-                    .and_then(|d| d.finish())
-                    .is_ok_and(|(h, _)| (h.min_txid, h.max_txid) == (f.min_txid, f.max_txid));
+                let ok = verify_ltx(file, String::new)
+                    .is_ok_and(|h| (h.min_txid, h.max_txid) == (f.min_txid, f.max_txid));
                 if !ok {
                     self.delete(&f)?;
                     removed.push(f);

@@ -4,6 +4,9 @@
 //! [`Replica`] is the one type the rest of the crate uses; each kind of place is a variant with the
 //! same operations (put, list, read, delete), all blocking: a directory ([`FileReplica`]) or an
 //! S3-compatible bucket ([`S3Replica`]).
+//!
+//! Large files (snapshots) never pass through memory whole: [`Replica::put_streamed`] encodes
+//! into a temporary file and [`Replica::put_file`] copies one (an S3 replica uploads it in parts).
 
 pub mod file;
 pub mod s3;
@@ -11,7 +14,16 @@ pub mod s3;
 pub use file::FileReplica;
 pub use s3::S3Replica;
 
+use std::io::{Read, Write};
+use std::path::Path;
+
 use crate::error::{Error, Result};
+
+/// Bytes buffered when an LTX file is streamed to or from a file.
+pub(crate) const STREAM_BUFFER_BYTES: usize = 1 << 20;
+
+/// Writes one LTX file into the writer it is given (see [`Replica::put_streamed`]).
+pub type WriteLtx<'a> = dyn FnMut(&mut dyn Write) -> Result<()> + 'a;
 
 /// One LTX file on a replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +94,32 @@ impl Replica {
         }
     }
 
+    /// Stores at `level` the LTX file covering `min_txid..=max_txid` that `write` produces,
+    /// without holding it in memory: it is written to a temporary file (in the replica's own
+    /// directory for a local replica, which then only renames it), verified whole, then stored as
+    /// [`Replica::put`] would. It appears only when complete.
+    pub fn put_streamed(
+        &self,
+        level: u32,
+        min_txid: u64,
+        max_txid: u64,
+        write: &mut WriteLtx<'_>,
+    ) -> Result<ReplicaFile> {
+        match self {
+            Replica::File(r) => r.put_streamed(level, min_txid, max_txid, write),
+            Replica::S3(r) => r.put_streamed(level, min_txid, max_txid, write),
+        }
+    }
+
+    /// Verifies the LTX file at `path` and stores a copy of it at `level`, streamed (an S3
+    /// replica uploads a large file in parts). It appears only when complete.
+    pub fn put_file(&self, level: u32, path: &Path) -> Result<ReplicaFile> {
+        match self {
+            Replica::File(r) => r.put_file(level, path),
+            Replica::S3(r) => r.put_file(level, path),
+        }
+    }
+
     /// The files of `level`, ordered by transaction range.
     pub fn list(&self, level: u32) -> Result<Vec<ReplicaFile>> {
         match self {
@@ -122,6 +160,19 @@ impl Replica {
             Replica::S3(r) => r.delete(file),
         }
     }
+}
+
+/// Reads a whole LTX file from `r` and verifies it (every page decoded, the checksum last);
+/// returns its header. Memory: a read buffer and the page index.
+pub(crate) fn verify_ltx(r: impl Read, name: impl Fn() -> String) -> Result<ltx::Header> {
+    let reader = std::io::BufReader::with_capacity(STREAM_BUFFER_BYTES, r);
+    ltx::Decoder::new(reader)
+        .and_then(|d| d.finish())
+        .map(|(header, _)| header)
+        .map_err(|source| Error::Ltx {
+            name: name(),
+            source,
+        })
 }
 
 fn bad_url(url: &str, why: &str) -> Error {

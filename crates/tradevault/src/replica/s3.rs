@@ -12,21 +12,30 @@
 //! (by key, size and ETag where listed), so a HEAD is made once per file and process, several at
 //! a time, and never for a file this process wrote. An object without the metadata falls back to
 //! its LastModified, as Litestream does.
+//!
+//! Large files are uploaded from their file in parts (CreateMultipartUpload, UploadPart one part
+//! at a time, CompleteMultipartUpload; AbortMultipartUpload on any failure): memory holds one part.
+//! S3 still shows the object only once it is complete.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as Key;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutOptions, PutPayload, RetryConfig,
+    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, MultipartUpload, ObjectMeta,
+    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    RetryConfig,
 };
 
-use super::ReplicaFile;
+use super::{ReplicaFile, STREAM_BUFFER_BYTES, WriteLtx, verify_ltx};
 use crate::error::{Error, Result};
 
 /// The user metadata key Litestream stores the header time under.
@@ -45,12 +54,18 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 const THROUGHPUT_MIN_BYTES_PER_SECOND: u64 = 1024 * 1024;
 /// HEAD requests in flight while a listing looks up creation times.
 const HEADS_IN_FLIGHT: usize = 8;
+/// Files larger than this are uploaded in parts of this size (one part in memory at a time).
+pub const PART_BYTES: u64 = 16 << 20;
+/// The smallest part S3 accepts (every part but the last).
+pub const PART_BYTES_MIN: u64 = 5 << 20;
 
 /// A replica in an S3-compatible bucket (`s3://bucket/path?endpoint=...`).
 #[derive(Clone)]
 pub struct S3Replica {
     client: Arc<Client>,
     runtime: Arc<Runtime>,
+    /// Files larger than this go up in parts of this size.
+    part_bytes: u64,
 }
 
 /// What the operations share: the object store client, where the replica is, known times.
@@ -159,7 +174,15 @@ impl S3Replica {
                 times: Mutex::new(HashMap::new()),
             }),
             runtime: Arc::new(Runtime(Some(runtime))),
+            part_bytes: PART_BYTES,
         })
+    }
+
+    /// The same replica, uploading files larger than `bytes` in parts of `bytes` (at least
+    /// [`PART_BYTES_MIN`], S3's smallest part; the default is [`PART_BYTES`]).
+    pub fn with_part_bytes(mut self, bytes: u64) -> S3Replica {
+        self.part_bytes = bytes.max(PART_BYTES_MIN);
+        self
     }
 
     /// Where it is: `s3://bucket/path` and the endpoint, never credentials.
@@ -181,35 +204,191 @@ impl S3Replica {
                 name: format!("file for level {level}"),
                 source,
             })?;
-        let file = ReplicaFile {
+        let file = self.file_of(level, &header, bytes.len() as u64);
+        let key = self.key_of(level, file.min_txid, file.max_txid);
+        let e_tag = self.put_whole(&key, bytes.to_vec(), timestamp_attributes(&header))?;
+        self.client
+            .remember(&key, file.size, e_tag, file.created_at_ms);
+        Ok(file)
+    }
+
+    /// Writes the LTX file `write` produces into a temporary file (in the system's temporary
+    /// directory), then uploads it as [`S3Replica::put_file`] does and removes it.
+    pub fn put_streamed(
+        &self,
+        level: u32,
+        min_txid: u64,
+        max_txid: u64,
+        write: &mut WriteLtx<'_>,
+    ) -> Result<ReplicaFile> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = std::env::temp_dir().join(format!(
+            "tradevault-{}-{n}-{}.tmp",
+            std::process::id(),
+            ltx::file_name(min_txid, max_txid)
+        ));
+        let result = File::create(&tmp)
+            .map_err(|e| Error::io("create temporary ltx file", &tmp, e))
+            .and_then(|f| {
+                let mut out = BufWriter::with_capacity(STREAM_BUFFER_BYTES, f);
+                write(&mut out)?;
+                out.flush()
+                    .map_err(|e| Error::io("write temporary ltx file", &tmp, e))
+            })
+            .and_then(|()| self.put_file(level, &tmp));
+        let _ = std::fs::remove_file(&tmp);
+        let file = result?;
+        if (file.min_txid, file.max_txid) != (min_txid, max_txid) {
+            return Err(Error::Internal {
+                message: format!(
+                    "ltx file {} holds TXIDs {}-{}",
+                    ltx::file_name(min_txid, max_txid),
+                    file.min_txid,
+                    file.max_txid
+                ),
+            });
+        }
+        Ok(file)
+    }
+
+    /// Verifies the LTX file at `path` (read once, streamed), then uploads it: with one PUT up to
+    /// the part size, else in parts read from the file one at a time (aborted on any failure).
+    pub fn put_file(&self, level: u32, path: &std::path::Path) -> Result<ReplicaFile> {
+        let from = File::open(path).map_err(|e| Error::io("open ltx file", path, e))?;
+        let size = from
+            .metadata()
+            .map_err(|e| Error::io("read ltx file size", path, e))?
+            .len();
+        // Read and uploaded through the same handle: the file cannot change in between (the
+        // local log only ever renames complete files into place), nor vanish.
+        let header = verify_ltx(&from, || path.display().to_string())?;
+        let file = self.file_of(level, &header, size);
+        let key = self.key_of(level, file.min_txid, file.max_txid);
+        let attributes = timestamp_attributes(&header);
+        let e_tag = if size <= self.part_bytes {
+            let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(usize::MAX)];
+            from.read_exact_at(&mut bytes, 0)
+                .map_err(|e| Error::io("read ltx file", path, e))?;
+            self.put_whole(&key, bytes, attributes)?
+        } else {
+            self.put_parts(&key, &from, size, attributes)
+                .map_err(|e| match e {
+                    Error::Io { action, source, .. } => Error::io(action, path, source),
+                    other => other,
+                })?
+                .e_tag
+        };
+        self.client
+            .remember(&key, file.size, e_tag, file.created_at_ms);
+        Ok(file)
+    }
+
+    fn file_of(&self, level: u32, header: &ltx::Header, size: u64) -> ReplicaFile {
+        ReplicaFile {
             level,
             min_txid: header.min_txid,
             max_txid: header.max_txid,
-            size: bytes.len() as u64,
+            size,
             created_at_ms: header.timestamp_ms,
-        };
-        let key = self.key_of(level, file.min_txid, file.max_txid);
-        let mut attributes = Attributes::new();
-        attributes.insert(
-            Attribute::Metadata(TIMESTAMP_METADATA.into()),
-            rfc3339_nano(header.timestamp_ms).into(),
-        );
+        }
+    }
+
+    /// One PUT of `bytes` at `key`; returns the ETag.
+    fn put_whole(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        attributes: Attributes,
+    ) -> Result<Option<String>> {
         let options = PutOptions {
             attributes,
             ..PutOptions::default()
         };
-        let payload = PutPayload::from(bytes.to_vec());
+        let limit = deadline(bytes.len() as u64);
+        let payload = PutPayload::from(bytes);
         let client = self.client.clone();
         let action = format!("put {key}");
-        let limit = deadline(file.size);
-        let path = Key::from(key.as_str());
+        let path = Key::from(key);
         let result = self.run(async move {
             let put = client.store.put_opts(&path, payload, options);
             client.within(&action, limit, put).await
         })?;
-        self.client
-            .remember(&key, file.size, result.e_tag, file.created_at_ms);
-        Ok(file)
+        Ok(result.e_tag)
+    }
+
+    /// A multipart upload of `size` bytes of `from` at `key`, one part of `part_bytes` read and
+    /// sent at a time; aborted (its parts deleted) if any step fails.
+    fn put_parts(
+        &self,
+        key: &str,
+        from: &File,
+        size: u64,
+        attributes: Attributes,
+    ) -> Result<PutResult> {
+        let client = self.client.clone();
+        let path = Key::from(key);
+        let action = format!("start upload of {key}");
+        let options = PutMultipartOptions {
+            attributes,
+            ..PutMultipartOptions::default()
+        };
+        let mut upload = self.run(async move {
+            let start = client.store.put_multipart_opts(&path, options);
+            client.within(&action, OPERATION_TIMEOUT, start).await
+        })?;
+        let sent = self.send_parts(key, &mut upload, from, size);
+        let (upload, result) = match sent {
+            Ok(()) => {
+                let client = self.client.clone();
+                let action = format!("complete upload of {key}");
+                // Completing joins the parts on the server: give it the time of the whole size.
+                let limit = deadline(size);
+                self.run(async move {
+                    let done = client.within(&action, limit, upload.complete()).await;
+                    Ok((upload, done))
+                })?
+            }
+            Err(e) => (upload, Err(e)),
+        };
+        if result.is_err() {
+            let client = self.client.clone();
+            let action = format!("abort upload of {key}");
+            let mut upload = upload;
+            let aborted = self.run(async move {
+                client
+                    .within(&action, OPERATION_TIMEOUT, upload.abort())
+                    .await
+            });
+            if let Err(e) = aborted {
+                tracing::warn!(key, error = %e, "could not abort a failed multipart upload; its parts stay until the bucket's lifecycle rules remove them");
+            }
+        }
+        result
+    }
+
+    fn send_parts(
+        &self,
+        key: &str,
+        upload: &mut Box<dyn MultipartUpload>,
+        from: &File,
+        size: u64,
+    ) -> Result<()> {
+        let mut offset = 0;
+        let mut number = 0;
+        while offset < size {
+            let len = (size - offset).min(self.part_bytes);
+            let mut part = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+            from.read_exact_at(&mut part, offset)
+                .map_err(|e| Error::io("read ltx file", key, e))?;
+            number += 1;
+            let request = upload.put_part(PutPayload::from(part));
+            let client = self.client.clone();
+            let action = format!("upload part {number} of {key}");
+            self.run(async move { client.within(&action, deadline(len), request).await })?;
+            offset += len;
+        }
+        Ok(())
     }
 
     /// The files of `level`, ordered by transaction range; keys that are not LTX file names are
@@ -529,6 +708,16 @@ fn replica_file(
         size: meta.size,
         created_at_ms,
     }
+}
+
+/// The `litestream-timestamp` metadata of a file with `header`.
+fn timestamp_attributes(header: &ltx::Header) -> Attributes {
+    let mut attributes = Attributes::new();
+    attributes.insert(
+        Attribute::Metadata(TIMESTAMP_METADATA.into()),
+        rfc3339_nano(header.timestamp_ms).into(),
+    );
+    attributes
 }
 
 /// The time an operation moving `bytes` may take, retries included.

@@ -5,17 +5,24 @@
 //! Each [`Replicator::sync`] reads the WAL from the last position and writes one level-0 file
 //! holding every transaction committed since (the newest version of each page), numbered with the
 //! next TXID. With no position (first run, or the WAL was reset behind our back), it writes a
-//! snapshot instead: the database file with every committed WAL transaction laid over it, taken
-//! without locks and retried if the WAL's salts changed while it was read. The first snapshot is
-//! TXID 1 at level 0; later ones are level-9 files `1-<txid>`, which is where Litestream's restore
-//! looks for snapshots, so a history never has a gap.
+//! snapshot instead: a [`Snapshot`] (a read transaction holds one state while the database file is
+//! read with the WAL's committed pages up to that state laid over it, so writers go on), read a
+//! few MiB at a time and encoded straight into the replica (`Replica::put_streamed`): memory is
+//! the WAL's distinct pages, not the database's size. The next sync reads the WAL from exactly
+//! where the snapshot's state ends. The first snapshot is TXID 1 at level 0; later ones are
+//! level-9 files `1-<txid>`, which is where Litestream's restore looks for snapshots, so a
+//! history never has a gap.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::replica::{Replica, SNAPSHOT_LEVEL};
+use crate::snapshot::Snapshot;
 use crate::store::wal_path;
 use crate::wal::{Position, WalReader};
+
+/// Bytes of database pages a snapshot reads at a time.
+const SNAPSHOT_READ_BYTES: usize = 4 << 20;
 
 mod engine;
 pub mod status;
@@ -62,8 +69,10 @@ enum Resume {
     /// restarted WAL the previous first salt plus one (shared by every connection, unlike the
     /// checkpoint counter), so this is the first salt that generation must have.
     FreshWal(u32),
-    /// There was no WAL at the last snapshot. In WAL mode the database file only changes through
-    /// checkpoints, so while its size and mtime stay the same, a WAL that appears continues it.
+    /// The last snapshot's state was the database file alone (no WAL, or every frame of it
+    /// already copied into the file). In WAL mode the database file only changes through
+    /// checkpoints, so while its size and mtime stay the same, the WAL read from its start
+    /// continues it (frames already in the file, if any, carry what the snapshot holds).
     NoWal(u64, std::time::SystemTime),
 }
 
@@ -238,21 +247,33 @@ impl Replicator {
     }
 
     fn ship_snapshot(&mut self, now: &dyn Fn() -> i64) -> Result<Synced> {
-        let (image, page_size, resume) = self.consistent_image()?;
-        let commit =
-            u32::try_from(image.len() / page_size as usize).map_err(|_| Error::Internal {
-                message: "database too large".into(),
-            })?;
+        // The snapshot's read transaction holds its state until it is dropped, after the last
+        // page was read: no checkpoint copies a frame past it into the file meanwhile.
+        let snapshot = Snapshot::open(&self.db, now)?;
+        let page_size = snapshot.page_size;
+        let mut first = vec![0u8; page_size as usize];
+        snapshot.read_pages(1, &mut first)?;
+        check_header(&first, page_size, &self.db)?;
+        let resume = match snapshot.wal {
+            Some(position) => Resume::Wal(position),
+            // The state is the database file alone: every WAL frame (if any) was already copied
+            // in. The file only changes through checkpoints, and none can copy anything while
+            // the snapshot's read transaction is open, so its identity now is the state's.
+            None => {
+                let (len, modified) = file_identity(&self.db)?;
+                Resume::NoWal(len, modified)
+            }
+        };
+        let commit = snapshot.page_count;
         let txid = self.txid + 1;
-        let lock = ltx::lock_pgno(page_size);
-        let pages = (1..=commit).filter(|p| *p != lock).map(|p| {
-            let at = (p as usize - 1) * page_size as usize;
-            (p, &image[at..at + page_size as usize])
-        });
+        // After the state was fixed: no commit in it is later than this.
         let ts = now();
-        let bytes = encode(ltx::Header::new(page_size, commit, 1, txid, ts), pages)?;
+        let header = ltx::Header::new(page_size, commit, 1, txid, ts);
         let level = if txid == 1 { 0 } else { SNAPSHOT_LEVEL };
-        let written = self.replica.put(level, &bytes)?;
+        let written = self.replica.put_streamed(level, 1, txid, &mut |w| {
+            encode_snapshot(&snapshot, header, w)
+        })?;
+        drop(snapshot);
         self.txid = txid;
         self.last_ts = ts;
         self.resume = resume;
@@ -262,60 +283,39 @@ impl Replicator {
             bytes: written.size,
         })
     }
+}
 
-    /// The database as of the end of its WAL: the file with every committed WAL transaction laid
-    /// over it. A checkpoint copying frames meanwhile is harmless (the WAL's newer or equal version
-    /// of each page wins); a WAL reset meanwhile changes the salts, and the read is retried.
-    fn consistent_image(&self) -> Result<(Vec<u8>, u32, Resume)> {
-        let wal = wal_path(&self.db);
-        for _ in 0..16 {
-            let before = WalReader::open(&wal)?.map(|r| *r.header());
-            let identity = file_identity(&self.db)?;
-            let mut image =
-                std::fs::read(&self.db).map_err(|e| Error::io("read database", &self.db, e))?;
-            let page_size = database_page_size(&image, &self.db)?;
-            let mut resume = Resume::NoWal(identity.0, identity.1);
-            if let Some(mut reader) = WalReader::open(&wal)? {
-                if Some(*reader.header()) != before {
-                    continue;
-                }
-                if reader.header().page_size != page_size {
-                    return Err(Error::Corrupt {
-                        path: self.db.clone(),
-                        detail: format!(
-                            "its WAL has {}-byte pages, the database {page_size}",
-                            reader.header().page_size
-                        ),
-                    });
-                }
-                while let Some(t) = reader.next_transaction()? {
-                    image.resize(t.commit as usize * page_size as usize, 0);
-                    for (pgno, data) in &t.pages {
-                        if *pgno <= t.commit {
-                            let at = (*pgno as usize - 1) * page_size as usize;
-                            image[at..at + page_size as usize].copy_from_slice(data);
-                        }
-                    }
-                }
-                resume = Resume::Wal(reader.position());
-            }
-            let after = WalReader::open(&wal)?.map(|r| *r.header());
-            let unchanged = match resume {
-                Resume::NoWal(..) => after.is_none() && file_identity(&self.db)? == identity,
-                _ => after == before,
-            };
-            if unchanged {
-                image.truncate(image.len() / page_size as usize * page_size as usize);
-                return Ok((image, page_size, resume));
+/// Encodes every page of `snapshot` but the lock page into `w`, reading a few MiB at a time.
+fn encode_snapshot(
+    snapshot: &Snapshot,
+    header: ltx::Header,
+    w: &mut dyn std::io::Write,
+) -> Result<()> {
+    let ltx_err = |source| Error::Ltx {
+        name: ltx::file_name(header.min_txid, header.max_txid),
+        source,
+    };
+    let page_size = snapshot.page_size as usize;
+    let per_read = u32::try_from(SNAPSHOT_READ_BYTES / page_size)
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let lock = ltx::lock_pgno(snapshot.page_size);
+    let mut enc = ltx::Encoder::new(w, header).map_err(ltx_err)?;
+    let mut buf = vec![0u8; per_read as usize * page_size];
+    let mut first = 1;
+    while first <= header.commit {
+        let count = per_read.min(header.commit - first + 1);
+        let chunk = &mut buf[..count as usize * page_size];
+        snapshot.read_pages(first, chunk)?;
+        for (pgno, page) in (first..).zip(chunk.chunks_exact(page_size)) {
+            if pgno != lock {
+                enc.encode_page(pgno, page).map_err(ltx_err)?;
             }
         }
-        Err(Error::Internal {
-            message: format!(
-                "the wal of {} kept being reset while it was read",
-                self.db.display()
-            ),
-        })
+        first += count;
     }
+    enc.finish(0).map_err(ltx_err)?;
+    Ok(())
 }
 
 fn file_identity(path: &Path) -> Result<(u64, std::time::SystemTime)> {
@@ -326,8 +326,9 @@ fn file_identity(path: &Path) -> Result<(u64, std::time::SystemTime)> {
     Ok((meta.len(), modified))
 }
 
-fn database_page_size(image: &[u8], path: &Path) -> Result<u32> {
-    if image.len() < 100 || &image[..16] != b"SQLite format 3\0" {
+/// Checks the first page of a snapshot: a SQLite database in WAL mode.
+fn check_header(page: &[u8], page_size: u32, path: &Path) -> Result<()> {
+    if page.len() < 100 || &page[..16] != b"SQLite format 3\0" {
         return Err(Error::Corrupt {
             path: path.to_owned(),
             detail: "not a SQLite database (bad header)".into(),
@@ -335,7 +336,7 @@ fn database_page_size(image: &[u8], path: &Path) -> Result<u32> {
     }
     // Bytes 18 and 19 are 2 in WAL mode; a rollback-journal database changes its file in place and
     // cannot be replicated from its WAL.
-    if image[18] != 2 || image[19] != 2 {
+    if page[18] != 2 || page[19] != 2 {
         return Err(Error::invalid(
             "not_wal",
             None,
@@ -345,15 +346,13 @@ fn database_page_size(image: &[u8], path: &Path) -> Result<u32> {
             ),
         ));
     }
-    let raw = u32::from(u16::from_be_bytes([image[16], image[17]]));
-    let size = if raw == 1 { 65_536 } else { raw };
-    if !ltx::is_valid_page_size(size) {
+    if !ltx::is_valid_page_size(page_size) {
         return Err(Error::Corrupt {
             path: path.to_owned(),
-            detail: format!("page size {size} in its header is invalid"),
+            detail: format!("page size {page_size} in its header is invalid"),
         });
     }
-    Ok(size)
+    Ok(())
 }
 
 fn encode<'a>(

@@ -15,9 +15,10 @@ use crate::replica::{Replica, ReplicaFile, SNAPSHOT_LEVEL};
 
 /// The finest point-in-time step a replica with no sync interval keeps, in ms.
 const GRANULARITY_MS: i64 = 10;
-/// Most files or bytes merged into one upload.
+/// Most files or bytes merged into one upload. A merge holds its inputs, their newest pages
+/// decoded and its output in memory, so the bytes are few: catching up takes more uploads.
 const MERGE_FILES_MAX: usize = 10_000;
-const MERGE_BYTES_MAX: u64 = 256 << 20;
+const MERGE_BYTES_MAX: u64 = 16 << 20;
 /// How often the replica is compacted and pruned, by the engine's clock (ms).
 const MAINTENANCE_MS: i64 = 60_000;
 /// The longest an idle uploader sleeps before looking at the clock again.
@@ -255,10 +256,14 @@ impl Uploader<'_> {
                 let too_late = run
                     .first()
                     .is_some_and(|first| f.created_at_ms - first.created_at_ms >= span_ms);
+                // A snapshot (the local log's first file) goes alone, streamed from its file:
+                // merged, it would pass through memory whole.
+                let snapshot = f.min_txid == 1 || run.first().is_some_and(|g| g.min_txid == 1);
                 if f.min_txid > next
                     || too_late
                     || run.len() >= files_max
                     || bytes >= MERGE_BYTES_MAX
+                    || (snapshot && !run.is_empty())
                 {
                     break;
                 }
@@ -365,7 +370,7 @@ impl Uploader<'_> {
 
     /// Puts a local-log file on the replica at `level`: a hard link when the replica is a
     /// directory on the same filesystem (no copy, and the local log's pruning frees no inode),
-    /// else a copy.
+    /// else a copy streamed from the file (a snapshot is as large as the database).
     fn put_local(&mut self, level: u32, file: &ReplicaFile) -> Result<ReplicaFile> {
         if self.link
             && let (Replica::File(to), Replica::File(from)) = (&self.spec.replica, &self.db.local)
@@ -378,8 +383,12 @@ impl Uploader<'_> {
                 }
             }
         }
-        let bytes = self.db.local.read(file)?;
-        self.spec.replica.put(level, &bytes)
+        let Replica::File(local) = &self.db.local else {
+            let bytes = self.db.local.read(file)?;
+            return self.spec.replica.put(level, &bytes);
+        };
+        let path = local.path_of(file.level, file.min_txid, file.max_txid);
+        self.spec.replica.put_file(level, &path)
     }
 
     /// Compaction, snapshot schedule and retention; updates the restorable window in status.
@@ -444,10 +453,14 @@ impl Uploader<'_> {
             .collect();
         let mut group: Vec<ReplicaFile> = Vec::new();
         for f in old {
-            let same_second = group.last().is_some_and(|g| {
-                g.max_txid + 1 == f.min_txid
-                    && g.created_at_ms.div_euclid(1000) == f.created_at_ms.div_euclid(1000)
-            });
+            // A snapshot (the first file of a history) stays alone: it is as large as the
+            // database, and alone it moves up a level without being read.
+            let same_second = f.min_txid != 1
+                && group.last().is_some_and(|g| {
+                    g.min_txid != 1
+                        && g.max_txid + 1 == f.min_txid
+                        && g.created_at_ms.div_euclid(1000) == f.created_at_ms.div_euclid(1000)
+                });
             if !same_second && !group.is_empty() {
                 self.merge_into_seconds(&std::mem::take(&mut group))?;
             }
@@ -461,6 +474,17 @@ impl Uploader<'_> {
 
     fn merge_into_seconds(&self, group: &[ReplicaFile]) -> Result<()> {
         let replica = &self.spec.replica;
+        if let (Replica::File(r), [only]) = (replica, group) {
+            // One file has nothing to merge: a directory links it to the next level (it was
+            // verified when it was put), or copies it from disk.
+            if r.put_link(SECOND_LEVEL, r, only)?.is_none() {
+                r.put_file(
+                    SECOND_LEVEL,
+                    &r.path_of(only.level, only.min_txid, only.max_txid),
+                )?;
+            }
+            return replica.delete(only);
+        }
         let inputs = group
             .iter()
             .map(|f| replica.read(f))

@@ -121,7 +121,7 @@ pub fn fingerprint(conn: &Connection) -> Result<Fingerprint> {
         digest.update(text.as_bytes());
     }
     // Counted as backups count them, so a backup's recorded rows compare with a restore's.
-    let rows = crate::backup::snapshot::row_counts(conn, Path::new(conn.path().unwrap_or("")))?;
+    let rows = crate::snapshot::row_counts(conn, Path::new(conn.path().unwrap_or("")))?;
     Ok(Fingerprint {
         pages: pages as u64,
         free_pages: free_pages as u64,

@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::rows;
 use ltx::{Encoder, Header};
@@ -685,4 +687,130 @@ fn tradevault_restores_what_litestream_replicated_to_s3() {
         let stamped: jiff::Timestamp = stamp.parse().expect("RFC 3339");
         assert_eq!(f.created_at_ms, stamped.as_millisecond(), "{key}: {stamp}");
     }
+}
+
+/// The part size the multipart tests use: S3's smallest (s3s-fs refuses smaller parts too).
+const PART_BYTES: u64 = 5 << 20;
+
+/// A database in WAL mode holding about `mib` MiB of random (incompressible) bytes, so that its
+/// snapshot is larger than one part even after LZ4.
+fn incompressible_database(path: &Path, mib: u32) -> rusqlite::Connection {
+    let conn = wal_database(path);
+    conn.execute_batch("CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB);")
+        .expect("blobs");
+    for i in 0..mib * 8 {
+        conn.execute(
+            "INSERT INTO blobs (id, data) VALUES (?1, randomblob(131072))",
+            [i],
+        )
+        .expect("blob");
+    }
+    conn
+}
+
+/// Every blob's id and content hash, to compare a restore with the source.
+fn blob_sums(db: &Path) -> Vec<(i64, String)> {
+    let conn = rusqlite::Connection::open(db).expect("open");
+    let mut stmt = conn
+        .prepare("SELECT id, hex(substr(data, 1, 16)) || length(data) FROM blobs ORDER BY id")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
+/// The ETag of the object `key`, as the server lists it after a HEAD.
+fn e_tag(server: &S3Server, key: &str) -> String {
+    let runtime = server.runtime.as_ref().expect("running");
+    runtime
+        .block_on(raw_store(server.addr).head(&key.into()))
+        .expect("head")
+        .e_tag
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_snapshot_larger_than_a_part_goes_up_in_parts_and_restores() {
+    use tradevault::replica::FileReplica;
+    use tradevault::replicate::{DatabaseSpec, Engine, ReplicaSpec, Retention, Source};
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = incompressible_database(&db, 12);
+    let s3 = |path: &str| {
+        Replica::from(
+            S3Replica::parse_with_env(&url(server.addr, path), env_with(SECRET_ACCESS_KEY))
+                .expect("replica")
+                .with_part_bytes(PART_BYTES),
+        )
+    };
+
+    // The engine's uploader copies its local log's snapshot to S3 from the file, in parts.
+    let engine = Engine::start(
+        vec![DatabaseSpec {
+            name: "bot".into(),
+            source: Source::External(db.clone()),
+            replicas: vec![ReplicaSpec {
+                name: "s3".into(),
+                replica: s3("engine"),
+                sync_interval: Duration::ZERO,
+                retention: Retention::default(),
+            }],
+            poll_interval: Duration::from_millis(2),
+            checkpoint_wal_bytes: 64 << 20,
+        }],
+        Arc::new(tradevault::clock::SystemClock),
+    )
+    .expect("start");
+    engine.wait_synced(Duration::from_secs(60)).expect("synced");
+    engine.stop();
+    let local = FileReplica::cache(dir.path().join(".bot.db-tradevault"));
+    let snapshot = &local.list(0).expect("local log")[0];
+    assert_eq!(snapshot.min_txid, 1);
+    assert!(
+        snapshot.size > 2 * PART_BYTES,
+        "the snapshot ({} bytes) spans three parts",
+        snapshot.size
+    );
+    let key = format!("engine/0000/{}", ltx::file_name(1, snapshot.max_txid));
+    assert!(
+        e_tag(&server, &key).ends_with("-3\""),
+        "a multipart upload of three parts, not {}",
+        e_tag(&server, &key)
+    );
+    assert!(
+        server.timestamp_metadata(&key).is_some(),
+        "a multipart upload keeps the header time"
+    );
+    let out = tempfile::tempdir().expect("tempdir");
+    let restored = out.path().join("engine.db");
+    let replica = s3("engine");
+    let plan = restore::plan(&replica, Target::Latest).expect("plan");
+    restore::apply(&replica, &plan, &restored).expect("apply");
+    assert_eq!(blob_sums(&restored), blob_sums(&db));
+
+    // The replicator alone streams its snapshot through a temporary file to S3, and continues
+    // from the WAL where the snapshot ended.
+    let mut r = Replicator::new(&db, s3("alone")).expect("replicator");
+    assert!(matches!(
+        r.sync(1_700_000_000_000).expect("sync"),
+        Synced::Snapshot { txid: 1, .. }
+    ));
+    insert(&conn, 100, 3);
+    assert!(matches!(
+        r.sync(1_700_000_001_000).expect("sync"),
+        Synced::Transactions {
+            txid: 2,
+            transactions: 3,
+            ..
+        }
+    ));
+    assert!(e_tag(&server, &format!("alone/0000/{}", ltx::file_name(1, 1))).ends_with("-3\""));
+    let replica = s3("alone");
+    let restored = out.path().join("alone.db");
+    let plan = restore::plan(&replica, Target::Latest).expect("plan");
+    restore::apply(&replica, &plan, &restored).expect("apply");
+    assert_eq!(blob_sums(&restored), blob_sums(&db));
+    assert_eq!(rows(&restored), rows(&db));
 }

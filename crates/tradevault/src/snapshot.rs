@@ -1,5 +1,6 @@
 //! [`Snapshot`]: a consistent copy of a live SQLite database, page by page, without stopping its
-//! writers.
+//! writers. Backups read their pages from one, and so does the replicator's snapshot (an LTX file
+//! holding every page), which then continues from the WAL position where the snapshot ends.
 //!
 //! A read-only connection opens a read transaction and keeps it until every page was read (and
 //! the rows counted, on that connection: the same state). In WAL mode its read mark stops any
@@ -14,7 +15,8 @@
 //! database in rollback-journal mode is read under the transaction's SHARED lock, which holds its
 //! writers off until the read ends.
 //!
-//! Memory: the WAL's distinct pages (the store bounds its WAL at `checkpoint_wal_bytes`).
+//! Memory: the WAL's distinct pages (the store bounds its WAL at `checkpoint_wal_bytes`); the
+//! database file is read in whatever pieces the caller asks for.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -23,11 +25,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::census::Census;
-use super::format::WalMark;
+use crate::backup::census::Census;
 use crate::error::{Error, Result};
 use crate::store::wal_path;
-use crate::wal::WalReader;
+use crate::wal::{Position, WalReader};
 
 /// A consistent state of a database being read.
 pub struct Snapshot {
@@ -42,8 +43,10 @@ pub struct Snapshot {
     /// Pages in the state.
     pub page_count: u32,
     overlay: HashMap<u32, Vec<u8>>,
-    /// Where the WAL stood, if there is one.
-    pub wal: Option<WalMark>,
+    /// Where the state ends in the WAL: after its last commit (salts, offset and checksum chain,
+    /// to continue reading from). `None` when the state is the database file alone (no WAL, or
+    /// every frame of it already copied into the file).
+    pub wal: Option<Position>,
     /// Every commit finished before this time (ms) is in the state.
     pub state_min_ms: i64,
     /// No commit started after this time (ms) is in the state.
@@ -88,6 +91,12 @@ impl Snapshot {
         }
         let raw = u32::from(u16::from_be_bytes([header[16], header[17]]));
         let page_size = if raw == 1 { 65_536 } else { raw };
+        if !ltx::is_valid_page_size(page_size) {
+            return Err(Error::Corrupt {
+                path: db.to_owned(),
+                detail: format!("page size {page_size} in its header is invalid"),
+            });
+        }
         let wal_mode = header[18] == 2;
         let shm = PathBuf::from(format!("{}-shm", db.display()));
         // The read transaction starts with the first read. Its snapshot is the WAL index header
@@ -120,12 +129,13 @@ impl Snapshot {
                 return Ok(None);
             }
             let limit = 32 + u64::from(h.max_frame) * (24 + u64::from(page_size));
-            let mut end = 32;
+            let mut end = reader.position();
             while let Some(t) = reader.next_transaction()? {
                 if t.end > limit {
                     break;
                 }
-                end = t.end;
+                // The reader is past `t` now: the position to continue from is after it.
+                end = reader.position();
                 for (pgno, data) in t.pages {
                     if pgno <= t.commit {
                         overlay.insert(pgno, data);
@@ -133,14 +143,10 @@ impl Snapshot {
                 }
                 commit = Some(t.commit);
             }
-            if end != limit {
+            if end.offset != limit {
                 return Ok(None);
             }
-            wal = Some(WalMark {
-                salt1: wh.salt1,
-                salt2: wh.salt2,
-                offset: end,
-            });
+            wal = Some(end);
         }
         let file_len = file
             .metadata()
@@ -186,6 +192,10 @@ impl Snapshot {
             let at = i as usize * ps;
             if let Some(page) = self.overlay.get(&pgno) {
                 buf[at..at + ps].copy_from_slice(page);
+            } else if at >= file_bytes && pgno == ltx::lock_pgno(self.page_size) {
+                // SQLite never writes the lock page: a database grown past it in the WAL has
+                // it in neither place (a checkpoint leaves a hole there).
+                buf[at..at + ps].fill(0);
             } else if at >= file_bytes {
                 return Err(Error::Corrupt {
                     path: self.path.clone(),
