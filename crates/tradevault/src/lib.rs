@@ -23,6 +23,7 @@ pub mod config;
 pub mod drill;
 pub mod error;
 pub mod exact;
+mod held;
 pub mod http;
 pub mod jobs;
 pub mod metrics;

@@ -36,7 +36,7 @@ pub struct Snapshot {
     /// Holds the read transaction. In a mutex only so that a snapshot can be shared by the threads
     /// reading its pages.
     conn: std::sync::Mutex<Option<Connection>>,
-    file: File,
+    file: std::sync::Arc<File>,
     file_pages: u64,
     /// Bytes per page.
     pub page_size: u32,
@@ -44,13 +44,29 @@ pub struct Snapshot {
     pub page_count: u32,
     overlay: HashMap<u32, Vec<u8>>,
     /// Where the state ends in the WAL: after its last commit (salts, offset and checksum chain,
-    /// to continue reading from). `None` when the state is the database file alone (no WAL, or
-    /// every frame of it already copied into the file).
+    /// to continue reading from). `None` when the WAL holds no frame of the current generation.
     pub wal: Option<Position>,
+    /// Where the commits after the state will be.
+    pub continues: Continues,
     /// Every commit finished before this time (ms) is in the state.
     pub state_min_ms: i64,
     /// No commit started after this time (ms) is in the state.
     pub state_max_ms: i64,
+}
+
+/// Where the commits after a snapshot's state will be, for a reader of the WAL to go on from.
+/// Only the WAL's salts say that it was not restarted meanwhile: a restart needs every frame
+/// copied into the database file first, and the file's mtime cannot show that (it is only as fine
+/// as the kernel's clock tick, and checkpoints come faster than that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continues {
+    /// In the current WAL generation, after this position.
+    Wal(Position),
+    /// In the WAL generation that starts next, whose first salt the WAL index already holds (the
+    /// WAL was restarted or truncated, and no frame was committed to it since).
+    NextGeneration(u32),
+    /// Unknown: the database is not in WAL mode.
+    Unknown,
 }
 
 impl Snapshot {
@@ -79,7 +95,8 @@ impl Snapshot {
             .map_err(|e| Error::sqlite("open database for backup", e))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| Error::sqlite("set busy timeout", e))?;
-        let file = File::open(db).map_err(|e| Error::io("open database", db, e))?;
+        // Never a descriptor of our own that is closed afterwards: see `held`.
+        let file = crate::held::open(db).map_err(|e| Error::io("open database", db, e))?;
         let mut header = [0u8; 100];
         file.read_exact_at(&mut header, 0)
             .map_err(|e| Error::io("read database header", db, e))?;
@@ -118,9 +135,15 @@ impl Snapshot {
         let mut overlay = HashMap::new();
         let mut commit = None;
         let mut wal = None;
-        if let Some(h) = after.filter(|h| h.max_frame > h.backfilled) {
-            // Frames up to max_frame are the snapshot's; the database file holds every frame up
-            // to `backfilled` already, and no checkpoint copies frames past the read mark.
+        let mut continues = Continues::Unknown;
+        if let Some(h) = after.filter(|h| h.max_frame == 0) {
+            continues = Continues::NextGeneration(h.salts.0);
+        }
+        if let Some(h) = after.filter(|h| h.max_frame > 0) {
+            // Frames up to max_frame are the snapshot's; no checkpoint copies frames past the
+            // read mark. The file may hold some of them already (up to `backfilled`): laying
+            // them over it again changes nothing, and reading them gives the position after
+            // them, from which the next read of this generation goes on.
             let Some(mut reader) = WalReader::open(&wal_path(db))? else {
                 return Ok(None);
             };
@@ -147,6 +170,7 @@ impl Snapshot {
                 return Ok(None);
             }
             wal = Some(end);
+            continues = Continues::Wal(end);
         }
         let file_len = file
             .metadata()
@@ -171,6 +195,7 @@ impl Snapshot {
             page_count,
             overlay,
             wal,
+            continues,
             state_min_ms,
             state_max_ms,
         }))
@@ -241,7 +266,7 @@ struct ShmHeader {
 }
 
 fn shm_header(path: &Path) -> Result<Option<ShmHeader>> {
-    let f = match File::open(path) {
+    let f = match crate::held::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open wal index", path, e)),

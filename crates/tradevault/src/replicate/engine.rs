@@ -181,6 +181,8 @@ pub(crate) struct State {
     pub(crate) status: DatabaseStatus,
     /// The TXID of this process's first file: a replica already past it holds another history.
     pub(crate) history_start: u64,
+    /// The shipper has looked at the database once since the start (and shipped what it found).
+    pub(crate) synced_once: bool,
     /// An uploader needs a snapshot newer than what the local log has.
     pub(crate) snapshot_wanted: bool,
     /// A replica holds files up to this TXID from a history we do not know: number past it.
@@ -390,7 +392,11 @@ impl Engine {
             tracing::warn!(database = %spec.name, level = f.level, min_txid = f.min_txid, max_txid = f.max_txid, "local log file did not verify (a machine crash?); removed");
         }
         let local = Replica::File(cache);
-        let replicator = Replicator::new(&path, local.clone())?;
+        let mut replicator = Replicator::new(&path, local.clone())?;
+        // After a clean stop, the history goes on from where it was; else from a new snapshot.
+        if replicator.load_saved(&local_dir) {
+            tracing::info!(database = %spec.name, txid = replicator.txid(), "continuing the history from where the last clean stop left it");
+        }
         let replicas = spec
             .replicas
             .iter()
@@ -416,6 +422,7 @@ impl Engine {
                     ..DatabaseStatus::default()
                 },
                 history_start: replicator.txid() + 1,
+                synced_once: false,
                 snapshot_wanted: false,
                 raise_txid: 0,
                 shipped: VecDeque::new(),
@@ -540,7 +547,7 @@ impl Engine {
                         hint: r.last_hint,
                     });
                 }
-                let shipped = st.status.txid >= st.history_start;
+                let shipped = st.synced_once;
                 let local = st.status.txid;
                 if shipped
                     && st
@@ -658,6 +665,15 @@ fn run_shipper(db: &Db, source: Source, replicator: Replicator, options: &Shippe
         Source::External(_) => shipper.run_external(options),
     }
     shipper.housekeeping();
+    // Nothing is shipped any more: the next start continues from here.
+    let saved = shipper
+        .replicator
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .save(&db.local_dir);
+    if let Err(e) = saved {
+        tracing::warn!(database = %db.name, error = %e, "could not save the position; the next start writes a snapshot");
+    }
     let _guard = db.lock();
     db.shipper_done.store(true, Ordering::Release);
     db.changed.notify_all();
@@ -682,16 +698,13 @@ impl Shipper<'_> {
         let db = self.db;
         let sync_mode = link.sync.is_some();
         // Start with a snapshot taken beside the writer (a large database takes seconds to read),
-        // under a pin held until the exclusive moment that ships the tail and truncates the WAL.
+        // or, after a clean stop, from the saved position (`Replicator::load_saved`), under a pin
+        // held until the exclusive moment that ships the tail and truncates the WAL.
         // After a crash the WAL index may say the WAL was fully copied, and SQLite would then
         // start a new generation at the first commit: the unbroken pin makes that generation a
         // continuation (see `Replicator::set_wal_pinned`).
         let mut pin = Pin::default();
         pin.hold(&db.path);
-        self.replicator
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .force_snapshot();
         let seq = link.lock().seq;
         if !self.ship(None, seq) {
             self.backoff();
@@ -869,6 +882,7 @@ impl Shipper<'_> {
                 drop(r);
                 let mut st = db.lock();
                 st.status.last_error = None;
+                st.synced_once = true;
                 if synced != Synced::Nothing {
                     st.status.txid = txid;
                     st.status.txid_time_ms = Some(ts);
@@ -985,6 +999,7 @@ impl Shipper<'_> {
         match result {
             Ok((synced, txid, ts, done, seq)) => {
                 let mut st = db.lock();
+                st.synced_once = true;
                 if synced != Synced::Nothing {
                     st.status.txid = txid;
                     st.status.txid_time_ms = Some(ts);
@@ -1292,6 +1307,7 @@ mod tests {
                 ..DatabaseStatus::default()
             },
             history_start: 1,
+            synced_once: false,
             snapshot_wanted: false,
             raise_txid: 0,
             shipped: VecDeque::new(),

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::replica::{Replica, SNAPSHOT_LEVEL};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Continues, Snapshot};
 use crate::store::wal_path;
 use crate::wal::{Position, WalReader};
 
@@ -65,15 +65,79 @@ enum Resume {
     /// Read the WAL from this position.
     Wal(Position),
     /// The engine checkpointed and truncated the WAL right after shipping all of it, with nothing
-    /// committed in between: the next WAL generation continues the history. SQLite gives each
-    /// restarted WAL the previous first salt plus one (shared by every connection, unlike the
-    /// checkpoint counter), so this is the first salt that generation must have.
+    /// committed in between, or a snapshot found the WAL restarted with no frame in it yet: the
+    /// next WAL generation continues the history. SQLite gives each restarted WAL the previous
+    /// first salt plus one (shared by every connection, unlike the checkpoint counter), so this is
+    /// the first salt that generation must have.
     FreshWal(u32),
-    /// The last snapshot's state was the database file alone (no WAL, or every frame of it
-    /// already copied into the file). In WAL mode the database file only changes through
+    /// Only after a clean stop saved it (see [`Replicator::save`]): the database file as it was
+    /// then, its content checked at the start. In WAL mode the database file only changes through
     /// checkpoints, so while its size and mtime stay the same, the WAL read from its start
-    /// continues it (frames already in the file, if any, carry what the snapshot holds).
+    /// continues it (frames already in the file, if any, carry what it holds).
     NoWal(u64, std::time::SystemTime),
+}
+
+/// The file in the local log's directory where a clean stop keeps the replicator's position.
+const SAVED_FILE: &str = "position.json";
+
+/// What [`Replicator::save`] keeps.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    /// The newest TXID shipped, which `at` follows.
+    txid: u64,
+    at: SavedAt,
+    /// The database file's inode, size and mtime when saved.
+    db_ino: u64,
+    db_len: u64,
+    db_modified_ns: u64,
+}
+
+/// A [`Resume`] other than a snapshot, as saved.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum SavedAt {
+    Wal {
+        offset: u64,
+        salt1: u32,
+        salt2: u32,
+        checksum: (u32, u32),
+    },
+    NoWal {
+        len: u64,
+        modified_ns: u64,
+        /// CRC-64 of the whole database file.
+        content: u64,
+    },
+}
+
+/// CRC-64 of a file's content, read in pieces.
+fn content_checksum(path: &Path) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    // Never a descriptor of our own that is closed afterwards: see `held`.
+    let file = crate::held::open(path).map_err(|e| Error::io("open database", path, e))?;
+    let mut sum = ltx::Checksum::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut at = 0;
+    loop {
+        let n = file
+            .read_at(&mut buf, at)
+            .map_err(|e| Error::io("read database", path, e))?;
+        if n == 0 {
+            return Ok(sum.finish());
+        }
+        sum.update(&buf[..n]);
+        at += n as u64;
+    }
+}
+
+fn inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+fn nanos(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Ships one database's WAL into one local log.
@@ -124,6 +188,112 @@ impl Replicator {
             self.txid = txid;
             self.resume = Resume::Snapshot;
         }
+    }
+
+    /// Keeps where this replicator stands in `dir` (the local log's directory), so that the next
+    /// start continues the history rather than shipping a new snapshot. Call only once nothing
+    /// will be shipped any more (a clean stop); a replicator that must write a snapshot next saves
+    /// nothing.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(SAVED_FILE);
+        let at = match self.resume {
+            // Nothing committed since the WAL was truncated or restarted is in the database file:
+            // while the file stays as it is, the WAL read from its start continues the history,
+            // whatever salts SQLite gives it (random once its WAL index was rebuilt by the next
+            // process). The file's size and mtime alone cannot show that it stayed as it is (the
+            // mtime is as coarse as the kernel's clock tick): its content's checksum does.
+            Resume::Snapshot => {
+                return match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(Error::io("remove saved position", &path, e))
+                    }
+                    _ => Ok(()),
+                };
+            }
+            Resume::Wal(p) => SavedAt::Wal {
+                offset: p.offset,
+                salt1: p.salt1,
+                salt2: p.salt2,
+                checksum: p.checksum,
+            },
+            Resume::FreshWal(_) | Resume::NoWal(..) => {
+                let (len, modified) = file_identity(&self.db)?;
+                SavedAt::NoWal {
+                    len,
+                    modified_ns: nanos(modified),
+                    content: content_checksum(&self.db)?,
+                }
+            }
+        };
+        let (db_len, modified) = file_identity(&self.db)?;
+        let saved = Saved {
+            txid: self.txid,
+            at,
+            db_ino: inode(&self.db).unwrap_or(0),
+            db_len,
+            db_modified_ns: nanos(modified),
+        };
+        let bytes = serde_json::to_vec(&saved).map_err(|e| Error::Internal {
+            message: format!("encode saved position: {e}"),
+        })?;
+        let tmp = dir.join(format!("{SAVED_FILE}.tmp"));
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| Error::io("save position", &path, e))
+    }
+
+    /// Continues from what [`Replicator::save`] kept in `dir`, if it still holds: the same newest
+    /// TXID, the same database file (inode), and after a truncated WAL or none, a file that no
+    /// checkpoint changed since (a WAL position needs nothing more: a WAL keeps its salts, and every frame of them, until it
+    /// restarts, and a restart changes them). The saved file is removed first, durably, so that
+    /// it can never be used again once the history moves on. Returns whether it continues.
+    pub fn load_saved(&mut self, dir: &Path) -> bool {
+        let path = dir.join(SAVED_FILE);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return false;
+        };
+        let removed = std::fs::remove_file(&path)
+            .and_then(|()| std::fs::File::open(dir)?.sync_all())
+            .is_ok();
+        let Ok(saved) = serde_json::from_slice::<Saved>(&bytes) else {
+            return false;
+        };
+        let unchanged = file_identity(&self.db).is_ok_and(|(len, modified)| {
+            (len, nanos(modified)) == (saved.db_len, saved.db_modified_ns)
+        });
+        // Another file put in its place (a restore, say) starts another history.
+        if inode(&self.db) != Some(saved.db_ino) {
+            return false;
+        }
+        let resume = match saved.at {
+            SavedAt::Wal {
+                offset,
+                salt1,
+                salt2,
+                checksum,
+            } => Resume::Wal(Position {
+                offset,
+                salt1,
+                salt2,
+                checksum,
+            }),
+            SavedAt::NoWal {
+                len,
+                modified_ns,
+                content,
+            } if unchanged && content_checksum(&self.db).is_ok_and(|c| c == content) => {
+                Resume::NoWal(
+                    len,
+                    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(modified_ns),
+                )
+            }
+            _ => return false,
+        };
+        if !removed || saved.txid != self.txid || self.txid == 0 {
+            return false;
+        }
+        self.resume = resume;
+        true
     }
 
     /// Makes the next sync write a snapshot.
@@ -201,6 +371,12 @@ impl Replicator {
                 Some(reader) if reader.header().salt1 == salt1 => {
                     return self.ship_transactions(reader, now);
                 }
+                // The generation before the restart, whose header the file still has until the
+                // next frame is written: every frame of it was copied into the file before the
+                // restart, so there is nothing new.
+                Some(reader) if reader.header().salt1 == salt1.wrapping_sub(1) => {
+                    return Ok(Synced::Nothing);
+                }
                 Some(_) => {
                     tracing::warn!(db = %self.db.display(), "the wal was reset twice; writing a new snapshot")
                 }
@@ -254,15 +430,11 @@ impl Replicator {
         let mut first = vec![0u8; page_size as usize];
         snapshot.read_pages(1, &mut first)?;
         check_header(&first, page_size, &self.db)?;
-        let resume = match snapshot.wal {
-            Some(position) => Resume::Wal(position),
-            // The state is the database file alone: every WAL frame (if any) was already copied
-            // in. The file only changes through checkpoints, and none can copy anything while
-            // the snapshot's read transaction is open, so its identity now is the state's.
-            None => {
-                let (len, modified) = file_identity(&self.db)?;
-                Resume::NoWal(len, modified)
-            }
+        let resume = match snapshot.continues {
+            Continues::Wal(position) => Resume::Wal(position),
+            Continues::NextGeneration(salt1) => Resume::FreshWal(salt1),
+            // Not in WAL mode: the check of the first page refused it already.
+            Continues::Unknown => Resume::Snapshot,
         };
         let commit = snapshot.page_count;
         let txid = self.txid + 1;

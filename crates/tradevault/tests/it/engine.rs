@@ -279,3 +279,91 @@ fn the_engine_checkpoints_a_programs_wal_without_new_snapshots() {
         next = max + 1;
     }
 }
+
+/// A clean stop saves where the history stands, so the next start (the next run of a sidecar, a
+/// restarted server) ships only what was committed meanwhile, not a new snapshot of the whole
+/// database; a start with nothing new to ship still counts as in sync. A start after the program
+/// folded its WAL into the database meanwhile cannot know what it missed, and writes a snapshot.
+#[test]
+fn a_clean_stop_lets_the_next_start_continue_without_a_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = crate::fills_db(&db);
+    conn.execute_batch("PRAGMA wal_autocheckpoint=0")
+        .expect("autocheckpoint off");
+    let root = dir.path().join("replica");
+    let replica = Replica::from(FileReplica::new(&root));
+    let run = || {
+        let engine = Engine::start(
+            vec![DatabaseSpec {
+                name: "bot".into(),
+                source: Source::External(db.clone()),
+                replicas: vec![ReplicaSpec {
+                    name: "r".into(),
+                    replica: replica.clone(),
+                    sync_interval: Duration::ZERO,
+                    retention: Retention::default(),
+                }],
+                poll_interval: Duration::from_millis(1),
+                checkpoint_wal_bytes: 16 << 20,
+            }],
+            Arc::new(tradevault::clock::SystemClock) as Arc<dyn Clock>,
+        )
+        .expect("start");
+        engine
+            .wait_synced(Duration::from_secs(30))
+            .expect("in sync");
+        engine.stop();
+    };
+    let insert = |ids: std::ops::Range<i64>| {
+        for i in ids {
+            conn.execute(
+                "INSERT INTO fills (id, qty) VALUES (?1, printf('%d.5', ?1))",
+                [i],
+            )
+            .expect("insert");
+        }
+    };
+    let snapshots = || {
+        files(&root, 9).len()
+            + files(&root, 0)
+                .iter()
+                .filter(|n| n.starts_with("0000000000000001-"))
+                .count()
+    };
+
+    insert(0..100);
+    run();
+    assert_eq!(snapshots(), 1, "the first run starts with a snapshot");
+    let level0 = files(&root, 0).len();
+    insert(100..200);
+    run();
+    run();
+    assert_eq!(
+        snapshots(),
+        1,
+        "no snapshot after a clean stop: {:?}",
+        files(&root, 9)
+    );
+    assert!(
+        files(&root, 0).len() > level0,
+        "the rows written meanwhile were shipped"
+    );
+    assert_eq!(
+        restored_rows(&replica, dir.path(), "continued.db"),
+        crate::rows(&db)
+    );
+
+    // Behind the sidecar's back: more rows, then the WAL folded into the database and truncated.
+    insert(200..300);
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .expect("checkpoint");
+    assert_eq!(busy, 0);
+    run();
+    assert_eq!(snapshots(), 2, "a new snapshot after the WAL was reset");
+    assert_eq!(
+        restored_rows(&replica, dir.path(), "after-reset.db"),
+        crate::rows(&db)
+    );
+}
