@@ -899,6 +899,12 @@ impl Shipper<'_> {
                 for (release, result) in released {
                     release(result);
                 }
+                // The next shipment's file, created now rather than while a commit waits for it.
+                if let Replica::File(cache) = &db.local
+                    && let Err(e) = cache.prepare(0)
+                {
+                    tracing::debug!(database = %db.name, error = %e, "could not create the next local log file ahead");
+                }
                 true
             }
             Err(e) => {
