@@ -122,8 +122,13 @@ impl FileReplica {
     }
 
     /// The spare file for `level`, if one is ready: (temporary path, file).
+    /// Not one that is being created: a `put` never waits for that.
     fn take_spare(&self, level: u32) -> Option<(PathBuf, File)> {
-        let mut slot = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = match self.spare.try_lock() {
+            Ok(slot) => slot,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
         if slot.as_ref().is_none_or(|s| s.level != level) {
             return None;
         }
