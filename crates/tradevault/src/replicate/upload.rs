@@ -343,8 +343,13 @@ impl Uploader<'_> {
         let released = st.take_released(Instant::now());
         drop(st);
         self.db.changed.notify_all();
+        let answered = !released.is_empty();
         for (release, result) in released {
             release(result);
+        }
+        if answered {
+            // Nothing waits on this thread now: create the local log's next file.
+            self.db.prepare_local();
         }
         Ok(true)
     }
