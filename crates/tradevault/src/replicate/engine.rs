@@ -410,8 +410,9 @@ impl Engine {
         // The local log is a cache: nothing in it is fsynced (the WAL keeps every commit until the
         // engine has shipped it; replicas get their own durable copy). After a machine crash a
         // file may have lost its name, or kept its name without its bytes: such files go here, and
-        // the first shipment is always a snapshot numbered past what remains and past what any
-        // replica holds (an uploader that finds a replica ahead asks for one), so no history has a gap.
+        // the first shipment is a snapshot numbered past what remains and past what any replica
+        // holds (an uploader that finds a replica ahead asks for one), so no history has a gap;
+        // only a clean stop's saved position, checked below, lets a start continue instead.
         let cache = FileReplica::cache(&local_dir);
         for f in cache.remove_unverified(&[0, SNAPSHOT_LEVEL])? {
             tracing::warn!(database = %spec.name, level = f.level, min_txid = f.min_txid, max_txid = f.max_txid, "local log file did not verify (a machine crash?); removed");

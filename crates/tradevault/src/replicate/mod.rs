@@ -130,6 +130,20 @@ fn content_checksum(path: &Path) -> Result<u64> {
     }
 }
 
+/// Whether the WAL of `db`, read from its start, holds whole transactions up to exactly
+/// `position` (same salts, same checksum chain).
+fn wal_reaches(db: &Path, position: Position) -> bool {
+    let Ok(Some(mut reader)) = WalReader::open(&wal_path(db)) else {
+        return false;
+    };
+    while reader.position().offset < position.offset {
+        if !matches!(reader.next_transaction(), Ok(Some(_))) {
+            return false;
+        }
+    }
+    reader.position() == position
+}
+
 fn inode(path: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| m.ino())
@@ -271,12 +285,21 @@ impl Replicator {
                 salt1,
                 salt2,
                 checksum,
-            } => Resume::Wal(Position {
-                offset,
-                salt1,
-                salt2,
-                checksum,
-            }),
+            } => {
+                let position = Position {
+                    offset,
+                    salt1,
+                    salt2,
+                    checksum,
+                };
+                // The frames shipped must still be there, the same: a machine crash can take
+                // unsynced frames off the end of a program's WAL, and new ones would then never
+                // continue the saved checksum chain.
+                if !wal_reaches(&self.db, position) {
+                    return false;
+                }
+                Resume::Wal(position)
+            }
             SavedAt::NoWal {
                 len,
                 modified_ns,
