@@ -190,7 +190,7 @@ pub(crate) struct State {
     pub(crate) snapshot_wanted: bool,
     /// A replica holds files up to this TXID from a history we do not know: number past it.
     pub(crate) raise_txid: u64,
-    /// (TXID, last store commit in it), for the sync gate.
+    /// (TXID, last store commit in it or in an earlier file), for the sync gate: sorted by both.
     shipped: VecDeque<(u64, u64)>,
     /// Answers held until enough replicas have their commit: (commit, deadline, release).
     held: VecDeque<(u64, Instant, Release)>,
@@ -247,9 +247,15 @@ impl State {
         if seq == 0 {
             return Vec::new();
         }
+        // Each entry holds the last commit of its file or any before it, so the entries are
+        // sorted by both fields and a lookup is a binary search.
         match self.shipped.back_mut() {
             Some((t, s)) if *t == txid => *s = (*s).max(seq),
-            _ => self.shipped.push_back((txid, seq)),
+            Some((_, s)) => {
+                let seq = seq.max(*s);
+                self.shipped.push_back((txid, seq));
+            }
+            None => self.shipped.push_back((txid, seq)),
         }
         if self.shipped.len() > 100_000 {
             self.shipped.pop_front();
@@ -293,13 +299,8 @@ impl Db {
 
     /// The last store commit held by files up to `txid`.
     pub(crate) fn commit_seq_at(state: &State, txid: u64) -> u64 {
-        state
-            .shipped
-            .iter()
-            .take_while(|(t, _)| *t <= txid)
-            .map(|(_, s)| *s)
-            .max()
-            .unwrap_or(0)
+        let held = state.shipped.partition_point(|(t, _)| *t <= txid);
+        held.checked_sub(1).map_or(0, |i| state.shipped[i].1)
     }
 }
 
