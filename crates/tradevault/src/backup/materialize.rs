@@ -60,14 +60,15 @@ pub fn restore_backup(
     output: &Path,
     progress: Option<&Progress>,
 ) -> Result<RestoredBackup> {
-    materialize(target, id, identity, output, progress, true)
+    let manifest = read_manifest(target, id)?;
+    materialize(target, manifest, identity, output, progress, true)
 }
 
-/// [`restore_backup`], with `sync: false` for a scratch file that is read at once and deleted
-/// (deep verify): no fsync of the file or its directory.
+/// [`restore_backup`] of a manifest already read (and checked), with `sync: false` for a scratch
+/// file that is read at once and deleted (deep verify): no fsync of the file or its directory.
 pub(crate) fn materialize(
     target: &Target,
-    id: &str,
+    manifest: Manifest,
     identity: Option<&Identity>,
     output: &Path,
     progress: Option<&Progress>,
@@ -87,7 +88,7 @@ pub(crate) fn materialize(
             ));
         }
     }
-    let manifest = read_manifest(target, id)?;
+    let id = manifest.id.clone();
     if !manifest.recipients.is_empty() && identity.is_none() {
         return Err(Error::backup(
             "identity_required",
@@ -97,7 +98,7 @@ pub(crate) fn materialize(
             ),
         ));
     }
-    let key = format::pages_key(id);
+    let key = format::pages_key(&id);
     let bytes = target.get(&key)?.ok_or_else(|| {
         Error::backup(
             "corrupt_object",

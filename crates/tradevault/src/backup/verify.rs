@@ -9,7 +9,7 @@ use std::time::Instant;
 use rusqlite::{Connection, OpenFlags};
 
 use super::catalog::{Verification, read_manifest, record_verification};
-use super::format::{self, pack_owner};
+use super::format::{self, Manifest, pack_owner};
 use super::materialize::materialize;
 use super::{Identity, Target, format_ms};
 use crate::error::{Error, Result};
@@ -54,6 +54,9 @@ pub fn verify(target: &Target, id: &str, options: &VerifyOptions<'_>) -> Result<
         Err(e) => return Err(e),
     };
     objects += 1;
+    if options.deep {
+        return verify_deep(target, manifest, options, at_ms, started, objects);
+    }
     let pages_key = format::pages_key(id);
     match target.get(&pages_key)? {
         None => problems.push(format!("object {pages_key} is missing")),
@@ -69,59 +72,73 @@ pub fn verify(target: &Target, id: &str, options: &VerifyOptions<'_>) -> Result<
             }
         }
     }
-    if !options.deep {
-        // Each pack once: every segment this backup needs, and whole-object sums of its own.
-        let mut packs: std::collections::BTreeMap<&str, Vec<&format::Segment>> =
-            std::collections::BTreeMap::new();
-        for s in &manifest.segments {
-            packs.entry(s.pack.as_str()).or_default().push(s);
-        }
-        for (key, segs) in packs {
-            let Some(pack) = target.get(key)? else {
+    // Each pack once: every segment this backup needs, and whole-object sums of its own.
+    let mut packs: std::collections::BTreeMap<&str, Vec<&format::Segment>> =
+        std::collections::BTreeMap::new();
+    for s in &manifest.segments {
+        packs.entry(s.pack.as_str()).or_default().push(s);
+    }
+    for (key, segs) in packs {
+        let Some(pack) = target.get(key)? else {
+            problems.push(format!(
+                "object {key} is missing (owned by backup {})",
+                pack_owner(key).unwrap_or("?")
+            ));
+            continue;
+        };
+        objects += 1;
+        bytes += pack.len() as u64;
+        if let Some(own) = manifest.packs.iter().find(|p| p.key == key) {
+            let actual = format::hex_hash(&pack);
+            if actual != own.blake3 || pack.len() as u64 != own.size {
                 problems.push(format!(
-                    "object {key} is missing (owned by backup {})",
-                    pack_owner(key).unwrap_or("?")
+                    "object {key}: expected {} bytes with blake3 {}, actual {} bytes with blake3 {actual}",
+                    own.size,
+                    own.blake3,
+                    pack.len()
                 ));
-                continue;
-            };
-            objects += 1;
-            bytes += pack.len() as u64;
-            if let Some(own) = manifest.packs.iter().find(|p| p.key == key) {
-                let actual = format::hex_hash(&pack);
-                if actual != own.blake3 || pack.len() as u64 != own.size {
-                    problems.push(format!(
-                        "object {key}: expected {} bytes with blake3 {}, actual {} bytes with blake3 {actual}",
-                        own.size,
-                        own.blake3,
-                        pack.len()
-                    ));
-                }
             }
-            for s in segs {
-                let end = (s.offset + s.len) as usize;
-                match pack.get(s.offset as usize..end) {
-                    None => problems.push(format!(
-                        "object {key}: segment at offset {} ({} bytes) is past its end ({} bytes)",
-                        s.offset,
-                        s.len,
-                        pack.len()
-                    )),
-                    Some(stored) => {
-                        let actual = format::hex_hash(stored);
-                        if actual != s.blake3 {
-                            problems.push(format!(
-                                "object {key}: segment at offset {} ({} bytes, {} pages): expected blake3 {}, actual {actual}",
-                                s.offset, s.len, s.pages, s.blake3
-                            ));
-                        }
+        }
+        for s in segs {
+            let end = (s.offset + s.len) as usize;
+            match pack.get(s.offset as usize..end) {
+                None => problems.push(format!(
+                    "object {key}: segment at offset {} ({} bytes) is past its end ({} bytes)",
+                    s.offset,
+                    s.len,
+                    pack.len()
+                )),
+                Some(stored) => {
+                    let actual = format::hex_hash(stored);
+                    if actual != s.blake3 {
+                        problems.push(format!(
+                            "object {key}: segment at offset {} ({} bytes, {} pages): expected blake3 {}, actual {actual}",
+                            s.offset, s.len, s.pages, s.blake3
+                        ));
                     }
                 }
             }
         }
-        return finish(
-            target, id, options, at_ms, started, problems, objects, bytes,
-        );
     }
+    finish(
+        target, id, options, at_ms, started, problems, objects, bytes,
+    )
+}
+
+/// The deep part of [`verify`]: restores the backup to a scratch file (which checks the page table
+/// and every segment and page on the way), then checks it with SQLite and counts its rows.
+fn verify_deep(
+    target: &Target,
+    manifest: Manifest,
+    options: &VerifyOptions<'_>,
+    at_ms: i64,
+    started: Instant,
+    mut objects: u64,
+) -> Result<Verification> {
+    let id = manifest.id.clone();
+    let id = id.as_str();
+    let mut problems = Vec::new();
+    let mut bytes = 0u64;
     if !manifest.recipients.is_empty() && options.identity.is_none() {
         return Err(Error::backup(
             "identity_required",
@@ -135,7 +152,14 @@ pub fn verify(target: &Target, id: &str, options: &VerifyOptions<'_>) -> Result<
         .unwrap_or_else(std::env::temp_dir);
     let scratch = dir.join(format!("tradevault-verify-{}-{id}.db", std::process::id()));
     // A scratch file is read at once and deleted: it is not synced.
-    let restored = materialize(target, id, options.identity, &scratch, None, false);
+    let restored = materialize(
+        target,
+        manifest.clone(),
+        options.identity,
+        &scratch,
+        None,
+        false,
+    );
     let outcome = match restored {
         Err(
             e @ Error::Backup {
