@@ -26,6 +26,23 @@ fn files(dir: &Path, level: u32) -> Vec<String> {
     names
 }
 
+/// One database written by another program (`db`), polled every millisecond, with one file
+/// replica that gets every file at once and keeps the default retention.
+fn external(db: &Path, replica: &Replica, checkpoint_wal_bytes: u64) -> Vec<DatabaseSpec> {
+    vec![DatabaseSpec {
+        name: "bot".into(),
+        source: Source::External(db.to_owned()),
+        replicas: vec![ReplicaSpec {
+            name: "r".into(),
+            replica: replica.clone(),
+            sync_interval: Duration::ZERO,
+            retention: Retention::default(),
+        }],
+        poll_interval: Duration::from_millis(1),
+        checkpoint_wal_bytes,
+    }]
+}
+
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
@@ -159,18 +176,7 @@ fn a_program_checkpointing_its_own_wal_does_not_force_new_snapshots() {
     let root = dir.path().join("replica");
     let replica = Replica::from(FileReplica::new(&root));
     let engine = Engine::start(
-        vec![DatabaseSpec {
-            name: "bot".into(),
-            source: Source::External(db.clone()),
-            replicas: vec![ReplicaSpec {
-                name: "r".into(),
-                replica: replica.clone(),
-                sync_interval: Duration::ZERO,
-                retention: Retention::default(),
-            }],
-            poll_interval: Duration::from_millis(1),
-            checkpoint_wal_bytes: 16 << 20,
-        }],
+        external(&db, &replica, 16 << 20),
         Arc::new(tradevault::clock::SystemClock) as Arc<dyn Clock>,
     )
     .expect("start");
@@ -215,18 +221,7 @@ fn the_engine_checkpoints_a_programs_wal_without_new_snapshots() {
     let root = dir.path().join("replica");
     let replica = Replica::from(FileReplica::new(&root));
     let engine = Engine::start(
-        vec![DatabaseSpec {
-            name: "bot".into(),
-            source: Source::External(db.clone()),
-            replicas: vec![ReplicaSpec {
-                name: "r".into(),
-                replica: replica.clone(),
-                sync_interval: Duration::ZERO,
-                retention: Retention::default(),
-            }],
-            poll_interval: Duration::from_millis(1),
-            checkpoint_wal_bytes: 32 << 10,
-        }],
+        external(&db, &replica, 32 << 10),
         Arc::new(tradevault::clock::SystemClock) as Arc<dyn Clock>,
     )
     .expect("start");
@@ -295,18 +290,7 @@ fn a_clean_stop_lets_the_next_start_continue_without_a_snapshot() {
     let replica = Replica::from(FileReplica::new(&root));
     let run = || {
         let engine = Engine::start(
-            vec![DatabaseSpec {
-                name: "bot".into(),
-                source: Source::External(db.clone()),
-                replicas: vec![ReplicaSpec {
-                    name: "r".into(),
-                    replica: replica.clone(),
-                    sync_interval: Duration::ZERO,
-                    retention: Retention::default(),
-                }],
-                poll_interval: Duration::from_millis(1),
-                checkpoint_wal_bytes: 16 << 20,
-            }],
+            external(&db, &replica, 16 << 20),
             Arc::new(tradevault::clock::SystemClock) as Arc<dyn Clock>,
         )
         .expect("start");
