@@ -65,7 +65,7 @@ pub enum Continues {
     /// In the WAL generation that starts next, whose first salt the WAL index already holds (the
     /// WAL was restarted or truncated, and no frame was committed to it since).
     NextGeneration(u32),
-    /// Unknown: the database is not in WAL mode.
+    /// Unknown: the database is not in WAL mode, or its WAL index was rebuilt without a WAL.
     Unknown,
 }
 
@@ -136,7 +136,9 @@ impl Snapshot {
         let mut commit = None;
         let mut wal = None;
         let mut continues = Continues::Unknown;
-        if let Some(h) = after.filter(|h| h.max_frame == 0) {
+        // A WAL index rebuilt with no WAL has zero salts: the first frame gets random ones, so
+        // nothing says where the next commits go (Unknown: the next look writes a snapshot).
+        if let Some(h) = after.filter(|h| h.max_frame == 0 && h.salts != (0, 0)) {
             continues = Continues::NextGeneration(h.salts.0);
         }
         if let Some(h) = after.filter(|h| h.max_frame > 0) {

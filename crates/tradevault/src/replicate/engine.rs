@@ -695,15 +695,6 @@ fn run_shipper(db: &Db, source: Source, replicator: Replicator, options: &Shippe
         Source::External(_) => shipper.run_external(options),
     }
     shipper.housekeeping();
-    // Nothing is shipped any more: the next start continues from here.
-    let saved = shipper
-        .replicator
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .save(&db.local_dir);
-    if let Err(e) = saved {
-        tracing::warn!(database = %db.name, error = %e, "could not save the position; the next start writes a snapshot");
-    }
     let _guard = db.lock();
     db.shipper_done.store(true, Ordering::Release);
     db.changed.notify_all();
@@ -792,6 +783,7 @@ impl Shipper<'_> {
                 next_checkpoint = Instant::now() + CHECKPOINT_RETRY;
             }
             if stopping {
+                self.save_position();
                 return;
             }
             if self.last_housekeeping.elapsed() >= HOUSEKEEPING {
@@ -809,6 +801,7 @@ impl Shipper<'_> {
         let mut seen = None;
         let mut first = true;
         let mut next_checkpoint = Instant::now();
+        let mut checkpointed_at = None;
         loop {
             let stopping = db.stopping();
             let look = file_identity(&wal);
@@ -835,15 +828,21 @@ impl Shipper<'_> {
                 r.wal_shipped_bytes()
             }
             .unwrap_or_else(|| file_len(&wal));
+            // The shipped offset stays where it was after a checkpoint until the program commits
+            // again (its WAL restarts then): do not take its write lock again for nothing.
             if wal_bytes >= options.checkpoint_wal_bytes
                 && !stopping
                 && !first
                 && Instant::now() >= next_checkpoint
+                && checkpointed_at != Some(wal_bytes)
             {
                 // Busy (the program's writer, or a long reader): let it be for a while.
                 let shrink_above = options.checkpoint_wal_bytes.saturating_mul(4);
                 match self.checkpoint_external(&mut pin, &mut quiet_since, shrink_above) {
-                    Checkpointed::Done => {}
+                    Checkpointed::Done => {
+                        let r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
+                        checkpointed_at = r.wal_shipped_bytes();
+                    }
                     Checkpointed::WriterBusy => {
                         next_checkpoint = Instant::now() + CHECKPOINT_RETRY_BUSY
                     }
@@ -852,6 +851,7 @@ impl Shipper<'_> {
                 seen = None;
             }
             if stopping {
+                self.save_position();
                 return;
             }
             if self.last_housekeeping.elapsed() >= HOUSEKEEPING {
@@ -965,6 +965,21 @@ impl Shipper<'_> {
                 crate::metrics::replication_failed(&db.name, "local");
                 false
             }
+        }
+    }
+
+    /// Saves where the history stands for the next start (`Replicator::save`): called last, once
+    /// nothing will be shipped any more, and for another program's database while its pin is
+    /// still held, so that no checkpoint (a program's last connection closing, say) folds a
+    /// commit into the file between the last look and the file's checksum.
+    fn save_position(&self) {
+        let saved = self
+            .replicator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .save(&self.db.local_dir);
+        if let Err(e) = saved {
+            tracing::warn!(database = %self.db.name, error = %e, "could not save the position; the next start writes a snapshot");
         }
     }
 

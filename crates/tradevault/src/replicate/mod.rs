@@ -456,7 +456,8 @@ impl Replicator {
         let resume = match snapshot.continues {
             Continues::Wal(position) => Resume::Wal(position),
             Continues::NextGeneration(salt1) => Resume::FreshWal(salt1),
-            // Not in WAL mode: the check of the first page refused it already.
+            // No WAL yet, with nothing to tell which salts its first frame gets: the next look
+            // writes another snapshot (small, one time). Not in WAL mode was refused above.
             Continues::Unknown => Resume::Snapshot,
         };
         let commit = snapshot.page_count;

@@ -462,12 +462,14 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
 
 /// Refuses a non-empty file that does not start with SQLite's magic: never let SQLite "open" it.
 fn refuse_foreign_file(path: &Path) -> Result<()> {
-    use std::io::Read;
+    use std::os::unix::fs::FileExt;
     let mut header = [0u8; 16];
-    match File::open(path) {
-        Ok(mut f) => {
+    // Through a held descriptor: this runs beside live connections too (a drill inside the
+    // server), and closing a descriptor of our own would release their locks (see `held`).
+    match crate::held::open(path) {
+        Ok(f) => {
             let n = f
-                .read(&mut header)
+                .read_at(&mut header, 0)
                 .map_err(|e| Error::io("read database header", path, e))?;
             if n == 0 || (n == 16 && &header == SQLITE_MAGIC) {
                 Ok(())
