@@ -137,7 +137,7 @@ impl Snapshot {
         let mut wal = None;
         let mut continues = Continues::Unknown;
         // A WAL index rebuilt with no WAL has zero salts: the first frame gets random ones, so
-        // nothing says where the next commits go (Unknown: the next look writes a snapshot).
+        // the salts cannot say where the next commits go (Unknown).
         if let Some(h) = after.filter(|h| h.max_frame == 0 && h.salts != (0, 0)) {
             continues = Continues::NextGeneration(h.salts.0);
         }

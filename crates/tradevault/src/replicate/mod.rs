@@ -70,10 +70,11 @@ enum Resume {
     /// first salt plus one (shared by every connection, unlike the checkpoint counter), so this is
     /// the first salt that generation must have.
     FreshWal(u32),
-    /// Only after a clean stop saved it (see [`Replicator::save`]): the database file as it was
-    /// then, its content checked at the start. In WAL mode the database file only changes through
-    /// checkpoints, so while its size and mtime stay the same, the WAL read from its start
-    /// continues it (frames already in the file, if any, carry what it holds).
+    /// The database file as it was when a snapshot found no WAL, or when a clean stop saved it
+    /// (see [`Replicator::save`]; its content is checked at the next start). In WAL mode the
+    /// database file only changes through checkpoints, so while its size and mtime stay the same,
+    /// the WAL read from its start continues it (frames already in the file, if any, carry what
+    /// it holds).
     NoWal(u64, std::time::SystemTime),
 }
 
@@ -456,9 +457,14 @@ impl Replicator {
         let resume = match snapshot.continues {
             Continues::Wal(position) => Resume::Wal(position),
             Continues::NextGeneration(salt1) => Resume::FreshWal(salt1),
-            // No WAL yet, with nothing to tell which salts its first frame gets: the next look
-            // writes another snapshot (small, one time). Not in WAL mode was refused above.
-            Continues::Unknown => Resume::Snapshot,
+            // No WAL, and nothing to tell which salts its first frame will get: the file alone
+            // is the state. Its identity is taken while the snapshot's read transaction still
+            // keeps checkpoints out; a WAL that appears while the file stays as it is continues
+            // it. (Not in WAL mode was refused above.)
+            Continues::Unknown => {
+                let (len, modified) = file_identity(&self.db)?;
+                Resume::NoWal(len, modified)
+            }
         };
         let commit = snapshot.page_count;
         let txid = self.txid + 1;
