@@ -476,7 +476,7 @@ fn a_backup_and_the_replicas_files_after_it_restore_the_latest_state() {
     use std::time::Duration;
     use tradevault::clock::{Clock, SystemClock};
     use tradevault::replica::{FileReplica, Replica};
-    use tradevault::replicate::{DatabaseSpec, Engine, ReplicaSpec, Retention, Source};
+    use tradevault::replicate::Engine;
     use tradevault::restore::{self, Target as Point};
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -484,49 +484,16 @@ fn a_backup_and_the_replicas_files_after_it_restore_the_latest_state() {
     let conn = crate::fills_db(&db);
     let replica = Replica::from(FileReplica::new(dir.path().join("replica")));
     let engine = Engine::start(
-        vec![DatabaseSpec {
-            name: "bot".into(),
-            source: Source::External(db.clone()),
-            replicas: vec![ReplicaSpec {
-                name: "r".into(),
-                replica: replica.clone(),
-                sync_interval: Duration::ZERO,
-                retention: Retention::default(),
-            }],
-            poll_interval: Duration::from_millis(1),
-            checkpoint_wal_bytes: 16 << 20,
-        }],
+        crate::external_spec(&db, &replica, 16 << 20),
         Arc::new(SystemClock) as Arc<dyn Clock>,
     )
     .expect("start");
-    let insert = |range: std::ops::Range<i64>| {
-        for i in range {
-            conn.execute(
-                "INSERT INTO fills (id, qty) VALUES (?1, printf('%d.5', ?1))",
-                [i],
-            )
-            .expect("insert");
-        }
-    };
+    let insert = |ids: std::ops::Range<i64>| crate::insert_fills(&conn, ids);
     insert(0..200);
     engine.wait_synced(Duration::from_secs(30)).expect("synced");
     let target = file_target(&dir.path().join("backups"));
     let config = BackupConfig::default();
-    let now = || jiff::Timestamp::now().as_millisecond();
-    let manifest = backup::create(
-        std::slice::from_ref(&target),
-        &CreateOptions {
-            db: db.clone(),
-            database: "bot".into(),
-            kind: Kind::Manual,
-            config: &config,
-            full: false,
-            progress: None,
-            now: &now,
-        },
-    )
-    .expect("backup")
-    .remove(0);
+    let manifest = create(&target, &db, &config);
     insert(200..500);
     engine.wait_synced(Duration::from_secs(30)).expect("synced");
     engine.stop();
@@ -556,20 +523,7 @@ fn a_backup_and_the_replicas_files_after_it_restore_the_latest_state() {
 
     // A backup that holds commits the replica does not is no base for it.
     insert(500..510);
-    let newer = backup::create(
-        std::slice::from_ref(&target),
-        &CreateOptions {
-            db: db.clone(),
-            database: "bot".into(),
-            kind: Kind::Manual,
-            config: &config,
-            full: false,
-            progress: None,
-            now: &now,
-        },
-    )
-    .expect("backup")
-    .remove(0);
+    let newer = create(&target, &db, &config);
     assert!(
         restore::plan_after(
             &replica,

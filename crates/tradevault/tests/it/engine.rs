@@ -26,23 +26,6 @@ fn files(dir: &Path, level: u32) -> Vec<String> {
     names
 }
 
-/// One database written by another program (`db`), polled every millisecond, with one file
-/// replica that gets every file at once and keeps the default retention.
-fn external(db: &Path, replica: &Replica, checkpoint_wal_bytes: u64) -> Vec<DatabaseSpec> {
-    vec![DatabaseSpec {
-        name: "bot".into(),
-        source: Source::External(db.to_owned()),
-        replicas: vec![ReplicaSpec {
-            name: "r".into(),
-            replica: replica.clone(),
-            sync_interval: Duration::ZERO,
-            retention: Retention::default(),
-        }],
-        poll_interval: Duration::from_millis(1),
-        checkpoint_wal_bytes,
-    }]
-}
-
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
@@ -176,18 +159,12 @@ fn a_program_checkpointing_its_own_wal_does_not_force_new_snapshots() {
     let root = dir.path().join("replica");
     let replica = Replica::from(FileReplica::new(&root));
     let engine = Engine::start(
-        external(&db, &replica, 16 << 20),
+        crate::external_spec(&db, &replica, 16 << 20),
         Arc::new(tradevault::clock::SystemClock) as Arc<dyn Clock>,
     )
     .expect("start");
     eventually("the first snapshot", || engine.status()[0].txid >= 1);
-    for i in 0..3_000i64 {
-        conn.execute(
-            "INSERT INTO fills (id, qty) VALUES (?1, printf('%d.25', ?1))",
-            [i],
-        )
-        .expect("insert");
-    }
+    crate::insert_fills(&conn, 0..3_000);
     let written = crate::rows(&db);
     eventually("the replica to hold every row", || {
         let s = &engine.status()[0];
@@ -209,8 +186,9 @@ fn a_program_checkpointing_its_own_wal_does_not_force_new_snapshots() {
 
 /// The engine checkpoints a program's WAL itself (the program never does: autocheckpoint off),
 /// taking the program's write lock only for the tail: the WAL is folded in and restarted again and
-/// again (its file stays within four times the trigger), and every new WAL generation continues the history, so the replica is one snapshot and
-/// then only level-0 files in an unbroken chain, and restores exactly what the program wrote.
+/// again (its file stays within four times the trigger), and every new WAL generation continues
+/// the history, so the replica is one snapshot and then only level-0 files in an unbroken chain,
+/// and restores exactly what the program wrote.
 #[test]
 fn the_engine_checkpoints_a_programs_wal_without_new_snapshots() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -221,18 +199,12 @@ fn the_engine_checkpoints_a_programs_wal_without_new_snapshots() {
     let root = dir.path().join("replica");
     let replica = Replica::from(FileReplica::new(&root));
     let engine = Engine::start(
-        external(&db, &replica, 32 << 10),
+        crate::external_spec(&db, &replica, 32 << 10),
         Arc::new(tradevault::clock::SystemClock) as Arc<dyn Clock>,
     )
     .expect("start");
     eventually("the first snapshot", || engine.status()[0].txid >= 1);
-    for i in 0..3_000i64 {
-        conn.execute(
-            "INSERT INTO fills (id, qty) VALUES (?1, printf('%d.25', ?1))",
-            [i],
-        )
-        .expect("insert");
-    }
+    crate::insert_fills(&conn, 0..3_000);
     let written = crate::rows(&db);
     let wal = dir.path().join("bot.db-wal");
     eventually(
@@ -290,7 +262,7 @@ fn a_clean_stop_lets_the_next_start_continue_without_a_snapshot() {
     let replica = Replica::from(FileReplica::new(&root));
     let run = || {
         let engine = Engine::start(
-            external(&db, &replica, 16 << 20),
+            crate::external_spec(&db, &replica, 16 << 20),
             Arc::new(tradevault::clock::SystemClock) as Arc<dyn Clock>,
         )
         .expect("start");
@@ -299,15 +271,7 @@ fn a_clean_stop_lets_the_next_start_continue_without_a_snapshot() {
             .expect("in sync");
         engine.stop();
     };
-    let insert = |ids: std::ops::Range<i64>| {
-        for i in ids {
-            conn.execute(
-                "INSERT INTO fills (id, qty) VALUES (?1, printf('%d.5', ?1))",
-                [i],
-            )
-            .expect("insert");
-        }
-    };
+    let insert = |ids: std::ops::Range<i64>| crate::insert_fills(&conn, ids);
     let snapshots = || {
         files(&root, 9).len()
             + files(&root, 0)

@@ -31,3 +31,37 @@ pub fn rows(db: &std::path::Path) -> Vec<(i64, String)> {
         .map(|r| r.expect("row"))
         .collect()
 }
+
+/// Inserts one row into `fills` per id, one transaction each (as a bot writes).
+pub fn insert_fills(conn: &rusqlite::Connection, ids: std::ops::Range<i64>) {
+    for i in ids {
+        conn.execute(
+            "INSERT INTO fills (id, qty) VALUES (?1, printf('%d.5', ?1))",
+            [i],
+        )
+        .expect("insert");
+    }
+}
+
+/// One database written by another program (`db`), polled every millisecond, with one file
+/// replica that gets every file at once and keeps the default retention.
+pub fn external_spec(
+    db: &std::path::Path,
+    replica: &tradevault::replica::Replica,
+    checkpoint_wal_bytes: u64,
+) -> Vec<tradevault::replicate::DatabaseSpec> {
+    use std::time::Duration;
+    use tradevault::replicate::{DatabaseSpec, ReplicaSpec, Retention, Source};
+    vec![DatabaseSpec {
+        name: "bot".into(),
+        source: Source::External(db.to_owned()),
+        replicas: vec![ReplicaSpec {
+            name: "r".into(),
+            replica: replica.clone(),
+            sync_interval: Duration::ZERO,
+            retention: Retention::default(),
+        }],
+        poll_interval: Duration::from_millis(1),
+        checkpoint_wal_bytes,
+    }]
+}
