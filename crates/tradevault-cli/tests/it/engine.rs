@@ -258,21 +258,13 @@ fn a_replica_that_was_down_catches_up_with_no_gap() {
         )
         .expect("insert");
     }
-    eventually(
-        "the flaky replica to catch up",
-        Duration::from_secs(40),
-        || {
-            let s = status_of(&db);
-            s["replicas"][1]["txid"] == s["txid"] && s["replicas"][0]["txid"] == s["txid"]
-        },
+    both_catch_up_and_restore(
+        &db,
+        &conn,
+        dir.path(),
+        &mut child,
+        [("good", &good), ("flaky", &flaky)],
     );
-    let _ = child.kill();
-    let _ = child.wait();
-    let expected = table_rows(&conn);
-    for (name, url) in [("good", &good), ("flaky", &flaky)] {
-        let restored = restore(url, &dir.path().join(format!("restored-{name}")));
-        assert_eq!(table_rows(&restored), expected, "{name} holds every row");
-    }
     // No gap: the flaky replica's files chain from TXID 1 to its newest, each continuing the last.
     let mut ranges: Vec<(u64, u64)> = std::fs::read_dir(flaky_root.join("ltx/0"))
         .expect("level 0")
@@ -372,19 +364,33 @@ fn a_replica_on_a_full_disk_catches_up_once_space_is_freed() {
         .collect();
     assert!(leftovers.is_empty(), "half-written files: {leftovers:?}");
     disk.resize("64m");
-    eventually(
-        "the full replica to catch up",
-        Duration::from_secs(40),
-        || {
-            let s = status_of(&db);
-            s["replicas"][1]["txid"] == s["txid"] && s["replicas"][0]["txid"] == s["txid"]
-        },
+    both_catch_up_and_restore(
+        &db,
+        &conn,
+        dir.path(),
+        &mut child,
+        [("good", &good), ("full", &full)],
     );
+}
+
+/// Waits until both replicas of the sidecar `child` hold its newest TXID, stops it, and checks
+/// that each restores exactly the rows of `conn`'s database.
+fn both_catch_up_and_restore(
+    db: &Path,
+    conn: &rusqlite::Connection,
+    dir: &Path,
+    child: &mut Child,
+    replicas: [(&str, &String); 2],
+) {
+    eventually("both replicas to catch up", Duration::from_secs(40), || {
+        let s = status_of(db);
+        s["replicas"][1]["txid"] == s["txid"] && s["replicas"][0]["txid"] == s["txid"]
+    });
     let _ = child.kill();
     let _ = child.wait();
-    let expected = table_rows(&conn);
-    for (name, url) in [("good", &good), ("full", &full)] {
-        let restored = restore(url, &dir.path().join(format!("restored-{name}")));
+    let expected = table_rows(conn);
+    for (name, url) in replicas {
+        let restored = restore(url, &dir.join(format!("restored-{name}")));
         assert_eq!(table_rows(&restored), expected, "{name} holds every row");
     }
 }
