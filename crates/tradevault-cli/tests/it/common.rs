@@ -207,6 +207,18 @@ impl Rng {
     }
 }
 
+/// Runs `cmd` to its end and returns its output, failing the test with its stderr unless it
+/// succeeded.
+pub fn succeed(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("run the binary");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Opens the store's database directly (the server must be stopped or killed). Closing it never
 /// checkpoints, so a WAL left by a crash is still there for the next server to recover.
 pub fn open_db(dir: &Path) -> rusqlite::Connection {

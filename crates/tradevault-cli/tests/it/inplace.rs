@@ -67,24 +67,19 @@ fn in_place_restore_of_a_served_store_goes_through_the_server() {
     for i in 3..5 {
         assert_eq!(api.post("/v1/trades", &trade(&format!("t{i}"))).0, 201);
     }
-    let out = command()
-        .args([
-            "restore",
-            "--in-place",
-            "--json",
-            "--txid",
-            &point.to_string(),
-            "--replica",
-            &url,
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .expect("restore");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::common::succeed(
+        command()
+            .args([
+                "restore",
+                "--in-place",
+                "--json",
+                "--txid",
+                &point.to_string(),
+                "--replica",
+                &url,
+                "--data-dir",
+            ])
+            .arg(&data),
     );
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["in_place"]["before"]["rows"]["trades"], 5);
@@ -117,18 +112,7 @@ fn bot_db(path: &Path, rows: std::ops::Range<i64>, tag: &str) {
 }
 
 fn replicate_once(db: &Path, url: &str) {
-    let out = command()
-        .arg("replicate")
-        .arg(db)
-        .arg(url)
-        .arg("--once")
-        .output()
-        .expect("replicate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::succeed(command().arg("replicate").arg(db).arg(url).arg("--once"));
 }
 
 #[test]
@@ -153,15 +137,10 @@ fn in_place_restore_refuses_a_database_another_program_has_open() {
     );
     assert_eq!(content(&db).0.len(), 20, "nothing changed");
     drop(busy);
-    let out = command()
-        .args(["restore", "--in-place", "--replica", &url, "--db"])
-        .arg(&db)
-        .output()
-        .expect("restore");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::common::succeed(
+        command()
+            .args(["restore", "--in-place", "--replica", &url, "--db"])
+            .arg(&db),
     );
     assert_eq!(content(&db), (restored, "ok".to_owned()));
 }
@@ -187,22 +166,17 @@ fn a_killed_in_place_restore_leaves_the_old_or_the_new_database_and_says_which()
     }
     // How long a whole run takes, to spread the kills over it.
     let started = std::time::Instant::now();
-    let out = command()
-        .args([
-            "restore",
-            "--in-place",
-            "--quick-check",
-            "--replica",
-            &url,
-            "--db",
-        ])
-        .arg(&db)
-        .output()
-        .expect("restore");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::common::succeed(
+        command()
+            .args([
+                "restore",
+                "--in-place",
+                "--quick-check",
+                "--replica",
+                &url,
+                "--db",
+            ])
+            .arg(&db),
     );
     let full_ms = started.elapsed().as_millis() as u64;
     let mut rng = Rng::from_env("inplace");

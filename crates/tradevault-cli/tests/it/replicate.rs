@@ -259,15 +259,10 @@ fn serve_replicates_the_store_to_s3() {
     assert!(server.stop().success());
     let restored = dir.path().join("restored");
     std::fs::create_dir(&restored).expect("dir");
-    let out = s3_command(S3_SECRET_ACCESS_KEY)
-        .args(["restore", "--replica", &url, "--output"])
-        .arg(restored.join("tradevault.db"))
-        .output()
-        .expect("restore");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::common::succeed(
+        s3_command(S3_SECRET_ACCESS_KEY)
+            .args(["restore", "--replica", &url, "--output"])
+            .arg(restored.join("tradevault.db")),
     );
     let stats = command()
         .args(["stats", "--json", "--data-dir"])
