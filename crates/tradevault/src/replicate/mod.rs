@@ -97,15 +97,9 @@ struct Saved {
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum SavedAt {
-    Wal {
-        offset: u64,
-        salt1: u32,
-        salt2: u32,
-        checksum: (u32, u32),
-    },
+    Wal(Position),
+    /// The database file alone (its size and mtime are the [`Saved`] ones).
     NoWal {
-        len: u64,
-        modified_ns: u64,
         /// CRC-64 of the whole database file.
         content: u64,
     },
@@ -225,20 +219,10 @@ impl Replicator {
                     _ => Ok(()),
                 };
             }
-            Resume::Wal(p) => SavedAt::Wal {
-                offset: p.offset,
-                salt1: p.salt1,
-                salt2: p.salt2,
-                checksum: p.checksum,
+            Resume::Wal(p) => SavedAt::Wal(p),
+            Resume::FreshWal(_) | Resume::NoWal(..) => SavedAt::NoWal {
+                content: content_checksum(&self.db)?,
             },
-            Resume::FreshWal(_) | Resume::NoWal(..) => {
-                let (len, modified) = file_identity(&self.db)?;
-                SavedAt::NoWal {
-                    len,
-                    modified_ns: nanos(modified),
-                    content: content_checksum(&self.db)?,
-                }
-            }
         };
         let (db_len, modified) = file_identity(&self.db)?;
         let saved = Saved {
@@ -273,49 +257,31 @@ impl Replicator {
         let Ok(saved) = serde_json::from_slice::<Saved>(&bytes) else {
             return false;
         };
-        let unchanged = file_identity(&self.db).is_ok_and(|(len, modified)| {
-            (len, nanos(modified)) == (saved.db_len, saved.db_modified_ns)
-        });
         // Another file put in its place (a restore, say) starts another history.
-        if inode(&self.db) != Some(saved.db_ino) {
+        if !removed
+            || saved.txid != self.txid
+            || self.txid == 0
+            || inode(&self.db) != Some(saved.db_ino)
+        {
             return false;
         }
         let resume = match saved.at {
-            SavedAt::Wal {
-                offset,
-                salt1,
-                salt2,
-                checksum,
-            } => {
-                let position = Position {
-                    offset,
-                    salt1,
-                    salt2,
-                    checksum,
-                };
-                // The frames shipped must still be there, the same: a machine crash can take
-                // unsynced frames off the end of a program's WAL, and new ones would then never
-                // continue the saved checksum chain.
-                if !wal_reaches(&self.db, position) {
-                    return false;
-                }
-                Resume::Wal(position)
-            }
-            SavedAt::NoWal {
-                len,
-                modified_ns,
-                content,
-            } if unchanged && content_checksum(&self.db).is_ok_and(|c| c == content) => {
+            // The frames shipped must still be there, the same: a machine crash can take unsynced
+            // frames off the end of a program's WAL, and new ones would then never continue the
+            // saved checksum chain.
+            SavedAt::Wal(position) if wal_reaches(&self.db, position) => Resume::Wal(position),
+            SavedAt::NoWal { content }
+                if file_identity(&self.db).is_ok_and(|(len, modified)| {
+                    (len, nanos(modified)) == (saved.db_len, saved.db_modified_ns)
+                }) && content_checksum(&self.db).is_ok_and(|c| c == content) =>
+            {
                 Resume::NoWal(
-                    len,
-                    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(modified_ns),
+                    saved.db_len,
+                    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(saved.db_modified_ns),
                 )
             }
             _ => return false,
         };
-        if !removed || saved.txid != self.txid || self.txid == 0 {
-            return false;
-        }
         self.resume = resume;
         true
     }

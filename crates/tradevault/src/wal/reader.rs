@@ -33,7 +33,7 @@ pub struct WalHeader {
 
 /// Where a reader stopped, to resume from: the byte offset after the last transaction read, the
 /// salts of the WAL generation it belongs to, and the checksum chain at that point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     /// Offset after the last frame read.
     pub offset: u64,
