@@ -43,9 +43,6 @@ pub struct Snapshot {
     /// Pages in the state.
     pub page_count: u32,
     overlay: HashMap<u32, Vec<u8>>,
-    /// Where the state ends in the WAL: after its last commit (salts, offset and checksum chain,
-    /// to continue reading from). `None` when the WAL holds no frame of the current generation.
-    pub wal: Option<Position>,
     /// Where the commits after the state will be.
     pub continues: Continues,
     /// Every commit finished before this time (ms) is in the state.
@@ -70,6 +67,15 @@ pub enum Continues {
 }
 
 impl Snapshot {
+    /// Where the state ends in the WAL: after its last commit (salts, offset and checksum chain,
+    /// to continue reading from). `None` when the WAL holds no frame of the current generation.
+    pub fn wal(&self) -> Option<Position> {
+        match self.continues {
+            Continues::Wal(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Opens a consistent snapshot of `db`; `now` gives the time in ms since the epoch.
     pub fn open(db: &Path, now: &dyn Fn() -> i64) -> Result<Snapshot> {
         if !db.is_file() {
@@ -134,7 +140,6 @@ impl Snapshot {
         }
         let mut overlay = HashMap::new();
         let mut commit = None;
-        let mut wal = None;
         let mut continues = Continues::Unknown;
         // A WAL index rebuilt with no WAL has zero salts: the first frame gets random ones, so
         // the salts cannot say where the next commits go (Unknown).
@@ -171,7 +176,6 @@ impl Snapshot {
             if end.offset != limit {
                 return Ok(None);
             }
-            wal = Some(end);
             continues = Continues::Wal(end);
         }
         let file_len = file
@@ -196,7 +200,6 @@ impl Snapshot {
             page_size,
             page_count,
             overlay,
-            wal,
             continues,
             state_min_ms,
             state_max_ms,

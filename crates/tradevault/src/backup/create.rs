@@ -318,7 +318,7 @@ fn write_one(
         finished_ms: 0,
         state_min_ms: snapshot.state_min_ms,
         state_max_ms: snapshot.state_max_ms,
-        wal: snapshot.wal.map(|p| super::format::WalMark {
+        wal: snapshot.wal().map(|p| super::format::WalMark {
             salt1: p.salt1,
             salt2: p.salt2,
             offset: p.offset,
