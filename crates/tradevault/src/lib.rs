@@ -25,6 +25,7 @@ pub mod error;
 pub mod exact;
 mod held;
 pub mod http;
+pub mod integrity;
 pub mod jobs;
 pub mod metrics;
 pub mod replica;

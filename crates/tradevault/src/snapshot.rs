@@ -311,7 +311,7 @@ pub fn row_counts(conn: &Connection, path: &Path) -> Result<BTreeMap<String, u64
 }
 
 /// The tables [`row_counts`] counts, with their root pages, by name.
-fn tables(conn: &Connection, path: &Path) -> Result<Vec<(String, u32)>> {
+pub(crate) fn tables(conn: &Connection, path: &Path) -> Result<Vec<(String, u32)>> {
     conn.prepare(
         "SELECT name, rootpage FROM sqlite_master WHERE type = 'table' \
          AND name NOT LIKE 'sqlite_%' AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name",

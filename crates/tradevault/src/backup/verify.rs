@@ -6,15 +6,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use rusqlite::{Connection, OpenFlags};
-
 use super::catalog::{Verification, read_manifest, record_verification};
 use super::format::{self, Manifest, pack_owner};
 use super::materialize::materialize;
 use super::{Identity, Target, format_ms};
 use crate::error::{Error, Result};
 use crate::restore::Check;
-use crate::snapshot::row_counts;
 
 /// How to verify.
 pub struct VerifyOptions<'a> {
@@ -193,55 +190,37 @@ fn verify_deep(
     )
 }
 
-/// Runs the check and counts rows at the same time, on two connections (SQLite's check is one
-/// thread; the counts read other pages), both reading the file through mmap.
+/// Runs the check and compares rows per table with those `expected`.
 fn check_restored(
     path: &std::path::Path,
     check: Check,
     expected: &std::collections::BTreeMap<String, u64>,
     problems: &mut Vec<String>,
 ) -> Result<()> {
-    let open = || -> Result<Connection> {
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| Error::sqlite("open restored backup", e))?;
-        conn.pragma_update(None, "mmap_size", 1_i64 << 40)
-            .map_err(|e| Error::sqlite("open restored backup", e))?;
-        Ok(conn)
-    };
-    let (checker, counter) = (open()?, open()?);
-    let (checked, counted) = std::thread::scope(|s| {
-        let counts = s.spawn(move || row_counts(&counter, path));
-        let lines: std::result::Result<Vec<String>, _> = checker
-            .prepare(&format!("PRAGMA {}(20)", check.pragma()))
-            .and_then(|mut st| st.query_map([], |r| r.get::<_, String>(0))?.collect());
-        (lines, counts.join())
-    });
-    match checked {
-        Ok(l) if l == ["ok"] => {}
-        Ok(l) => problems.push(format!("{}: {}", check.pragma(), l.join("; "))),
-        Err(e) => problems.push(format!("{}: {e}", check.pragma())),
+    let checked = crate::integrity::check(path, check, true)?;
+    if !checked.problems.is_empty() {
+        problems.push(format!(
+            "{}: {}",
+            check.pragma(),
+            checked.problems.join("; ")
+        ));
     }
-    match counted {
-        Ok(Ok(actual)) => {
-            for (table, n) in expected {
-                match actual.get(table) {
-                    Some(a) if a == n => {}
-                    Some(a) => problems.push(format!(
-                        "table {table}: {a} rows restored, {n} counted at backup time"
-                    )),
-                    None => {
-                        problems.push(format!("table {table}: missing from the restored database"))
-                    }
-                }
-            }
-            for table in actual.keys().filter(|t| !expected.contains_key(*t)) {
-                problems.push(format!(
-                    "table {table}: in the restored database, not counted at backup time"
-                ));
-            }
+    let actual = checked.rows;
+    for (table, n) in expected {
+        match actual.get(table) {
+            Some(a) if a == n => {}
+            Some(a) => problems.push(format!(
+                "table {table}: {a} rows restored, {n} counted at backup time"
+            )),
+            None => problems.push(format!(
+                "table {table}: missing from the restored database (or unreadable)"
+            )),
         }
-        Ok(Err(e)) => problems.push(format!("count rows: {e}")),
-        Err(_) => problems.push("count rows: the counting thread panicked".into()),
+    }
+    for table in actual.keys().filter(|t| !expected.contains_key(*t)) {
+        problems.push(format!(
+            "table {table}: in the restored database, not counted at backup time"
+        ));
     }
     Ok(())
 }

@@ -254,20 +254,18 @@ pub fn replace(
     }
 }
 
-/// Runs `PRAGMA integrity_check` on `file` and returns its rows per table (an error names what
-/// the check found).
+/// Checks `file` with `integrity_check`'s verdict ([`crate::integrity`]) and returns its rows per
+/// table (an error names what the check found).
 pub fn check_file(file: &Path) -> Result<BTreeMap<String, u64>> {
-    let conn = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| Error::sqlite("open restored file", e))?;
-    let found: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .map_err(|e| Error::sqlite("integrity_check", e))?;
-    if found != "ok" {
+    let checked = crate::integrity::check(file, crate::integrity::Check::Integrity, false)?;
+    if !checked.problems.is_empty() {
         return Err(Error::Corrupt {
             path: file.to_owned(),
-            detail: format!("integrity_check: {found}"),
+            detail: format!("integrity_check: {}", checked.problems.join("; ")),
         });
     }
+    let conn = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| Error::sqlite("open restored file", e))?;
     Ok(fingerprint(&conn)?.rows)
 }
 
