@@ -207,12 +207,34 @@ fn plan(conn: &Connection, path: &Path, check: Check) -> Result<Plan> {
         plan.whole = true;
         return Ok(plan);
     }
-    for (name, root) in tables {
+    // Every table with a b-tree, SQLite's own (`sqlite_sequence`, `sqlite_stat1`) included:
+    // the row-count list above leaves those out, the check must not.
+    let all: Vec<(String, u32)> = conn
+        .prepare(
+            "SELECT name, rootpage FROM sqlite_schema WHERE type = 'table' AND rootpage > 0 \
+             ORDER BY name",
+        )
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(q)?;
+    for (name, root) in all {
         match table_plan(conn, &name, root).map_err(q)? {
             Some(t) if t.indexes.is_empty() => {}
             Some(t) => plan.walk.push(t),
             None => plan.sqlite.push(name),
         }
+    }
+    // Every index must belong to a table someone checks; if the schema says otherwise, SQLite
+    // checks the whole file.
+    let indexed: Vec<String> = conn
+        .prepare("SELECT DISTINCT tbl_name FROM sqlite_schema WHERE type = 'index'")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(q)?;
+    let covered = |t: &String| {
+        plan.walk.iter().any(|w| w.name.eq_ignore_ascii_case(t))
+            || plan.sqlite.iter().any(|n| n.eq_ignore_ascii_case(t))
+    };
+    if !indexed.iter().all(covered) {
+        plan.whole = true;
     }
     Ok(plan)
 }
@@ -926,42 +948,54 @@ struct Hasher(u64);
 
 impl Hasher {
     const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
-    const MUL: u64 = 0xd6e8_feb8_6659_fd93;
-    /// Added to a value's bits to tell its kind.
+    /// The multiplier of a value's bytes.
+    const DATA: u64 = 0xd6e8_feb8_6659_fd93;
+    /// A value's kind picks the multiplier of its first word, so that values of different kinds
+    /// meet only by chance, never by arithmetic (a tag added to the bits would let an integer
+    /// stand for a real).
+    const NULL: u64 = 0x2545_f491_4f6c_dd1d;
     const INT: u64 = 0xbf58_476d_1ce4_e5b9;
     const REAL: u64 = 0x94d0_49bb_1331_11eb;
-    const NULL: u64 = 0x2545_f491_4f6c_dd1d;
+    const TEXT: u64 = 0xff51_afd7_ed55_8ccd;
+    const BLOB: u64 = 0xc4ce_b9fe_1a85_ec53;
 
     fn new() -> Hasher {
         Hasher(Self::SEED)
     }
 
     #[inline]
-    fn word(&mut self, w: u64) {
-        let r = u128::from(self.0 ^ w) * u128::from(Self::MUL);
+    fn word(&mut self, w: u64, multiplier: u64) {
+        let r = u128::from(self.0 ^ w) * u128::from(multiplier);
         self.0 = (r as u64) ^ ((r >> 64) as u64);
     }
 
     #[inline(always)]
     fn value(&mut self, v: &Value<'_>) {
         match *v {
-            Value::Null => self.word(Self::NULL),
-            Value::Int(i) => self.word((i as u64).wrapping_add(Self::INT)),
+            Value::Null => self.word(0, Self::NULL),
+            Value::Int(i) => self.word(i as u64, Self::INT),
             Value::Real(f) => match exact_int(f) {
-                Some(i) => self.word((i as u64).wrapping_add(Self::INT)),
-                None => self.word(f.to_bits().wrapping_add(Self::REAL)),
+                Some(i) => self.word(i as u64, Self::INT),
+                None => self.word(f.to_bits(), Self::REAL),
             },
             Value::Text(b) | Value::Blob(b) => {
-                let tag = if matches!(v, Value::Text(_)) { 3 } else { 4 };
-                self.word(tag | ((b.len() as u64) << 8));
+                let kind = if matches!(v, Value::Text(_)) {
+                    Self::TEXT
+                } else {
+                    Self::BLOB
+                };
+                self.word(b.len() as u64, kind);
                 let mut chunks = b.chunks_exact(8);
                 for c in &mut chunks {
-                    self.word(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+                    self.word(
+                        u64::from_le_bytes(c.try_into().expect("8 bytes")),
+                        Self::DATA,
+                    );
                 }
                 if !chunks.remainder().is_empty() {
                     let mut tail = [0u8; 8];
                     tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-                    self.word(u64::from_le_bytes(tail));
+                    self.word(u64::from_le_bytes(tail), Self::DATA);
                 }
             }
         }
@@ -969,7 +1003,7 @@ impl Hasher {
 
     fn finish(&self) -> u64 {
         let mut h = Hasher(self.0);
-        h.word(Self::SEED);
+        h.word(Self::SEED, Self::DATA);
         h.0
     }
 }
@@ -1165,6 +1199,42 @@ mod tests {
     }
 
     #[test]
+    fn tables_named_like_sqlite_s_own_are_checked_too() {
+        // `sqlitedata` matches `LIKE 'sqlite_%'`; `sqlite_x` is only possible by editing the
+        // schema (and only its constraints can index it).
+        for (create, table, redefined) in [
+            (
+                "CREATE TABLE sqlitedata(a TEXT, b TEXT); CREATE INDEX i ON sqlitedata(a);",
+                "sqlitedata",
+                ("i", "CREATE INDEX i ON sqlitedata(b)"),
+            ),
+            (
+                "PRAGMA writable_schema = ON; CREATE TABLE sqlite_x(a TEXT, b TEXT UNIQUE);",
+                "sqlite_x",
+                ("sqlite_x", "CREATE TABLE sqlite_x(a TEXT UNIQUE, b TEXT)"),
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("s.db");
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(create).unwrap();
+            for k in 0..3 {
+                conn.execute(
+                    &format!("INSERT INTO {table} VALUES (?1, ?2)"),
+                    [format!("a{k}"), format!("b{}", 9 - k)],
+                )
+                .unwrap();
+            }
+            drop(conn);
+            redefine(&path, redefined.0, redefined.1);
+            let sqlite = sqlite_says(&path);
+            assert!(!sqlite.is_empty(), "{create}");
+            let checked = check(&path, Check::Integrity, false).unwrap();
+            assert_eq!(checked.problems, sqlite, "{create}");
+        }
+    }
+
+    #[test]
     fn random_damage_gets_the_same_verdict_as_sqlite() {
         let dir = tempfile::tempdir().unwrap();
         let pristine = dir.path().join("pristine.db");
@@ -1223,6 +1293,14 @@ mod tests {
         assert_ne!(hash(Value::Text(b"a")), hash(Value::Blob(b"a")));
         assert_ne!(hash(Value::Text(b"")), hash(Value::Null));
         assert_ne!(hash(Value::Text(b"abc")), hash(Value::Text(b"abc\0")));
+        // A kind added to the bits would let this integer hash as the real (a review found it).
+        let real_as_int = 0.5f64
+            .to_bits()
+            .wrapping_add(0x94d0_49bb_1331_11eb)
+            .wrapping_sub(0xbf58_476d_1ce4_e5b9) as i64;
+        assert_ne!(hash(Value::Int(real_as_int)), hash(Value::Real(0.5)));
+        assert_ne!(hash(Value::Int(0)), hash(Value::Null));
+        assert_ne!(hash(Value::Int(3)), hash(Value::Text(b"")));
 
         assert_eq!(
             int_real(9_007_199_254_740_993, 9_007_199_254_740_992.0),

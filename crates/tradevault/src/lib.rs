@@ -14,6 +14,8 @@
 //! - [`restore`]: plans, verifies and assembles a database from a replica, to a time or a TXID.
 //! - [`backup`]: online, compressed, checksummed (optionally encrypted) backups, incremental by page;
 //!   their catalog on each target, verification and retention.
+//! - [`integrity`]: `PRAGMA integrity_check`'s verdict on a restored or scratch copy, in about
+//!   `quick_check`'s time.
 //! - [`clock`]: time is handed in, never read from the wall inside the library.
 
 pub mod api;

@@ -314,7 +314,8 @@ pub fn row_counts(conn: &Connection, path: &Path) -> Result<BTreeMap<String, u64
 pub(crate) fn tables(conn: &Connection, path: &Path) -> Result<Vec<(String, u32)>> {
     conn.prepare(
         "SELECT name, rootpage FROM sqlite_master WHERE type = 'table' \
-         AND name NOT LIKE 'sqlite_%' AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name",
+         AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND sql NOT LIKE 'CREATE VIRTUAL%' \
+         ORDER BY name",
     )
     .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
     .map_err(|e| corrupt_or(path, e))
