@@ -1,19 +1,23 @@
-//! Backups of the seed-methods tick day (6,000,000 rows, ~480 MB, ../shared/bench/seed-methods),
-//! measured side by side with what the seeds do, in one run:
+//! Backups of the two seed-methods databases (../shared/bench/seed-methods): the tick day
+//! (6,000,000 rows in one table, ~480 MB) and the trading journal (1,000,000 rows over orders,
+//! trades, positions, signals and system_logs, ~257 MB), each measured side by side with what the
+//! seeds do, in one run:
 //!
 //! - P6: a full compressed backup against `sqlite3 .backup` followed by `zstd -3 -T0` (time and
-//!   ratio); gzip (the seed's own method) once for reference.
+//!   ratio); the seeds' own `.backup` + `gzip -6` once, next to our gzip once.
+//! - P12: a deep verify (restore to scratch, check, count rows), with `--quick-check` and with the
+//!   default integrity_check verdict, against `zstd -d` + `quick_check`.
 //! - P7: an incremental backup after 1% of the pages changed, as bytes and time of a full one:
-//!   random (one row updated on each of 1% of the pages, anywhere) and clustered (rows appended
-//!   at the end of the day, as a live tick day grows).
-//! - P12: a deep verify (restore to scratch, check, count rows) against `zstd -d` + `quick_check`.
+//!   random (one row updated on each of 1% of the pages, anywhere) and clustered (rows appended,
+//!   as a live database grows). What changes is each database's own: see [`Changes`].
 //!
-//! `cargo bench -p tradevault --bench backup`. TRADEVAULT_BENCH_TICKS: the tick day (default
-//! `$TMPDIR/seed-methods/ticks.db`; generated with gen_ticks.py when missing). TRADEVAULT_BENCH_RUNS:
-//! runs per measure (default 5). Needs `sqlite3` and `zstd` on the PATH, and about 1 GB free
-//! beside the tick day (the seeds' snapshot or a copy, a backup, a scratch restore). Everything is written
-//! under a temporary directory on the same disk as $TMPDIR, and the page cache is warm (the
-//! database was just read), as for a backup of a database in use.
+//! `cargo bench -p tradevault --bench backup`. TRADEVAULT_BENCH_TICKS, TRADEVAULT_BENCH_JOURNAL:
+//! the databases (default `$TMPDIR/seed-methods/ticks.db` and `journal.db`; generated with
+//! gen_ticks.py and gen_journal.py when missing). TRADEVAULT_BENCH_RUNS: runs per measure
+//! (default 5). Needs `sqlite3`, `zstd` and `gzip` on the PATH, and about 1 GB free beside the
+//! databases (the seeds' snapshot or a copy, a backup, a scratch restore; one database at a
+//! time). Everything is written under a temporary directory on the same disk as the database, and
+//! the page cache is warm (the database was just read), as for a backup of a database in use.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,49 +27,172 @@ use tradevault::backup::{self, CreateOptions, Kind, Target, VerifyOptions};
 use tradevault::config::BackupConfig;
 use tradevault::restore::Check;
 
+/// A database the bench backs up, and how P7 changes it.
+struct Dataset {
+    /// What the figures call it.
+    label: &'static str,
+    /// The backup's database name, and the name of the copy P7 changes.
+    name: &'static str,
+    /// The database (never written: P7 changes a copy).
+    path: PathBuf,
+    /// The seed-methods script that generates it, its arguments, and about how long it takes.
+    generator: (&'static str, &'static str, &'static str),
+    changes: Changes,
+}
+
+/// How P7 changes about 1% of a database's pages, in SQL on its own tables.
+struct Changes {
+    /// The highest id `update` may be given (ids are dense from 1).
+    max_id: &'static str,
+    /// Changes one row in place, `?1` its id: on a random id, one table page, no index page.
+    update: &'static str,
+    /// Appends copies of the newest `?1` rows with their timestamps moved past the newest, as a
+    /// live database grows: the table's last pages and its indexes' (the append point of each).
+    append: &'static str,
+    /// Rows `append` adds per page it changes, table and index pages together (measured on the
+    /// generated database: the incremental's pages stored show whether it still holds).
+    append_rows_per_page: f64,
+}
+
+impl Dataset {
+    fn ticks() -> Dataset {
+        Dataset {
+            label: "tick day",
+            name: "ticks",
+            path: path_or("TRADEVAULT_BENCH_TICKS", "ticks.db"),
+            generator: (
+                "gen_ticks.py",
+                "--rows 6000000 --seed 42",
+                "about 2 minutes",
+            ),
+            changes: Changes {
+                // Rowids are dense, ~51 rows per page; volume is in no index.
+                max_id: "SELECT max(rowid) FROM ticks",
+                update: "UPDATE ticks SET volume = volume + 1 WHERE rowid = ?1",
+                append: "INSERT INTO ticks SELECT ts + 30000000000000, symbol, bid, ask, \
+                         bid_size, ask_size, last, volume FROM ticks \
+                         WHERE rowid > (SELECT max(rowid) FROM ticks) - ?1",
+                // ~51 rows per table page; the (symbol, ts) index grows about as much again.
+                append_rows_per_page: 25.5,
+            },
+        }
+    }
+
+    fn journal() -> Dataset {
+        Dataset {
+            label: "journal",
+            name: "journal",
+            path: path_or("TRADEVAULT_BENCH_JOURNAL", "journal.db"),
+            generator: ("gen_journal.py", "--scale 1.0 --seed 7", "about 1 minute"),
+            changes: Changes {
+                // 300,000 orders, ~20 per page; filled_qty is in no index. Fills arriving late.
+                max_id: "SELECT max(id) FROM orders",
+                update: "UPDATE orders SET filled_qty = coalesce(filled_qty, 0) + 1 WHERE id = ?1",
+                // Log lines of the next session (the generator spans 14 h = 5.04e13 ns): the
+                // table's end (~19 rows per page), ix_logs_ts's end and the end of each level in
+                // ix_logs_level_ts (~160-210 per page): 15 rows per page changed.
+                append: "INSERT INTO system_logs (ts, level, component, message, context) \
+                         SELECT ts + 50400000000000, level, component, message, context \
+                         FROM system_logs WHERE id > (SELECT max(id) FROM system_logs) - ?1",
+                append_rows_per_page: 15.0,
+            },
+        }
+    }
+
+    fn generate(&self) {
+        let (script, args, how_long) = self.generator;
+        let script = format!(
+            "{}/../../../shared/bench/seed-methods/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::create_dir_all(self.path.parent().unwrap_or(Path::new("."))).expect("dir");
+        println!(
+            "generating {} with {script} ({how_long})",
+            self.path.display()
+        );
+        sh(&format!("python3 {script} {} {args}", q(&self.path)));
+    }
+}
+
+/// P6's outcome, which P12 and P7 compare with.
+struct Full {
+    /// Our full backup's times, seconds.
+    seconds: Vec<f64>,
+    /// Bytes it stored.
+    bytes: u64,
+    /// The directory of the target holding the last run's backup, and that backup's id.
+    dir: PathBuf,
+    id: String,
+    /// The seeds' last compressed snapshot.
+    theirs: PathBuf,
+}
+
+#[derive(Clone, Copy)]
+enum Variant {
+    Random,
+    Clustered,
+}
+
 fn main() {
     let runs: usize = env_or("TRADEVAULT_BENCH_RUNS", 5);
-    let ticks = std::env::var_os("TRADEVAULT_BENCH_TICKS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("seed-methods/ticks.db"));
-    if !ticks.is_file() {
-        generate(&ticks);
+    let datasets = [Dataset::ticks(), Dataset::journal()];
+    for ds in &datasets {
+        if !ds.path.is_file() {
+            ds.generate();
+        }
     }
-    let work = tempfile::tempdir_in(ticks.parent().unwrap_or(Path::new("."))).expect("tempdir");
-    let dir = work.path();
-    // P6 and P12 read the tick day itself; P7 changes a copy, made once the others are done
-    // (disk space: about 1 GB at any time).
-    let db = ticks.clone();
-    let size = file_len(&db);
     println!(
-        "tick day {} ({}), {runs} runs per measure, {} cpus, load before: {}",
-        ticks.display(),
-        mib(size),
+        "{runs} runs per measure, {} cpus, load before: {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         load()
     );
+    for ds in &datasets {
+        // One database's files at a time: its directory goes before the next starts.
+        let work = tempfile::tempdir_in(ds.path.parent().unwrap_or(Path::new("."))).expect("tmp");
+        bench(ds, work.path(), runs);
+    }
+    println!("\nload after: {}", load());
+}
 
-    // P6: full backups, ours and the seeds', interleaved.
+fn bench(ds: &Dataset, dir: &Path, runs: usize) {
+    let (size, pages) = (file_len(&ds.path), page_count(&ds.path));
+    println!(
+        "\n=== {} {} ({}, {pages} pages)",
+        ds.label,
+        ds.path.display(),
+        mib(size)
+    );
+    let full = full_backups(ds, dir, runs);
+    gzip_once(ds, dir);
+    deep_verify(&full, dir, runs);
+    let _ = std::fs::remove_file(&full.theirs);
+    let _ = std::fs::remove_dir_all(&full.dir);
+    incrementals(ds, dir, &full, runs);
+}
+
+/// P6: full backups, ours and the seeds', interleaved.
+fn full_backups(ds: &Dataset, dir: &Path, runs: usize) -> Full {
+    let db = &ds.path;
+    let size = file_len(db);
     let config = BackupConfig::default();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     let (mut our_bytes, mut their_bytes) = (0, 0);
+    let (snap, z) = (dir.join("snap.db"), dir.join("snap.db.zst"));
+    let mut last = None;
     for run in 0..runs {
-        let snap = dir.join("snap.db");
-        let z = dir.join("snap.db.zst");
         let t = Instant::now();
-        sh(&format!("sqlite3 {} '.backup {}'", q(&db), q(&snap)));
+        sh(&format!("sqlite3 {} '.backup {}'", q(db), q(&snap)));
         sh(&format!("zstd -q -f -3 -T0 {} -o {}", q(&snap), q(&z)));
         theirs.push(t.elapsed().as_secs_f64());
         their_bytes = file_len(&z);
         let _ = std::fs::remove_file(&snap);
         let target_dir = dir.join(format!("full-{run}"));
-        let target = target(&target_dir);
         let t = Instant::now();
-        let m = create(&target, &db, &config, true);
+        let m = create(&target(&target_dir), ds, db, &config, true);
         ours.push(t.elapsed().as_secs_f64());
         our_bytes = m.stored_bytes();
-        if run + 1 < runs {
-            std::fs::remove_dir_all(&target_dir).expect("clean");
+        if let Some(previous) = last.replace((target_dir, m.id)) {
+            std::fs::remove_dir_all(previous.0).expect("clean");
         }
     }
     println!(
@@ -73,35 +200,59 @@ fn main() {
     );
     report("sqlite3 .backup + zstd -3 -T0", &theirs, size, their_bytes);
     report("tradevault backup create (zstd 3)", &ours, size, our_bytes);
-    let gzip_config = BackupConfig {
+    let (dir, id) = last.expect("at least one run");
+    Full {
+        seconds: ours,
+        bytes: our_bytes,
+        dir,
+        id,
+        theirs: z,
+    }
+}
+
+/// The seeds' own method (`.backup`, then `gzip -6`) once, and our gzip once: for reference.
+fn gzip_once(ds: &Dataset, dir: &Path) {
+    let (db, size) = (&ds.path, file_len(&ds.path));
+    let (snap, gz) = (dir.join("snap.db"), dir.join("snap.db.gz"));
+    let t = Instant::now();
+    sh(&format!("sqlite3 {} '.backup {}'", q(db), q(&snap)));
+    sh(&format!("gzip -6 -c {} > {}", q(&snap), q(&gz)));
+    let theirs = t.elapsed().as_secs_f64();
+    report(
+        "sqlite3 .backup + gzip -6, 1 run",
+        &[theirs],
+        size,
+        file_len(&gz),
+    );
+    let _ = std::fs::remove_file(&snap);
+    let _ = std::fs::remove_file(&gz);
+    let config = BackupConfig {
         compression: "gzip".into(),
         ..BackupConfig::default()
     };
+    let target_dir = dir.join("gzip");
     let t = Instant::now();
-    let gz = create(&target(&dir.join("gzip")), &db, &gzip_config, true);
+    let m = create(&target(&target_dir), ds, db, &config, true);
     report(
         "tradevault backup create (gzip 6), 1 run",
         &[t.elapsed().as_secs_f64()],
         size,
-        gz.stored_bytes(),
+        m.stored_bytes(),
     );
-    std::fs::remove_dir_all(dir.join("gzip")).expect("clean");
+    std::fs::remove_dir_all(target_dir).expect("clean");
+}
 
-    // P12: deep verify of the last full backup against decompress + quick_check.
-    let full_target = target(&dir.join(format!("full-{}", runs - 1)));
-    let newest = backup::Catalog::load(&full_target)
-        .expect("catalog")
-        .newest(None)
-        .expect("a backup")
-        .id
-        .clone();
+/// P12: deep verify of P6's last backup against decompressing the seeds' snapshot +
+/// `quick_check`.
+fn deep_verify(full: &Full, dir: &Path, runs: usize) {
+    let full_target = target(&full.dir);
     let (mut deep_quick, mut deep_integrity, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs.min(3) {
         let plain = dir.join("plain.db");
         let t = Instant::now();
         sh(&format!(
             "zstd -q -d -f {} -o {}",
-            q(&dir.join("snap.db.zst")),
+            q(&full.theirs),
             q(&plain)
         ));
         sh(&format!(
@@ -114,7 +265,7 @@ fn main() {
             (Check::Quick, &mut deep_quick),
             (Check::Integrity, &mut deep_integrity),
         ] {
-            let v = verify(&full_target, &newest, check, dir);
+            let v = verify(&full_target, &full.id, check, dir);
             assert!(v.ok, "{:?}", v.problems);
             out.push(v.seconds);
         }
@@ -128,90 +279,103 @@ fn main() {
         0,
         0,
     );
-    let _ = std::fs::remove_file(dir.join("snap.db.zst"));
-    let _ = std::fs::remove_dir_all(dir.join(format!("full-{}", runs - 1)));
+}
 
-    // P7: 1% of the pages changed, then an incremental backup on top of the full one, taken
-    // again from the copy.
-    let db = dir.join("ticks.db");
-    sh(&format!("cp {} {}", q(&ticks), q(&db)));
-    let full_target = target(&dir.join("p7"));
-    create(&full_target, &db, &config, true);
-    let pages = size / 4096;
+/// P7: 1% of the pages changed, then an incremental backup on top of a full one of a copy.
+fn incrementals(ds: &Dataset, dir: &Path, full: &Full, runs: usize) {
+    let db = dir.join(format!("{}.db", ds.name));
+    sh(&format!("cp {} {}", q(&ds.path), q(&db)));
+    let config = BackupConfig::default();
+    let p7 = target(&dir.join("p7"));
+    create(&p7, ds, &db, &config, true);
+    let pages = page_count(&db);
     let changed = pages / 100;
     println!(
         "\nP7 incremental backup after 1% of the pages changed ({changed} of {pages} pages), against the full backup above (goal: at most 5% of its bytes and time)"
     );
-    let full_time = median(&ours);
-    for (name, change) in [("random", true), ("clustered (appended rows)", false)] {
+    let full_time = median(&full.seconds);
+    for variant in [Variant::Random, Variant::Clustered] {
         let (mut times, mut bytes, mut stored_pages) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
-            let conn = rusqlite::Connection::open(&db).expect("open");
-            if change {
-                // One row on each of `changed` random pages: rowids are dense, ~51 rows per page.
-                let rows: i64 = conn
-                    .query_row("SELECT max(rowid) FROM ticks", [], |r| r.get(0))
-                    .expect("rows");
-                let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ run as u64;
-                conn.execute_batch("BEGIN").expect("begin");
-                for _ in 0..changed {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let id = (x % rows as u64) as i64 + 1;
-                    conn.execute(
-                        "UPDATE ticks SET volume = volume + 1 WHERE rowid = ?1",
-                        [id],
-                    )
-                    .expect("update");
-                }
-                conn.execute_batch("COMMIT").expect("commit");
-            } else {
-                // Appending: each page holds about 51 rows; the index grows too.
-                let n = changed * 51 / 2;
-                conn.execute(
-                    "INSERT INTO ticks SELECT ts + 30000000000000, symbol, bid, ask, bid_size, \
-                     ask_size, last, volume FROM ticks WHERE rowid > (SELECT max(rowid) FROM ticks) - ?1",
-                    [n as i64],
-                )
-                .expect("append");
-            }
-            drop(conn);
+            change(&db, &ds.changes, variant, changed, run);
             let t = Instant::now();
-            let m = create(&full_target, &db, &config, false);
+            let m = create(&p7, ds, &db, &config, false);
             times.push(t.elapsed().as_secs_f64());
             assert!(m.parent.is_some(), "incremental");
             bytes.push(m.stored_bytes());
-            stored_pages.push(m.pages_stored);
+            stored_pages.push(u64::from(m.pages_stored));
         }
-        let b = median_u(&bytes);
-        let t = median(&times);
+        let (b, t, stored) = (median_u(&bytes), median(&times), median_u(&stored_pages));
+        let share = 100.0 * stored as f64 / pages as f64;
         println!(
-            "  {name:<28} median {t:.3} s (min {:.3}, max {:.3}) = {:.1}% of the full backup's time; \
-             {} stored = {:.1}% of its bytes; pages stored (median) {}",
+            "  {:<28} median {t:.3} s (min {:.3}, max {:.3}) = {:.1}% of the full backup's time; \
+             {} stored = {:.1}% of its bytes; pages stored (median) {stored} = {share:.2}% of the \
+             pages{}",
+            variant.label(),
             min(&times),
             max(&times),
             100.0 * t / full_time,
             mib(b),
-            100.0 * b as f64 / our_bytes as f64,
-            median_u(
-                &stored_pages
-                    .iter()
-                    .map(|p| u64::from(*p))
-                    .collect::<Vec<_>>()
-            ),
+            100.0 * b as f64 / full.bytes as f64,
+            if (0.5..=2.0).contains(&share) {
+                ""
+            } else {
+                " (not about 1%: recalibrate the change)"
+            },
         );
     }
-    println!("\nload after: {}", load());
+    let _ = std::fs::remove_file(&db);
 }
 
-fn create(target: &Target, db: &Path, config: &BackupConfig, full: bool) -> backup::Manifest {
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::Random => "random",
+            Variant::Clustered => "clustered (appended rows)",
+        }
+    }
+}
+
+/// Changes about `pages` pages of `db` the way `variant` says, in one transaction.
+fn change(db: &Path, changes: &Changes, variant: Variant, pages: u64, run: usize) {
+    let conn = rusqlite::Connection::open(db).expect("open");
+    conn.execute_batch("BEGIN").expect("begin");
+    match variant {
+        Variant::Random => {
+            let rows: i64 = conn
+                .query_row(changes.max_id, [], |r| r.get(0))
+                .expect("rows");
+            let mut update = conn.prepare(changes.update).expect("prepare");
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ run as u64;
+            for _ in 0..pages {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let id = (x % rows as u64) as i64 + 1;
+                assert_eq!(update.execute([id]).expect("update"), 1, "row {id}");
+            }
+        }
+        Variant::Clustered => {
+            let n = (pages as f64 * changes.append_rows_per_page) as i64;
+            conn.execute(changes.append, [n]).expect("append");
+        }
+    }
+    conn.execute_batch("COMMIT").expect("commit");
+}
+
+fn create(
+    target: &Target,
+    ds: &Dataset,
+    db: &Path,
+    config: &BackupConfig,
+    full: bool,
+) -> backup::Manifest {
     let now = || jiff::Timestamp::now().as_millisecond();
     backup::create(
         std::slice::from_ref(target),
         &CreateOptions {
             db: db.to_owned(),
-            database: "ticks".into(),
+            database: ds.name.into(),
             kind: Kind::Manual,
             config,
             full,
@@ -263,20 +427,18 @@ fn report(name: &str, secs: &[f64], size: u64, stored: u64) {
     );
 }
 
-fn generate(path: &Path) {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/bench/seed-methods/gen_ticks.py"
-    );
-    std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).expect("dir");
-    println!(
-        "generating {} with {script} (about 2 minutes)",
-        path.display()
-    );
-    sh(&format!(
-        "python3 {script} {} --rows 6000000 --seed 42",
-        q(path)
-    ));
+/// `$var`, or `$TMPDIR/seed-methods/<file>` (where seed-methods' scripts put it).
+fn path_or(var: &str, file: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("seed-methods").join(file))
+}
+
+fn page_count(db: &Path) -> u64 {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let conn = rusqlite::Connection::open_with_flags(db, flags).expect("open");
+    conn.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+        .expect("page_count") as u64
 }
 
 fn sh(cmd: &str) {

@@ -1,11 +1,24 @@
-//! Restore of a large database from a file replica holding one snapshot: plan, fetch + apply
-//! (download, verify, write), the check, and `cp` + fsync of the same database for comparison.
+//! Restores of a large database (about 1 GiB), step by step, against `cp` + fsync of the same
+//! database:
+//!
+//! - from a file replica holding one snapshot: plan, fetch + apply (download, verify, write), the
+//!   check;
+//! - in place from a full backup, as `tradevault restore --in-place --backup ID` does it for a
+//!   database no program has open: the backup is materialized into a staging file, checked
+//!   (`inplace::check_file`), then `inplace::replace_file` takes a safety copy, swaps the pages in
+//!   one transaction and checks the result. The database is made to differ from the backup
+//!   before each run (its newest rows deleted), and after it the same file (same inode) holds the
+//!   backup's rows again. The full backup's creation is timed once.
 //!
 //! `cargo bench -p tradevault --bench restore`. TRADEVAULT_BENCH_MIB: database size (default
 //! 1024). TRADEVAULT_BENCH_DIR: build the database and replica there and keep them for the next
 //! run (default: a temporary directory, deleted at the end). TRADEVAULT_BENCH_CHECK: only
-//! `integrity_check` or `quick_check` (default both). The replica is read from the page cache
-//! (it was just written), as for a local file replica used soon after.
+//! `integrity_check` or `quick_check` for the replica restore (default both).
+//! TRADEVAULT_BENCH_RUNS: runs of the in-place restore and of `cp` + fsync (default 3). The replica
+//! and the backup are read from the page cache (they were just written), as for a local file
+//! target used soon after. Disk: about 6 times the database at the peak of an in-place restore
+//! (the database, the replica, the backup, the database restored in place, its staging file,
+//! safety copy and WAL).
 
 use std::fs::File;
 use std::io::Read;
@@ -13,15 +26,22 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use std::os::unix::fs::MetadataExt;
+
+use tradevault::backup;
 use tradevault::replica::{FileReplica, Replica};
 use tradevault::replicate::Replicator;
-use tradevault::restore::{self, Check, Target};
+use tradevault::restore::{self, Check, Target, inplace};
 
 fn main() {
     let mib: u64 = std::env::var("TRADEVAULT_BENCH_MIB")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1024);
+    let runs: usize = std::env::var("TRADEVAULT_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let temp = tempfile::tempdir().expect("tempdir");
     let dir = std::env::var_os("TRADEVAULT_BENCH_DIR")
         .map_or_else(|| temp.path().to_owned(), PathBuf::from);
@@ -42,12 +62,42 @@ fn main() {
             t.elapsed().as_secs_f64()
         );
     }
+    println!(
+        "{} database, {} cpu(s), load before: {}",
+        mib_of(file_len(&db)),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load()
+    );
+    from_replica(&db, &dir, &replica);
+    // `cp` + fsync, runs times; the last copy is the database the in-place restores replace.
+    let live = dir.join("live.db");
+    let mut copies = Vec::new();
+    for _ in 0..runs {
+        restore::remove_database_files(&live);
+        let t = Instant::now();
+        std::fs::copy(&db, &live).expect("copy");
+        File::open(&live)
+            .and_then(|f| f.sync_all())
+            .expect("fsync copy");
+        copies.push(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "  cp + fsync       total {:>6.2} s (min {:.2}, max {:.2}), {runs} runs",
+        median(&copies),
+        min(&copies),
+        max(&copies)
+    );
+    in_place(&db, &dir, &live, runs, median(&copies));
+    restore::remove_database_files(&live);
+    println!("load after: {}", load());
+}
+
+/// The restore from a one-snapshot replica, with each check, byte for byte the database.
+fn from_replica(db: &Path, dir: &Path, replica: &Replica) {
     let snapshot = replica.list(0).expect("list");
     println!(
-        "restore: {} database, snapshot of {} (LZ4), {} cpu(s)",
-        mib_of(file_len(&db)),
-        mib_of(snapshot.iter().map(|f| f.size).sum()),
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        "restore from a replica: snapshot of {} (LZ4)",
+        mib_of(snapshot.iter().map(|f| f.size).sum())
     );
     // Read the replica once, so that every run reads it from the page cache, as documented.
     for f in &snapshot {
@@ -61,14 +111,14 @@ fn main() {
         let out = dir.join(format!("restored-{}.db", check.pragma()));
         let rss = RssSampler::start();
         let t = Instant::now();
-        let plan = restore::plan(&replica, Target::Latest).expect("plan");
+        let plan = restore::plan(replica, Target::Latest).expect("plan");
         let planned = t.elapsed();
         let options = restore::Options {
             base: None,
             check,
             ..Default::default()
         };
-        let restored = restore::apply_with(&replica, &plan, &out, &options).expect("restore");
+        let restored = restore::apply_with(replica, &plan, &out, &options).expect("restore");
         let total = t.elapsed();
         let peak = rss.stop();
         println!(
@@ -83,22 +133,113 @@ fn main() {
             mib_of(peak)
         );
         assert!(
-            same_bytes(&db, &out),
+            same_bytes(db, &out),
             "the restore is the database, byte for byte"
         );
         std::fs::remove_file(&out).expect("remove restored");
     }
-    let copy = dir.join("copy.db");
+}
+
+/// A full backup of `db`, then `runs` in-place restores of it into `live` (a copy of `db` that
+/// has lost its newest rows each time), as the CLI does them; `cp_seconds` for comparison.
+fn in_place(db: &Path, dir: &Path, live: &Path, runs: usize, cp_seconds: f64) {
+    let target_dir = dir.join("backups");
+    let _ = std::fs::remove_dir_all(&target_dir);
+    let target = backup::Target::parse(&format!("file://{}", target_dir.display())).expect("url");
+    let config = tradevault::config::BackupConfig::default();
+    let now = || jiff::Timestamp::now().as_millisecond();
     let t = Instant::now();
-    std::fs::copy(&db, &copy).expect("copy");
-    File::open(&copy)
-        .and_then(|f| f.sync_all())
-        .expect("fsync copy");
+    let manifest = backup::create(
+        std::slice::from_ref(&target),
+        &backup::CreateOptions {
+            db: db.to_owned(),
+            database: "bench".into(),
+            kind: backup::Kind::Manual,
+            config: &config,
+            full: true,
+            progress: None,
+            now: &now,
+        },
+    )
+    .expect("backup")
+    .remove(0);
     println!(
-        "  cp + fsync       total {:>6.2} s",
-        t.elapsed().as_secs_f64()
+        "in-place restore from a full backup: backup create (full, zstd 3) {:.2} s, {} stored",
+        t.elapsed().as_secs_f64(),
+        mib_of(manifest.stored_bytes())
     );
-    std::fs::remove_file(&copy).expect("remove copy");
+    let rows = |path: &Path| -> i64 {
+        let conn = rusqlite::Connection::open(path).expect("open");
+        conn.query_row("SELECT count(*) FROM trades", [], |r| r.get(0))
+            .expect("count")
+    };
+    let expected = rows(db);
+    let work = inplace::work_dir(live);
+    std::fs::create_dir_all(&work).expect("work dir");
+    let (mut totals, mut materialized, mut checked) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut replaced, mut safety_copies, mut swaps, mut after_checks, mut closes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        // The database differs from the backup: its newest rows are gone.
+        rusqlite::Connection::open(live)
+            .and_then(|c| {
+                c.execute(
+                    "DELETE FROM trades WHERE id > (SELECT max(id) FROM trades) - 10000",
+                    [],
+                )
+            })
+            .expect("diverge");
+        assert_eq!(rows(live), expected - 10_000);
+        let file = inode(live);
+        let staging = work.join(format!("staging-{run}.db"));
+        let safety = work.join(format!("safety-{run}.db"));
+        let t = Instant::now();
+        backup::restore_backup(&target, &manifest.id, None, &staging, None).expect("materialize");
+        let m = t.elapsed();
+        let staged = inplace::check_file(&staging).expect("check the staging file");
+        let c = t.elapsed() - m;
+        let r = inplace::replace_file(live, &staging, &safety).expect("replace in place");
+        let total = t.elapsed();
+        restore::remove_database_files(&staging);
+        restore::remove_database_files(&safety);
+        assert_eq!(staged.get("trades"), Some(&(expected as u64)));
+        assert_eq!(r.after.rows, staged, "the database holds the backup's rows");
+        assert_eq!(rows(live), expected, "the database has its rows back");
+        assert_eq!(inode(live), file, "the same file, replaced in place");
+        totals.push(total.as_secs_f64());
+        materialized.push(m.as_secs_f64());
+        checked.push(c.as_secs_f64());
+        let whole = (total - m - c).as_secs_f64();
+        let steps = [r.safety_ms, r.swap_ms, r.check_ms].map(|ms| ms as f64 / 1000.0);
+        replaced.push(whole);
+        safety_copies.push(steps[0]);
+        swaps.push(steps[1]);
+        after_checks.push(steps[2]);
+        closes.push(whole - steps.iter().sum::<f64>());
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::remove_dir_all(&target_dir).expect("remove backups");
+    let row = |name: &str, v: &[f64]| {
+        println!(
+            "  {name:<44} {:>6.2} s (min {:.2}, max {:.2})",
+            median(v),
+            min(v),
+            max(v)
+        );
+    };
+    println!("  medians of {runs} runs ({expected} rows restored each time):");
+    row("total", &totals);
+    row("materialize the backup to staging", &materialized);
+    row("check the staging file (integrity verdict)", &checked);
+    row("replace_file: safety copy + swap + check", &replaced);
+    row("  safety copy (backup API + fsync)", &safety_copies);
+    row("  swap (one transaction, into the WAL)", &swaps);
+    row("  check (quick_check + fingerprint)", &after_checks);
+    row("  the rest: journal, close (WAL checkpoint)", &closes);
+    println!(
+        "  against cp + fsync {cp_seconds:.2} s: total {:.1}x",
+        median(&totals) / cp_seconds
+    );
 }
 
 /// A WAL-mode database of about `bytes`: trades with an index, deterministic content.
@@ -152,6 +293,30 @@ fn build(db: &Path, bytes: u64) {
     }
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .expect("checkpoint");
+}
+
+fn inode(path: &Path) -> u64 {
+    std::fs::metadata(path).expect("metadata").ino()
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
 }
 
 fn file_len(path: &Path) -> u64 {
