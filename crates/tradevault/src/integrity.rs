@@ -393,16 +393,12 @@ fn quote_literal(text: &str) -> String {
 /// its `CREATE INDEX` text; `None` for any other condition.
 fn not_null_column(sql: &str) -> Option<String> {
     let upper = sql.to_ascii_uppercase();
-    let at = upper
-        .rmatch_indices("WHERE")
-        .map(|(i, _)| i)
-        .filter(|&i| {
-            let before = upper[..i].chars().next_back();
-            let after = upper[i + 5..].chars().next();
-            before.is_some_and(|c| c.is_whitespace() || c == ')')
-                && after.is_some_and(|c| c.is_whitespace() || c == '(')
-        })
-        .next()?;
+    let at = upper.rmatch_indices("WHERE").map(|(i, _)| i).find(|&i| {
+        let before = upper[..i].chars().next_back();
+        let after = upper[i + 5..].chars().next();
+        before.is_some_and(|c| c.is_whitespace() || c == ')')
+            && after.is_some_and(|c| c.is_whitespace() || c == '(')
+    })?;
     let mut condition = sql[at + 5..].trim();
     while let Some(inner) = condition
         .strip_prefix('(')
