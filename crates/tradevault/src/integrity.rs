@@ -17,8 +17,8 @@
 //! Values are hashed as SQLite compares them in a lookup: an integer and a real of equal value
 //! hash alike (a REAL column stores 3.0 as the integer 3), text and blobs byte for byte.
 //!
-//! The walk never has the last word. Whatever it cannot model (expression or partial indexes,
-//! generated columns, `WITHOUT ROWID` tables, other collations, a record shorter than its table,
+//! The walk never has the last word. Whatever it cannot model (expression indexes, partial ones
+//! other than `WHERE column IS NOT NULL`, generated columns, `WITHOUT ROWID` tables, other collations, a record shorter than its table,
 //! a page it cannot parse) and whatever it finds wrong is handed to SQLite's own
 //! `PRAGMA integrity_check(TABLE)`, whose output is the result. So a finding comes only from
 //! SQLite, and the walk can only make a check faster, never make it say something else.
