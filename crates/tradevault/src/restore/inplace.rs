@@ -257,16 +257,14 @@ pub fn replace(
 /// Checks `file` with `integrity_check`'s verdict ([`crate::integrity`]) and returns its rows per
 /// table (an error names what the check found).
 pub fn check_file(file: &Path) -> Result<BTreeMap<String, u64>> {
-    let checked = crate::integrity::check(file, crate::integrity::Check::Integrity, false)?;
+    let checked = crate::integrity::check(file, crate::integrity::Check::Integrity, true)?;
     if !checked.problems.is_empty() {
         return Err(Error::Corrupt {
             path: file.to_owned(),
             detail: format!("integrity_check: {}", checked.problems.join("; ")),
         });
     }
-    let conn = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| Error::sqlite("open restored file", e))?;
-    Ok(fingerprint(&conn)?.rows)
+    Ok(checked.rows)
 }
 
 /// [`replace`] for a database no program has open: opens it, replaces, closes.
