@@ -185,6 +185,23 @@ impl Error {
         Error::Sqlite { action, source }
     }
 
+    /// A SQLite error reading the database at `path`: [`Error::Corrupt`] when SQLite says the
+    /// file is not a database or is damaged, else [`Error::sqlite`] with the action.
+    pub fn sqlite_at(
+        path: &std::path::Path,
+        action: &'static str,
+        source: rusqlite::Error,
+    ) -> Self {
+        use rusqlite::ErrorCode as C;
+        match source.sqlite_error_code() {
+            Some(C::NotADatabase | C::DatabaseCorrupt) => Error::Corrupt {
+                path: path.to_owned(),
+                detail: source.to_string(),
+            },
+            _ => Error::sqlite(action, source),
+        }
+    }
+
     /// An invalid request with a code, a field and a message.
     pub fn invalid(
         code: &'static str,

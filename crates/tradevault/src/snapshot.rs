@@ -127,12 +127,12 @@ impl Snapshot {
         // last valid frame, its salts) describes the snapshot exactly.
         // One read outside a transaction opens (and, if needed, rebuilds) the WAL index.
         conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
-            .map_err(|e| corrupt_or(db, e))?;
+            .map_err(|e| Error::sqlite_at(db, "read database for backup", e))?;
         let state_min_ms = now();
         let before = if wal_mode { shm_header(&shm)? } else { None };
         conn.execute_batch("BEGIN")
             .and_then(|()| conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())))
-            .map_err(|e| corrupt_or(db, e))?;
+            .map_err(|e| Error::sqlite_at(db, "read database for backup", e))?;
         let after = if wal_mode { shm_header(&shm)? } else { None };
         let state_max_ms = now();
         if wal_mode && (before.is_none() || before != after) {
@@ -318,23 +318,12 @@ pub(crate) fn tables(conn: &Connection, path: &Path) -> Result<Vec<(String, u32)
          ORDER BY name",
     )
     .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
-    .map_err(|e| corrupt_or(path, e))
+    .map_err(|e| Error::sqlite_at(path, "read database for backup", e))
 }
 
 fn count(conn: &Connection, path: &Path, table: &str) -> Result<u64> {
     let sql = format!("SELECT count(*) FROM \"{}\"", table.replace('"', "\"\""));
     conn.query_row(&sql, [], |r| r.get::<_, i64>(0))
         .map(|n| n as u64)
-        .map_err(|e| corrupt_or(path, e))
-}
-
-fn corrupt_or(path: &Path, e: rusqlite::Error) -> Error {
-    use rusqlite::ErrorCode as C;
-    match e.sqlite_error_code() {
-        Some(C::NotADatabase | C::DatabaseCorrupt) => Error::Corrupt {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        },
-        _ => Error::sqlite("read database for backup", e),
-    }
+        .map_err(|e| Error::sqlite_at(path, "read database for backup", e))
 }

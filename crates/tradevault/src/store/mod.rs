@@ -99,7 +99,7 @@ impl Store {
         let integrity = quick_check(&conn, &path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .and_then(|_| conn.pragma_query_value(None, "journal_mode", |r| r.get::<_, String>(0)))
-            .map_err(|e| corrupt_or(&path, e, "enable WAL"))
+            .map_err(|e| Error::sqlite_at(&path, "enable WAL", e))
             .and_then(|mode| {
                 if mode.eq_ignore_ascii_case("wal") {
                     Ok(())
@@ -490,7 +490,7 @@ fn configure(conn: &Connection, config: &StoreConfig, path: &Path) -> Result<()>
         .map_err(|e| Error::sqlite("set busy timeout", e))?;
     let cache = -i64::try_from(config.cache_kib).unwrap_or(i64::MAX);
     conn.pragma_update(None, "cache_size", cache)
-        .map_err(|e| corrupt_or(path, e, "set cache size"))?;
+        .map_err(|e| Error::sqlite_at(path, "set cache size", e))?;
     Ok(())
 }
 
@@ -515,18 +515,6 @@ fn open_reader(path: &Path, config: &StoreConfig) -> Result<Connection> {
     .map_err(|e| Error::sqlite("open read connection", e))?;
     configure(&conn, config, path)?;
     Ok(conn)
-}
-
-/// Maps SQLite's "not a database" and "corrupt" codes to [`Error::Corrupt`].
-fn corrupt_or(path: &Path, e: rusqlite::Error, action: &'static str) -> Error {
-    use rusqlite::ErrorCode as C;
-    match e.sqlite_error_code() {
-        Some(C::NotADatabase | C::DatabaseCorrupt) => Error::Corrupt {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        },
-        _ => Error::sqlite(action, e),
-    }
 }
 
 fn quick_check(conn: &Connection, path: &Path) -> Result<String> {

@@ -49,23 +49,12 @@ pub(crate) fn quick_check_text(conn: &Connection, path: &Path) -> Result<String>
 fn integrity_text(conn: &Connection, path: &Path, pragma: &str) -> Result<String> {
     let mut stmt = conn
         .prepare(&format!("PRAGMA {pragma}(20)"))
-        .map_err(|e| corrupt(path, e))?;
+        .map_err(|e| Error::sqlite_at(path, "check integrity", e))?;
     let lines: Vec<String> = stmt
         .query_map([], |r| r.get::<_, String>(0))
         .and_then(|rows| rows.collect())
-        .map_err(|e| corrupt(path, e))?;
+        .map_err(|e| Error::sqlite_at(path, "check integrity", e))?;
     Ok(lines.join("; "))
-}
-
-fn corrupt(path: &Path, e: rusqlite::Error) -> Error {
-    use rusqlite::ErrorCode as C;
-    match e.sqlite_error_code() {
-        Some(C::NotADatabase | C::DatabaseCorrupt) => Error::Corrupt {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        },
-        _ => Error::sqlite("check integrity", e),
-    }
 }
 
 pub(crate) fn collect(
