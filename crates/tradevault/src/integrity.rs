@@ -247,19 +247,26 @@ fn plan(conn: &Connection, path: &Path, check: Check) -> Result<Plan> {
 /// The walk's plan for one table, `None` when SQLite must check it.
 fn table_plan(conn: &Connection, name: &str, root: u32) -> rusqlite::Result<Option<Table>> {
     let quoted = quote(name);
-    // (cid, hidden): generated columns are not stored where the walk would look for them.
-    let columns: Vec<(i64, i64)> = conn
+    let columns: Vec<Column> = conn
         .prepare(&format!("PRAGMA table_xinfo({quoted})"))?
-        .query_map([], |r| Ok((r.get(0)?, r.get(6)?)))?
+        .query_map([], |r| {
+            Ok(Column {
+                cid: r.get(0)?,
+                name: r.get(1)?,
+                pk: r.get::<_, i64>(5)? > 0,
+                hidden: r.get::<_, i64>(6)? != 0,
+            })
+        })?
         .collect::<rusqlite::Result<_>>()?;
-    if columns.iter().any(|c| c.1 != 0) {
+    // Generated columns are not stored where the walk would look for them.
+    if columns.iter().any(|c| c.hidden) {
         return Ok(None);
     }
 
-    // (name, unique, origin, partial)
-    let indexes: Vec<(String, bool, String, bool)> = conn
+    // (name, unique, partial)
+    let indexes: Vec<(String, bool, bool)> = conn
         .prepare(&format!("PRAGMA index_list({quoted})"))?
-        .query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+        .query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(4)?)))?
         .collect::<rusqlite::Result<_>>()?;
     if indexes.is_empty() {
         return Ok(Some(Table {
@@ -277,9 +284,9 @@ fn table_plan(conn: &Connection, name: &str, root: u32) -> rusqlite::Result<Opti
     if without_rowid {
         return Ok(None);
     }
-    let alias = rowid_alias(conn, &quoted)?;
+    let alias = rowid_alias(conn, &quoted, &columns)?;
     let mut planned = Vec::new();
-    for (index, unique, _, partial) in indexes {
+    for (index, unique, partial) in indexes {
         let (root, sql): (Option<u32>, Option<String>) = conn.query_row(
             "SELECT rootpage, sql FROM sqlite_schema WHERE type = 'index' AND name = ?1",
             [&index],
@@ -290,20 +297,10 @@ fn table_plan(conn: &Connection, name: &str, root: u32) -> rusqlite::Result<Opti
             let Some(column) = sql.as_deref().and_then(not_null_column) else {
                 return Ok(None);
             };
-            let cid: Option<i64> = conn
-                .query_row(
-                    &format!(
-                        "SELECT cid FROM pragma_table_info({}) WHERE name = ?1 COLLATE NOCASE",
-                        quote_literal(name)
-                    ),
-                    [&column],
-                    |r| r.get(0),
-                )
-                .map(Some)
-                .or_else(|e| match e {
-                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                    e => Err(e),
-                })?;
+            let cid = columns
+                .iter()
+                .find(|c| c.name.eq_ignore_ascii_case(&column))
+                .map(|c| c.cid);
             // SQLite must agree that `column IS NOT NULL` selects this index's rows: it uses a
             // partial index only for a condition that implies the index's own.
             let confirmed = conn
@@ -373,35 +370,39 @@ fn table_plan(conn: &Connection, name: &str, root: u32) -> rusqlite::Result<Opti
     }))
 }
 
+/// A column of a table, as `PRAGMA table_xinfo` lists it.
+struct Column {
+    cid: i64,
+    name: String,
+    /// Part of the primary key.
+    pk: bool,
+    /// Generated (or a virtual table's hidden column).
+    hidden: bool,
+}
+
 /// The column that is the rowid (an `INTEGER PRIMARY KEY`), asked of SQLite itself: reading it
 /// compiles to the `Rowid` opcode instead of `Column`.
-fn rowid_alias(conn: &Connection, table: &str) -> rusqlite::Result<Option<i64>> {
-    // (cid, name, pk)
-    let pk: Vec<(i64, String)> = conn
-        .prepare(&format!("PRAGMA table_info({table})"))?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(5)?)))?
-        .filter(|c| c.as_ref().map_or(true, |c| c.2 > 0))
-        .map(|c| c.map(|(cid, name, _)| (cid, name)))
-        .collect::<rusqlite::Result<_>>()?;
-    let [(cid, column)] = &pk[..] else {
+fn rowid_alias(
+    conn: &Connection,
+    table: &str,
+    columns: &[Column],
+) -> rusqlite::Result<Option<i64>> {
+    let mut pk = columns.iter().filter(|c| c.pk);
+    let (Some(column), None) = (pk.next(), pk.next()) else {
         return Ok(None);
     };
     let opcodes: Vec<String> = conn
         .prepare(&format!(
             "EXPLAIN SELECT {} FROM {table} NOT INDEXED",
-            quote(column)
+            quote(&column.name)
         ))?
         .query_map([], |r| r.get(1))?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(opcodes.iter().any(|o| o == "Rowid").then_some(*cid))
+    Ok(opcodes.iter().any(|o| o == "Rowid").then_some(column.cid))
 }
 
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// The column of a partial index's `WHERE column IS NOT NULL` (or `NOT NULL`, `NOTNULL`), from
@@ -509,10 +510,11 @@ fn help(
     Ok((problems, rows))
 }
 
-const INTERIOR_INDEX: u8 = 2;
-const INTERIOR_TABLE: u8 = 5;
-const LEAF_INDEX: u8 = 10;
-const LEAF_TABLE: u8 = 13;
+/// The b-tree page kinds (the first byte of a page's header).
+pub(crate) const INTERIOR_INDEX: u8 = 2;
+pub(crate) const INTERIOR_TABLE: u8 = 5;
+pub(crate) const LEAF_INDEX: u8 = 10;
+pub(crate) const LEAF_TABLE: u8 = 13;
 
 /// B-trees deeper than this are not walked (SQLite's own limit is 20).
 const MAX_DEPTH: usize = 40;

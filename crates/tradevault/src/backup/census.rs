@@ -14,10 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-const INTERIOR_INDEX: u8 = 2;
-const INTERIOR_TABLE: u8 = 5;
-const LEAF_INDEX: u8 = 10;
-const LEAF_TABLE: u8 = 13;
+use crate::integrity::{INTERIOR_INDEX, INTERIOR_TABLE, LEAF_INDEX, LEAF_TABLE};
 
 /// B-tree facts about every page of one database state, gathered by any number of readers.
 pub struct Census {
