@@ -164,20 +164,22 @@ fn a_killed_in_place_restore_leaves_the_old_or_the_new_database_and_says_which()
         conn.execute("VACUUM INTO ?1", [pristine.to_str().expect("utf8")])
             .expect("vacuum into");
     }
+    let restore_in_place = || {
+        let mut c = command();
+        c.args([
+            "restore",
+            "--in-place",
+            "--quick-check",
+            "--replica",
+            &url,
+            "--db",
+        ])
+        .arg(&db);
+        c
+    };
     // How long a whole run takes, to spread the kills over it.
     let started = std::time::Instant::now();
-    crate::common::succeed(
-        command()
-            .args([
-                "restore",
-                "--in-place",
-                "--quick-check",
-                "--replica",
-                &url,
-                "--db",
-            ])
-            .arg(&db),
-    );
+    crate::common::succeed(&mut restore_in_place());
     let full_ms = started.elapsed().as_millis() as u64;
     let mut rng = Rng::from_env("inplace");
     let (mut olds, mut news, mut reported) = (0, 0, 0);
@@ -186,16 +188,7 @@ fn a_killed_in_place_restore_leaves_the_old_or_the_new_database_and_says_which()
             let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
         }
         std::fs::copy(&pristine, &db).expect("reset");
-        let mut child = command()
-            .args([
-                "restore",
-                "--in-place",
-                "--quick-check",
-                "--replica",
-                &url,
-                "--db",
-            ])
-            .arg(&db)
+        let mut child = restore_in_place()
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
