@@ -28,43 +28,40 @@ use std::time::Instant;
 
 use std::os::unix::fs::MetadataExt;
 
+mod common;
+
+use common::{env_or, file_len, load, max, median, mib, min};
 use tradevault::backup;
 use tradevault::replica::{FileReplica, Replica};
 use tradevault::replicate::Replicator;
 use tradevault::restore::{self, Check, Target, inplace};
 
 fn main() {
-    let mib: u64 = std::env::var("TRADEVAULT_BENCH_MIB")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1024);
-    let runs: usize = std::env::var("TRADEVAULT_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let size_mib = env_or("TRADEVAULT_BENCH_MIB", 1024) as u64;
+    let runs: usize = env_or("TRADEVAULT_BENCH_RUNS", 3);
     let temp = tempfile::tempdir().expect("tempdir");
     let dir = std::env::var_os("TRADEVAULT_BENCH_DIR")
         .map_or_else(|| temp.path().to_owned(), PathBuf::from);
     std::fs::create_dir_all(&dir).expect("bench dir");
-    let db = dir.join(format!("bench-{mib}.db"));
-    let replica = Replica::from(FileReplica::new(dir.join(format!("replica-{mib}"))));
+    let db = dir.join(format!("bench-{size_mib}.db"));
+    let replica = Replica::from(FileReplica::new(dir.join(format!("replica-{size_mib}"))));
     if replica.list(0).expect("list").is_empty() {
         let t = Instant::now();
-        build(&db, mib << 20);
+        build(&db, size_mib << 20);
         let built = t.elapsed();
         let t = Instant::now();
         let mut r = Replicator::new(&db, replica.clone()).expect("replicator");
         r.sync(1_700_000_000_000).expect("snapshot");
         println!(
             "built a {} database in {:.1} s, replicated it as one snapshot in {:.1} s",
-            mib_of(file_len(&db)),
+            mib(file_len(&db)),
             built.as_secs_f64(),
             t.elapsed().as_secs_f64()
         );
     }
     println!(
         "{} database, {} cpu(s), load before: {}",
-        mib_of(file_len(&db)),
+        mib(file_len(&db)),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         load()
     );
@@ -97,7 +94,7 @@ fn from_replica(db: &Path, dir: &Path, replica: &Replica) {
     let snapshot = replica.list(0).expect("list");
     println!(
         "restore from a replica: snapshot of {} (LZ4)",
-        mib_of(snapshot.iter().map(|f| f.size).sum())
+        mib(snapshot.iter().map(|f| f.size).sum())
     );
     // Read the replica once, so that every run reads it from the page cache, as documented.
     for f in &snapshot {
@@ -130,7 +127,7 @@ fn from_replica(db: &Path, dir: &Path, replica: &Replica) {
             restored.fetch_apply_seconds,
             restored.check_seconds,
             restored.sync_seconds,
-            mib_of(peak)
+            mib(peak)
         );
         assert!(
             same_bytes(db, &out),
@@ -166,7 +163,7 @@ fn in_place(db: &Path, dir: &Path, live: &Path, runs: usize, cp_seconds: f64) {
     println!(
         "in-place restore from a full backup: backup create (full, zstd 3) {:.2} s, {} stored",
         t.elapsed().as_secs_f64(),
-        mib_of(manifest.stored_bytes())
+        mib(manifest.stored_bytes())
     );
     let rows = |path: &Path| -> i64 {
         let conn = rusqlite::Connection::open(path).expect("open");
@@ -297,34 +294,6 @@ fn build(db: &Path, bytes: u64) {
 
 fn inode(path: &Path) -> u64 {
     std::fs::metadata(path).expect("metadata").ino()
-}
-
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
-}
-
-fn min(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-fn max(v: &[f64]) -> f64 {
-    v.iter().copied().fold(0.0, f64::max)
-}
-
-fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-fn mib_of(bytes: u64) -> String {
-    format!("{:.0} MiB", bytes as f64 / 1_048_576.0)
 }
 
 fn same_bytes(a: &Path, b: &Path) -> bool {
