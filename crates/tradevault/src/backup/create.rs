@@ -411,7 +411,11 @@ fn read_changed(
     // A few hundred changed pages would fill one segment, compressed by one thread while the
     // others wait: spread them over the compressors instead.
     let kept = |i: usize, fp: u64| parent.pages.get(i).is_some_and(|e| e.fp == fp);
-    let changed = fps.iter().enumerate().filter(|&(i, &fp)| !kept(i, fp)).count();
+    let changed = fps
+        .iter()
+        .enumerate()
+        .filter(|&(i, &fp)| !kept(i, fp))
+        .count();
     let segment_pages = segment_pages.min((changed.div_ceil(threads) as u32).max(1));
     let mut places = Vec::with_capacity(total as usize);
     let mut pending: Vec<u8> = Vec::with_capacity(segment_pages as usize * ps);

@@ -94,6 +94,20 @@ impl Replica {
         }
     }
 
+    /// Stores `bytes`, an LTX file this process's encoder just produced with `header`: a file
+    /// replica skips decoding it again ([`FileReplica::put_encoded`]); S3 verifies as `put`.
+    pub fn put_encoded(
+        &self,
+        level: u32,
+        header: &ltx::Header,
+        bytes: &[u8],
+    ) -> Result<ReplicaFile> {
+        match self {
+            Replica::File(r) => r.put_encoded(level, header, bytes),
+            Replica::S3(r) => r.put(level, bytes),
+        }
+    }
+
     /// Stores at `level` the LTX file covering `min_txid..=max_txid` that `write` produces,
     /// without holding it in memory: it is written to a temporary file (in the replica's own
     /// directory for a local replica, which then only renames it), verified whole, then stored as

@@ -396,11 +396,9 @@ impl Replicator {
         pages.retain(|pgno, _| *pgno <= commit);
         let txid = self.txid + 1;
         let ts = now();
-        let bytes = encode(
-            ltx::Header::new(page_size, commit, txid, txid, ts),
-            pages.iter().map(|(p, d)| (*p, d.as_slice())),
-        )?;
-        let written = self.replica.put(0, &bytes)?;
+        let header = ltx::Header::new(page_size, commit, txid, txid, ts);
+        let bytes = encode(header, pages.iter().map(|(p, d)| (*p, d.as_slice())))?;
+        let written = self.replica.put_encoded(0, &header, &bytes)?;
         self.txid = txid;
         self.last_ts = ts;
         self.resume = Resume::Wal(reader.position());
