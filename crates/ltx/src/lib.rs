@@ -1,9 +1,10 @@
 //! LTX files: the unit a replica stores. One file holds the pages a run of transactions
 //! (`min_txid..=max_txid`) changed, or every page of the database when `min_txid == 1` (a
 //! snapshot). This crate writes and reads the exact format Litestream 0.5.17 (LTX v0.5.2) uses,
-//! so replicas can be restored by either tool. It does no I/O beyond `Read` and `Write`:
-//! [`Decoder`] streams a file from a reader, [`SliceDecoder`] decodes one held in memory in parts
-//! (on several threads) and joins their checksums.
+//! so replicas can be restored by either tool. It does no I/O beyond `Read`, `Write` and positional reads:
+//! [`Decoder`] streams a file from a reader; [`RangeDecoder`] decodes one held in memory
+//! ([`SliceDecoder`]) or read at offsets ([`ReadAt`], a file) in parts, on several threads, and
+//! joins their checksums.
 //!
 //! Layout (integers big-endian):
 //! ```text
@@ -29,7 +30,7 @@ pub use compact::compact;
 pub use decoder::{Decoder, Page};
 pub use encoder::Encoder;
 pub use header::{Header, Trailer};
-pub use slice_decoder::{Part, SliceDecoder};
+pub use slice_decoder::{Part, RangeDecoder, ReadAt, SliceDecoder};
 
 /// First four bytes of every LTX file.
 pub const MAGIC: &[u8; 4] = b"LTX1";

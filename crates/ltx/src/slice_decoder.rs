@@ -1,4 +1,4 @@
-//! Decodes an LTX file held in memory, in parts: the page index locates every frame, so the pages
+//! Decodes an LTX file held in memory or read at offsets (a file), in parts: the page index locates every frame, so the pages
 //! can be decoded in any split (on several threads), each part summed on its own, and the file is
 //! verified once the parts are joined by [`SliceDecoder::finish`]. Until that returned `Ok`, the
 //! pages a part gave out are unverified: a caller writes them only where a failure discards them.
@@ -16,15 +16,99 @@ use crate::{
 /// Bytes of a frame before its LZ4 block: page number, flags, block length.
 const FRAME_HEAD: usize = PAGE_HEADER_SIZE + 4;
 
-/// An LTX file in memory whose header, page index and trailer were checked against each other.
-pub struct SliceDecoder<'a> {
-    bytes: &'a [u8],
+/// Bytes of frames a part reads at once from a source that is not in memory.
+const WINDOW_BYTES: usize = 4 << 20;
+
+/// Where an LTX file's bytes are read from, at any offset: memory, or a file read in pieces so
+/// that a file of any size costs a few MiB per part.
+pub trait ReadAt: Sync {
+    /// The file's length in bytes.
+    fn size(&self) -> std::io::Result<u64>;
+    /// Fills `buf` with the bytes at `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    /// The bytes `range` without a copy, when they are in memory.
+    fn slice(&self, range: Range<usize>) -> Option<&[u8]> {
+        let _ = range;
+        None
+    }
+}
+
+impl ReadAt for [u8] {
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let bytes = usize::try_from(offset)
+            .ok()
+            .and_then(|at| self.get(at..at.checked_add(buf.len())?))
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn slice(&self, range: Range<usize>) -> Option<&[u8]> {
+        self.get(range)
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn size(&self) -> std::io::Result<u64> {
+        self.as_slice().size()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.as_slice().read_exact_at(buf, offset)
+    }
+
+    fn slice(&self, range: Range<usize>) -> Option<&[u8]> {
+        self.get(range)
+    }
+}
+
+impl ReadAt for std::fs::File {
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    #[cfg(unix)]
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+
+    #[cfg(windows)]
+    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+        use std::os::windows::fs::FileExt;
+        while !buf.is_empty() {
+            match self.seek_read(buf, offset)? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A [`RangeDecoder`] of a file held in memory.
+pub type SliceDecoder<'a> = RangeDecoder<'a, [u8]>;
+
+/// An LTX file whose header, page index and trailer were checked against each other; its pages
+/// are read from `S` as they are decoded.
+pub struct RangeDecoder<'a, S: ReadAt + ?Sized> {
+    source: &'a S,
     header: Header,
+    /// The header's bytes, for the checksum.
+    head: [u8; HEADER_SIZE],
     /// (pgno, offset, size) of every frame, from the page index.
     frames: Vec<(u32, usize, usize)>,
-    /// Where the end marker starts: everything from here to the file checksum is the tail.
-    tail: usize,
+    /// Everything from the end marker to the file checksum (the tail of the checksum).
+    tail: Vec<u8>,
     trailer: Trailer,
+    /// Bytes of frames a part reads at once when the source is not in memory.
+    window: usize,
 }
 
 /// The pages `range` of a file, decoded in order, and the checksum of their frames.
@@ -32,6 +116,9 @@ pub struct Part {
     range: Range<usize>,
     next: usize,
     checksum: Checksum,
+    /// Frames read ahead from a source not in memory: `window` holds the file from `window_at`.
+    window: Vec<u8>,
+    window_at: usize,
 }
 
 impl Part {
@@ -46,22 +133,26 @@ impl Part {
     }
 }
 
-impl<'a> SliceDecoder<'a> {
-    /// Checks the header, the page index (frames back to back from the header to the end marker,
-    /// page numbers ascending and in the database) and the trailer's place.
-    pub fn new(bytes: &'a [u8]) -> Result<SliceDecoder<'a>> {
-        let head: &[u8; HEADER_SIZE] = bytes
-            .get(..HEADER_SIZE)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| Error::Header("file shorter than a header".into()))?;
-        let header = Header::decode(head)?;
+impl<'a, S: ReadAt + ?Sized> RangeDecoder<'a, S> {
+    /// Reads the header, the page index and the trailer, and checks them: frames back to back
+    /// from the header to the end marker, page numbers ascending and in the database.
+    pub fn new(source: &'a S) -> Result<RangeDecoder<'a, S>> {
+        let end = usize::try_from(source.size()?)
+            .map_err(|_| Error::Trailer("file too large for this machine".into()))?;
+        if end < HEADER_SIZE {
+            return Err(Error::Header("file shorter than a header".into()));
+        }
+        let mut head = [0u8; HEADER_SIZE];
+        source.read_exact_at(&mut head, 0)?;
+        let header = Header::decode(&head)?;
         let short = || Error::Trailer("file ends inside the trailer".into());
-        let end = bytes.len();
         let fixed = HEADER_SIZE + PAGE_HEADER_SIZE + 8 + TRAILER_SIZE;
         if end < fixed + 1 {
             return Err(short());
         }
-        let index_len = u64_at(bytes, end - TRAILER_SIZE - 8);
+        let mut last_bytes = [0u8; 8 + TRAILER_SIZE];
+        source.read_exact_at(&mut last_bytes, (end - 8 - TRAILER_SIZE) as u64)?;
+        let index_len = u64_at(&last_bytes, 0);
         let index_end = end - TRAILER_SIZE - 8;
         let index_start = usize::try_from(index_len)
             .ok()
@@ -70,18 +161,22 @@ impl<'a> SliceDecoder<'a> {
             .ok_or_else(|| {
                 Error::Trailer(format!("page index length {index_len} is impossible"))
             })?;
-        let tail = index_start - PAGE_HEADER_SIZE;
+        let tail_at = index_start - PAGE_HEADER_SIZE;
+        let mut tail = vec![0u8; end - tail_at];
+        source.read_exact_at(&mut tail, tail_at as u64)?;
+        // Offsets in `tail` are file offsets less `tail_at`.
+        let (index, index_stop) = (PAGE_HEADER_SIZE, index_end - tail_at);
         let page_size = header.page_size as usize;
         let mut frames = Vec::new();
-        let (mut at, mut offset, mut last) = (index_start, HEADER_SIZE, 0u32);
+        let (mut at, mut offset, mut last) = (index, HEADER_SIZE, 0u32);
         loop {
-            let pgno = uvarint(bytes, &mut at, index_end)?;
+            let pgno = uvarint(&tail, &mut at, index_stop)?;
             if pgno == 0 {
                 break;
             }
             let (frame_offset, size) = (
-                uvarint(bytes, &mut at, index_end)?,
-                uvarint(bytes, &mut at, index_end)?,
+                uvarint(&tail, &mut at, index_stop)?,
+                uvarint(&tail, &mut at, index_stop)?,
             );
             let pgno = u32::try_from(pgno)
                 .map_err(|_| Error::Trailer("page number out of range".into()))?;
@@ -97,7 +192,7 @@ impl<'a> SliceDecoder<'a> {
             }
             let block = (size as usize).wrapping_sub(FRAME_HEAD);
             if frame_offset != offset as u64
-                || size > (tail - offset) as u64
+                || size > (tail_at - offset) as u64
                 || size <= FRAME_HEAD as u64
                 || block > lz4_flex::block::get_maximum_output_size(page_size)
             {
@@ -109,18 +204,18 @@ impl<'a> SliceDecoder<'a> {
             offset += size as usize;
             last = pgno;
         }
-        if at != index_end {
+        if at != index_stop {
             return Err(Error::Trailer(format!(
                 "page index length {index_len}, but it is {} bytes",
-                at - index_start
+                at - index
             )));
         }
-        if offset != tail {
+        if offset != tail_at {
             return Err(Error::Trailer(
                 "the page index does not match the pages".into(),
             ));
         }
-        if bytes[tail..index_start] != [0u8; PAGE_HEADER_SIZE] {
+        if tail[..PAGE_HEADER_SIZE] != [0u8; PAGE_HEADER_SIZE] {
             return Err(Error::Trailer("no end marker after the pages".into()));
         }
         if header.is_snapshot() && next_snapshot_pgno(last, header.page_size) <= header.commit {
@@ -130,16 +225,26 @@ impl<'a> SliceDecoder<'a> {
             )));
         }
         let trailer = Trailer {
-            post_apply_checksum: u64_at(bytes, end - TRAILER_SIZE),
-            file_checksum: u64_at(bytes, end - 8),
+            post_apply_checksum: u64_at(&last_bytes, 8),
+            file_checksum: u64_at(&last_bytes, 16),
         };
-        Ok(SliceDecoder {
-            bytes,
+        tail.truncate(tail.len() - 8);
+        Ok(RangeDecoder {
+            source,
             header,
+            head,
             frames,
             tail,
             trailer,
+            window: WINDOW_BYTES,
         })
+    }
+
+    /// Reads `bytes` of frames at once (at least one frame) when the source is not in memory,
+    /// instead of 4 MiB.
+    pub fn with_window(mut self, bytes: usize) -> RangeDecoder<'a, S> {
+        self.window = bytes;
+        self
     }
 
     /// The file's header.
@@ -169,6 +274,8 @@ impl<'a> SliceDecoder<'a> {
             next: range.start,
             range,
             checksum: Checksum::new(),
+            window: Vec::new(),
+            window_at: 0,
         }
     }
 
@@ -186,7 +293,23 @@ impl<'a> SliceDecoder<'a> {
             )));
         }
         let (pgno, offset, size) = self.frames[part.next];
-        let head = &self.bytes[offset..offset + FRAME_HEAD];
+        let frame = match self.source.slice(offset..offset + size) {
+            Some(frame) => frame,
+            None => {
+                let inside =
+                    offset >= part.window_at && offset + size <= part.window_at + part.window.len();
+                if !inside {
+                    // The next frames of this part, up to a window's worth (a frame at least).
+                    let (_, last_at, last_size) = self.frames[part.range.end - 1];
+                    let n = (last_at + last_size - offset).min(self.window).max(size);
+                    part.window.resize(n, 0);
+                    self.source.read_exact_at(&mut part.window, offset as u64)?;
+                    part.window_at = offset;
+                }
+                &part.window[offset - part.window_at..][..size]
+            }
+        };
+        let head = &frame[..FRAME_HEAD];
         let bad = |reason: String| Err(Error::Page { pgno, reason });
         let flags = u16::from_be_bytes([head[4], head[5]]);
         if u32::from_be_bytes([head[0], head[1], head[2], head[3]]) != pgno {
@@ -203,7 +326,7 @@ impl<'a> SliceDecoder<'a> {
                 "the page index does not match the pages".into(),
             ));
         }
-        let block = &self.bytes[offset + FRAME_HEAD..offset + size];
+        let block = &frame[FRAME_HEAD..];
         match lz4_flex::block::decompress_into(block, buf) {
             Ok(n) if n == page_size => {}
             Ok(n) => return bad(format!("decompresses to {n} bytes, not {page_size}")),
@@ -219,9 +342,8 @@ impl<'a> SliceDecoder<'a> {
     /// Verifies the file: `parts` must cover every page in order, each decoded to its end, and the
     /// checksum of the header, the parts and the tail must be the one in the trailer.
     pub fn finish(&self, parts: impl IntoIterator<Item = Part>) -> Result<(Header, Trailer)> {
-        let end = self.bytes.len();
         let mut checksum = Checksum::new();
-        checksum.update(&self.bytes[..HEADER_SIZE]);
+        checksum.update(&self.head);
         let mut covered = 0;
         for part in parts {
             if part.range.start != covered || !part.is_done() {
@@ -237,7 +359,7 @@ impl<'a> SliceDecoder<'a> {
                 "pages {covered}.. were not all decoded before finish"
             )));
         }
-        checksum.update(&self.bytes[self.tail..end - 8]);
+        checksum.update(&self.tail);
         let computed = checksum.finish();
         let stored = self.trailer.file_checksum;
         if stored != computed {

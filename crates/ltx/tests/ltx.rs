@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ltx::{Decoder, Encoder, Error, Header, Page, SliceDecoder, page_checksum};
+use ltx::{
+    Decoder, Encoder, Error, Header, Page, RangeDecoder, ReadAt, SliceDecoder, page_checksum,
+};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/ltx-litestream-0.5.17")
@@ -40,8 +42,42 @@ fn decode_file(path: &Path) -> (Header, Vec<Page>) {
 
 /// Decodes `bytes` with [`SliceDecoder`], cut into `parts` parts decoded in reverse order (as
 /// threads may finish), and verifies it: the same result as [`Decoder::decode_all`] or an error.
+/// The same bytes read at offsets, a few frames at a time, must give the same answer.
 fn decode_in_parts(bytes: &[u8], parts: usize) -> ltx::Result<(Header, Vec<Page>)> {
-    let d = SliceDecoder::new(bytes)?;
+    let in_memory = decode_parts(SliceDecoder::new(bytes), parts);
+    for window in [1, 333 * parts, 5_000] {
+        let read = Unsliced(bytes.to_vec());
+        let at_offsets = decode_parts(
+            RangeDecoder::new(&read).map(|d| d.with_window(window)),
+            parts,
+        );
+        assert_eq!(
+            at_offsets.as_ref().ok(),
+            in_memory.as_ref().ok(),
+            "read at offsets, {window} bytes at a time, in {parts} parts"
+        );
+    }
+    in_memory
+}
+
+/// Bytes a decoder can only read at offsets, as it reads a file.
+struct Unsliced(Vec<u8>);
+
+impl ReadAt for Unsliced {
+    fn size(&self) -> std::io::Result<u64> {
+        self.0.size()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+}
+
+fn decode_parts<S: ReadAt + ?Sized>(
+    decoder: ltx::Result<RangeDecoder<'_, S>>,
+    parts: usize,
+) -> ltx::Result<(Header, Vec<Page>)> {
+    let d = decoder?;
     let n = d.page_count();
     let bounds: Vec<usize> = (0..=parts).map(|i| n * i / parts).collect();
     let mut decoded = Vec::new();

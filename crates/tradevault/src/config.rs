@@ -381,6 +381,9 @@ pub struct RestoreConfig {
     pub downloaded_bytes_max: u64,
     /// Threads decoding (decompressing and checksumming) the pages of one large file.
     pub decode_threads: u64,
+    /// An LTX file at least this large (a snapshot) is never held in memory: it is read where it
+    /// is on a local replica, or streamed from S3 into an unnamed file beside the output.
+    pub memory_file_bytes_max: u64,
 }
 
 impl Default for RestoreConfig {
@@ -389,6 +392,7 @@ impl Default for RestoreConfig {
             downloads_max: 4,
             downloaded_bytes_max: 256 << 20,
             decode_threads: 2,
+            memory_file_bytes_max: 16 << 20,
         }
     }
 }
@@ -501,6 +505,11 @@ impl Config {
                 1 << 40,
             ),
             ("restore.decode_threads", self.restore.decode_threads, 64),
+            (
+                "restore.memory_file_bytes_max",
+                self.restore.memory_file_bytes_max,
+                1 << 40,
+            ),
         ];
         for (key, value, max) in bounded {
             if value == 0 {

@@ -389,6 +389,13 @@ impl FileReplica {
         fs::read(&path).map_err(|e| Error::io("read replica file", &path, e))
     }
 
+    /// Opens a file to read it at offsets (verify it before applying anything). An open file
+    /// stays readable if pruning removes its name meanwhile.
+    pub fn open(&self, file: &ReplicaFile) -> Result<File> {
+        let path = self.path_of(file.level, file.min_txid, file.max_txid);
+        File::open(&path).map_err(|e| Error::io("open replica file", &path, e))
+    }
+
     /// Removes the temporary files of `levels` and the files that do not verify (a cache after a
     /// machine crash: a name that survived without its bytes). Returns the LTX files removed.
     /// Only for a directory no other process writes.

@@ -167,6 +167,19 @@ impl Replica {
         }
     }
 
+    /// A file on disk to read at offsets, without holding it in memory: a local replica's own
+    /// file, or an S3 object streamed into the file `spill` creates. Verify it before applying.
+    pub fn read_to_disk(
+        &self,
+        file: &ReplicaFile,
+        spill: impl FnOnce() -> Result<std::fs::File>,
+    ) -> Result<std::fs::File> {
+        match self {
+            Replica::File(r) => r.open(file),
+            Replica::S3(r) => r.read_to_file(file, spill()?).map(|(f, _)| f),
+        }
+    }
+
     /// Removes a file; a file already gone is not an error.
     pub fn delete(&self, file: &ReplicaFile) -> Result<()> {
         match self {

@@ -419,6 +419,42 @@ impl S3Replica {
         })
     }
 
+    /// Streams a file's bytes into `out` without holding them in memory; returns `out` and the
+    /// bytes written (verify them before applying anything).
+    pub fn read_to_file(&self, file: &ReplicaFile, out: File) -> Result<(File, u64)> {
+        let client = self.client.clone();
+        let key = self.key_of(file.level, file.min_txid, file.max_txid);
+        let limit = deadline(file.size);
+        self.run(async move {
+            let action = format!("read {key}");
+            let path = Key::from(key.as_str());
+            let mut out = out;
+            let mut failed_write = None;
+            let get = async {
+                let mut body = client.store.get(&path).await?.into_stream();
+                let mut written = 0u64;
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk?;
+                    if let Err(e) = out.write_all(&chunk) {
+                        failed_write = Some(e);
+                        break;
+                    }
+                    written += chunk.len() as u64;
+                }
+                Ok(written)
+            };
+            let written = client.within(&action, limit, get).await?;
+            if let Some(e) = failed_write {
+                return Err(Error::io(
+                    "write downloaded replica file",
+                    std::path::Path::new(&key),
+                    e,
+                ));
+            }
+            Ok((out, written))
+        })
+    }
+
     /// Removes a file; a file already gone is not an error.
     pub fn delete(&self, file: &ReplicaFile) -> Result<()> {
         let client = self.client.clone();

@@ -23,6 +23,9 @@ use crate::config::RestoreConfig;
 use crate::error::{Error, Result};
 use crate::replica::{Replica, ReplicaFile};
 
+/// A file being applied, read from memory or from disk.
+type Decoder<'a> = ltx::RangeDecoder<'a, dyn ltx::ReadAt + 'a>;
+
 /// Pages decoded between two writes: one write per run of consecutive pages, at most this long.
 const WRITE_BATCH_BYTES: usize = 256 << 10;
 
@@ -197,12 +200,7 @@ fn assemble(
         })
         .collect();
     let limits = &options.limits;
-    let fetcher = Fetcher::new(
-        replica,
-        &files,
-        limits.downloaded_bytes_max,
-        options.progress,
-    );
+    let fetcher = Fetcher::new(replica, &files, staging, limits, options.progress);
     let downloads = usize::try_from(limits.downloads_max)
         .unwrap_or(1)
         .clamp(1, files.len().max(1));
@@ -225,13 +223,13 @@ fn apply_files(
 ) -> Result<(u32, u32)> {
     let (mut commit, mut page_size) = (0u32, 0u32);
     for (i, file) in files.iter().enumerate() {
-        let bytes = fetcher.take(i)?;
+        let fetched = fetcher.take(i)?;
         let name = ltx::file_name(file.min_txid, file.max_txid);
         let ltx_error = |source| Error::Ltx {
             name: format!("{}/{name}", file.level),
             source,
         };
-        let decoder = ltx::SliceDecoder::new(&bytes).map_err(ltx_error)?;
+        let decoder = ltx::RangeDecoder::new(fetched.source()).map_err(ltx_error)?;
         let header = *decoder.header();
         if (header.min_txid, header.max_txid) != (file.min_txid, file.max_txid) {
             let (lo, hi) = (header.min_txid, header.max_txid);
@@ -261,10 +259,10 @@ fn apply_files(
         commit = header.commit;
         if let Some(p) = options.progress {
             let frames = decoder.frame_bytes(0..decoder.page_count());
-            p.file_done((bytes.len() as u64).saturating_sub(frames));
+            p.file_done(fetched.len().saturating_sub(frames));
         }
         drop(decoder);
-        drop(bytes);
+        drop(fetched);
         fetcher.applied(i);
     }
     let len = u64::from(commit) * u64::from(page_size);
@@ -274,9 +272,9 @@ fn apply_files(
 }
 
 /// Decodes every page of a file into `out`, in `threads` parts if it is large; returns the parts
-/// for [`ltx::SliceDecoder::finish`] to verify.
+/// for [`ltx::RangeDecoder::finish`] to verify.
 fn write_file(
-    decoder: &ltx::SliceDecoder<'_>,
+    decoder: &Decoder<'_>,
     threads: usize,
     out: &File,
     staging: &Path,
@@ -322,7 +320,7 @@ fn write_file(
 /// Decodes the pages `range` of a file and writes them at their offsets, one write per run of
 /// consecutive pages (a snapshot is one long run).
 fn write_part(
-    decoder: &ltx::SliceDecoder<'_>,
+    decoder: &Decoder<'_>,
     range: Range<usize>,
     out: &File,
     staging: &Path,

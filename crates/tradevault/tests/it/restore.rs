@@ -287,11 +287,13 @@ fn assemble_sequentially(replica: &Replica, plan: &restore::Plan) -> Vec<u8> {
 }
 
 /// Options with limits that force the interesting paths: downloads ahead of the applier, a byte
-/// budget smaller than one file (one file at a time), several decoding threads.
+/// budget smaller than one file (one file at a time), several decoding threads, files read from
+/// disk in pieces instead of memory.
 fn limits(
     downloads_max: u64,
     downloaded_bytes_max: u64,
     decode_threads: u64,
+    memory_file_bytes_max: u64,
 ) -> restore::Options<'static> {
     restore::Options {
         base: None,
@@ -299,6 +301,7 @@ fn limits(
             downloads_max,
             downloaded_bytes_max,
             decode_threads,
+            memory_file_bytes_max,
         },
         ..Default::default()
     }
@@ -314,9 +317,15 @@ fn parallel_fetch_restores_the_litestream_fixture_byte_for_byte_at_every_txid() 
     )
     .expect("fixture");
     let mut multi_file_plans = 0;
-    for (n, options) in [limits(4, 1 << 30, 2), limits(8, 1, 3), limits(1, 1, 1)]
-        .iter()
-        .enumerate()
+    for (n, options) in [
+        limits(4, 1 << 30, 2, 1 << 30),
+        limits(8, 1, 3, 1 << 30),
+        limits(1, 1, 1, 1 << 30),
+        limits(4, 1 << 30, 2, 1),
+        limits(2, 1, 3, 1_000),
+    ]
+    .iter()
+    .enumerate()
     {
         for txid in 1..=0x10 {
             let plan = restore::plan(&replica, Target::Txid(txid)).expect("plan");
@@ -365,18 +374,28 @@ fn a_large_file_decoded_on_several_threads_is_the_database_byte_for_byte() {
     );
     let want = std::fs::read(&db).expect("database");
     let plan = restore::plan(&replica, Target::Latest).expect("plan");
-    for threads in [1, 2, 3, 7] {
-        let out = dir.path().join(format!("threads-{threads}.db"));
+    // A file of at least `memory_max` bytes is read from the replica in pieces, not memory.
+    for (threads, memory_max) in [
+        (1, 1 << 30),
+        (2, 1 << 30),
+        (3, 1 << 30),
+        (7, 1),
+        (1, 1),
+        (2, 1),
+    ] {
+        let out = dir
+            .path()
+            .join(format!("threads-{threads}-{memory_max}.db"));
         let progress = restore::Progress::default();
         let options = restore::Options {
             base: None,
             progress: Some(&progress),
-            ..limits(2, 1 << 30, threads)
+            ..limits(2, 1 << 30, threads, memory_max)
         };
         let restored = restore::apply_with(&replica, &plan, &out, &options).expect("restore");
         assert!(
             std::fs::read(&out).expect("restored") == want,
-            "{threads} threads"
+            "{threads} threads, files of {memory_max} bytes or more from disk"
         );
         assert_eq!(
             (

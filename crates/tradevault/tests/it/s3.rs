@@ -423,6 +423,27 @@ fn restore_rows(replica: &Replica, target: Target, dir: &Path, name: &str) -> Ve
     let plan = restore::plan(replica, target).unwrap_or_else(|e| panic!("{name}: plan: {e}"));
     let out = dir.join(name);
     restore::apply(replica, &plan, &out).unwrap_or_else(|e| panic!("{name}: apply: {e}"));
+    // Every file streamed to disk and read from there in pieces: the same rows.
+    let streamed = dir.join(format!("{name}.streamed"));
+    let options = restore::Options {
+        limits: tradevault::config::RestoreConfig {
+            memory_file_bytes_max: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    restore::apply_with(replica, &plan, &streamed, &options)
+        .unwrap_or_else(|e| panic!("{name}: apply from disk: {e}"));
+    assert_eq!(rows(&streamed), rows(&out), "{name}: from disk");
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .expect("list")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".ltx"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "{name}: downloads left behind: {leftovers:?}"
+    );
     rows(&out)
 }
 
