@@ -303,7 +303,10 @@ impl<'a, S: ReadAt + ?Sized> RangeDecoder<'a, S> {
                     let (_, last_at, last_size) = self.frames[part.range.end - 1];
                     let n = (last_at + last_size - offset).min(self.window).max(size);
                     part.window.resize(n, 0);
-                    self.source.read_exact_at(&mut part.window, offset as u64)?;
+                    if let Err(e) = self.source.read_exact_at(&mut part.window, offset as u64) {
+                        part.window.clear();
+                        return Err(e.into());
+                    }
                     part.window_at = offset;
                 }
                 &part.window[offset - part.window_at..][..size]

@@ -376,8 +376,8 @@ impl Default for LogConfig {
 pub struct RestoreConfig {
     /// LTX files downloaded at once, ahead of the one being applied.
     pub downloads_max: u64,
-    /// Bytes of downloaded files held before they are applied; one file is always allowed, so a
-    /// restore holds at most this, or its largest file.
+    /// Bytes of downloaded files held before they are applied (in memory, or on disk for large
+    /// S3 files); one file is always allowed, so a restore holds at most this, or its largest file.
     pub downloaded_bytes_max: u64,
     /// Threads decoding (decompressing and checksumming) the pages of one large file.
     pub decode_threads: u64,

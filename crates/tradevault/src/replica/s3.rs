@@ -424,7 +424,7 @@ impl S3Replica {
     pub fn read_to_file(&self, file: &ReplicaFile, out: File) -> Result<(File, u64)> {
         let client = self.client.clone();
         let key = self.key_of(file.level, file.min_txid, file.max_txid);
-        let limit = deadline(file.size);
+        let (limit, expected) = (deadline(file.size), file.size);
         self.run(async move {
             let action = format!("read {key}");
             let path = Key::from(key.as_str());
@@ -450,6 +450,13 @@ impl S3Replica {
                     std::path::Path::new(&key),
                     e,
                 ));
+            }
+            if written != expected {
+                return Err(Error::Replica {
+                    replica: client.description.clone(),
+                    message: format!("{action}: {written} bytes received, {expected} listed"),
+                    hint: Some("the object changed or the transfer was cut; try again"),
+                });
             }
             Ok((out, written))
         })

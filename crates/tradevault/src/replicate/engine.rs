@@ -1134,7 +1134,8 @@ impl Shipper<'_> {
         if self.pin_and_ship(pin, quiet_since) {
             for _ in 0..HELD_BACK_TRIES {
                 match passive_checkpoint(&path, &mut copier) {
-                    Ok((log, done)) if log == done => {
+                    // A busy checkpoint reports -1 for both.
+                    Ok((log, done)) if log == done && log >= 0 => {
                         // Every frame is shipped and in the database: a pin taken now reads the
                         // database alone, and does not stop the restart.
                         pin.hold(&path);

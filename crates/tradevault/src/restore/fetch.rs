@@ -1,11 +1,11 @@
 //! [`Fetcher`]: downloads a plan's files ahead of the one being applied, on a few threads, and
 //! hands them out in plan order.
 //!
-//! Memory is bounded: a file of `restore.memory_file_bytes_max` or more is never held in memory (a local replica's
-//! file is read where it is, an S3 object is streamed into an unnamed file beside the staging
-//! file), and a smaller download starts only while the files downloaded but not yet applied, with
-//! it, stay within the byte budget (one file is always allowed). Downloads start in plan order, so
-//! the file the applier waits for is never kept waiting behind later ones.
+//! Memory and disk are bounded: a download starts only while the files downloaded but not yet
+//! applied, with it, stay within the byte budget (one file is always allowed). A file of
+//! `restore.memory_file_bytes_max` or more is never held in memory: a local replica's file is read
+//! where it is, an S3 object is streamed into an unnamed file beside the staging file. Downloads
+//! start in plan order, so the file the applier waits for is never kept waiting behind later ones.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -105,14 +105,14 @@ impl<'a> Fetcher<'a> {
                     if state.stopped || state.next >= self.files.len() {
                         return;
                     }
-                    let size = self.in_memory(state.next);
+                    let size = self.files[state.next].size;
                     if state.held_bytes == 0 || state.held_bytes + size <= self.budget_bytes {
                         break;
                     }
                     state = self.wait(state);
                 }
                 state.next += 1;
-                state.held_bytes += self.in_memory(state.next - 1);
+                state.held_bytes += self.files[state.next - 1].size;
                 state.next - 1
             };
             let file = &self.files[i];
@@ -131,15 +131,14 @@ impl<'a> Fetcher<'a> {
         }
     }
 
-    /// The bytes file `i` holds in memory once downloaded.
-    fn in_memory(&self, i: usize) -> u64 {
-        let size = self.files[i].size;
-        if size >= self.disk_bytes { 0 } else { size }
-    }
-
-    /// An unnamed file for file `i` of the plan (its name goes at once: nothing is left behind).
+    /// An unnamed file for file `i` of the plan (its name goes at once: nothing is left behind,
+    /// and a name left by a killed process, which holds its pid, is never in the way).
     fn spill_file(&self, i: usize) -> Result<File> {
-        let path = format!("{}.{i}.ltx", self.spill_beside.display());
+        let path = format!(
+            "{}.{}.{i}.ltx",
+            self.spill_beside.display(),
+            std::process::id()
+        );
         let path = Path::new(&path);
         let file = File::options()
             .read(true)
@@ -169,7 +168,7 @@ impl<'a> Fetcher<'a> {
 
     /// File `i` was applied: its bytes no longer count against the budget.
     pub(super) fn applied(&self, i: usize) {
-        self.lock().held_bytes -= self.in_memory(i);
+        self.lock().held_bytes -= self.files[i].size;
         self.changed.notify_all();
     }
 
