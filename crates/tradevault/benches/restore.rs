@@ -14,7 +14,9 @@
 //! 1024). TRADEVAULT_BENCH_DIR: build the database and replica there and keep them for the next
 //! run (default: a temporary directory, deleted at the end). TRADEVAULT_BENCH_CHECK: only
 //! `integrity_check` or `quick_check` for the replica restore (default both).
-//! TRADEVAULT_BENCH_RUNS: runs of the in-place restore and of `cp` + fsync (default 3). The replica
+//! TRADEVAULT_BENCH_RUNS: runs of each replica restore (each after a `sync`, so that none pays
+//! for the writeback of what ran before it), of the in-place restore and of `cp` + fsync (default
+//! 3). The replica
 //! and the backup are read from the page cache (they were just written), as for a local file
 //! target used soon after. Disk: about 6 times the database at the peak of an in-place restore
 //! (the database, the replica, the backup, the database restored in place, its staging file,
@@ -30,7 +32,7 @@ use std::os::unix::fs::MetadataExt;
 
 mod common;
 
-use common::{env_or, file_len, load, max, median, mib, min};
+use common::{env_or, file_len, load, max, median, median_u, mib, min};
 use tradevault::backup;
 use tradevault::replica::{FileReplica, Replica};
 use tradevault::replicate::Replicator;
@@ -65,7 +67,7 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         load()
     );
-    from_replica(&db, &dir, &replica);
+    from_replica(&db, &dir, &replica, runs);
     // `cp` + fsync, runs times; the last copy is the database the in-place restores replace.
     let live = dir.join("live.db");
     let mut copies = Vec::new();
@@ -90,10 +92,10 @@ fn main() {
 }
 
 /// The restore from a one-snapshot replica, with each check, byte for byte the database.
-fn from_replica(db: &Path, dir: &Path, replica: &Replica) {
+fn from_replica(db: &Path, dir: &Path, replica: &Replica, runs: usize) {
     let snapshot = replica.list(0).expect("list");
     println!(
-        "restore from a replica: snapshot of {} (LZ4)",
+        "restore from a replica: snapshot of {} (LZ4), {runs} runs of each, medians",
         mib(snapshot.iter().map(|f| f.size).sum())
     );
     // Read the replica once, so that every run reads it from the page cache, as documented.
@@ -106,35 +108,53 @@ fn from_replica(db: &Path, dir: &Path, replica: &Replica) {
             continue;
         }
         let out = dir.join(format!("restored-{}.db", check.pragma()));
-        let rss = RssSampler::start();
-        let t = Instant::now();
-        let plan = restore::plan(replica, Target::Latest).expect("plan");
-        let planned = t.elapsed();
-        let options = restore::Options {
-            base: None,
-            check,
-            ..Default::default()
-        };
-        let restored = restore::apply_with(replica, &plan, &out, &options).expect("restore");
-        let total = t.elapsed();
-        let peak = rss.stop();
+        let (mut totals, mut applies, mut checks, mut syncs, mut peaks) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            // No run pays for the writeback of what ran before it (the build, the last restore).
+            flush_everything();
+            let rss = RssSampler::start();
+            let t = Instant::now();
+            let plan = restore::plan(replica, Target::Latest).expect("plan");
+            let options = restore::Options {
+                base: None,
+                check,
+                ..Default::default()
+            };
+            let restored = restore::apply_with(replica, &plan, &out, &options).expect("restore");
+            totals.push(t.elapsed().as_secs_f64());
+            peaks.push(rss.stop());
+            applies.push(restored.fetch_apply_seconds);
+            checks.push(restored.check_seconds);
+            syncs.push(restored.sync_seconds);
+            assert!(
+                same_bytes(db, &out),
+                "the restore is the database, byte for byte"
+            );
+            std::fs::remove_file(&out).expect("remove restored");
+        }
         println!(
-            "  {:<16} total {:>6.2} s = plan {:.3} s + fetch+apply {:.2} s + check {:.2} s \
+            "  {:<16} total {:>6.2} s (min {:.2}, max {:.2}) = fetch+apply {:.2} s + check {:.2} s \
              (fsync {:.2} s beside it); peak anonymous memory {}",
             check.pragma(),
-            total.as_secs_f64(),
-            planned.as_secs_f64(),
-            restored.fetch_apply_seconds,
-            restored.check_seconds,
-            restored.sync_seconds,
-            mib(peak)
+            median(&totals),
+            min(&totals),
+            max(&totals),
+            median(&applies),
+            median(&checks),
+            median(&syncs),
+            mib(median_u(&peaks))
         );
-        assert!(
-            same_bytes(db, &out),
-            "the restore is the database, byte for byte"
-        );
-        std::fs::remove_file(&out).expect("remove restored");
     }
+}
+
+/// Writes every dirty page of the machine to disk (`sync`), so that a timed run starts with
+/// nothing queued.
+fn flush_everything() {
+    let status = std::process::Command::new("sync")
+        .status()
+        .expect("run sync");
+    assert!(status.success(), "sync failed");
 }
 
 /// A full backup of `db`, then `runs` in-place restores of it into `live` (a copy of `db` that
