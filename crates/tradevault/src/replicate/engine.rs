@@ -685,8 +685,6 @@ fn run_shipper(db: &Db, source: Source, replicator: Replicator, options: &Shippe
         last_ship: Instant::now() - MIN_GAP,
         last_housekeeping: Instant::now() - HOUSEKEEPING,
         failures: 0,
-        copier: None,
-        locker: None,
     };
     match source {
         Source::Store {
@@ -708,10 +706,6 @@ struct Shipper<'a> {
     last_ship: Instant,
     last_housekeeping: Instant,
     failures: u32,
-    /// An external database's checkpoint connections, kept between checkpoints (opening one
-    /// parses the schema again): one copies, one takes the program's write lock.
-    copier: Option<rusqlite::Connection>,
-    locker: Option<rusqlite::Connection>,
 }
 
 impl Shipper<'_> {
@@ -1029,7 +1023,7 @@ impl Shipper<'_> {
             None => {
                 let mut pin = Pin::default();
                 pin.hold(&path);
-                if let Err(e) = passive_checkpoint(&path, &mut None) {
+                if let Err(e) = passive_checkpoint(&path) {
                     tracing::warn!(error = %e, "passive checkpoint failed");
                 }
                 pin
@@ -1105,25 +1099,17 @@ impl Shipper<'_> {
     ) -> Checkpointed {
         let db = self.db;
         let path = db.path.clone();
-        let mut copier = self.copier.take();
-        if let Err(e) = passive_checkpoint(&path, &mut copier) {
+        if let Err(e) = passive_checkpoint(&path) {
             tracing::debug!(database = %db.name, error = %e, "passive checkpoint failed");
         }
-        let lock = match self.locker.take() {
-            Some(c) => Ok(c),
-            None => open_plain(&path).and_then(|mut c| {
-                c.busy_handler(Some(poll_write_lock))?;
-                Ok(c)
-            }),
-        }
-        .and_then(|c| {
+        let lock = open_plain(&path).and_then(|mut c| {
+            c.busy_handler(Some(poll_write_lock))?;
             c.execute_batch("BEGIN IMMEDIATE")?;
             Ok(c)
         });
         let lock = match lock {
             Ok(c) => c,
             Err(e) => {
-                self.copier = copier;
                 tracing::debug!(database = %db.name, error = %e, "the program's write lock is busy; checkpoint later");
                 return Checkpointed::WriterBusy;
             }
@@ -1133,9 +1119,10 @@ impl Shipper<'_> {
         let mut copied = false;
         if self.pin_and_ship(pin, quiet_since) {
             for _ in 0..HELD_BACK_TRIES {
-                match passive_checkpoint(&path, &mut copier) {
-                    // A busy checkpoint reports -1 for both.
-                    Ok((log, done)) if log == done && log >= 0 => {
+                match passive_checkpoint(&path) {
+                    // Not busy (another checkpoint running): nothing left to copy. A WAL that is
+                    // not open (nothing in it) reports -1 for both, and counts.
+                    Ok((false, log, done)) if log == done => {
                         // Every frame is shipped and in the database: a pin taken now reads the
                         // database alone, and does not stop the restart.
                         pin.hold(&path);
@@ -1154,17 +1141,12 @@ impl Shipper<'_> {
                 tracing::debug!(database = %db.name, "a reader holds back the checkpoint; later");
             }
         }
-        match lock.execute_batch("ROLLBACK") {
-            // Kept for the next checkpoint; one that could not let go is closed, which does.
-            Ok(()) => self.locker = Some(lock),
-            Err(e) => {
-                tracing::warn!(database = %db.name, error = %e, "could not let go of the write lock");
-                drop(lock);
-            }
+        if let Err(e) = lock.execute_batch("ROLLBACK") {
+            tracing::warn!(database = %db.name, error = %e, "could not let go of the write lock");
         }
+        drop(lock);
         let held = started.elapsed();
         if !copied {
-            self.copier = copier;
             return Checkpointed::HeldBack;
         }
         // The program's next commit restarts the WAL from its start, reusing the file. Shrink
@@ -1174,11 +1156,15 @@ impl Shipper<'_> {
         // Frames committed since cannot be copied while the pin reads the database alone, so then
         // this does nothing.
         let truncated = if file_len(&wal_path(&path)) > shrink_above {
-            checkpoint_on(&path, &mut copier, "TRUNCATE").map(|(busy, _, _)| busy)
+            open_plain(&path).and_then(|c| {
+                c.pragma_update(None, "busy_timeout", 0)?;
+                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+            })
         } else {
             Ok(1)
         };
-        self.copier = copier;
         db.lock().status.checkpoints += 1;
         crate::metrics::replication_checkpoint(&db.name);
         tracing::debug!(
@@ -1327,36 +1313,12 @@ impl Pin {
     }
 }
 
-/// `PRAGMA wal_checkpoint(PASSIVE)` on `conn`, opened first if it is `None`: (frames in the
-/// WAL, frames copied).
-fn passive_checkpoint(
-    path: &Path,
-    conn: &mut Option<rusqlite::Connection>,
-) -> rusqlite::Result<(i64, i64)> {
-    checkpoint_on(path, conn, "PASSIVE").map(|(_, log, done)| (log, done))
-}
-
-/// `PRAGMA wal_checkpoint(MODE)` without waiting, on `conn`, opened first if it is `None` and
-/// closed after an error (the next call opens a new one): (busy, log frames, frames copied).
-fn checkpoint_on(
-    path: &Path,
-    conn: &mut Option<rusqlite::Connection>,
-    mode: &str,
-) -> rusqlite::Result<(i64, i64, i64)> {
-    let c = match conn {
-        Some(c) => c,
-        None => conn.insert(open_plain(path).and_then(|c| {
-            c.pragma_update(None, "busy_timeout", 0)?;
-            Ok(c)
-        })?),
-    };
-    let result = c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
-        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-    });
-    if result.is_err() {
-        *conn = None;
-    }
-    result
+/// `PRAGMA wal_checkpoint(PASSIVE)` on a fresh connection: (busy, frames in the WAL, frames
+/// copied).
+fn passive_checkpoint(path: &Path) -> rusqlite::Result<(bool, i64, i64)> {
+    open_plain(path)?.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((row.get::<_, i64>(0)? != 0, row.get(1)?, row.get(2)?))
+    })
 }
 
 /// What an external database's checkpoint came to.
