@@ -379,27 +379,32 @@ fn serve_replicates_the_store_across_truncations_restarts_and_kills() {
             acked += 20;
         }
         if cycle == 0 {
-            // The replicas report on /metrics. Wait (bounded) for the engine's first files.
+            // The replicas report on /metrics: the counters as files ship, the lag at the
+            // engine's next once-a-second status. Wait (bounded) for all of them.
+            let label = format!("replica=\"{url}\"");
+            let names = [
+                "tradevault_replication_files_total",
+                "tradevault_replication_bytes_total",
+                "tradevault_replication_txid",
+                "tradevault_replication_lag_seconds",
+            ];
+            let reported = |text: &str, name: &str| {
+                text.lines()
+                    .any(|l| l.starts_with(name) && l.contains(&label))
+            };
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
             let metrics = loop {
                 let text = api.0.get("/metrics").expect("metrics").text();
-                let shipped = crate::common::metric(&text, "tradevault_replication_txid") >= 1.0;
+                let shipped = crate::common::metric(&text, "tradevault_replication_txid") >= 1.0
+                    && names.iter().all(|n| reported(&text, n));
                 if shipped || std::time::Instant::now() > deadline {
                     break text;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             };
-            let label = format!("replica=\"{url}\"");
-            for name in [
-                "tradevault_replication_files_total",
-                "tradevault_replication_bytes_total",
-                "tradevault_replication_txid",
-                "tradevault_replication_lag_seconds",
-            ] {
+            for name in names {
                 assert!(
-                    metrics
-                        .lines()
-                        .any(|l| l.starts_with(name) && l.contains(&label)),
+                    reported(&metrics, name),
                     "/metrics has {name} for the replica:\n{metrics}"
                 );
             }
