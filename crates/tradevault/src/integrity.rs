@@ -620,9 +620,23 @@ impl Pages {
     /// The rows of the rowid table rooted at `root`: the cells of its leaf pages. A table that
     /// is not a rowid table, or a tree that is not well formed, is SQL's to count.
     fn count_rows(&self, root: u32) -> std::result::Result<u64, Why> {
-        let (mut rows, mut steps) = (0u64, 0u64);
+        let mut rows = 0u64;
+        self.leaves(root, |_, b| {
+            rows += b.cells as u64;
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    /// Calls `leaf` with every leaf page of the rowid table rooted at `root`.
+    fn leaves(
+        &self,
+        root: u32,
+        mut leaf: impl FnMut(&[u8], &BTreePage) -> std::result::Result<(), Why>,
+    ) -> std::result::Result<(), Why> {
         let mut page = Vec::new();
         let mut stack = vec![(root, 0usize)];
+        let mut steps = 0u64;
         while let Some((pgno, depth)) = stack.pop() {
             steps += 1;
             if depth > MAX_DEPTH || steps > u64::from(self.count) {
@@ -638,21 +652,18 @@ impl Pages {
                     }
                     stack.push((b.right, depth + 1));
                 }
-                LEAF_TABLE => rows += b.cells as u64,
+                LEAF_TABLE => leaf(&page, &b)?,
                 _ => return Err("a page of the table's tree is not a table page"),
             }
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// Reads every row of the table and adds each index's key for it to that index's sum.
     fn table_sums(&self, table: &Table, sums: &mut [Sum]) -> std::result::Result<u64, Why> {
         let mut rows = 0u64;
-        let mut page = Vec::new();
         let mut overflow = Vec::new();
         let mut fields = Vec::new();
-        let mut stack = vec![(table.root, 0usize)];
-        let mut steps = 0u64;
         // Only the fields up to the last one an index copies are parsed.
         let needed = table
             .indexes
@@ -660,59 +671,42 @@ impl Pages {
             .flat_map(|i| i.keys.iter().filter_map(|k| k.field).chain(i.only_if))
             .max()
             .map_or(0, |f| f + 1);
-        while let Some((pgno, depth)) = stack.pop() {
-            steps += 1;
-            if depth > MAX_DEPTH || steps > u64::from(self.count) {
-                return Err("the table's tree is too deep or has a cycle");
-            }
-            self.read(pgno, &mut page)?;
-            let b = BTreePage::parse(&page, pgno)?;
-            match b.kind {
-                INTERIOR_TABLE => {
-                    for i in 0..b.cells {
-                        let at = b.cell(&page, i)?;
-                        stack.push((be32(&page, at)?, depth + 1));
-                    }
-                    stack.push((b.right, depth + 1));
-                }
-                LEAF_TABLE => {
-                    for i in 0..b.cells {
-                        let at = b.cell(&page, i)?;
-                        let (size, n) = varint(&page, at)?;
-                        let (rowid, m) = varint(&page, at + n)?;
-                        let payload = self.payload(&page, at + n + m, size, true, &mut overflow)?;
-                        record(payload, &mut fields, needed)?;
-                        rows += 1;
-                        for (index, sum) in table.indexes.iter().zip(sums.iter_mut()) {
-                            if let Some(f) = index.only_if {
-                                match fields.get(f) {
-                                    Some(field) => {
-                                        if let Value::Null = field.value(payload)? {
-                                            continue;
-                                        }
-                                    }
-                                    None => return Err("a row is shorter than its table"),
+        self.leaves(table.root, |page, b| {
+            for i in 0..b.cells {
+                let at = b.cell(page, i)?;
+                let (size, n) = varint(page, at)?;
+                let (rowid, m) = varint(page, at + n)?;
+                let payload = self.payload(page, at + n + m, size, true, &mut overflow)?;
+                record(payload, &mut fields, needed)?;
+                rows += 1;
+                for (index, sum) in table.indexes.iter().zip(sums.iter_mut()) {
+                    if let Some(f) = index.only_if {
+                        match fields.get(f) {
+                            Some(field) => {
+                                if let Value::Null = field.value(payload)? {
+                                    continue;
                                 }
                             }
-                            let mut key = Hasher::new();
-                            for k in &index.keys {
-                                let v = match k.field {
-                                    None => Value::Int(rowid as i64),
-                                    Some(f) => match fields.get(f) {
-                                        Some(field) => field.value(payload)?,
-                                        None => return Err("a row is shorter than its table"),
-                                    },
-                                };
-                                key.value(&v);
-                            }
-                            key.value(&Value::Int(rowid as i64));
-                            sum.add(key.finish());
+                            None => return Err("a row is shorter than its table"),
                         }
                     }
+                    let mut key = Hasher::new();
+                    for k in &index.keys {
+                        let v = match k.field {
+                            None => Value::Int(rowid as i64),
+                            Some(f) => match fields.get(f) {
+                                Some(field) => field.value(payload)?,
+                                None => return Err("a row is shorter than its table"),
+                            },
+                        };
+                        key.value(&v);
+                    }
+                    key.value(&Value::Int(rowid as i64));
+                    sum.add(key.finish());
                 }
-                _ => return Err("a page of the table's tree is not a table page"),
             }
-        }
+            Ok(())
+        })?;
         Ok(rows)
     }
 
