@@ -1,6 +1,6 @@
 //! Decodes an LTX file held in memory or read at offsets (a file), in parts: the page index locates every frame, so the pages
 //! can be decoded in any split (on several threads), each part summed on its own, and the file is
-//! verified once the parts are joined by [`SliceDecoder::finish`]. Until that returned `Ok`, the
+//! verified once the parts are joined by [`RangeDecoder::finish`]. Until that returned `Ok`, the
 //! pages a part gave out are unverified: a caller writes them only where a failure discards them.
 //!
 //! It accepts exactly the files [`crate::Decoder`] accepts, and gives the same pages.
@@ -280,7 +280,7 @@ impl<'a, S: ReadAt + ?Sized> RangeDecoder<'a, S> {
     }
 
     /// Decodes the next page of `part` into `buf` (one page long) and returns its number, or
-    /// `None` when the part is done. The page is not verified until [`SliceDecoder::finish`].
+    /// `None` when the part is done. The page is not verified until [`RangeDecoder::finish`].
     pub fn decode_next(&self, part: &mut Part, buf: &mut [u8]) -> Result<Option<u32>> {
         if part.next >= part.range.end {
             return Ok(None);

@@ -147,9 +147,8 @@ struct Plan {
     walk: Vec<Table>,
     /// Tables with indexes SQLite must check (`integrity_check(TABLE)`).
     sqlite: Vec<String>,
-    /// Every table, for row counts, with its root page.
-    tables: Vec<String>,
-    roots: Vec<u32>,
+    /// Every table a backup counts the rows of, with its root page.
+    tables: Vec<(String, u32)>,
 }
 
 /// A rowid table and the indexes the walk checks.
@@ -190,10 +189,8 @@ enum Collation {
 /// Reads the schema and decides, table by table, who checks its indexes.
 fn plan(conn: &Connection, path: &Path, check: Check) -> Result<Plan> {
     let q = |e| Error::sqlite("read the schema to check", e);
-    let tables = crate::snapshot::tables(conn, path)?;
     let mut plan = Plan {
-        tables: tables.iter().map(|t| t.0.clone()).collect(),
-        roots: tables.iter().map(|t| t.1).collect(),
+        tables: crate::snapshot::tables(conn, path)?,
         ..Plan::default()
     };
     if check == Check::Quick {
@@ -330,8 +327,7 @@ fn table_plan(conn: &Connection, name: &str, root: u32) -> rusqlite::Result<Opti
             .query_map([], |r| Ok((r.get(1)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
             .collect::<rusqlite::Result<_>>()?;
         let mut keys = Vec::new();
-        for (cid, desc, collation, key) in columns.iter().filter(|c| c.3) {
-            debug_assert!(key);
+        for (cid, desc, collation, _) in columns.iter().filter(|c| c.3) {
             let collation = match collation.to_ascii_uppercase().as_str() {
                 "BINARY" => Collation::Binary,
                 "NOCASE" => Collation::NoCase,
@@ -469,20 +465,23 @@ fn help(
 ) -> Result<(Vec<String>, BTreeMap<String, u64>)> {
     let mut rows = BTreeMap::new();
     let mut to_sqlite: Vec<&str> = plan.sqlite.iter().map(String::as_str).collect();
-    if !plan.walk.is_empty() {
-        let pages = Pages::open(path)?;
-        for table in &plan.walk {
-            match pages.agree(table) {
-                Ok(n) => {
-                    // Only the tables a backup counts (not SQLite's own).
-                    if plan.tables.contains(&table.name) {
-                        rows.insert(table.name.clone(), n);
-                    }
+    // A file the walk cannot open leaves every table to SQLite.
+    let pages = Pages::open(path).ok();
+    for table in &plan.walk {
+        match pages
+            .as_ref()
+            .ok_or("the file cannot be read")
+            .and_then(|p| p.agree(table))
+        {
+            Ok(n) => {
+                // Only the tables a backup counts (not SQLite's own).
+                if plan.tables.iter().any(|(name, _)| *name == table.name) {
+                    rows.insert(table.name.clone(), n);
                 }
-                Err(why) => {
-                    tracing::debug!(table = %table.name, why, "index walk handed the table to SQLite");
-                    to_sqlite.push(&table.name);
-                }
+            }
+            Err(why) => {
+                tracing::debug!(table = %table.name, why, "index walk handed the table to SQLite");
+                to_sqlite.push(&table.name);
             }
         }
     }
@@ -492,12 +491,11 @@ fn help(
     }
     if count_rows {
         // A table the walk did not read: its leaf pages' cell counts, else SQL.
-        let pages = Pages::open(path).ok();
-        for (table, &root) in plan.tables.iter().zip(&plan.roots) {
+        for (table, root) in &plan.tables {
             if rows.contains_key(table) {
                 continue;
             }
-            if let Some(n) = pages.as_ref().and_then(|p| p.count_rows(root).ok()) {
+            if let Some(n) = pages.as_ref().and_then(|p| p.count_rows(*root).ok()) {
                 rows.insert(table.clone(), n);
                 continue;
             }

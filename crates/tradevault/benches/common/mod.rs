@@ -1,6 +1,4 @@
 //! Helpers the benchmarks share: figures, sizes, the machine's load.
-// Each bench uses its own subset.
-#![allow(dead_code)]
 
 use std::path::Path;
 
