@@ -504,12 +504,12 @@ fn from_backup(
         .transpose()?;
     let started = Instant::now();
     let (output, in_place) = staging_for(args, db_path)?;
+    // A failed restore leaves nothing under `output` (it refuses a name that exists, and names
+    // its file only once complete): only a file it made, and which then fails its check, goes.
     let restored =
-        tradevault::backup::restore_backup(&target, &record.id, identity.as_ref(), &output, None);
-    let checked = restored
-        .and_then(|r| tradevault::restore::inplace::check_file(&output).map(|rows| (r, rows)));
-    let (restored, rows) = match checked {
-        Ok(v) => v,
+        tradevault::backup::restore_backup(&target, &record.id, identity.as_ref(), &output, None)?;
+    let rows = match tradevault::restore::inplace::check_file(&output) {
+        Ok(rows) => rows,
         Err(e) => {
             restore::remove_database_files(&output);
             return Err(e.into());

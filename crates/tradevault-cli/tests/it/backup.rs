@@ -279,3 +279,43 @@ fn sigkill_during_create_leaves_no_backup_and_the_next_one_works() {
     assert_eq!(code, 0);
     assert_eq!(json(&out)[0]["backups"].as_array().map(Vec::len), Some(1));
 }
+
+/// A restore refused because its output exists leaves that file alone, whatever the source.
+#[test]
+fn a_refused_restore_never_touches_the_file_that_was_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE a(x); INSERT INTO a VALUES (1);")
+        .expect("schema");
+    drop(conn);
+    let target = format!("file://{}", dir.path().join("tgt").display());
+    let db_arg = db.to_str().expect("utf8");
+    let (code, out, err) = run(
+        &[
+            "backup", "create", "--db", db_arg, "--target", &target, "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let id = json(&out)[0]["id"].as_str().expect("id").to_owned();
+    let precious = dir.path().join("precious.db");
+    std::fs::write(&precious, b"precious").expect("write");
+    let (code, _, err) = run(
+        &[
+            "restore",
+            "--target",
+            &target,
+            "--db",
+            db_arg,
+            "--backup",
+            &id,
+            "--output",
+            precious.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read(&precious).expect("still there"), b"precious");
+}
