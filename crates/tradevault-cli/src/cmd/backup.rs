@@ -226,7 +226,10 @@ fn list(config: &Config, args: ListArgs) -> anyhow::Result<ExitCode> {
     if args.target.json {
         let json: Vec<serde_json::Value> = out
             .iter()
-            .map(|(t, b)| serde_json::json!({"target": t.name, "url": t.describe(), "backups": b}))
+            .map(|(t, b)| {
+                let b: Vec<_> = b.iter().map(record_json).collect();
+                serde_json::json!({"target": t.name, "url": t.describe(), "backups": b})
+            })
             .collect();
         super::print_json(&json)?;
         return Ok(ExitCode::SUCCESS);
@@ -263,6 +266,18 @@ fn list(config: &Config, args: ListArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A backup as `--json` shows it: the catalog's record, with its type also under `type` (the
+/// name `backup create --json`, `--type` and the store's mirror use) and `verified` always
+/// present (`null` until a verification ran).
+fn record_json(b: &BackupRecord) -> serde_json::Value {
+    let mut v = serde_json::to_value(b).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("type".into(), serde_json::json!(b.kind));
+        o.entry("verified").or_insert(serde_json::Value::Null);
+    }
+    v
+}
+
 fn verified_text(b: &BackupRecord) -> String {
     match &b.verified {
         None => "-".into(),
@@ -287,7 +302,7 @@ fn show(config: &Config, args: ShowArgs) -> anyhow::Result<ExitCode> {
             super::print_json(&serde_json::json!({
                 "target": target.name,
                 "url": target.describe(),
-                "backup": record,
+                "backup": record_json(&record),
                 "state_min": backup::format_ms(manifest.state_min_ms),
                 "state_max": backup::format_ms(manifest.state_max_ms),
                 "wal": manifest.wal,

@@ -149,6 +149,7 @@ fn here(config: &tradevault::Config, args: &Args) -> anyhow::Result<Value> {
         name,
         path,
         replicas: mut urls,
+        ..
     } in targets
     {
         if let Some(url) = &args.replica {

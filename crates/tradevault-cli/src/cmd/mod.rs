@@ -155,6 +155,9 @@ pub struct Database {
     pub path: PathBuf,
     /// Its replicas in the config.
     pub replicas: Vec<String>,
+    /// Named by `--db PATH` (not configured): its backups are those taken from that file, since
+    /// another file may have the same stem.
+    pub by_path: bool,
 }
 
 /// The database `--db` names: `store` (or no `--db`) is the store in `--data-dir`; then a
@@ -171,6 +174,7 @@ pub fn database(config: &Config, db: Option<&str>) -> anyhow::Result<Database> {
                 .iter()
                 .map(|r| r.url.clone())
                 .collect(),
+            by_path: false,
         }),
         Some(name) => {
             if let Some(d) = config.database.iter().find(|d| d.name == name) {
@@ -178,6 +182,7 @@ pub fn database(config: &Config, db: Option<&str>) -> anyhow::Result<Database> {
                     name: d.name.clone(),
                     path: d.path.clone(),
                     replicas: d.replica.iter().map(|r| r.url.clone()).collect(),
+                    by_path: false,
                 });
             }
             let path = PathBuf::from(name);
@@ -187,6 +192,7 @@ pub fn database(config: &Config, db: Option<&str>) -> anyhow::Result<Database> {
                     name: stem,
                     path,
                     replicas: Vec::new(),
+                    by_path: true,
                 }),
                 _ => Err(UsageError(format!(
                     "--db {name:?} is neither \"store\", a configured [[database]] name, nor a file"

@@ -77,7 +77,30 @@ pub fn run(
         name: db_name,
         path: db_path,
         replicas: configured,
-    } = super::database(&config, args.db.as_deref())?;
+        by_path,
+    } = match super::database(&config, args.db.as_deref()) {
+        Ok(db) => db,
+        // After the primary is gone, a bare target is all there is: any database it holds
+        // backups of restores by name.
+        Err(e) => match (args.db.as_deref(), args.target.as_deref()) {
+            (Some(name), Some(_)) if on_targets(&config, &args, name) => {
+                if args.in_place {
+                    return Err(UsageError(format!(
+                        "--db {name:?} is known only to the target, not as a file here: restore it with --output PATH"
+                    ))
+                    .into());
+                }
+                super::Database {
+                    name: name.to_owned(),
+                    path: PathBuf::new(),
+                    replicas: Vec::new(),
+                    by_path: false,
+                }
+            }
+            _ => return Err(e),
+        },
+    };
+    let source = by_path.then_some(db_path.as_path());
     // An in-place restore a crash interrupted says what it left before anything else happens.
     if db_path.exists()
         && let Some(left) = inplace::interrupted(&db_path)?
@@ -101,7 +124,7 @@ pub fn run(
     };
     // A backup is the source when asked for, or when there is no replica: the newest one.
     if args.backup.is_some() || url.is_none() || (args.target.is_some() && args.replica.is_none()) {
-        return from_backup(&config, &args, &db_name, &db_path);
+        return from_backup(&config, &args, &db_name, &db_path, source);
     }
     let url = url.unwrap_or_default();
     let replica = super::replica_of(&url)?;
@@ -112,7 +135,7 @@ pub fn run(
     let mut plan = restore::plan_listed(&files, &replica.describe(), target)?;
     // A backup plus the replica's files after it, when that reads fewer bytes.
     let via_backup = if args.replica.is_none() || args.target.is_some() {
-        cheaper_via_backup(&config, &args, &db_name, &files, &plan)
+        cheaper_via_backup(&config, &args, &db_name, source, &files, &plan)
     } else {
         None
     };
@@ -420,6 +443,7 @@ fn from_backup(
     args: &Args,
     db_name: &str,
     db_path: &Path,
+    source: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     use tradevault::backup::{Catalog, Identity};
     if args.timestamp.is_some() || args.txid.is_some() {
@@ -448,7 +472,10 @@ fn from_backup(
         };
         let record = match &args.backup {
             Some(id) => catalog.find(id).ok().cloned(),
-            None => catalog.newest(Some(db_name)).cloned(),
+            None => match source {
+                Some(path) => catalog.newest_from(db_name, path).cloned(),
+                None => catalog.newest(Some(db_name)).cloned(),
+            },
         };
         match record {
             Some(r) => {
@@ -615,6 +642,7 @@ fn cheaper_via_backup(
     config: &tradevault::Config,
     args: &Args,
     db_name: &str,
+    source: Option<&Path>,
     files: &[tradevault::replica::ReplicaFile],
     plan: &Plan,
 ) -> Option<(
@@ -634,6 +662,7 @@ fn cheaper_via_backup(
             .backups
             .iter()
             .filter(|b| b.database == db_name && (!b.encrypted || args.identity.is_some()))
+            .filter(|b| source.is_none_or(|p| b.taken_from(p)))
             .filter(|b| b.state_max_ms <= plan.point_ms)
             .collect();
         candidates.sort_by_key(|b| std::cmp::Reverse(b.state_max_ms));
@@ -652,4 +681,13 @@ fn cheaper_via_backup(
         }
     }
     best
+}
+
+/// Whether a target `--target` names holds backups of a database called `name`.
+fn on_targets(config: &tradevault::Config, args: &Args, name: &str) -> bool {
+    super::backup_targets(config, args.target.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| tradevault::backup::Catalog::load(t).ok())
+        .any(|c| c.backups.iter().any(|b| b.database == name))
 }

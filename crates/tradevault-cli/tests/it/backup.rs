@@ -319,3 +319,106 @@ fn a_refused_restore_never_touches_the_file_that_was_there() {
     assert!(err.contains("already exists"), "{err}");
     assert_eq!(std::fs::read(&precious).expect("still there"), b"precious");
 }
+
+/// Two unconfigured files with the same name share a catalog name but never each other's
+/// backups: neither is an increment of the other, and each restores as itself; a bare target
+/// restores any database it holds by name.
+#[test]
+fn files_with_the_same_name_keep_their_own_backups() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+    let one = dir.path().join("bot.db");
+    let two = dir.path().join("sub").join("bot.db");
+    for (path, table) in [(&one, "a"), (&two, "b")] {
+        let conn = rusqlite::Connection::open(path).expect("open");
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; CREATE TABLE {table}(x); INSERT INTO {table} VALUES (1);"
+        ))
+        .expect("schema");
+    }
+    let target = format!("file://{}", dir.path().join("tgt").display());
+    let mut parents = Vec::new();
+    for path in [&one, &two, &one] {
+        let (code, out, err) = run(
+            &[
+                "backup",
+                "create",
+                "--db",
+                path.to_str().expect("utf8"),
+                "--target",
+                &target,
+                "--json",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        parents.push(json(&out)[0]["parent"].clone());
+    }
+    assert_eq!(parents[0], Value::Null);
+    assert_eq!(
+        parents[1],
+        Value::Null,
+        "sub/bot.db is not an increment of bot.db"
+    );
+    assert!(
+        parents[2].is_string(),
+        "bot.db's second backup is an increment"
+    );
+    // Listings name a backup's type as `backup create --json` and `--type` do, and always say
+    // whether it was verified.
+    let (code, out, err) = run(&["backup", "list", "--target", &target, "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let listed = &json(&out)[0]["backups"][0];
+    assert_eq!(listed["type"], "manual", "{listed}");
+    assert_eq!(listed["verified"], Value::Null, "{listed}");
+    let tables = |db: &Path| -> Vec<String> {
+        let conn = rusqlite::Connection::open(db).expect("open");
+        let mut st = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .expect("prepare");
+        st.query_map([], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect()
+    };
+    for (path, table, out) in [(&two, "b", "two.db"), (&one, "a", "one.db")] {
+        let output = dir.path().join(out);
+        let (code, stdout, err) = run(
+            &[
+                "restore",
+                "--target",
+                &target,
+                "--db",
+                path.to_str().expect("utf8"),
+                "--output",
+                output.to_str().expect("utf8"),
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{stdout}{err}");
+        assert_eq!(tables(&output), [table], "{}", path.display());
+    }
+    // The primary is gone: the target alone restores "bot" by name.
+    let output = dir.path().join("by-name.db");
+    let (code, stdout, err) = run(
+        &[
+            "restore",
+            "--target",
+            &target,
+            "--db",
+            "bot",
+            "--output",
+            output.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert_eq!(tables(&output).len(), 1);
+    let (code, _, err) = run(
+        &[
+            "restore", "--target", &target, "--db", "nobody", "--output", "x.db",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+}

@@ -342,6 +342,17 @@ impl Catalog {
             .max_by(|a, b| a.id.cmp(&b.id))
     }
 
+    /// The newest backup of `database` taken from the file at `path`: two files may share a
+    /// name (an unconfigured `--db PATH` is named by its stem), and one must never continue or
+    /// restore as the other.
+    pub fn newest_from(&self, database: &str, path: &std::path::Path) -> Option<&BackupRecord> {
+        let path = comparable(path);
+        self.backups
+            .iter()
+            .filter(|b| b.database == database && b.taken_from_comparable(&path))
+            .max_by(|a, b| a.id.cmp(&b.id))
+    }
+
     /// The full manifest of a listed backup.
     pub fn manifest(&self, target: &Target, id: &str) -> Result<Manifest> {
         let record = self.find(id)?;
@@ -442,4 +453,35 @@ pub(crate) fn refresh_index(target: &Target) {
     if let Err(e) = Catalog::load(target).and_then(|c| c.save_index(target)) {
         tracing::warn!(target = %target.name, error = %e, "backup index not refreshed");
     }
+}
+
+impl BackupRecord {
+    /// Whether it was taken from the file at `path` (see [`comparable`]).
+    pub fn taken_from(&self, path: &std::path::Path) -> bool {
+        self.taken_from_comparable(&comparable(path))
+    }
+
+    fn taken_from_comparable(&self, path: &std::path::Path) -> bool {
+        comparable(std::path::Path::new(&self.source)) == path
+    }
+}
+
+/// A path in the form backups record their source in: canonical when the file exists; else its
+/// directory's canonical path and its name (a lost database is restored by the path it had); else
+/// absolute.
+pub fn comparable(path: &std::path::Path) -> std::path::PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+        let dir = if dir.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = std::fs::canonicalize(dir) {
+            return d.join(name);
+        }
+    }
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }

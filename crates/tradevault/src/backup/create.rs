@@ -139,7 +139,7 @@ fn find_parent(
             return None;
         }
     };
-    let newest = catalog.newest(Some(&options.database))?;
+    let newest = catalog.newest_from(&options.database, &options.db)?;
     if u64::from(newest.depth) + 1 >= options.config.full_every || newest.page_size != page_size {
         return None;
     }
@@ -312,7 +312,9 @@ fn write_one(
     Ok(Manifest {
         id: id.clone(),
         database: options.database.clone(),
-        source: options.db.display().to_string(),
+        source: super::catalog::comparable(&options.db)
+            .display()
+            .to_string(),
         kind: options.kind.as_str().to_owned(),
         started_ms,
         finished_ms: 0,
