@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use crate::{Decoder, Encoder, Error, Header, Result, lock_pgno};
 
 /// Merges `inputs` (whole files, in TXID order, each continuing the one before) into one file
-/// covering `first.min_txid..=last.max_txid`, stamped with the first file's timestamp (a lower
-/// bound of the commit times it holds). Every input is verified; pages past the last file's
-/// commit size (a shrink) are dropped.
+/// covering `first.min_txid..=last.max_txid`, stamped with the latest of the inputs' timestamps
+/// (a file's header time is when it was made, after every commit it holds). Every input is
+/// verified; pages past the last file's commit size (a shrink) are dropped.
 pub fn compact(inputs: &[&[u8]]) -> Result<Vec<u8>> {
     let mut pages: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
     let mut merged: Option<Header> = None;
@@ -39,6 +39,7 @@ pub fn compact(inputs: &[&[u8]]) -> Result<Vec<u8>> {
             Some(m) => Header {
                 commit: h.commit,
                 max_txid: h.max_txid,
+                timestamp_ms: m.timestamp_ms.max(h.timestamp_ms),
                 ..m
             },
         });

@@ -132,7 +132,7 @@ pub fn run(
     let started = Instant::now();
     // One listing of the replica serves every plan below.
     let files = replica.list_all()?;
-    let mut plan = restore::plan_listed(&files, &replica.describe(), target)?;
+    let mut plan = restore::plan_listed(&replica, &files, target)?;
     // A backup plus the replica's files after it, when that reads fewer bytes.
     let via_backup = if args.replica.is_none() || args.target.is_some() {
         cheaper_via_backup(&config, &args, &db_name, source, &files, &plan)

@@ -141,19 +141,26 @@ impl FileReplica {
 
     /// Verifies `bytes` as an LTX file, then writes it so that it appears only when complete:
     /// a temporary name, fsync, rename, fsync of the directory (a cache skips both fsyncs, and
-    /// writes into its spare file when one is ready); its mtime is its header time.
-    pub fn put(&self, level: u32, bytes: &[u8]) -> Result<ReplicaFile> {
+    /// writes into its spare file when one is ready); its mtime is `created_at_ms`, or its
+    /// header time (see [`ReplicaFile::created_at_ms`]).
+    pub fn put(&self, level: u32, bytes: &[u8], created_at_ms: Option<i64>) -> Result<ReplicaFile> {
         let (header, _) = ltx::Decoder::new(bytes)
             .and_then(|d| d.finish())
             .map_err(|source| Error::Ltx {
                 name: format!("file for level {level}"),
                 source,
             })?;
-        self.write_new(level, header.min_txid, header.max_txid, |f, tmp| {
-            f.write_all(bytes)
-                .map_err(|e| Error::io("write replica file", tmp, e))?;
-            Ok(header)
-        })
+        self.write_new(
+            level,
+            header.min_txid,
+            header.max_txid,
+            created_at_ms,
+            |f, tmp| {
+                f.write_all(bytes)
+                    .map_err(|e| Error::io("write replica file", tmp, e))?;
+                Ok(header)
+            },
+        )
     }
 
     /// Writes `bytes`, an LTX file this process's encoder just produced with `header`, as
@@ -164,12 +171,19 @@ impl FileReplica {
         level: u32,
         header: &ltx::Header,
         bytes: &[u8],
+        created_at_ms: Option<i64>,
     ) -> Result<ReplicaFile> {
-        self.write_new(level, header.min_txid, header.max_txid, |f, tmp| {
-            f.write_all(bytes)
-                .map_err(|e| Error::io("write replica file", tmp, e))?;
-            Ok(*header)
-        })
+        self.write_new(
+            level,
+            header.min_txid,
+            header.max_txid,
+            created_at_ms,
+            |f, tmp| {
+                f.write_all(bytes)
+                    .map_err(|e| Error::io("write replica file", tmp, e))?;
+                Ok(*header)
+            },
+        )
     }
 
     /// Writes the LTX file `write` produces straight into the replica's directory under a
@@ -180,9 +194,10 @@ impl FileReplica {
         level: u32,
         min_txid: u64,
         max_txid: u64,
+        created_at_ms: Option<i64>,
         write: &mut WriteLtx<'_>,
     ) -> Result<ReplicaFile> {
-        self.write_new(level, min_txid, max_txid, |f, tmp| {
+        self.write_new(level, min_txid, max_txid, created_at_ms, |f, tmp| {
             let mut out = BufWriter::with_capacity(STREAM_BUFFER_BYTES, &mut *f);
             write(&mut out)?;
             out.flush()
@@ -196,26 +211,40 @@ impl FileReplica {
 
     /// Verifies the LTX file at `source`, then copies it in (the kernel copies: no buffer here)
     /// and installs it as [`FileReplica::put`] does.
-    pub fn put_file(&self, level: u32, source: &Path) -> Result<ReplicaFile> {
+    pub fn put_file(
+        &self,
+        level: u32,
+        source: &Path,
+        created_at_ms: Option<i64>,
+    ) -> Result<ReplicaFile> {
         let mut from = File::open(source).map_err(|e| Error::io("open ltx file", source, e))?;
         let header = verify_ltx(&from, || source.display().to_string())?;
         from.seek(SeekFrom::Start(0))
             .map_err(|e| Error::io("read ltx file", source, e))?;
-        self.write_new(level, header.min_txid, header.max_txid, |f, tmp| {
-            std::io::copy(&mut from, f).map_err(|e| Error::io("copy into replica file", tmp, e))?;
-            Ok(header)
-        })
+        self.write_new(
+            level,
+            header.min_txid,
+            header.max_txid,
+            created_at_ms,
+            |f, tmp| {
+                std::io::copy(&mut from, f)
+                    .map_err(|e| Error::io("copy into replica file", tmp, e))?;
+                Ok(header)
+            },
+        )
     }
 
     /// Creates the file of `level` covering `min_txid..=max_txid` so that it appears only when
     /// complete: `fill` writes it under a temporary name and returns its verified header; then
-    /// its mtime is set to the header time, and it is fsynced, renamed, and its directory fsynced
-    /// (a cache skips both fsyncs). Any failure removes the temporary file.
+    /// its mtime is set to `created_at_ms` (the header time when `None`), and it is fsynced,
+    /// renamed, and its directory fsynced (a cache skips both fsyncs). Any failure removes the
+    /// temporary file.
     fn write_new(
         &self,
         level: u32,
         min_txid: u64,
         max_txid: u64,
+        created_at_ms: Option<i64>,
         fill: impl FnOnce(&mut File, &Path) -> Result<ltx::Header>,
     ) -> Result<ReplicaFile> {
         let dir = self.ensure_level_dir(level)?;
@@ -249,8 +278,9 @@ impl FileReplica {
                         ),
                     });
                 }
-                let created = UNIX_EPOCH
-                    + Duration::from_millis(u64::try_from(header.timestamp_ms).unwrap_or(0));
+                let created_ms = created_at_ms.unwrap_or(header.timestamp_ms);
+                let created =
+                    UNIX_EPOCH + Duration::from_millis(u64::try_from(created_ms).unwrap_or(0));
                 f.set_times(FileTimes::new().set_modified(created).set_accessed(created))
                     .map_err(|e| Error::io("set replica file time", &tmp, e))?;
                 if durable {
@@ -283,7 +313,7 @@ impl FileReplica {
             min_txid: header.min_txid,
             max_txid: header.max_txid,
             size,
-            created_at_ms: header.timestamp_ms,
+            created_at_ms: created_at_ms.unwrap_or(header.timestamp_ms),
         })
     }
 
@@ -497,7 +527,7 @@ mod tests {
         // Preparing again keeps the one that is ready.
         cache.prepare(0).expect("prepare");
         assert_eq!(names(&level0), spare);
-        let written = cache.put(0, &ltx_file(1)).expect("put");
+        let written = cache.put(0, &ltx_file(1), None).expect("put");
         assert_eq!(
             names(&level0),
             [ltx::file_name(1, 1)],
@@ -509,7 +539,7 @@ mod tests {
             "its bytes are the file's"
         );
         // With no spare ready, a put creates its own file.
-        cache.put(0, &ltx_file(2)).expect("put");
+        cache.put(0, &ltx_file(2), None).expect("put");
         assert_eq!(cache.list(0).expect("list").len(), 2);
         // A spare that is never used goes with the last handle on the cache.
         cache.prepare(0).expect("prepare");

@@ -36,7 +36,11 @@ pub struct ReplicaFile {
     pub max_txid: u64,
     /// Its size in bytes.
     pub size: u64,
-    /// When it was made, in milliseconds since the Unix epoch (the header's timestamp).
+    /// Its time in listings, in milliseconds since the Unix epoch (a file replica's mtime, an S3
+    /// object's `litestream-timestamp`), which chooses the files a time restores. For the files
+    /// this engine writes, a lower bound of the commit times it holds, after every commit of the
+    /// files before it; its header time is an upper bound of them (see `restore`). For a file
+    /// written by Litestream, both are its header time.
     pub created_at_ms: i64,
 }
 
@@ -87,10 +91,11 @@ impl Replica {
     }
 
     /// Verifies `bytes` as an LTX file and stores it at `level`; it appears only when complete.
-    pub fn put(&self, level: u32, bytes: &[u8]) -> Result<ReplicaFile> {
+    /// Its creation time (what listings show) is `created_at_ms`, or its header time.
+    pub fn put(&self, level: u32, bytes: &[u8], created_at_ms: Option<i64>) -> Result<ReplicaFile> {
         match self {
-            Replica::File(r) => r.put(level, bytes),
-            Replica::S3(r) => r.put(level, bytes),
+            Replica::File(r) => r.put(level, bytes, created_at_ms),
+            Replica::S3(r) => r.put(level, bytes, created_at_ms),
         }
     }
 
@@ -101,10 +106,11 @@ impl Replica {
         level: u32,
         header: &ltx::Header,
         bytes: &[u8],
+        created_at_ms: Option<i64>,
     ) -> Result<ReplicaFile> {
         match self {
-            Replica::File(r) => r.put_encoded(level, header, bytes),
-            Replica::S3(r) => r.put(level, bytes),
+            Replica::File(r) => r.put_encoded(level, header, bytes, created_at_ms),
+            Replica::S3(r) => r.put(level, bytes, created_at_ms),
         }
     }
 
@@ -117,20 +123,26 @@ impl Replica {
         level: u32,
         min_txid: u64,
         max_txid: u64,
+        created_at_ms: Option<i64>,
         write: &mut WriteLtx<'_>,
     ) -> Result<ReplicaFile> {
         match self {
-            Replica::File(r) => r.put_streamed(level, min_txid, max_txid, write),
-            Replica::S3(r) => r.put_streamed(level, min_txid, max_txid, write),
+            Replica::File(r) => r.put_streamed(level, min_txid, max_txid, created_at_ms, write),
+            Replica::S3(r) => r.put_streamed(level, min_txid, max_txid, created_at_ms, write),
         }
     }
 
     /// Verifies the LTX file at `path` and stores a copy of it at `level`, streamed (an S3
     /// replica uploads a large file in parts). It appears only when complete.
-    pub fn put_file(&self, level: u32, path: &Path) -> Result<ReplicaFile> {
+    pub fn put_file(
+        &self,
+        level: u32,
+        path: &Path,
+        created_at_ms: Option<i64>,
+    ) -> Result<ReplicaFile> {
         match self {
-            Replica::File(r) => r.put_file(level, path),
-            Replica::S3(r) => r.put_file(level, path),
+            Replica::File(r) => r.put_file(level, path, created_at_ms),
+            Replica::S3(r) => r.put_file(level, path, created_at_ms),
         }
     }
 
@@ -165,6 +177,39 @@ impl Replica {
             Replica::File(r) => r.read(file),
             Replica::S3(r) => r.read(file),
         }
+    }
+
+    /// A file's header, read alone (its first bytes; the rest is not verified here).
+    pub fn header(&self, file: &ReplicaFile) -> Result<ltx::Header> {
+        let name = || {
+            format!(
+                "{}/ltx/{}/{}",
+                self.describe(),
+                file.level,
+                ltx::file_name(file.min_txid, file.max_txid)
+            )
+        };
+        let bytes = match self {
+            Replica::File(r) => {
+                use std::io::Read;
+                let mut head = Vec::with_capacity(ltx::HEADER_SIZE);
+                r.open(file)?
+                    .take(ltx::HEADER_SIZE as u64)
+                    .read_to_end(&mut head)
+                    .map_err(|e| Error::io("read ltx header", name(), e))?;
+                head
+            }
+            Replica::S3(r) => r.read_head(file, ltx::HEADER_SIZE)?,
+        };
+        let head: &[u8; ltx::HEADER_SIZE] =
+            bytes.as_slice().try_into().map_err(|_| Error::Ltx {
+                name: name(),
+                source: ltx::Error::Header("file shorter than a header".into()),
+            })?;
+        ltx::Header::decode(head).map_err(|source| Error::Ltx {
+            name: name(),
+            source,
+        })
     }
 
     /// A file on disk to read at offsets, without holding it in memory: a local replica's own

@@ -197,16 +197,20 @@ impl S3Replica {
 
     /// Verifies `bytes` as an LTX file, then uploads it with one PUT (S3 shows an object only
     /// once it is complete), its header time in the `litestream-timestamp` metadata.
-    pub fn put(&self, level: u32, bytes: &[u8]) -> Result<ReplicaFile> {
+    pub fn put(&self, level: u32, bytes: &[u8], created_at_ms: Option<i64>) -> Result<ReplicaFile> {
         let (header, _) = ltx::Decoder::new(bytes)
             .and_then(|d| d.finish())
             .map_err(|source| Error::Ltx {
                 name: format!("file for level {level}"),
                 source,
             })?;
-        let file = self.file_of(level, &header, bytes.len() as u64);
+        let file = self.file_of(level, &header, bytes.len() as u64, created_at_ms);
         let key = self.key_of(level, file.min_txid, file.max_txid);
-        let e_tag = self.put_whole(&key, bytes.to_vec(), timestamp_attributes(&header))?;
+        let e_tag = self.put_whole(
+            &key,
+            bytes.to_vec(),
+            timestamp_attributes(file.created_at_ms),
+        )?;
         self.client
             .remember(&key, file.size, e_tag, file.created_at_ms);
         Ok(file)
@@ -219,6 +223,7 @@ impl S3Replica {
         level: u32,
         min_txid: u64,
         max_txid: u64,
+        created_at_ms: Option<i64>,
         write: &mut WriteLtx<'_>,
     ) -> Result<ReplicaFile> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -236,7 +241,7 @@ impl S3Replica {
                 out.flush()
                     .map_err(|e| Error::io("write temporary ltx file", &tmp, e))
             })
-            .and_then(|()| self.put_file(level, &tmp));
+            .and_then(|()| self.put_file(level, &tmp, created_at_ms));
         let _ = std::fs::remove_file(&tmp);
         let file = result?;
         if (file.min_txid, file.max_txid) != (min_txid, max_txid) {
@@ -254,7 +259,12 @@ impl S3Replica {
 
     /// Verifies the LTX file at `path` (read once, streamed), then uploads it: with one PUT up to
     /// the part size, else in parts read from the file one at a time (aborted on any failure).
-    pub fn put_file(&self, level: u32, path: &std::path::Path) -> Result<ReplicaFile> {
+    pub fn put_file(
+        &self,
+        level: u32,
+        path: &std::path::Path,
+        created_at_ms: Option<i64>,
+    ) -> Result<ReplicaFile> {
         let from = File::open(path).map_err(|e| Error::io("open ltx file", path, e))?;
         let size = from
             .metadata()
@@ -263,9 +273,9 @@ impl S3Replica {
         // Read and uploaded through the same handle: the file cannot change in between (the
         // local log only ever renames complete files into place), nor vanish.
         let header = verify_ltx(&from, || path.display().to_string())?;
-        let file = self.file_of(level, &header, size);
+        let file = self.file_of(level, &header, size, created_at_ms);
         let key = self.key_of(level, file.min_txid, file.max_txid);
-        let attributes = timestamp_attributes(&header);
+        let attributes = timestamp_attributes(file.created_at_ms);
         let e_tag = if size <= self.part_bytes {
             let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(usize::MAX)];
             from.read_exact_at(&mut bytes, 0)
@@ -284,13 +294,19 @@ impl S3Replica {
         Ok(file)
     }
 
-    fn file_of(&self, level: u32, header: &ltx::Header, size: u64) -> ReplicaFile {
+    fn file_of(
+        &self,
+        level: u32,
+        header: &ltx::Header,
+        size: u64,
+        created_at_ms: Option<i64>,
+    ) -> ReplicaFile {
         ReplicaFile {
             level,
             min_txid: header.min_txid,
             max_txid: header.max_txid,
             size,
-            created_at_ms: header.timestamp_ms,
+            created_at_ms: created_at_ms.unwrap_or(header.timestamp_ms),
         }
     }
 
@@ -416,6 +432,22 @@ impl S3Replica {
                 got.bytes().await
             };
             Ok(client.within(&action, limit, get).await?.to_vec())
+        })
+    }
+
+    /// A file's first `n` bytes (fewer if it is shorter): one ranged GET.
+    pub fn read_head(&self, file: &ReplicaFile, n: usize) -> Result<Vec<u8>> {
+        let client = self.client.clone();
+        let key = self.key_of(file.level, file.min_txid, file.max_txid);
+        let end = (n as u64).min(file.size.max(1));
+        self.run(async move {
+            let action = format!("read the head of {key}");
+            let path = Key::from(key.as_str());
+            let get = client.store.get_range(&path, 0..end);
+            Ok(client
+                .within(&action, OPERATION_TIMEOUT, get)
+                .await?
+                .to_vec())
         })
     }
 
@@ -753,12 +785,12 @@ fn replica_file(
     }
 }
 
-/// The `litestream-timestamp` metadata of a file with `header`.
-fn timestamp_attributes(header: &ltx::Header) -> Attributes {
+/// The `litestream-timestamp` metadata of a file created at `created_at_ms`.
+fn timestamp_attributes(created_at_ms: i64) -> Attributes {
     let mut attributes = Attributes::new();
     attributes.insert(
         Attribute::Metadata(TIMESTAMP_METADATA.into()),
-        rfc3339_nano(header.timestamp_ms).into(),
+        rfc3339_nano(created_at_ms).into(),
     );
     attributes
 }

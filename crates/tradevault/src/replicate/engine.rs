@@ -901,8 +901,7 @@ impl Shipper<'_> {
         if wanted {
             r.force_snapshot();
         }
-        let stamp = first_ms.unwrap_or_else(|| db.now_ms());
-        let result = r.sync_with(&|| stamp);
+        let result = r.sync_with(first_ms, &|| db.now_ms());
         self.last_ship = Instant::now();
         match result {
             Ok(synced) => {
@@ -1033,7 +1032,7 @@ impl Shipper<'_> {
         let wal = wal_path(&path);
         let name = db.name.clone();
         let first = link.lock().first_unshipped_ms.take();
-        let stamp = first.unwrap_or_else(|| db.now_ms());
+        let clock = db.clock.clone();
         let link_inside = link.clone();
         let result = store.exclusive_blocking(move |conn| {
             // Nothing commits while this runs: every commit up to `seq` is in the WAL.
@@ -1041,7 +1040,7 @@ impl Shipper<'_> {
             let mut r = replicator.lock().unwrap_or_else(|p| p.into_inner());
             r.set_wal_pinned(pinned_since_sync);
             // Ship the tail, then truncate.
-            let synced = r.sync_with(&|| stamp)?;
+            let synced = r.sync_with(first, &|| clock.now().as_millisecond())?;
             drop(pin);
             let salt1 = WalReader::open(&wal)?.map(|w| w.header().salt1);
             let done = truncate(conn, busy_timeout_ms)?;
@@ -1076,7 +1075,10 @@ impl Shipper<'_> {
             Err(e) => {
                 // The commits are still unshipped: keep their time for the next attempt.
                 let mut l = link.lock();
-                l.first_unshipped_ms = Some(l.first_unshipped_ms.map_or(stamp, |t| t.min(stamp)));
+                l.first_unshipped_ms = match (l.first_unshipped_ms, first) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 drop(l);
                 db.lock().status.last_error = Some(e.to_string());
                 tracing::warn!(database = %name, error = %e, "wal checkpoint failed");

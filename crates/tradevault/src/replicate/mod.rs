@@ -319,31 +319,35 @@ impl Replicator {
         }
     }
 
-    /// Ships whatever was committed since the last sync, stamping the file with `now_ms`.
+    /// Ships whatever was committed since the last sync, as if every commit it holds was made at
+    /// `now_ms`.
     pub fn sync(&mut self, now_ms: i64) -> Result<Synced> {
-        self.sync_with(&|| now_ms)
+        self.sync_with(Some(now_ms), &|| now_ms)
     }
 
-    /// [`Replicator::sync`], asking `now` for the file's time once its content was read. Times
+    /// [`Replicator::sync`] with a file's two times: it is listed at `first_ms` (a lower bound of
+    /// the commit times it holds, after every commit of the files before it; `now` when `None`),
+    /// and its header holds `now` once its content was read (after every commit it holds). Times
     /// never go backwards from one file to the next.
-    pub fn sync_with(&mut self, now: &dyn Fn() -> i64) -> Result<Synced> {
+    pub fn sync_with(&mut self, first_ms: Option<i64>, now: &dyn Fn() -> i64) -> Result<Synced> {
         let floor = self.last_ts;
-        let result = self.sync_inner(&|| now().max(floor));
+        let listed = first_ms.unwrap_or_else(now).max(floor);
+        let result = self.sync_inner(listed, &|| now().max(listed));
         self.wal_pinned = false;
         result
     }
 
-    fn sync_inner(&mut self, now: &dyn Fn() -> i64) -> Result<Synced> {
+    fn sync_inner(&mut self, listed: i64, now: &dyn Fn() -> i64) -> Result<Synced> {
         let wal = wal_path(&self.db);
         match self.resume {
             Resume::Wal(position) => match WalReader::resume(&wal, position)? {
-                Some(reader) => return self.ship_transactions(reader, now),
+                Some(reader) => return self.ship_transactions(reader, listed, now),
                 None if self.wal_pinned => match WalReader::open(&wal)? {
                     // Truncated, and nothing written since: keep the place.
                     None => return Ok(Synced::Nothing),
                     Some(reader) => {
                         tracing::debug!(db = %self.db.display(), salt1 = reader.header().salt1, "a new wal generation continues the history");
-                        return self.ship_transactions(reader, now);
+                        return self.ship_transactions(reader, listed, now);
                     }
                 },
                 None => {
@@ -352,14 +356,14 @@ impl Replicator {
             },
             Resume::NoWal(len, modified) if file_identity(&self.db)? == (len, modified) => {
                 return match WalReader::open(&wal)? {
-                    Some(reader) => self.ship_transactions(reader, now),
+                    Some(reader) => self.ship_transactions(reader, listed, now),
                     None => Ok(Synced::Nothing),
                 };
             }
             Resume::FreshWal(salt1) => match WalReader::open(&wal)? {
                 None => return Ok(Synced::Nothing),
                 Some(reader) if reader.header().salt1 == salt1 => {
-                    return self.ship_transactions(reader, now);
+                    return self.ship_transactions(reader, listed, now);
                 }
                 // The generation before the restart, whose header the file still has until the
                 // next frame is written: every frame of it was copied into the file before the
@@ -373,12 +377,13 @@ impl Replicator {
             },
             Resume::NoWal(..) | Resume::Snapshot => {}
         }
-        self.ship_snapshot(now)
+        self.ship_snapshot(listed, now)
     }
 
     fn ship_transactions(
         &mut self,
         mut reader: WalReader,
+        listed: i64,
         now: &dyn Fn() -> i64,
     ) -> Result<Synced> {
         let page_size = reader.header().page_size;
@@ -398,9 +403,9 @@ impl Replicator {
         let ts = now();
         let header = ltx::Header::new(page_size, commit, txid, txid, ts);
         let bytes = encode(header, pages.iter().map(|(p, d)| (*p, d.as_slice())))?;
-        let written = self.replica.put_encoded(0, &header, &bytes)?;
+        let written = self.replica.put_encoded(0, &header, &bytes, Some(listed))?;
         self.txid = txid;
-        self.last_ts = ts;
+        self.last_ts = listed;
         self.resume = Resume::Wal(reader.position());
         Ok(Synced::Transactions {
             txid,
@@ -410,7 +415,7 @@ impl Replicator {
         })
     }
 
-    fn ship_snapshot(&mut self, now: &dyn Fn() -> i64) -> Result<Synced> {
+    fn ship_snapshot(&mut self, listed: i64, now: &dyn Fn() -> i64) -> Result<Synced> {
         // The snapshot's read transaction holds its state until it is dropped, after the last
         // page was read: no checkpoint copies a frame past it into the file meanwhile.
         let snapshot = Snapshot::open(&self.db, now)?;
@@ -436,12 +441,14 @@ impl Replicator {
         let ts = now();
         let header = ltx::Header::new(page_size, commit, 1, txid, ts);
         let level = if txid == 1 { 0 } else { SNAPSHOT_LEVEL };
-        let written = self.replica.put_streamed(level, 1, txid, &mut |w| {
-            encode_snapshot(&snapshot, header, w)
-        })?;
+        let written = self
+            .replica
+            .put_streamed(level, 1, txid, Some(listed), &mut |w| {
+                encode_snapshot(&snapshot, header, w)
+            })?;
         drop(snapshot);
         self.txid = txid;
-        self.last_ts = ts;
+        self.last_ts = listed;
         self.resume = resume;
         Ok(Synced::Snapshot {
             txid,

@@ -306,7 +306,8 @@ impl Uploader<'_> {
         };
         let written = match piece {
             Piece::Local(f) => self.put_local(level, &f)?,
-            Piece::Merged(bytes) => self.spec.replica.put(level, &bytes)?,
+            // Listed at its first file's time; its header keeps the last one's (see `compact`).
+            Piece::Merged(bytes) => self.spec.replica.put(level, &bytes, Some(ts))?,
         };
         self.last_upload = Some(Instant::now());
         self.position = Some(max_txid);
@@ -390,10 +391,15 @@ impl Uploader<'_> {
         }
         let Replica::File(local) = &self.db.local else {
             let bytes = self.db.local.read(file)?;
-            return self.spec.replica.put(level, &bytes);
+            return self
+                .spec
+                .replica
+                .put(level, &bytes, Some(file.created_at_ms));
         };
         let path = local.path_of(file.level, file.min_txid, file.max_txid);
-        self.spec.replica.put_file(level, &path)
+        self.spec
+            .replica
+            .put_file(level, &path, Some(file.created_at_ms))
     }
 
     /// Compaction, snapshot schedule and retention; updates the restorable window in status.
@@ -486,6 +492,7 @@ impl Uploader<'_> {
                 r.put_file(
                     SECOND_LEVEL,
                     &r.path_of(only.level, only.min_txid, only.max_txid),
+                    Some(only.created_at_ms),
                 )?;
             }
             return replica.delete(only);
@@ -499,7 +506,7 @@ impl Uploader<'_> {
             name: format!("compaction of {} files", group.len()),
             source,
         })?;
-        replica.put(SECOND_LEVEL, &merged)?;
+        replica.put(SECOND_LEVEL, &merged, Some(group[0].created_at_ms))?;
         for f in group {
             replica.delete(f)?;
         }

@@ -210,7 +210,7 @@ mod tests {
             enc.encode_page(1, &[txid as u8; 512]).expect("page");
             files.push(
                 replica
-                    .put(0, &enc.finish(0).expect("finish").0)
+                    .put(0, &enc.finish(0).expect("finish").0, None)
                     .expect("put"),
             );
         }

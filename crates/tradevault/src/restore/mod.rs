@@ -10,17 +10,26 @@
 //! across all levels, the file that continues the chain and reaches furthest. Files are applied in
 //! chain order, so a later file's page replaces an earlier one's.
 //!
-//! A time `T` restores exactly or is refused, never silently older or newer:
-//! - A file's timestamp is a lower bound of the commit times of the transactions it holds, and is
-//!   after every commit of the files before it, so timestamps increase along a chain.
-//! - The chain for `T` takes the files stamped at or before `T` (Litestream: strictly before).
-//! - Its last file, `last`, holds commits made between its own timestamp and that of `next`, the
-//!   earliest-stamped file starting at `last.max_txid + 1` (on any level). A compacted file (levels
-//!   1 to 8) merges many syncs: if `next` exists and came more than [`EXACT_WITHIN_MS`] after
-//!   `last`, the state after `last` may hold commits made after `T`, so the restore is refused
-//!   (`not_exact`) with the nearest points restorable exactly: the chain without `last` and the
-//!   chain with it, each with its TXID and time, to be asked for with `--txid`.
-//! - A `T` before the first snapshot, or after the newest file, is refused with the nearest points.
+//! A time `T` restores exactly or is refused, never silently older or newer. Each file the
+//! engine writes has two times:
+//! - its listed time (a file replica's mtime, an S3 object's `litestream-timestamp`, what
+//!   Litestream reads): a lower bound of the commit times of the transactions it holds, after
+//!   every commit of the files before it, so listed times increase along a chain;
+//! - its header time: when it was made, after every commit it holds (a merged file keeps the
+//!   latest of its inputs'). A file written by Litestream has one time for both.
+//!
+//! The chain for `T` takes the files listed at or before `T` (Litestream: strictly before). The
+//! state after its last file, `last`, is the state at `T` exactly when `T` is at or after
+//! `last`'s header time: every commit it holds was made by then, and every commit of the files
+//! after it later than `T` (they are listed after `T`). Otherwise `T` falls among `last`'s own
+//! commits, and the restore is refused (`not_exact`) with the nearest points restorable
+//! exactly: the chain without `last` and the chain with it, each with its TXID and the time it
+//! was made, to be asked for with `--txid`. While commits arrive faster than files are made, a
+//! file's first commit comes before the previous file was made, and no time between them is
+//! exact: only the points themselves are.
+//!
+//! A `T` before the first snapshot, or after the newest file's listed time (commits after it may
+//! not have reached the replica), is refused with the nearest points.
 
 mod apply;
 mod fetch;
@@ -29,7 +38,7 @@ mod plan;
 mod progress;
 
 pub use apply::{Check, Options, Restored, apply, apply_with};
-pub use plan::{EXACT_WITHIN_MS, Plan, plan, plan_after, plan_after_listed, plan_listed};
+pub use plan::{HeaderTime, Plan, plan, plan_after, plan_after_listed, plan_files, plan_listed};
 pub use progress::{Progress, Stage};
 
 /// Removes a database file and the files SQLite keeps beside it (`-wal`, `-shm`, `-journal`),

@@ -7,9 +7,8 @@ use super::Target;
 use crate::error::{Error, Result};
 use crate::replica::{Replica, ReplicaFile, SNAPSHOT_LEVEL};
 
-/// How long after a compacted file the next file may come for a time inside it to restore
-/// (milliseconds): within this, the commits it holds are taken as made at its time.
-pub const EXACT_WITHIN_MS: i64 = 1_000;
+/// A file's header time: when it was made, after every commit it holds (see `restore`).
+pub type HeaderTime<'a> = &'a dyn Fn(&ReplicaFile) -> Result<i64>;
 
 /// The files a restore applies, in order, and the point they reach.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -18,7 +17,8 @@ pub struct Plan {
     pub files: Vec<(u32, u64, u64, u64)>,
     /// The TXID the restored database is at.
     pub txid: u64,
-    /// When that point was replicated (ms since the epoch): the timestamp of the last file.
+    /// When that point was replicated (ms since the epoch): the header time of the last file,
+    /// after every commit the restored state holds.
     pub point_ms: i64,
     /// The same time, in RFC 3339.
     pub point_time: String,
@@ -28,12 +28,25 @@ pub struct Plan {
 
 /// Plans a restore of `target` from `replica`.
 pub fn plan(replica: &Replica, target: Target) -> Result<Plan> {
-    plan_listed(&replica.list_all()?, &replica.describe(), target)
+    plan_listed(replica, &replica.list_all()?, target)
 }
 
-/// [`plan`] over `all`, the files of every level of the replica `from` (named in messages), so
-/// that one listing serves several plans.
-pub fn plan_listed(all: &[ReplicaFile], from: &str, target: Target) -> Result<Plan> {
+/// [`plan`] over `all`, the files of every level of `replica`, so that one listing serves
+/// several plans. Reads the header of the last file (and, to refuse a time, of the one before).
+pub fn plan_listed(replica: &Replica, all: &[ReplicaFile], target: Target) -> Result<Plan> {
+    plan_files(all, &replica.describe(), target, &|f| {
+        replica.header(f).map(|h| h.timestamp_ms)
+    })
+}
+
+/// [`plan_listed`] with the files' header times from `header_time`, and `from` naming the
+/// replica in messages.
+pub fn plan_files(
+    all: &[ReplicaFile],
+    from: &str,
+    target: Target,
+    header_time: HeaderTime<'_>,
+) -> Result<Plan> {
     if all.is_empty() {
         return Err(impossible(format!("no LTX files in {from}")));
     }
@@ -83,18 +96,22 @@ pub fn plan_listed(all: &[ReplicaFile], from: &str, target: Target) -> Result<Pl
             "the files are not contiguous: they reach txid {current}, then skip ahead"
         )));
     }
-    if let Target::Time(ms) = target {
-        refuse_inexact(ms, &chain, all)?;
-    }
     let last = chain[chain.len() - 1];
+    // Never before the listed time: a header older than its listing says nothing more.
+    let made_ms = header_time(last)?.max(last.created_at_ms);
+    if let Target::Time(ms) = target
+        && ms < made_ms
+    {
+        return Err(inexact(ms, &chain, made_ms, header_time));
+    }
     Ok(Plan {
         files: chain
             .iter()
             .map(|f| (f.level, f.min_txid, f.max_txid, f.size))
             .collect(),
         txid: current,
-        point_ms: last.created_at_ms,
-        point_time: time(last.created_at_ms),
+        point_ms: made_ms,
+        point_time: time(made_ms),
         bytes: chain.iter().map(|f| f.size).sum(),
     })
 }
@@ -115,7 +132,7 @@ pub fn plan_after(
     state_max_ms: i64,
 ) -> Result<Plan> {
     let all = replica.list_all()?;
-    let full = plan_listed(&all, &replica.describe(), target)?;
+    let full = plan_listed(replica, &all, target)?;
     plan_after_listed(&all, &full, state_min_ms, state_max_ms)
 }
 
@@ -144,7 +161,17 @@ pub fn plan_after_listed(
             "the backup is older than the replica's history: restore from the replica alone".into(),
         ));
     }
-    if state_max_ms > full.point_ms {
+    // Every commit up to the last file's listed time is in the target (later ones may be in the
+    // files after it): the backup must hold none after that.
+    let last_listed = full
+        .files
+        .last()
+        .and_then(|&(level, min, max, _)| {
+            all.iter()
+                .find(|f| (f.level, f.min_txid, f.max_txid) == (level, min, max))
+        })
+        .map_or(full.point_ms, |f| f.created_at_ms);
+    if state_max_ms > last_listed {
         return Err(impossible(format!(
             "the backup holds commits up to {}, after the point asked for ({}): restore the backup alone, or from the replica alone",
             time(state_max_ms),
@@ -213,46 +240,37 @@ fn extend<'a>(
     current
 }
 
-/// Refuses a time inside a compacted file when the file after it came more than
-/// [`EXACT_WITHIN_MS`] later: the state after it may hold commits made after `ms`.
-fn refuse_inexact(ms: i64, chain: &[&ReplicaFile], all: &[ReplicaFile]) -> Result<()> {
-    let Some(&last) = chain.last() else {
-        return Ok(());
-    };
-    if !(1..SNAPSHOT_LEVEL).contains(&last.level) {
-        return Ok(());
-    }
-    let Some(next) = all
-        .iter()
-        .filter(|f| f.min_txid == last.max_txid + 1)
-        .min_by_key(|f| f.created_at_ms)
-    else {
-        return Ok(());
-    };
-    if next.created_at_ms.saturating_sub(last.created_at_ms) <= EXACT_WITHIN_MS {
-        return Ok(());
-    }
-    let point = |f: &ReplicaFile| format!("txid {} at {}", f.max_txid, time(f.created_at_ms));
+/// The refusal of a time `ms` that falls among the commits of the chain's last file, made up to
+/// `made_ms`: the state after it holds commits made after `ms`, the state before it may lack
+/// some made before. Names the nearest points restorable exactly, to be asked for with `--txid`.
+fn inexact(ms: i64, chain: &[&ReplicaFile], made_ms: i64, header_time: HeaderTime<'_>) -> Error {
+    let last = chain[chain.len() - 1];
     let before = match chain.len() {
         0 | 1 => "none".to_owned(),
-        n => point(chain[n - 2]),
+        n => {
+            let prev = chain[n - 2];
+            let made = header_time(prev).map_or(prev.created_at_ms, |t| t.max(prev.created_at_ms));
+            format!("txid {} at {}", prev.max_txid, time(made))
+        }
     };
-    Err(Error::invalid(
+    Error::invalid(
         "not_exact",
         None,
         format!(
-            "{} falls inside level-{} file {}, which merges transactions {}..={} made up to {}: \
+            "{} falls among the transactions {}..={} of level-{} file {}, made between {} and {}: \
              the state at that time cannot be restored exactly; the nearest restorable points \
-             are {before} (before) and {} (after); restore one of them with --txid N",
+             are {before} (before) and txid {} at {} (after); restore one of them with --txid N",
             time(ms),
-            last.level,
-            ltx::file_name(last.min_txid, last.max_txid),
             last.min_txid,
             last.max_txid,
-            time(next.created_at_ms),
-            point(last),
+            last.level,
+            ltx::file_name(last.min_txid, last.max_txid),
+            time(last.created_at_ms),
+            time(made_ms),
+            last.max_txid,
+            time(made_ms),
         ),
-    ))
+    )
 }
 
 /// (txid, time) of every point a file ends at, from the first snapshot on, sorted.
@@ -328,59 +346,50 @@ mod tests {
     }
 
     #[test]
-    fn a_time_inside_a_compacted_file_is_refused_unless_the_next_file_is_close() {
-        // Snapshot 1-2 at 10 s, level-1 file 3-6 stamped at 20 s (its commits run up to the next
-        // file), level-0 file 7 at 30 s.
+    fn a_time_among_the_commits_of_the_last_file_is_refused() {
+        // Snapshot 1-2 listed at 10 s and made at 11 s; level-1 file 3-6 listed at 20 s, made at
+        // 24 s (its commits run from 20 to 24 s); level-0 file 7 listed at 30 s, made at 30.5 s.
         let all = vec![
             file(9, 1, 2, 10_000),
             file(1, 3, 6, 20_000),
             file(0, 7, 7, 30_000),
         ];
-        let plan_at = |ms| {
-            let c = chain(&all, |f| f.created_at_ms <= ms);
-            refuse_inexact(ms, &c, &all).map(|()| c.last().map(|f| f.max_txid))
+        let made = |f: &ReplicaFile| -> Result<i64> {
+            Ok(match f.max_txid {
+                2 => 11_000,
+                6 => 24_000,
+                _ => 30_500,
+            })
         };
+        let plan_at = |ms| plan_files(&all, "r", Target::Time(ms), &made).map(|p| p.txid);
+        assert_eq!(plan_at(15_000).expect("between files"), 2);
+        assert_eq!(plan_at(24_000).expect("once the file was made"), 6);
+        for ms in [10_500, 20_000, 23_999, 30_000] {
+            let err = plan_at(ms).expect_err("among a file's commits");
+            assert!(
+                matches!(
+                    err,
+                    Error::Invalid {
+                        code: "not_exact",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        let text = plan_at(21_000).expect_err("inside").to_string();
         assert!(
-            matches!(plan_at(15_000), Ok(Some(2))),
-            "between files: exact"
-        );
-        let err = plan_at(25_000).expect_err("inside the compacted file");
-        assert!(
-            matches!(
-                err,
-                Error::Invalid {
-                    code: "not_exact",
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        let text = err.to_string();
-        assert!(
-            text.contains("txid 2 at 1970-01-01T00:00:10Z")
-                && text.contains("txid 6 at 1970-01-01T00:00:20Z")
+            text.contains("txid 2 at 1970-01-01T00:00:11Z")
+                && text.contains("txid 6 at 1970-01-01T00:00:24Z")
                 && text.contains("--txid"),
             "{text}"
         );
-        assert!(
-            matches!(plan_at(30_000), Ok(Some(7))),
-            "at the next file: exact"
-        );
-        // The same files, the next one within a second: the compacted file restores.
-        let close = vec![
-            file(9, 1, 2, 10_000),
-            file(1, 3, 6, 20_000),
-            file(0, 7, 7, 21_000),
-        ];
-        let c = chain(&close, |f| f.created_at_ms <= 20_500);
-        assert!(refuse_inexact(20_500, &c, &close).is_ok());
-        // A level-0 file last in the chain is one sync: it restores.
-        let l0 = vec![
-            file(9, 1, 2, 10_000),
-            file(0, 3, 3, 20_000),
-            file(0, 4, 4, 30_000),
-        ];
-        let c = chain(&l0, |f| f.created_at_ms <= 25_000);
-        assert!(refuse_inexact(25_000, &c, &l0).is_ok());
+        // The point of a plan is when its last file was made.
+        let p = plan_files(&all, "r", Target::Latest, &made).expect("latest");
+        assert_eq!((p.txid, p.point_ms), (7, 30_500));
+        // A header older than its listing (a file stamped the old way) counts as made when listed.
+        let old = |_: &ReplicaFile| -> Result<i64> { Ok(0) };
+        let p = plan_files(&all, "r", Target::Time(20_000), &old).expect("old header");
+        assert_eq!((p.txid, p.point_ms), (6, 20_000));
     }
 }

@@ -112,17 +112,31 @@ fn compaction_snapshots_and_retention_follow_the_clock() {
         restored_rows(&replica, dir.path(), "b.db"),
         crate::rows(&db)
     );
-    // The last merged second restores whole at its time. (Earlier seconds depend
-    // on when the shipper looked relative to this test's clock steps: a commit's stamp is the
-    // last look that found nothing new, which can be one step early, moving it a second back.)
-    let last_second = replica
-        .list(1)
-        .expect("list")
-        .into_iter()
-        .last()
-        .expect("a level-1 file");
-    let plan = restore::plan(&replica, Target::Time(last_second.created_at_ms)).expect("plan");
-    assert_eq!(plan.txid, last_second.max_txid, "{plan:?}");
+    // A merged second restores exactly from when its file was made (its header time, after its
+    // last commit) until the next file's first commit (its listed time); a time among its own
+    // commits is refused.
+    let seconds = replica.list(1).expect("list");
+    let (first, next) = (&seconds[0], &seconds[1]);
+    let made = replica.header(first).expect("header").timestamp_ms;
+    assert!(made >= first.created_at_ms, "{first:?} made at {made}");
+    match restore::plan(&replica, Target::Time(made)) {
+        Ok(plan) => {
+            assert!(made < next.created_at_ms, "{plan:?}");
+            assert_eq!(plan.txid, first.max_txid, "{plan:?}");
+        }
+        Err(e) => assert!(
+            made >= next.created_at_ms && e.to_string().contains("cannot be restored exactly"),
+            "{e}"
+        ),
+    }
+    if made > first.created_at_ms {
+        let inside =
+            restore::plan(&replica, Target::Time(made - 1)).expect_err("among its commits");
+        assert!(
+            inside.to_string().contains("cannot be restored exactly"),
+            "{inside}"
+        );
+    }
 
     // The newest snapshot is older than snapshot_ms: a new one is written and uploaded.
     clock.set(at(8 * MINUTE));

@@ -117,10 +117,10 @@ fn litestream_restores_our_replica_latest_and_at_a_time() {
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let (t1, t2) = (now_ms - 60_000, now_ms - 30_000);
     let first = replica
-        .put(0, &ltx_file(&state1, None, page_size, 1, t1))
+        .put(0, &ltx_file(&state1, None, page_size, 1, t1), None)
         .expect("put snapshot");
     let second = replica
-        .put(0, &ltx_file(&state2, Some(&state1), page_size, 2, t2))
+        .put(0, &ltx_file(&state2, Some(&state1), page_size, 2, t2), None)
         .expect("put incremental");
     assert!(
         second.size * 4 < first.size,

@@ -116,7 +116,7 @@ fn our_replica_restores_every_point_exactly_and_refuses_what_it_cannot_reach() {
     let copy = Replica::from(FileReplica::new(&renamed));
     for f in replica.list(0).expect("list") {
         let bytes = replica.read(&f).expect("read");
-        copy.put(0, &bytes).expect("put");
+        copy.put(0, &bytes, None).expect("put");
     }
     std::fs::rename(
         renamed.join("ltx/0/0000000000000004-0000000000000004.ltx"),
@@ -411,10 +411,10 @@ fn a_large_file_decoded_on_several_threads_is_the_database_byte_for_byte() {
     }
 }
 
-/// A replica whose history was compacted: level-0 files 2, 3 and 4 merged into one level-1 file
-/// stamped with the time of its first transaction (a lower bound of its commits), the level-0
-/// files removed. A time inside it cannot be restored exactly: it is refused, naming the points
-/// on either side, and those restore exactly by TXID.
+/// A replica whose history was compacted: level-0 files 2, 3 and 4 (synced at 20, 30 and 40 s)
+/// merged into one level-1 file listed at 20 s and made at 40 s, the level-0 files removed. A
+/// time among its commits cannot be restored exactly: it is refused, naming the points on either
+/// side, and those restore exactly by TXID; from 40 s until the next file, it restores.
 #[test]
 fn a_time_inside_a_compacted_file_is_refused_with_the_nearest_points() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -448,21 +448,22 @@ fn a_time_inside_a_compacted_file_is_refused_with_the_nearest_points() {
         last = Some(header);
     }
     let last = last.expect("three files");
+    // As the engine merges: listed at its first file's time, its header at its last one's.
     let mut enc = ltx::Encoder::new(
         Vec::new(),
-        ltx::Header::new(last.page_size, last.commit, 2, 4, 20_000),
+        ltx::Header::new(last.page_size, last.commit, 2, 4, 40_000),
     )
     .expect("header");
     for (pgno, data) in pages.range(..=last.commit) {
         enc.encode_page(*pgno, data).expect("page");
     }
     replica
-        .put(1, &enc.finish(0).expect("finish").0)
+        .put(1, &enc.finish(0).expect("finish").0, Some(20_000))
         .expect("put");
     for f in merged {
         replica.delete(f).expect("delete");
     }
-    for t in [20_000, 25_000, 49_999] {
+    for t in [20_000, 25_000, 39_999] {
         let err = restore::plan(&replica, Target::Time(t)).expect_err("inside the compacted file");
         assert!(
             matches!(
@@ -477,7 +478,7 @@ fn a_time_inside_a_compacted_file_is_refused_with_the_nearest_points() {
         let text = err.to_string();
         assert!(
             text.contains("txid 1 at 1970-01-01T00:00:10Z")
-                && text.contains("txid 4 at 1970-01-01T00:00:20Z")
+                && text.contains("txid 4 at 1970-01-01T00:00:40Z")
                 && text.contains("--txid"),
             "{t}: the nearest points and how to ask for them: {text}"
         );
@@ -487,6 +488,8 @@ fn a_time_inside_a_compacted_file_is_refused_with_the_nearest_points() {
         (Target::Txid(1), 1),
         (Target::Txid(4), 4),
         (Target::Time(19_999), 1),
+        (Target::Time(40_000), 4),
+        (Target::Time(49_999), 4),
         (Target::Time(50_000), 5),
     ] {
         let plan = restore::plan(&replica, target).expect("plan");

@@ -182,10 +182,12 @@ async fn put_list_read_delete_in_litestreams_layout() {
     // 2026-11-22T05:43:24.306Z, .5 and a whole second: Go's RFC3339Nano drops trailing zeros.
     let t = 1_795_326_204_306;
     let snapshot = ltx_file(1, 1, t, 1);
-    let first = replica.put(0, &snapshot).expect("put level 0");
-    let second = replica.put(0, &ltx_file(2, 2, t + 6_194, 2)).expect("put");
+    let first = replica.put(0, &snapshot, None).expect("put level 0");
+    let second = replica
+        .put(0, &ltx_file(2, 2, t + 6_194, 2), None)
+        .expect("put");
     let compacted = replica
-        .put(9, &ltx_file(1, 2, t + 6_694, 3))
+        .put(9, &ltx_file(1, 2, t + 6_694, 3), None)
         .expect("put level 9");
     assert_eq!(
         first,
@@ -281,7 +283,10 @@ async fn put_list_read_delete_in_litestreams_layout() {
     // Nothing invalid is uploaded.
     let mut torn = ltx_file(4, 4, t, 5);
     torn.truncate(torn.len() - 1);
-    assert!(matches!(replica.put(0, &torn), Err(Error::Ltx { .. })));
+    assert!(matches!(
+        replica.put(0, &torn, None),
+        Err(Error::Ltx { .. })
+    ));
     assert!(
         !root
             .path()
@@ -311,7 +316,7 @@ async fn a_wrong_secret_is_a_clear_error_without_credentials() {
     );
     for result in [
         replica.list(0).map(|_| ()),
-        replica.put(0, &ltx_file(1, 1, 0, 0)).map(|_| ()),
+        replica.put(0, &ltx_file(1, 1, 0, 0), None).map(|_| ()),
     ] {
         let e = result.expect_err("refused");
         let text = e.to_string();
