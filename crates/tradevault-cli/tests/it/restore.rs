@@ -64,3 +64,115 @@ fn restore_json_reports_the_point_sizes_check_and_durations() {
         assert_eq!(std::fs::metadata(&out).expect("restored").len(), want);
     }
 }
+
+/// A sidecar replicates another program's inserts; restores to random times, and to times just
+/// before an insert began, are each either refused or exactly the state at that time: never a
+/// row inserted after it, never one missing that was committed before it.
+#[test]
+fn a_time_restores_exactly_or_is_refused_never_newer() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let mut rng = crate::common::Rng::from_env("pitr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY);")
+        .expect("schema");
+    let url = format!("file://{}", dir.path().join("replica").display());
+    let mut sidecar = command()
+        .arg("replicate")
+        .arg(&db)
+        .arg(&url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("replicate");
+    let now_ns = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos() as i64
+    };
+    // (began, ended, id): gaps up to 60 ms, so that some times fall between files.
+    let mut inserts = Vec::new();
+    for id in 1..=80i64 {
+        let began = now_ns();
+        conn.execute("INSERT INTO t VALUES (?1)", [id])
+            .expect("insert");
+        inserts.push((began, now_ns(), id));
+        std::thread::sleep(Duration::from_millis(rng.range(0, 60)));
+    }
+    // The last insert reaches the replica, then the sidecar may go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let latest = dir.path().join("latest.db");
+        let _ = std::fs::remove_file(&latest);
+        let done = command()
+            .args(["restore", "--replica", &url, "--output"])
+            .arg(&latest)
+            .output()
+            .expect("restore");
+        if done.status.success() {
+            let rows: i64 = rusqlite::Connection::open(&latest)
+                .expect("open")
+                .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .expect("count");
+            if rows == 80 {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never caught up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
+    let (mut exact, mut refused) = (0, 0);
+    for k in 0..30 {
+        let t_ns = if k % 2 == 0 {
+            // Uniformly at random over the run.
+            rng.range(inserts[4].0 as u64, inserts[75].0 as u64) as i64
+        } else {
+            // Half a millisecond before an insert began.
+            inserts[rng.range(4, 76) as usize].0 - 500_000
+        };
+        let ts = jiff::Timestamp::from_nanosecond(i128::from(t_ns))
+            .expect("time")
+            .to_string();
+        let out = dir.path().join(format!("t{k}.db"));
+        let done = command()
+            .args(["restore", "--replica", &url, "--timestamp", &ts, "--output"])
+            .arg(&out)
+            .output()
+            .expect("restore");
+        if !done.status.success() {
+            let err = String::from_utf8_lossy(&done.stderr);
+            assert!(err.contains("cannot be restored exactly"), "{ts}: {err}");
+            refused += 1;
+            continue;
+        }
+        let got: std::collections::BTreeSet<i64> = rusqlite::Connection::open(&out)
+            .expect("open")
+            .prepare("SELECT id FROM t")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect();
+        for (began, ended, id) in &inserts {
+            if *ended <= t_ns {
+                assert!(
+                    got.contains(id),
+                    "{ts}: row {id}, committed before, is missing"
+                );
+            }
+            if *began >= t_ns {
+                assert!(
+                    !got.contains(id),
+                    "{ts}: row {id}, inserted after, is there"
+                );
+            }
+        }
+        exact += 1;
+    }
+    eprintln!("{exact} exact, {refused} refused");
+    assert!(exact > 0, "no time between two files restored");
+}
