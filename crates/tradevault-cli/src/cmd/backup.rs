@@ -216,25 +216,35 @@ fn list(config: &Config, args: ListArgs) -> anyhow::Result<ExitCode> {
     for target in targets(config, &args.target)? {
         target.check_reachable()?;
         let catalog = Catalog::load(&target)?;
+        for (id, e) in &catalog.unreadable {
+            eprintln!(
+                "tradevault: {}: backup {id} is not listed: {e}",
+                target.name
+            );
+        }
         let backups: Vec<BackupRecord> = catalog
             .backups
             .into_iter()
             .filter(|b| args.db.as_deref().is_none_or(|d| b.database == d))
             .collect();
-        out.push((target, backups));
+        out.push((target, backups, catalog.unreadable));
     }
     if args.target.json {
         let json: Vec<serde_json::Value> = out
             .iter()
-            .map(|(t, b)| {
+            .map(|(t, b, bad)| {
                 let b: Vec<_> = b.iter().map(record_json).collect();
-                serde_json::json!({"target": t.name, "url": t.describe(), "backups": b})
+                let bad: Vec<_> = bad
+                    .iter()
+                    .map(|(id, e)| serde_json::json!({"id": id, "error": e}))
+                    .collect();
+                serde_json::json!({"target": t.name, "url": t.describe(), "backups": b, "unreadable": bad})
             })
             .collect();
         super::print_json(&json)?;
         return Ok(ExitCode::SUCCESS);
     }
-    for (target, backups) in out {
+    for (target, backups, _) in out {
         println!(
             "{} ({}): {} backups",
             target.name,
@@ -376,7 +386,14 @@ fn stats(config: &Config, args: TargetArgs) -> anyhow::Result<ExitCode> {
     let mut all = Vec::new();
     for target in targets(config, &args)? {
         target.check_reachable()?;
-        all.push(Catalog::load(&target)?.stats(&target));
+        let catalog = Catalog::load(&target)?;
+        for (id, e) in &catalog.unreadable {
+            eprintln!(
+                "tradevault: {}: backup {id} is not counted: {e}",
+                target.name
+            );
+        }
+        all.push(catalog.stats(&target));
     }
     if args.json {
         super::print_json(&all)?;
@@ -440,10 +457,29 @@ fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         record: true,
     };
     let mut results = Vec::new();
+    let mut unreadable = Vec::new();
     let targets = targets(config, &args.target)?;
     for target in &targets {
         target.check_reachable()?;
         let catalog = Catalog::load(target)?;
+        // A manifest that cannot be read is a backup that does not verify.
+        let damaged: Vec<&(String, String)> = catalog
+            .unreadable
+            .iter()
+            .filter(|(id, _)| args.all || args.id.as_deref().is_some_and(|a| id.starts_with(a)))
+            .collect();
+        for (id, e) in &damaged {
+            if !args.target.json {
+                println!("{id} on {}: CORRUPT\n  {e}", target.name);
+            }
+            unreadable.push(serde_json::json!({
+                "target": target.name,
+                "verification": {"id": id, "ok": false, "problems": [e]},
+            }));
+        }
+        if !damaged.is_empty() && !args.all {
+            continue;
+        }
         let ids: Vec<String> = if args.all {
             catalog.backups.iter().map(|b| b.id.clone()).collect()
         } else if let Some(id) = &args.id {
@@ -456,10 +492,19 @@ fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             }
         } else {
-            catalog
-                .newest(None)
-                .map(|b| vec![b.id.clone()])
-                .unwrap_or_default()
+            // The newest backup of each database.
+            let mut names: Vec<&str> = catalog
+                .backups
+                .iter()
+                .map(|b| b.database.as_str())
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            names
+                .into_iter()
+                .filter_map(|d| catalog.newest(Some(d)))
+                .map(|b| b.id.clone())
+                .collect()
         };
         for id in ids {
             let v = backup::verify(target, &id, &options)?;
@@ -492,8 +537,12 @@ fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         let json: Vec<serde_json::Value> = results
             .iter()
             .map(|(t, v)| serde_json::json!({"target": t, "verification": v}))
+            .chain(unreadable.iter().cloned())
             .collect();
         super::print_json(&json)?;
+    }
+    if !unreadable.is_empty() {
+        return Ok(ExitCode::from(1));
     }
     if results.is_empty() {
         if let Some(id) = &args.id {

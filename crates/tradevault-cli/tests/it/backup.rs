@@ -422,3 +422,71 @@ fn files_with_the_same_name_keep_their_own_backups() {
     );
     assert_eq!(code, 2, "{err}");
 }
+
+/// One damaged manifest (and no index to fall back on) leaves the target usable: the other
+/// backups are listed and restore, and the damaged one is named by list and fails verify.
+#[test]
+fn a_damaged_manifest_hides_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE a(x); INSERT INTO a VALUES (1);")
+        .expect("schema");
+    let tgt = dir.path().join("tgt");
+    let target = format!("file://{}", tgt.display());
+    let db_arg = db.to_str().expect("utf8");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        conn.execute("INSERT INTO a VALUES (2)", [])
+            .expect("insert");
+        let (code, out, err) = run(
+            &[
+                "backup", "create", "--db", db_arg, "--target", &target, "--json",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        ids.push(json(&out)[0]["id"].as_str().expect("id").to_owned());
+    }
+    let manifest = tgt.join("backups").join(format!("{}.manifest", ids[1]));
+    let len = std::fs::metadata(&manifest).expect("manifest").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&manifest)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("truncate");
+    let _ = std::fs::remove_file(tgt.join("index.json"));
+    let (code, out, err) = run(&["backup", "list", "--target", &target, "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let listed = &json(&out)[0];
+    assert_eq!(
+        listed["backups"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    assert_eq!(listed["unreadable"][0]["id"], ids[1].as_str(), "{listed}");
+    assert!(err.contains(&ids[1]), "{err}");
+    let (code, out, _) = run(&["backup", "verify", "--all", "--target", &target], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("{} on", ids[1])) && out.contains("CORRUPT"),
+        "{out}"
+    );
+    assert!(out.contains("truncated or damaged"), "{out}");
+    let restored = dir.path().join("restored.db");
+    let (code, out, err) = run(
+        &[
+            "restore",
+            "--target",
+            &target,
+            "--db",
+            db_arg,
+            "--backup",
+            &ids[0],
+            "--output",
+            restored.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}

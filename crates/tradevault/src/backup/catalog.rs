@@ -198,6 +198,9 @@ pub struct Catalog {
     drill_keys: BTreeMap<String, DrillRecord>,
     /// Whether `index.json` disagreed with the objects.
     pub index_stale: bool,
+    /// Backups whose manifest cannot be read (id, what is wrong): left out of `backups`, so that
+    /// one damaged object never hides the others.
+    pub unreadable: Vec<(String, String)>,
 }
 
 impl Catalog {
@@ -210,6 +213,7 @@ impl Catalog {
             events: BTreeMap::new(),
             drill_keys: BTreeMap::new(),
             index_stale: false,
+            unreadable: Vec::new(),
         }
     }
 
@@ -222,6 +226,7 @@ impl Catalog {
         };
         let mut stale = false;
         let mut backups = BTreeMap::new();
+        let mut unreadable = Vec::new();
         for (key, _) in target.list("backups/")? {
             let Some(id) = key
                 .strip_prefix("backups/")
@@ -233,8 +238,14 @@ impl Catalog {
                 Some(r) => r.clone(),
                 None => {
                     stale = true;
-                    let m = read_manifest(target, id)?;
-                    BackupRecord::of(&m)
+                    match read_manifest(target, id) {
+                        Ok(m) => BackupRecord::of(&m),
+                        Err(e) => {
+                            tracing::warn!(target = %target.name, backup = id, error = %e, "backup manifest unreadable; listing the others");
+                            unreadable.push((id.to_owned(), e.to_string()));
+                            continue;
+                        }
+                    }
                 }
             };
             backups.insert(id.to_owned(), record);
@@ -292,6 +303,7 @@ impl Catalog {
             events,
             drill_keys,
             index_stale: stale,
+            unreadable,
         })
     }
 

@@ -241,8 +241,10 @@ fn unframed<'a>(magic: &[u8; 8], bytes: &'a [u8], key: &str) -> Result<&'a [u8]>
     let actual = blake3::hash(content);
     if actual.as_bytes() != sum {
         return Err(corrupt(format!(
-            "checksum mismatch: expected blake3 {}, actual {}",
+            "checksum mismatch: its last 32 bytes ({}) are not the blake3 of the {} before them \
+             ({}): the object is truncated or damaged",
             hex(sum),
+            content.len(),
             actual.to_hex()
         )));
     }
@@ -344,7 +346,7 @@ mod tests {
         let err = decode_pages(&bytes, "backups/x.pages").expect_err("damaged");
         assert_eq!(err.code(), Some("corrupt_object"));
         assert!(err.to_string().contains("backups/x.pages"), "{err}");
-        assert!(err.to_string().contains("expected blake3"), "{err}");
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
     }
 
     #[test]
