@@ -132,6 +132,9 @@ pub struct DrillRecord {
     pub at_ms: i64,
     /// The backup it started from, if any.
     pub backup_id: Option<String>,
+    /// What it restored from: a replica, a backup on a target, or both (older records: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Whether the restored database passed its checks.
     pub ok: bool,
     /// Time to restore and check, in seconds (the recovery time objective measured).
