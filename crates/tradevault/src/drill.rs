@@ -354,7 +354,7 @@ fn from_backup(
         }
     });
     if let Err(e) = restored {
-        r.error = Some(format!("{on}: {e}"));
+        r.error = Some(e.to_string());
     }
     settle(&mut r, started);
     finish_copy(&r, out.as_deref());
