@@ -218,6 +218,10 @@ fn here(config: &Config, args: &Args) -> anyhow::Result<Value> {
     for spec in &specs {
         reports.extend(drill::run(spec, &options));
     }
+    if !config.store.data_dir.is_dir() {
+        // Only if empty: a failed drill's copy stays for a look (its path was logged).
+        let _ = std::fs::remove_dir(&scratch);
+    }
     // Recorded where the drills came from: --target's target, or every configured target (a
     // replica's drill too, as serve's job records it).
     let record_in = if args.target.is_some() {
@@ -231,13 +235,14 @@ fn here(config: &Config, args: &Args) -> anyhow::Result<Value> {
     Ok(json!({ "ok": ok, "drills": reports }))
 }
 
-/// Where drills restore: `.tradevault-drill` in the data directory, or in the system's temporary
-/// directory when there is no data directory (a bare target drilled from anywhere).
+/// Where drills restore: `.tradevault-drill` in the data directory, or a directory of this
+/// process in the system's temporary directory when there is no data directory (a bare target
+/// drilled from anywhere; removed after the drills unless a failed copy was kept there).
 pub fn scratch_dir(config: &Config) -> PathBuf {
     if config.store.data_dir.is_dir() {
         config.store.data_dir.join(".tradevault-drill")
     } else {
-        std::env::temp_dir().join("tradevault-drill")
+        std::env::temp_dir().join(format!("tradevault-drill-{}", std::process::id()))
     }
 }
 
