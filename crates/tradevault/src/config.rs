@@ -31,7 +31,8 @@ pub struct Config {
     pub restore: RestoreConfig,
     /// Replication of the store (`[replication]`, `[[replication.replica]]`).
     pub replication: ReplicationConfig,
-    /// Other SQLite databases to replicate (`[[database]]`, each with `[[database.replica]]`).
+    /// Other SQLite databases to replicate and back up (`[[database]]`, each with its
+    /// `[[database.replica]]` entries, if any: one with none is backed up but not replicated).
     pub database: Vec<DatabaseConfig>,
     /// The schedules of `serve`'s jobs (`[jobs]`).
     pub jobs: JobsConfig,
@@ -200,7 +201,7 @@ pub struct DatabaseConfig {
     /// Checkpoint and truncate its WAL once it holds this many bytes.
     #[serde(default = "default_checkpoint_wal_bytes")]
     pub checkpoint_wal_bytes: u64,
-    /// Its replicas.
+    /// Its replicas; none: it is backed up (and drilled from its backups) but not replicated.
     #[serde(default)]
     pub replica: Vec<ReplicaConfig>,
 }
@@ -570,12 +571,6 @@ impl Config {
                 return Err(bad(
                     &key("poll_interval_ms"),
                     "must be between 1 and 60000".into(),
-                ));
-            }
-            if db.replica.is_empty() {
-                return Err(bad(
-                    &key("replica"),
-                    "needs at least one [[database.replica]]".into(),
                 ));
             }
         }
@@ -977,6 +972,20 @@ mod tests {
                 other => panic!("expected a config error for {text:?}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_database_may_be_backed_up_without_a_replica() {
+        let c = load_text(
+            "[[database]]\nname = \"bot\"\npath = \"/srv/bot/bot.db\"\n\
+             [[database]]\nname = \"fills\"\npath = \"/srv/fills.db\"\n\
+             [[database.replica]]\nurl = \"file:///var/replicas/fills\"\n\
+             [[backup.target]]\nname = \"local\"\nurl = \"file:///var/backups/tv\"\n",
+            &[],
+        )
+        .expect("a [[database]] with no replica is valid");
+        assert!(c.database[0].replica.is_empty());
+        assert_eq!(c.database[1].replica.len(), 1);
     }
 
     #[test]

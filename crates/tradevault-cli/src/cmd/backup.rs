@@ -165,7 +165,7 @@ fn create(config: &Config, args: CreateArgs) -> anyhow::Result<ExitCode> {
         backup::create(&targets, &options)
     })?;
     let seconds = started.elapsed().as_secs_f64();
-    mirror(config, &targets);
+    super::mirror_catalogs(config, &targets);
     if args.target.json {
         let out: Vec<serde_json::Value> = manifests
             .iter()
@@ -532,7 +532,7 @@ fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
             results.push((target.name.clone(), v));
         }
     }
-    mirror(config, &targets);
+    super::mirror_catalogs(config, &targets);
     if args.target.json {
         let json: Vec<serde_json::Value> = results
             .iter()
@@ -633,7 +633,7 @@ fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e.into()),
         }
     }
-    mirror(config, &targets);
+    super::mirror_catalogs(config, &targets);
     if args.target.json {
         super::print_json(
             &serde_json::json!({"dry_run": args.dry_run, "plans": plans, "applied": applied}),
@@ -643,47 +643,6 @@ fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<ExitCode> {
         return Err(e.into());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Mirrors the targets' catalogs into the store, when the store exists and no server holds it
-/// (a running `serve` keeps its own mirror).
-fn mirror(config: &Config, targets: &[Target]) {
-    if !config.database_path().is_file() {
-        return;
-    }
-    let clock = std::sync::Arc::new(tradevault::clock::SystemClock);
-    let store = match tradevault::Store::open(&config.store, clock) {
-        Ok(s) => s,
-        Err(tradevault::Error::Locked { .. }) => {
-            eprintln!(
-                "note: the store is in use by 'tradevault serve'; its backup_metadata is not updated"
-            );
-            return;
-        }
-        Err(e) => {
-            eprintln!("note: backup catalog not mirrored into the store: {e}");
-            return;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("note: backup catalog not mirrored into the store: {e}");
-            return;
-        }
-    };
-    for target in targets {
-        let result = Catalog::load(target).and_then(|c| {
-            runtime.block_on(store.mirror_backups(target.name.clone(), target.describe(), c))
-        });
-        if let Err(e) = result {
-            eprintln!(
-                "note: backup catalog of {} not mirrored into the store: {e}",
-                target.name
-            );
-        }
-    }
-    store.close();
 }
 
 /// Runs `work` with a progress bar on stderr (when it is a terminal and `show` is set).

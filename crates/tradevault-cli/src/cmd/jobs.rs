@@ -1,15 +1,13 @@
 //! The jobs `serve` schedules, from `[jobs]` and what they work on.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tradevault::backup::{self, Catalog, CreateOptions, DrillRecord, Kind, Target, VerifyOptions};
+use tradevault::backup::{self, Catalog, CreateOptions, Kind, Target, VerifyOptions};
 use tradevault::config::ReplicaConfig;
-use tradevault::drill::{self, DrillSpec};
+use tradevault::drill::{self, DrillOptions};
 use tradevault::jobs::JobSpec;
-use tradevault::replica::Replica;
 use tradevault::replicate::{Engine, StoreLink};
 use tradevault::restore::Check;
 use tradevault::{Config, Store};
@@ -26,9 +24,6 @@ pub struct Runtime {
     pub link: Option<Arc<StoreLink>>,
 }
 
-/// A database a drill restores: (name, live path, replica URLs).
-type Drilled = (String, PathBuf, Vec<(String, String)>);
-
 /// The jobs to schedule: each `[jobs]` entry that has something to work on.
 pub fn specs(config: &Config, rt: &Runtime) -> Vec<JobSpec> {
     let mut specs = Vec::new();
@@ -41,27 +36,6 @@ pub fn specs(config: &Config, rt: &Runtime) -> Vec<JobSpec> {
             .map(|(_, s)| s.to_owned())
             .unwrap_or_default()
     };
-    let mut drilled: Vec<Drilled> = Vec::new();
-    if !rt.store_replicas.is_empty() {
-        drilled.push((
-            "store".into(),
-            config.database_path(),
-            rt.store_replicas
-                .iter()
-                .map(|r| (r.display_name(), r.url.clone()))
-                .collect(),
-        ));
-    }
-    for d in &config.database {
-        drilled.push((
-            d.name.clone(),
-            d.path.clone(),
-            d.replica
-                .iter()
-                .map(|r| (r.display_name(), r.url.clone()))
-                .collect(),
-        ));
-    }
     let targets: Vec<Target> = config
         .backup
         .target
@@ -208,66 +182,54 @@ pub fn specs(config: &Config, rt: &Runtime) -> Vec<JobSpec> {
             }),
         });
     }
-    if !drilled.is_empty() || !targets.is_empty() {
+    let replicated =
+        !rt.store_replicas.is_empty() || config.database.iter().any(|d| !d.replica.is_empty());
+    if replicated || !targets.is_empty() {
         let (engine, link) = (rt.engine.clone(), rt.link.clone());
-        let scratch = config.store.data_dir.join(".tradevault-drill");
-        let limits = config.restore.clone();
-        let (drill_targets, drill_store) = (targets.clone(), rt.store.clone());
+        let drill_config = config.clone();
+        let scratch = super::drill::scratch_dir(config);
+        let sources =
+            super::drill::Sources::configured(config, rt.store_replicas.iter(), targets.clone());
+        let drill_store = rt.store.clone();
         specs.push(JobSpec {
             name: "drill".into(),
             schedule: schedule("drill"),
             run: Arc::new(move |ctx| {
+                let specs = super::drill::specs(&drill_config, &sources, None).map_err(|e| {
+                    tradevault::Error::Internal {
+                        message: format!("plan the drills: {e:#}"),
+                    }
+                })?;
+                let now = now_ms;
+                let options = DrillOptions {
+                    scratch: &scratch,
+                    limits: &drill_config.restore,
+                    identity: None,
+                    now: &now,
+                };
                 let mut reports = Vec::new();
-                for (name, path, urls) in &drilled {
-                    let store = name == "store";
-                    // The run's own job_runs row is the sentinel: wait until the replicas hold it.
-                    if store
-                        && let (Some(engine), Some(link)) = (&engine, &link)
-                        && let Err(e) = engine.wait_replicated("store", link.last_commit(), Duration::from_secs(60))
-                    {
-                        tracing::warn!(error = %e, "drill: the replicas do not hold the sentinel yet");
-                    }
-                    let replicas = urls
-                        .iter()
-                        .filter_map(|(n, u)| Replica::parse(u).ok().map(|r| (n.clone(), r)))
-                        .collect();
-                    let spec = DrillSpec {
-                        database: name.clone(),
-                        path: path.clone(),
-                        replicas,
-                        sentinel: store.then_some(ctx.run_id),
-                    };
-                    let report = drill::run(&spec, &scratch, &limits);
-                    for target in &drill_targets {
-                        let record = DrillRecord {
-                            database: name.clone(),
-                            at_ms: now_ms(),
-                            backup_id: None,
-                            ok: report.ok,
-                            rto_seconds: report.rto_ms as f64 / 1000.0,
-                            detail: format!(
-                                "replica {}: txid {:?}, integrity {:?}, sentinel {:?}{}",
-                                report.source.as_deref().unwrap_or("-"),
-                                report.txid,
-                                report.integrity,
-                                report.sentinel_found,
-                                report.error.as_deref().map(|e| format!(", error: {e}")).unwrap_or_default()
-                            ),
-                        };
-                        if let Err(e) = backup::catalog::record_drill(target, &record) {
-                            tracing::warn!(target = %target.name, error = %e, "could not record the drill in the catalog");
+                for mut spec in specs {
+                    if spec.database == "store" {
+                        // The run's own job_runs row is the sentinel: wait until the replicas hold it.
+                        if let (Some(engine), Some(link)) = (&engine, &link)
+                            && let Err(e) = engine.wait_replicated("store", link.last_commit(), Duration::from_secs(60))
+                        {
+                            tracing::warn!(error = %e, "drill: the replicas do not hold the sentinel yet");
                         }
+                        spec.sentinel = Some(ctx.run_id);
                     }
-                    reports.push(report);
+                    reports.extend(drill::run(&spec, &options));
                 }
-                // The newest backup of each database restores and passes its checks.
-                let mut backups = Vec::new();
-                for target in &drill_targets {
-                    backups.extend(drill_backups(target, &scratch));
-                }
-                mirror(&drill_store, &drill_targets);
-                let ok = reports.iter().all(|r| r.ok)
-                    && backups.iter().all(|b| b["ok"].as_bool() == Some(true));
+                drill::record(&reports, &sources.targets);
+                mirror(&drill_store, &sources.targets);
+                let ok = reports.iter().all(|r| r.ok);
+                // The drills of backups again, as this job listed them before every drill was in `drills`.
+                let backups: Vec<Value> = reports
+                    .iter()
+                    .filter(|r| r.backup_id.is_some())
+                    .map(|r| json!({ "target": r.target, "database": r.database, "backup_id": r.backup_id,
+                                     "ok": r.ok, "rto_seconds": r.rto_seconds, "detail": r.summary() }))
+                    .collect();
                 Ok(json!({ "ok": ok, "drills": reports, "backups": backups }))
             }),
         });
@@ -307,51 +269,4 @@ fn newest_of_each(catalog: &Catalog) -> Vec<&tradevault::backup::BackupRecord> {
     dbs.into_iter()
         .filter_map(|d| catalog.newest(Some(d)))
         .collect()
-}
-
-/// Restores the newest backup of each database on `target` into `scratch` and checks it (a deep
-/// verify: integrity, rows per table as recorded), records the drill in the target's catalog, and
-/// reports it. Encrypted backups need an identity this host does not hold: their checksums are
-/// verified by the verify job instead.
-fn drill_backups(target: &Target, scratch: &std::path::Path) -> Vec<Value> {
-    let catalog = match Catalog::load(target) {
-        Ok(c) => c,
-        Err(e) => {
-            return vec![json!({ "target": target.name, "ok": false, "error": e.to_string() })];
-        }
-    };
-    let _ = std::fs::create_dir_all(scratch);
-    let now = now_ms;
-    let options = VerifyOptions {
-        deep: true,
-        check: Check::Integrity,
-        identity: None,
-        scratch_dir: Some(scratch.to_owned()),
-        now: &now,
-        record: false,
-    };
-    let mut out = Vec::new();
-    for b in newest_of_each(&catalog)
-        .into_iter()
-        .filter(|b| !b.encrypted)
-    {
-        let (ok, rto, detail) = match backup::verify(target, &b.id, &options) {
-            Ok(v) if v.ok => (true, v.seconds, "integrity ok, rows match".to_owned()),
-            Ok(v) => (false, v.seconds, v.problems.join("; ")),
-            Err(e) => (false, 0.0, e.to_string()),
-        };
-        let record = DrillRecord {
-            database: b.database.clone(),
-            at_ms: now_ms(),
-            backup_id: Some(b.id.clone()),
-            ok,
-            rto_seconds: rto,
-            detail: detail.clone(),
-        };
-        if let Err(e) = backup::catalog::record_drill(target, &record) {
-            tracing::warn!(target = %target.name, error = %e, "could not record the drill in the catalog");
-        }
-        out.push(json!({ "target": target.name, "database": b.database, "backup_id": b.id, "ok": ok, "rto_seconds": rto, "detail": detail }));
-    }
-    out
 }

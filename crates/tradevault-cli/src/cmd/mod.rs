@@ -225,3 +225,44 @@ pub fn backup_targets(
             .collect(),
     }
 }
+
+/// Mirrors the targets' catalogs into the store, when the store exists and no server holds it
+/// (a running `serve` keeps its own mirror).
+pub fn mirror_catalogs(config: &Config, targets: &[tradevault::backup::Target]) {
+    if !config.database_path().is_file() {
+        return;
+    }
+    let clock = std::sync::Arc::new(tradevault::clock::SystemClock);
+    let store = match tradevault::Store::open(&config.store, clock) {
+        Ok(s) => s,
+        Err(tradevault::Error::Locked { .. }) => {
+            eprintln!(
+                "note: the store is in use by 'tradevault serve'; its backup_metadata is not updated"
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("note: backup catalog not mirrored into the store: {e}");
+            return;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("note: backup catalog not mirrored into the store: {e}");
+            return;
+        }
+    };
+    for target in targets {
+        let result = tradevault::backup::Catalog::load(target).and_then(|c| {
+            runtime.block_on(store.mirror_backups(target.name.clone(), target.describe(), c))
+        });
+        if let Err(e) = result {
+            eprintln!(
+                "note: backup catalog of {} not mirrored into the store: {e}",
+                target.name
+            );
+        }
+    }
+    store.close();
+}

@@ -1,8 +1,8 @@
 //! `tradevault replicate DB_PATH REPLICA_URL...`: the sidecar. Ships every transaction another
 //! program commits to DB_PATH (a SQLite database in WAL mode) to each replica as LTX files that
 //! `tradevault restore` and `litestream restore` read, in a directory or an S3 bucket. With
-//! `--config` and no DB_PATH, replicates every `[[database]]` of the config. Runs until
-//! SIGINT/SIGTERM, or once with `--once`.
+//! `--config` and no DB_PATH, replicates every `[[database]]` of the config that has a replica
+//! (one without is only backed up). Runs until SIGINT/SIGTERM, or once with `--once`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -86,7 +86,14 @@ pub fn run(
             .into());
         }
         None => {
-            for d in &config.database {
+            let databases = replicated(&config)?;
+            if databases.is_empty() {
+                return Err(UsageError(
+                    "nothing to replicate: no [[database]] has a [[database.replica]] (those without one are only backed up)".into(),
+                )
+                .into());
+            }
+            for d in config.database.iter().filter(|d| !d.replica.is_empty()) {
                 if !d.path.is_file() {
                     return Err(UsageError(format!(
                         "database {:?}: {}: no such database file",
@@ -96,11 +103,7 @@ pub fn run(
                     .into());
                 }
             }
-            config
-                .database
-                .iter()
-                .map(|d| DatabaseSpec::from_config(d).map_err(|e| UsageError(e.to_string())))
-                .collect::<Result<Vec<_>, _>>()?
+            databases
         }
     };
     let clock: Arc<dyn tradevault::clock::Clock> = Arc::new(tradevault::clock::SystemClock);
@@ -120,6 +123,20 @@ pub fn run(
     tracing::info!("stopping replication");
     engine.stop();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `[[database]]` entries to replicate: those with a replica. One without is backed up and
+/// drilled from its backups, and not replicated.
+pub fn replicated(config: &tradevault::Config) -> anyhow::Result<Vec<DatabaseSpec>> {
+    let mut specs = Vec::new();
+    for d in &config.database {
+        if d.replica.is_empty() {
+            tracing::info!(database = %d.name, "no [[database.replica]]: not replicated (backups only)");
+            continue;
+        }
+        specs.push(DatabaseSpec::from_config(d).map_err(|e| UsageError(e.to_string()))?);
+    }
+    Ok(specs)
 }
 
 fn print_report(status: &[DatabaseStatus], as_json: bool) -> anyhow::Result<()> {

@@ -65,11 +65,7 @@ pub fn run(
             .iter()
             .map(|r| ReplicaSpec::from_config(r).map_err(|e| UsageError(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut databases = config
-            .database
-            .iter()
-            .map(|d| DatabaseSpec::from_config(d).map_err(|e| UsageError(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut databases = super::replicate::replicated(&config)?;
         let sync = if config.replication.mode == "sync" {
             if replica_specs.is_empty() {
                 return Err(UsageError(

@@ -213,3 +213,188 @@ fn scheduled_backups_verify_prune_drill_and_restore_from_a_backup() {
         .expect("list");
     assert!(String::from_utf8_lossy(&listed.stdout).contains("\"safety\""));
 }
+
+/// Issue 4: a `[[database]]` with no replica is accepted, backed up by serve's job and drilled
+/// from its backups, and neither `serve` nor `replicate --config` replicates it. `drill` through
+/// the server prints every drill (backups included), sets the restorable time of each database,
+/// and exits 1 when one fails.
+#[test]
+fn a_database_without_a_replica_is_backed_up_and_drilled_not_replicated() {
+    use crate::drill::{damage, database};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (bot, fills) = (dir.path().join("bot.db"), dir.path().join("fills.db"));
+    database(&bot, 50);
+    database(&fills, 30);
+    let backups = dir.path().join("backups");
+    let write = |name: &str, with_fills: bool| {
+        let mut text = format!(
+            "[jobs]\nbackup = \"\"\nprune = \"\"\nverify = \"\"\ndrill = \"\"\n\n[[database]]\nname = \"bot\"\npath = \"{}\"\n\n",
+            bot.display()
+        );
+        if with_fills {
+            text.push_str(&format!(
+                "[[database]]\nname = \"fills\"\npath = \"{}\"\n[[database.replica]]\nurl = \"file://{}\"\n\n",
+                fills.display(),
+                dir.path().join("replica").display()
+            ));
+        }
+        text.push_str(&format!(
+            "[[backup.target]]\nname = \"local\"\nurl = \"file://{}\"\n",
+            backups.display()
+        ));
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("config");
+        path.to_str().expect("utf8").to_owned()
+    };
+    let (cfg, bot_only) = (write("tv.toml", true), write("bot.toml", false));
+
+    // replicate --config ships the database with a replica and skips the other one.
+    let out =
+        crate::common::succeed(command().args(["replicate", "--once", "--json", "--config", &cfg]));
+    let shipped: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let names: Vec<&str> = shipped
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .filter_map(|r| r["database"].as_str())
+        .collect();
+    assert_eq!(names, ["fills"], "{shipped}");
+    let out = command()
+        .args(["replicate", "--once", "--config", &bot_only])
+        .output()
+        .expect("replicate");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to replicate"));
+
+    let server = Server::start_args(&data, &[], &["--config", &cfg]);
+    let mut api = server.client();
+    let trade =
+        json!({ "trade_id": "t1", "symbol": "ETHUSD", "side": "buy", "qty": "1", "price": "2500" });
+    assert_eq!(api.post("/v1/trades", &trade).0, 201);
+    let run = run_job(&mut api, "backup");
+    assert_eq!(run["status"], "ok", "{run}");
+    let id_of = |db: &str| {
+        run["detail"]["backups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["database"] == db)
+            .and_then(|b| b["id"].as_str())
+            .unwrap_or_else(|| panic!("no backup of {db}: {run}"))
+            .to_owned()
+    };
+    let bot_backup = id_of("bot");
+    // serve did not replicate bot: no local log beside it.
+    assert!(!tradevault::replicate::status::local_log_dir(&bot).exists());
+
+    let drill_text = || {
+        let out = command()
+            .args(["drill", "--data-dir"])
+            .arg(&data)
+            .output()
+            .expect("drill");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = drill_text();
+    assert_eq!(code, Some(0), "{text}");
+    for db in ["store", "bot"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{db}: restorable: ")) && l.contains(" on local")),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("fills: restorable: "))
+            .count(),
+        2,
+        "fills: from its replica and from its backup: {text}"
+    );
+    let metrics = api.0.get("/metrics").expect("metrics").text();
+    for db in ["store", "bot", "fills"] {
+        assert!(
+            metrics.contains(&format!(
+                "tradevault_last_verified_restorable_timestamp_seconds{{database=\"{db}\"}}"
+            )),
+            "{db}: {metrics}"
+        );
+    }
+
+    damage(&backups, &bot_backup);
+    let (code, text) = drill_text();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("bot: DRILL FAILED")),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("store: restorable: ")));
+}
+
+/// Issue 4: the drill of a backup applies the replica's files after it, so the sentinel written
+/// just before the drill comes back from it too, and its rows equal the replica's copy.
+#[test]
+fn a_backup_drill_applies_the_replica_files_after_the_backup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("tv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[jobs]\nbackup = \"\"\nprune = \"\"\nverify = \"\"\ndrill = \"\"\n\n[[backup.target]]\nname = \"local\"\nurl = \"file://{}\"\n",
+            dir.path().join("backups").display()
+        ),
+    )
+    .expect("config");
+    let url = format!("file://{}", dir.path().join("replica").display());
+    let cfg = config.to_str().expect("utf8");
+    let server = Server::start_args(&data, &[], &["--config", cfg, "--replica", &url]);
+    let mut api = server.client();
+    let mut trade = |i: u32| {
+        let t = json!({ "trade_id": format!("t{i}"), "symbol": "ETHUSD", "side": "buy", "qty": "1", "price": "2500" });
+        assert_eq!(api.post("/v1/trades", &t).0, 201);
+    };
+    (0..3).for_each(&mut trade);
+    let run = run_job(&mut server.client(), "backup");
+    assert_eq!(run["status"], "ok", "{run}");
+    (3..5).for_each(&mut trade);
+
+    let (ok, report) = drill(&data);
+    assert!(ok, "{report}");
+    let drills = report["drills"].as_array().expect("drills");
+    assert_eq!(drills.len(), 2, "{report}");
+    let replica = drills
+        .iter()
+        .find(|d| d["backup_id"].is_null())
+        .expect("replica drill");
+    let backup = drills
+        .iter()
+        .find(|d| d["backup_id"].is_string())
+        .expect("backup drill");
+    assert_eq!(replica["sentinel_found"], true, "{replica}");
+    assert!(
+        backup["source"]
+            .as_str()
+            .is_some_and(|s| s.contains(" + replica ")),
+        "{backup}"
+    );
+    assert_eq!(backup["sentinel_found"], true, "{backup}");
+    assert_eq!(backup["txid"], replica["txid"], "{report}");
+    assert_eq!(backup["rows"]["trades"], 5, "{backup}");
+    assert!(
+        backup["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["name"] == "rows"
+                && c["ok"] == true
+                && c["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("as in the copy from replica"))),
+        "{backup}"
+    );
+}

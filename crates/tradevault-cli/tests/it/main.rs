@@ -6,6 +6,7 @@ mod backup;
 mod cli;
 mod common;
 mod crash;
+mod drill;
 mod engine;
 mod faults;
 mod inplace;

@@ -132,6 +132,9 @@ pub struct DrillRecord {
     pub at_ms: i64,
     /// The backup it started from, if any.
     pub backup_id: Option<String>,
+    /// What it restored from: a replica, a backup on a target, or both (older records: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Whether the restored database passed its checks.
     pub ok: bool,
     /// Time to restore and check, in seconds (the recovery time objective measured).
@@ -447,8 +450,17 @@ pub fn record_verification(target: &Target, v: &Verification) -> Result<()> {
 
 /// Records a drill on the target, for `backup stats` and the store's mirror.
 pub fn record_drill(target: &Target, d: &DrillRecord) -> Result<()> {
-    let key = format!("drills/{}-{}.json", d.at_ms, d.database);
-    put_json(target, &key, d)?;
+    let key_of = |d: &DrillRecord| format!("drills/{}-{}.json", d.at_ms, d.database);
+    // Drills of one database recorded in the same millisecond (one per source) are all kept: a
+    // later one moves to the next free millisecond, as its key and the store's mirror are by time.
+    let mut d = d.clone();
+    for _ in 0..1_000 {
+        if target.get(&key_of(&d))?.is_none() {
+            break;
+        }
+        d.at_ms += 1;
+    }
+    put_json(target, &key_of(&d), &d)?;
     refresh_index(target);
     Ok(())
 }

@@ -33,6 +33,7 @@ pub use format::Manifest;
 pub use materialize::{RestoredBackup, restore_backup};
 pub use retention::{PrunePlan, Pruned};
 pub use target::Target;
+pub(crate) use verify::compare_rows;
 pub use verify::{VerifyOptions, verify};
 
 /// Why a backup was taken.

@@ -205,7 +205,17 @@ fn check_restored(
             checked.problems.join("; ")
         ));
     }
-    let actual = checked.rows;
+    problems.extend(compare_rows(expected, &checked.rows));
+    Ok(())
+}
+
+/// What differs between the rows per table `actual` (counted in a restored copy) and those
+/// `expected` (counted when the backup was taken); empty when they match.
+pub(crate) fn compare_rows(
+    expected: &std::collections::BTreeMap<String, u64>,
+    actual: &std::collections::BTreeMap<String, u64>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
     for (table, n) in expected {
         match actual.get(table) {
             Some(a) if a == n => {}
@@ -228,7 +238,7 @@ fn check_restored(
             "table {table}: in the restored database, not counted at backup time"
         ));
     }
-    Ok(())
+    problems
 }
 
 #[allow(clippy::too_many_arguments)]

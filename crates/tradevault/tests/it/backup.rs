@@ -395,6 +395,7 @@ fn the_catalog_is_rebuilt_from_the_target_alone() {
             database: "fills".into(),
             at_ms: now(),
             backup_id: Some(m.id.clone()),
+            source: Some(format!("backup {} on {}", m.id, target.name)),
             ok: true,
             rto_seconds: 0.5,
             detail: "integrity_check ok".into(),
@@ -532,5 +533,82 @@ fn a_backup_and_the_replicas_files_after_it_restore_the_latest_state() {
             newer.state_max_ms
         )
         .is_err()
+    );
+}
+
+/// A drill of an encrypted backup needs the identity: without it the backup is not drilled and,
+/// with no other source, the drill says so and fails; with it, the backup restores and its rows
+/// match. [`drill::record`] puts each result in the target's catalog.
+#[test]
+fn drills_of_encrypted_backups_need_the_identity() {
+    use tradevault::drill::{self, DrillOptions, DrillSpec};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("fills.db");
+    database(&db, 300);
+    let target = file_target(&dir.path().join("target"));
+    let key = age::x25519::Identity::generate();
+    let config = BackupConfig {
+        recipients: vec![key.to_public().to_string()],
+        ..small_config()
+    };
+    let m = create(&target, &db, &config);
+    let identity = Identity::from_text(key.to_string().expose_secret()).expect("identity");
+    let spec = DrillSpec {
+        database: "fills".into(),
+        path: Some(db.clone()),
+        replicas: Vec::new(),
+        targets: vec![target.clone()],
+        sentinel: None,
+    };
+    let clock = now;
+    let limits = tradevault::config::RestoreConfig::default();
+    let scratch = dir.path().join("scratch");
+    let options = |identity| DrillOptions {
+        scratch: &scratch,
+        limits: &limits,
+        identity,
+        now: &clock,
+    };
+
+    let sealed = drill::run(&spec, &options(None));
+    assert_eq!(sealed.len(), 1, "{sealed:?}");
+    assert!(!sealed[0].ok);
+    let error = sealed[0].error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("is encrypted") && error.contains("--identity"),
+        "{error}"
+    );
+
+    let opened = drill::run(&spec, &options(Some(&identity)));
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    let d = &opened[0];
+    assert!(d.ok, "{d:?}");
+    assert_eq!(d.backup_id.as_deref(), Some(m.id.as_str()));
+    assert_eq!(d.rows.get("fills"), Some(&300));
+    assert_eq!(d.live_rows, d.rows);
+    assert!(
+        d.checks.iter().all(|c| c.ok) && d.checks.iter().any(|c| c.name == "rows"),
+        "{d:?}"
+    );
+    // A copy that passed is not left behind.
+    let left = std::fs::read_dir(&scratch).map_or(0, |d| d.count());
+    assert_eq!(left, 0);
+
+    // Two drills recorded at the same millisecond are both kept, the later one a ms on.
+    let mut failed = sealed[0].clone();
+    failed.at_ms = d.at_ms;
+    drill::record(&[failed, d.clone()], std::slice::from_ref(&target));
+    let catalog = Catalog::load(&target).expect("catalog");
+    assert_eq!(catalog.drills.len(), 2, "{:?}", catalog.drills);
+    let last = catalog.stats(&target).databases[0]
+        .last_drill
+        .clone()
+        .expect("last drill");
+    assert_eq!(last.at_ms, d.at_ms + 1);
+    assert!(last.ok);
+    assert_eq!(last.backup_id.as_deref(), Some(m.id.as_str()));
+    assert!(
+        last.detail.contains("match the backup's counts"),
+        "{last:?}"
     );
 }
