@@ -45,6 +45,9 @@ pub fn run(
         .listen_addr()
         .map_err(|m| UsageError(format!("--listen: {m}")))?;
     super::start_logging(&config)?;
+    // Before anything records a metric: what the store and the replication engine register at
+    // start (counters at 0) would otherwise go nowhere.
+    tradevault::metrics::install();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -505,3 +505,70 @@ fn serve_replicates_the_store_across_truncations_restarts_and_kills() {
         );
     }
 }
+
+/// Every replicated database's error and checkpoint counters are on /metrics at 0 from the
+/// start, before any error or checkpoint, so rates and alerts on them work from the first scrape.
+#[test]
+fn replication_counters_start_at_zero() {
+    use crate::common::Server;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let db = dir.path().join("bot.db");
+    rusqlite::Connection::open(&db)
+        .expect("open")
+        .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, symbol TEXT, qty TEXT);")
+        .expect("schema");
+    let store_url = format!("file://{}", dir.path().join("store-replica").display());
+    let bot_url = format!("file://{}", dir.path().join("bot-replica").display());
+    let config = dir.path().join("tv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[database]]\nname = \"bot\"\npath = \"{}\"\n[[database.replica]]\nurl = \"{bot_url}\"\nname = \"bot-disk\"\n",
+            db.display()
+        ),
+    )
+    .expect("config");
+    let server = Server::try_start_args(
+        {
+            let mut c = command();
+            c.arg("--config").arg(&config);
+            c
+        },
+        &data,
+        &[],
+        &["--replica", &store_url],
+    )
+    .unwrap_or_else(|e| panic!("server did not start: {e}"));
+    let text = server.client().0.get("/metrics").expect("metrics").text();
+    let line = |name: &str, labels: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+    };
+    for (database, replica) in [("store", store_url.as_str()), ("bot", "bot-disk")] {
+        let labels = format!("database=\"{database}\",replica=\"{replica}\"");
+        assert_eq!(
+            line("tradevault_replication_errors_total", &labels).as_deref(),
+            Some("0"),
+            "{labels}:\n{text}"
+        );
+        assert!(
+            line(
+                "tradevault_replication_checkpoints_total",
+                &format!("database=\"{database}\"")
+            )
+            .is_some(),
+            "checkpoints of {database}:\n{text}"
+        );
+    }
+    assert_eq!(
+        line(
+            "tradevault_replication_checkpoints_total",
+            "database=\"bot\""
+        )
+        .as_deref(),
+        Some("0"),
+        "{text}"
+    );
+}

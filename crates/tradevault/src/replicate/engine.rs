@@ -481,6 +481,10 @@ impl Engine {
             shipper_done: AtomicBool::new(false),
             clock,
         });
+        crate::metrics::replication_started(
+            &spec.name,
+            spec.replicas.iter().map(|r| r.name.as_str()),
+        );
         self.dbs.push(db.clone());
         let shipper_db = db.clone();
         let options = ShipperOptions {
