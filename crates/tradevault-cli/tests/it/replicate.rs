@@ -132,6 +132,36 @@ fn replicate_refuses_what_it_cannot_do() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Without --once the sidecar would run until stopped: a database not in WAL mode must end
+    // it at once, with how to switch the mode, not retry forever.
+    let mut child = command()
+        .arg("replicate")
+        .arg(&db)
+        .arg(&url)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("replicate kept running on a database not in WAL mode");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not in WAL mode") && stderr.contains("PRAGMA journal_mode=WAL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("retrying"), "no retries: {stderr}");
     for bad_url in ["s3:///x", "s3://bucket/x?unknown=1", "ftp://host/x"] {
         assert_eq!(
             run(&[db.to_str().expect("utf8"), bad_url, "--once"])

@@ -423,6 +423,10 @@ impl Engine {
             Source::Store { store, .. } => store.path().to_owned(),
             Source::External(p) => p.clone(),
         };
+        if let Source::External(p) = &spec.source {
+            // A database not in WAL mode would only fail and be retried forever: refuse it now.
+            super::check_replicable(p)?;
+        }
         let local_dir = status::local_log_dir(&path);
         std::fs::create_dir_all(&local_dir)
             .map_err(|e| Error::io("create local log", &local_dir, e))?;
