@@ -54,7 +54,7 @@ pub fn run(
                 None => "no sentinel",
             };
             if d["ok"].as_bool().unwrap_or(false) {
-                println!(
+                outln!(
                     "{}: restorable: txid {} at {} from {}, integrity ok, {sentinel}, recovered in {:.3} s",
                     d["database"].as_str().unwrap_or("?"),
                     d["txid"],
@@ -63,7 +63,7 @@ pub fn run(
                     d["rto_ms"].as_f64().unwrap_or(0.0) / 1000.0
                 );
             } else {
-                println!(
+                outln!(
                     "{}: DRILL FAILED: {}",
                     d["database"].as_str().unwrap_or("?"),
                     d["error"].as_str().unwrap_or("?")

@@ -50,16 +50,12 @@ pub fn start_logging(config: &Config) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("start logging: {e}"))
 }
 
-/// Prints a value as pretty JSON on stdout.
+/// Prints a value as pretty JSON on stdout (a reader that stopped early, `| head`, is not an
+/// error of ours: see [`crate::print_out`]).
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut text = serde_json::to_string_pretty(value).context("encode json")?;
-    text.push('\n');
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        // A reader that stopped early (`| head`) is not an error of ours.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("write to stdout"),
-    }
+    let text = serde_json::to_string_pretty(value).context("encode json")?;
+    outln!("{text}");
+    Ok(())
 }
 
 /// A table for human output.

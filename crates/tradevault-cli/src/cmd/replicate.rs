@@ -147,8 +147,8 @@ fn print_report(status: &[DatabaseStatus], as_json: bool) -> anyhow::Result<()> 
     }
     for (db, r, shipped) in rows {
         match shipped {
-            "nothing" => println!("{} -> {}: up to date", db.database, r.name),
-            _ => println!(
+            "nothing" => outln!("{} -> {}: up to date", db.database, r.name),
+            _ => outln!(
                 "{} -> {}: txid {}: {} file(s), {} ({shipped})",
                 db.database,
                 r.name,

@@ -124,7 +124,7 @@ pub fn run(
     if args.dry_run {
         if let Some((target, record, _)) = &via_backup {
             if !args.json {
-                println!(
+                outln!(
                     "backup {} from {} ({} to fetch, the state at {}), then:",
                     record.id,
                     target.name,
@@ -194,7 +194,7 @@ pub fn run(
             out["safety_backup"] = safety_backup;
             super::print_json(&out)?;
         } else {
-            println!(
+            outln!(
                 "restored {} in place to txid {} at {} ({} pages; previous content kept in {}) in {:.2} s",
                 db_path.display(),
                 plan.txid,
@@ -214,7 +214,7 @@ pub fn run(
             Check::Integrity => "integrity ok",
             Check::Quick => "quick_check ok, indexes not compared",
         };
-        println!(
+        outln!(
             "restored {} to txid {} at {} ({} pages, {}, {checked}) from {} files in {:.2} s",
             restored.output,
             plan.txid,
@@ -331,13 +331,13 @@ fn print_plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
         return super::print_json(plan);
     }
     for (level, min, max, size) in &plan.files {
-        println!(
+        outln!(
             "level {level}  {}  {}",
             ltx::file_name(*min, *max),
             super::human_bytes(*size)
         );
     }
-    println!(
+    outln!(
         "would restore txid {} at {} ({} files, {})",
         plan.txid,
         plan.point_time,
@@ -486,7 +486,7 @@ fn from_backup(
         if args.json {
             super::print_json(&plan)?;
         } else {
-            println!(
+            outln!(
                 "would restore backup {} of {} from {}: {} to fetch, the state at {}",
                 record.id,
                 record.database,
@@ -534,7 +534,7 @@ fn from_backup(
     if args.json {
         super::print_json(&out)?;
     } else {
-        println!(
+        outln!(
             "restored backup {} of {} ({} pages, integrity ok) to {} in {:.2} s",
             record.id,
             record.database,

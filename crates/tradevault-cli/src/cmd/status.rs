@@ -63,7 +63,7 @@ pub fn run(
     }
     for (name, path, s) in &report {
         match s {
-            None => println!(
+            None => outln!(
                 "{name} ({}): not replicated (no status found)\n",
                 path.display()
             ),
@@ -71,7 +71,7 @@ pub fn run(
         }
     }
     if job_runs.is_empty() {
-        println!("jobs: no runs recorded");
+        outln!("jobs: no runs recorded");
     } else {
         let mut t = super::table(&[
             "job", "run", "trigger", "due", "started", "took", "status", "detail",
@@ -89,7 +89,7 @@ pub fn run(
                 short_detail(&r.detail),
             ]);
         }
-        println!("jobs (latest runs):\n{t}");
+        outln!("jobs (latest runs):\n{t}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -108,7 +108,7 @@ fn print_database(name: &str, s: &DatabaseStatus, now: i64) {
     } else {
         format!("NOT RUNNING: last report {} ago", ago(age))
     };
-    println!(
+    outln!(
         "{name} ({}): {state}; txid {} at {}; wal {}; {} checkpoints",
         s.path.display(),
         s.txid,
@@ -117,7 +117,7 @@ fn print_database(name: &str, s: &DatabaseStatus, now: i64) {
         s.checkpoints
     );
     if let Some(e) = &s.last_error {
-        println!("  error: {e}");
+        outln!("  error: {e}");
     }
     let mut t = super::table(&[
         "replica", "txid", "time", "lag", "uploaded", "files", "window", "error",
@@ -138,7 +138,7 @@ fn print_database(name: &str, s: &DatabaseStatus, now: i64) {
             r.last_error.clone().unwrap_or_default(),
         ]);
     }
-    println!("{t}\n");
+    outln!("{t}\n");
 }
 
 fn time(ms: Option<i64>) -> String {
