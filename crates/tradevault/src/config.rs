@@ -434,21 +434,22 @@ impl Config {
         for (name, value) in vars {
             apply_env(&mut merged, &defaults, &name, &value, &mut origins)?;
         }
+        // Where a value the file or environment did not set came from: the whole config decides
+        // whether it fits (a default beyond a maximum the file set), so name the file.
+        let fallback = file.map_or_else(|| "defaults".into(), |p| p.display().to_string());
         let config: Config =
-            toml::Value::Table(merged)
+            toml::Value::Table(merged.clone())
                 .try_into()
-                .map_err(|e: toml::de::Error| Error::Config {
-                    source_name: file
-                        .map_or_else(|| "environment".into(), |p| p.display().to_string()),
-                    key: "?".into(),
-                    message: e.to_string(),
+                .map_err(|e: toml::de::Error| {
+                    let (key, message) = locate_error(&merged, &e);
+                    Error::Config {
+                        source_name: origin_of(&origins, &key).unwrap_or_else(|| fallback.clone()),
+                        key,
+                        message,
+                    }
                 })?;
-        config.validate_with(&|key| {
-            origins
-                .get(key)
-                .cloned()
-                .unwrap_or_else(|| "defaults".into())
-        })?;
+        config
+            .validate_with(&|key| origin_of(&origins, key).unwrap_or_else(|| fallback.clone()))?;
         Ok(config)
     }
 
@@ -583,28 +584,32 @@ impl Config {
             .replication
             .replica
             .iter()
-            .map(|r| ("replication.replica", r))
-            .chain(
-                self.database
+            .enumerate()
+            .map(|(j, r)| (format!("replication.replica[{j}]"), r))
+            .chain(self.database.iter().enumerate().flat_map(|(i, d)| {
+                d.replica
                     .iter()
-                    .flat_map(|d| d.replica.iter().map(|r| ("database.replica", r))),
-            );
-        for (section, r) in replicas {
-            if r.retention_hours == 0 || r.snapshot_hours == 0 {
-                return Err(bad(
-                    section,
-                    format!(
-                        "{}: retention_hours and snapshot_hours must be at least 1",
-                        r.url
-                    ),
-                ));
+                    .enumerate()
+                    .map(move |(j, r)| (format!("database[{i}].replica[{j}]"), r))
+            }));
+        for (entry, r) in replicas {
+            for (k, v) in [
+                ("retention_hours", r.retention_hours),
+                ("snapshot_hours", r.snapshot_hours),
+            ] {
+                if v == 0 {
+                    return Err(bad(
+                        &format!("{entry}.{k}"),
+                        format!("{}: must be at least 1", r.url),
+                    ));
+                }
             }
-            if r.fine_minutes > r.retention_hours * 60 {
+            if r.fine_minutes > r.retention_hours.saturating_mul(60) {
                 return Err(bad(
-                    section,
+                    &format!("{entry}.fine_minutes"),
                     format!(
-                        "{}: fine_minutes must not exceed the retention window",
-                        r.url
+                        "{}: must not exceed the retention window ({} h)",
+                        r.url, r.retention_hours
                     ),
                 ));
             }
@@ -696,6 +701,91 @@ impl Config {
     /// Path of the store's database file.
     pub fn database_path(&self) -> PathBuf {
         self.store.data_dir.join(crate::store::DATABASE_FILE)
+    }
+}
+
+/// Where the value of `key` came from: the key itself, or the entry or section holding it
+/// (`database[1].name` came with `database`).
+fn origin_of(origins: &HashMap<String, String>, key: &str) -> Option<String> {
+    let mut k = key;
+    loop {
+        if let Some(origin) = origins.get(k) {
+            return Some(origin.clone());
+        }
+        k = &k[..k.rfind(['.', '['])?];
+    }
+}
+
+/// The key a failed deserialization is about, with an entry's index (`database[1].replica[0].
+/// retention_hours`, found by deserializing each `[[...]]` entry alone), and its message.
+fn locate_error(merged: &toml::Table, e: &toml::de::Error) -> (String, String) {
+    use serde::de::DeserializeOwned;
+    fn first_bad<T: DeserializeOwned>(
+        entries: Option<&toml::Value>,
+        key: &str,
+    ) -> Option<(String, toml::de::Error)> {
+        let entries = entries?.as_array()?;
+        entries.iter().enumerate().find_map(|(i, v)| {
+            v.clone()
+                .try_into::<T>()
+                .err()
+                .map(|e| (format!("{key}[{i}]"), e))
+        })
+    }
+    let section = |name: &str| merged.get(name).and_then(toml::Value::as_table);
+    let mut found = None;
+    if let Some(databases) = merged.get("database").and_then(toml::Value::as_array) {
+        for (i, d) in databases.iter().enumerate() {
+            found = first_bad::<ReplicaConfig>(d.get("replica"), &format!("database[{i}].replica"))
+                .or_else(|| {
+                    d.clone()
+                        .try_into::<DatabaseConfig>()
+                        .err()
+                        .map(|e| (format!("database[{i}]"), e))
+                });
+            if found.is_some() {
+                break;
+            }
+        }
+    }
+    let found = found
+        .or_else(|| {
+            first_bad::<ReplicaConfig>(
+                section("replication").and_then(|t| t.get("replica")),
+                "replication.replica",
+            )
+        })
+        .or_else(|| {
+            first_bad::<BackupTargetConfig>(
+                section("backup").and_then(|t| t.get("target")),
+                "backup.target",
+            )
+        });
+    // toml's text: the message, then "in `path.to.key`" when it knows the key.
+    let split = |e: &toml::de::Error| {
+        let text = e.to_string();
+        let message = text.lines().next().unwrap_or_default().trim().to_owned();
+        let path = text.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("in `")?
+                .strip_suffix('`')
+                .map(str::to_owned)
+        });
+        (message, path)
+    };
+    let Some((entry, inner)) = found else {
+        let (message, path) = split(e);
+        return (path.unwrap_or_else(|| "?".into()), message);
+    };
+    let (message, path) = split(&inner);
+    // The field: where toml says it went wrong inside the entry, or the field it names.
+    let named = ["unknown field `", "missing field `"].iter().find_map(|p| {
+        let rest = message.split_once(p)?.1;
+        Some(rest.split('`').next()?.to_owned())
+    });
+    match path.or(named) {
+        Some(field) => (format!("{entry}.{field}"), message),
+        None => (entry, message),
     }
 }
 
@@ -914,6 +1004,39 @@ mod tests {
                 "[store]\ngroup_commit_max = 99999999\n",
                 &[],
                 "store.group_commit_max",
+            ),
+            // Entries of [[...]] arrays: the file and the entry's index, never "defaults" or "?".
+            (
+                "[[database]]\nname = \"a\"\npath = \"/x\"\n[[database.replica]]\nurl = \"file:///r\"\n\
+                 [[database]]\nname = \"a\"\npath = \"/y\"\n[[database.replica]]\nurl = \"file:///r\"\n",
+                &[],
+                "database[1].name",
+            ),
+            (
+                "[[database]]\nname = \"a\"\npath = \"/x\"\nacess_key = 1\n",
+                &[],
+                "database[0].acess_key",
+            ),
+            (
+                "[[database]]\nname = \"a\"\npath = \"/x\"\n[[database.replica]]\nurl = \"file:///r\"\n\
+                 [[database.replica]]\nurl = \"file:///s\"\nretention_hours = \"x\"\n",
+                &[],
+                "database[0].replica[1].retention_hours",
+            ),
+            (
+                "[[backup.target]]\nname = \"a\"\n",
+                &[],
+                "backup.target[0].url",
+            ),
+            (
+                "[[replication.replica]]\nurl = \"file:///r\"\nretention_hours = 0\n",
+                &[],
+                "replication.replica[0].retention_hours",
+            ),
+            (
+                "[api]\npage_limit_max = 50\n",
+                &[],
+                "api.page_limit_default",
             ),
         ];
         for (text, env, key) in cases {

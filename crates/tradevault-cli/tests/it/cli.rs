@@ -136,6 +136,15 @@ fn invalid_config_names_the_key_and_the_file_and_starts_nothing() {
         ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
         ("[store]\nread_conections = 2\n", "store.read_conections"),
         ("[api]\npage_limit_max = 0\n", "api.page_limit_max"),
+        (
+            "[[database]]\nname = \"a\"\npath = \"/x\"\n[[database.replica]]\nurl = \"file:///r\"\n\
+             [[database]]\nname = \"a\"\npath = \"/y\"\n[[database.replica]]\nurl = \"file:///r\"\n",
+            "database[1].name",
+        ),
+        (
+            "[[database]]\nname = \"a\"\npath = \"/x\"\nacess_key = 1\n",
+            "database[0].acess_key",
+        ),
     ] {
         std::fs::write(&file, text).expect("write config");
         let (code, _, err) = run(&[
