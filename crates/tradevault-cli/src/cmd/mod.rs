@@ -58,6 +58,39 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A failure as `--json` prints it on stdout, in the shape of the HTTP API's errors:
+/// `{"error": {"code", "message", "hint"}}` (the same message and hint go to stderr too). The
+/// code is the library's where it has one (`restore_impossible`, `not_exact`, `output_exists`,
+/// a backup's), else one per kind of failure.
+pub fn error_json(err: &anyhow::Error) -> serde_json::Value {
+    use tradevault::Error as E;
+    let lib = err.chain().find_map(|e| e.downcast_ref::<E>());
+    let usage = err
+        .chain()
+        .any(|e| e.downcast_ref::<UsageError>().is_some());
+    let code = match lib {
+        _ if usage => "usage",
+        Some(e) if e.code().is_some() => e.code().unwrap_or("failed"),
+        Some(E::Replica { .. }) => "replica_failed",
+        Some(E::Ltx { .. }) => "ltx_invalid",
+        Some(E::Corrupt { .. }) => "corrupt",
+        Some(E::Io { .. }) => "io_error",
+        Some(E::NotFound { .. }) => "not_found",
+        Some(E::NotInitialized { .. }) => "no_database",
+        Some(E::Locked { .. }) => "locked",
+        Some(E::Config { .. } | E::ConfigFile { .. }) => "invalid_config",
+        Some(E::Internal { .. }) => "internal",
+        _ => "failed",
+    };
+    serde_json::json!({
+        "error": {
+            "code": code,
+            "message": format!("{err:#}"),
+            "hint": lib.and_then(E::hint),
+        }
+    })
+}
+
 /// A table for human output.
 pub fn table(header: &[&str]) -> comfy_table::Table {
     let mut t = comfy_table::Table::new();

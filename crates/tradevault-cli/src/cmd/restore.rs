@@ -71,6 +71,21 @@ pub fn run(
     data_dir: Option<PathBuf>,
     args: Args,
 ) -> anyhow::Result<ExitCode> {
+    let json = args.json;
+    let result = restore(config_file, data_dir, args);
+    if json && let Err(e) = &result {
+        // A script reading stdout learns why, not just that nothing came; the message and its
+        // hint still go to stderr, with the same exit status.
+        super::print_json(&super::error_json(e))?;
+    }
+    result
+}
+
+fn restore(
+    config_file: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config_file, data_dir)?;
     super::start_logging(&config)?;
     let super::Database {

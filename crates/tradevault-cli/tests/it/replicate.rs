@@ -357,6 +357,53 @@ fn restore_rebuilds_a_litestream_replica_and_refuses_to_overwrite() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
+    // With --json a refusal is a JSON error object on stdout too, with the same exit status.
+    let late = dir.path().join("late.db");
+    let refusals: [(&[&str], &str, &str, i32); 3] = [
+        (
+            &["--output", out.to_str().expect("utf8")],
+            "output_exists",
+            "already exists",
+            1,
+        ),
+        (
+            &[
+                "--output",
+                late.to_str().expect("utf8"),
+                "--timestamp",
+                "2100-01-01T00:00:00Z",
+            ],
+            "restore_impossible",
+            "after the newest replicated point",
+            1,
+        ),
+        (
+            &["--output", "x.db", "--txid", "five"],
+            "usage",
+            "is not a number",
+            2,
+        ),
+    ];
+    for (extra, code, says, status) in refusals {
+        let refused = run(&[extra, &["--json"]].concat());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(status), "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+        let error: Value = serde_json::from_slice(&refused.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{extra:?}: stdout is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&refused.stdout)
+            )
+        });
+        assert_eq!(error["error"]["code"], code, "{error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(says)),
+            "{error}"
+        );
+    }
+    assert!(!late.exists());
     let txid = run(&[
         "--output",
         dir.path().join("t5.db").to_str().expect("utf8"),
