@@ -148,15 +148,15 @@ fn here(config: &tradevault::Config, args: &Args) -> anyhow::Result<Value> {
     for super::Database {
         name,
         path,
-        replicas: mut urls,
+        replicas: mut configured,
     } in targets
     {
         if let Some(url) = &args.replica {
-            urls = vec![url.clone()];
+            configured = vec![super::configured_replica(config, url)];
         }
-        let replicas = urls
+        let replicas = configured
             .iter()
-            .map(|u| super::replica_of(u).map(|r| (u.clone(), r)))
+            .map(|c| super::replica_of(c).map(|r| (c.url.clone(), r)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let spec = DrillSpec {
             database: name,

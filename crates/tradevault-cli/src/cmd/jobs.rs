@@ -26,8 +26,8 @@ pub struct Runtime {
     pub link: Option<Arc<StoreLink>>,
 }
 
-/// A database a drill restores: (name, live path, replica URLs).
-type Drilled = (String, PathBuf, Vec<(String, String)>);
+/// A database a drill restores: (name, live path, its replicas as configured).
+type Drilled = (String, PathBuf, Vec<ReplicaConfig>);
 
 /// The jobs to schedule: each `[jobs]` entry that has something to work on.
 pub fn specs(config: &Config, rt: &Runtime) -> Vec<JobSpec> {
@@ -46,21 +46,11 @@ pub fn specs(config: &Config, rt: &Runtime) -> Vec<JobSpec> {
         drilled.push((
             "store".into(),
             config.database_path(),
-            rt.store_replicas
-                .iter()
-                .map(|r| (r.display_name(), r.url.clone()))
-                .collect(),
+            rt.store_replicas.clone(),
         ));
     }
     for d in &config.database {
-        drilled.push((
-            d.name.clone(),
-            d.path.clone(),
-            d.replica
-                .iter()
-                .map(|r| (r.display_name(), r.url.clone()))
-                .collect(),
-        ));
+        drilled.push((d.name.clone(), d.path.clone(), d.replica.clone()));
     }
     let targets: Vec<Target> = config
         .backup
@@ -218,7 +208,7 @@ pub fn specs(config: &Config, rt: &Runtime) -> Vec<JobSpec> {
             schedule: schedule("drill"),
             run: Arc::new(move |ctx| {
                 let mut reports = Vec::new();
-                for (name, path, urls) in &drilled {
+                for (name, path, configured) in &drilled {
                     let store = name == "store";
                     // The run's own job_runs row is the sentinel: wait until the replicas hold it.
                     if store
@@ -227,9 +217,13 @@ pub fn specs(config: &Config, rt: &Runtime) -> Vec<JobSpec> {
                     {
                         tracing::warn!(error = %e, "drill: the replicas do not hold the sentinel yet");
                     }
-                    let replicas = urls
+                    let replicas = configured
                         .iter()
-                        .filter_map(|(n, u)| Replica::parse(u).ok().map(|r| (n.clone(), r)))
+                        .filter_map(|c| {
+                            Replica::parse_with(&c.url, &c.s3())
+                                .ok()
+                                .map(|r| (c.display_name(), r))
+                        })
                         .collect();
                     let spec = DrillSpec {
                         database: name.clone(),

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tradevault::Config;
+use tradevault::config::ReplicaConfig;
 
 use crate::UsageError;
 
@@ -115,9 +116,24 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Parses a replica URL; a malformed one is a usage error.
-pub fn replica_of(url: &str) -> anyhow::Result<tradevault::replica::Replica> {
-    tradevault::replica::Replica::parse(url).map_err(|e| UsageError(e.to_string()).into())
+/// The replica of a config entry (its URL, with its S3 settings over the `AWS_*` variables); a
+/// malformed URL is a usage error.
+pub fn replica_of(r: &ReplicaConfig) -> anyhow::Result<tradevault::replica::Replica> {
+    tradevault::replica::Replica::parse_with(&r.url, &r.s3())
+        .map_err(|e| UsageError(e.to_string()).into())
+}
+
+/// The replica `url` (from `--replica`) names: a configured one (the store's or a
+/// `[[database]]`'s, by URL or name) with its settings and credentials, else the URL alone.
+pub fn configured_replica(config: &Config, url: &str) -> ReplicaConfig {
+    config
+        .replication
+        .replica
+        .iter()
+        .chain(config.database.iter().flat_map(|d| d.replica.iter()))
+        .find(|r| r.url == url || r.name.as_deref() == Some(url))
+        .cloned()
+        .unwrap_or_else(|| ReplicaConfig::new(url))
 }
 
 /// Where a running `serve` records its pid and address: `<data_dir>/serve.json`.
@@ -175,15 +191,15 @@ pub fn store_in_use(config: &Config) -> bool {
     }
 }
 
-/// A database a command works on: its name (in catalogs, status and metrics), its file, and the
-/// URLs of its configured replicas.
+/// A database a command works on: its name (in catalogs, status and metrics), its file, and its
+/// configured replicas.
 pub struct Database {
     /// `store`, a `[[database]]` name, or a file's stem.
     pub name: String,
     /// Its file.
     pub path: PathBuf,
-    /// Its replicas in the config.
-    pub replicas: Vec<String>,
+    /// Its replicas in the config (URL, settings, credentials).
+    pub replicas: Vec<ReplicaConfig>,
 }
 
 /// The database `--db` names: `store` (or no `--db`) is the store in `--data-dir`; then a
@@ -194,19 +210,14 @@ pub fn database(config: &Config, db: Option<&str>) -> anyhow::Result<Database> {
         None | Some("store") => Ok(Database {
             name: "store".into(),
             path: config.database_path(),
-            replicas: config
-                .replication
-                .replica
-                .iter()
-                .map(|r| r.url.clone())
-                .collect(),
+            replicas: config.replication.replica.clone(),
         }),
         Some(name) => {
             if let Some(d) = config.database.iter().find(|d| d.name == name) {
                 return Ok(Database {
                     name: d.name.clone(),
                     path: d.path.clone(),
-                    replicas: d.replica.iter().map(|r| r.url.clone()).collect(),
+                    replicas: d.replica.clone(),
                 });
             }
             let path = PathBuf::from(name);

@@ -25,7 +25,8 @@ pub struct Args {
     db: Option<PathBuf>,
     /// Replicas (repeatable): file:///absolute/path, or s3://bucket/path with optional
     /// ?endpoint=http://host:port&region=R&force-path-style=true; S3 credentials come from
-    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL).
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL),
+    /// or for [[database.replica]] entries from their access_key_id and secret_access_key.
     replicas: Vec<String>,
     /// Least time between two uploads to each replica, in milliseconds (default: 0 for file
     /// replicas, as soon as committed; 1000 for S3).

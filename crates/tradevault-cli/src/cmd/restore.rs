@@ -25,7 +25,8 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     db: Option<String>,
     /// The replica to restore from: file:///absolute/path, or s3://bucket/path with optional
-    /// ?endpoint=http://host:port&region=R&force-path-style=true (credentials in AWS_* variables).
+    /// ?endpoint=http://host:port&region=R&force-path-style=true (credentials in AWS_* variables,
+    /// or the config's when the URL or name is a configured replica's).
     #[arg(long, value_name = "URL")]
     replica: Option<String>,
     /// The backup target to restore from (a configured name or a URL); default: the configured
@@ -109,17 +110,18 @@ fn restore(
             left.journal.safety.display()
         );
     }
-    let url = match (&args.replica, configured.first()) {
-        (Some(url), _) => Some(url.clone()),
-        (None, Some(url)) => Some(url.clone()),
+    let source = match (&args.replica, configured.first()) {
+        (Some(url), _) => Some(super::configured_replica(&config, url)),
+        (None, Some(r)) => Some(r.clone()),
         (None, None) => None,
     };
     // A backup is the source when asked for, or when there is no replica: the newest one.
-    if args.backup.is_some() || url.is_none() || (args.target.is_some() && args.replica.is_none()) {
+    let Some(source) = source
+        .filter(|_| args.backup.is_none() && (args.target.is_none() || args.replica.is_some()))
+    else {
         return from_backup(&config, &args, &db_name, &db_path);
-    }
-    let url = url.unwrap_or_default();
-    let replica = super::replica_of(&url)?;
+    };
+    let replica = super::replica_of(&source)?;
     let target = target_of(&args)?;
     let started = Instant::now();
     // One listing of the replica serves every plan below.

@@ -115,7 +115,7 @@ impl ReplicaSpec {
     /// A replica as configured; its sync interval defaults to 0 for local directories and one
     /// second for object stores (about one upload per second).
     pub fn from_config(c: &crate::config::ReplicaConfig) -> Result<ReplicaSpec> {
-        let replica = Replica::parse(&c.url)?;
+        let replica = Replica::parse_with(&c.url, &c.s3())?;
         let default_interval = if replica.local_root().is_some() {
             0
         } else {
