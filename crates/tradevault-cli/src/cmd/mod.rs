@@ -259,3 +259,107 @@ pub fn backup_targets(
             .collect(),
     }
 }
+
+/// The per-user directory where processes that replicate a database register it, for `status`:
+/// `$XDG_RUNTIME_DIR/tradevault` (a tmpfs of the user's, emptied at reboot), or, without it,
+/// `<temp dir>/tradevault-<uid>`. `None` when there is no usable one.
+pub fn registry_dir() -> Option<PathBuf> {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if Path::new(&dir).is_absolute() => Some(Path::new(&dir).join("tradevault")),
+        _ => Some(std::env::temp_dir().join(format!("tradevault-{}", user_id()?))),
+    }
+}
+
+/// This process's user id (Linux: the owner of `/proc/self`).
+fn user_id() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// Whether `dir` is this user's alone (its owner, not writable by others): a registry in a shared
+/// temporary directory could otherwise be planted by another user.
+fn private_dir(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.is_dir() && Some(m.uid()) == user_id() && m.mode() & 0o022 == 0)
+}
+
+/// The registrations of processes replicating databases, from [`registry_dir`].
+pub fn registrations() -> Vec<(PathBuf, tradevault::replicate::status::Registration)> {
+    match registry_dir() {
+        Some(dir) if private_dir(&dir) => tradevault::replicate::status::Registration::list(&dir),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether process `pid` is alive, as far as `/proc` says (assumed alive without `/proc`).
+pub fn process_alive(pid: u32) -> bool {
+    !Path::new("/proc/self").exists() || Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// A database file's absolute path, symlinks resolved when it exists.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_owned())
+    })
+}
+
+/// This process's registrations of the databases it replicates, removed when dropped (a clean
+/// stop); a registration another process has taken over since is left alone.
+pub struct Registered(Vec<PathBuf>);
+
+impl Registered {
+    /// Registers each (name, file). Failing to is not an error: `status` then needs the path.
+    pub fn new<'a>(databases: impl IntoIterator<Item = (&'a str, &'a Path)>) -> Registered {
+        use tradevault::replicate::status::Registration;
+        let mut files = Vec::new();
+        let Some(dir) = registry_dir() else {
+            return Registered(files);
+        };
+        let made = {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+        };
+        if let Err(e) = made {
+            tracing::debug!(dir = %dir.display(), error = %e, "no registry for tradevault status");
+            return Registered(files);
+        }
+        if !private_dir(&dir) {
+            tracing::warn!(dir = %dir.display(), "the registry directory is not this user's alone; not registering (tradevault status needs the database's path)");
+            return Registered(files);
+        }
+        for (name, path) in databases {
+            let registration = Registration {
+                database: name.to_owned(),
+                path: absolute(path),
+                pid: std::process::id(),
+            };
+            match registration.write(&dir) {
+                Ok(file) => files.push(file),
+                Err(e) => tracing::debug!(error = %e, "could not register for tradevault status"),
+            }
+        }
+        Registered(files)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        for file in &self.0 {
+            let ours = std::fs::read(file)
+                .ok()
+                .and_then(|b| {
+                    serde_json::from_slice::<tradevault::replicate::status::Registration>(&b).ok()
+                })
+                .is_some_and(|r| r.pid == std::process::id());
+            if ours {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+    }
+}

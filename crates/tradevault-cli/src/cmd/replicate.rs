@@ -104,8 +104,17 @@ pub fn run(
                 .collect::<Result<Vec<_>, _>>()?
         }
     };
+    let names: Vec<(String, PathBuf)> = databases
+        .iter()
+        .filter_map(|d| match &d.source {
+            Source::External(path) => Some((d.name.clone(), path.clone())),
+            Source::Store { .. } => None,
+        })
+        .collect();
     let clock: Arc<dyn tradevault::clock::Clock> = Arc::new(tradevault::clock::SystemClock);
     let engine = Engine::start(databases, clock).context("start replication")?;
+    // So that `tradevault status` finds this sidecar without a config; gone on a clean stop.
+    let _registered = super::Registered::new(names.iter().map(|(n, p)| (n.as_str(), p.as_path())));
     if args.once {
         let synced = engine.wait_synced(Duration::from_secs(300));
         engine.stop();

@@ -782,3 +782,138 @@ fn s3_credentials_from_the_config_alone() {
     );
     assert!(!stderr.contains("wrong-secret-in-the-config"), "{stderr}");
 }
+
+/// `tradevault status` finds a sidecar started without a config: the sidecar registers itself in
+/// the per-user runtime directory ($XDG_RUNTIME_DIR/tradevault), and `status` also takes
+/// database paths. A sidecar killed with SIGKILL shows as not running at once (its process is
+/// gone), without a crash; one stopped cleanly takes its registration away.
+#[test]
+fn status_finds_a_sidecar_started_without_a_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = dir.path().join("run");
+    std::fs::create_dir(&runtime).expect("runtime dir");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("work dir");
+    let db = work.join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, symbol TEXT, qty TEXT);").expect("schema");
+    insert(&conn, 0, 10);
+    let url = format!("file://{}", dir.path().join("replica").display());
+    let tv = || {
+        let mut c = command();
+        c.current_dir(&work).env("XDG_RUNTIME_DIR", &runtime);
+        c
+    };
+    let status = |args: &[&str]| -> (Value, String) {
+        let json = tv()
+            .args(["status", "--json"])
+            .args(args)
+            .output()
+            .expect("status");
+        assert!(
+            json.status.success(),
+            "{}",
+            String::from_utf8_lossy(&json.stderr)
+        );
+        let human = tv().arg("status").args(args).output().expect("status");
+        assert!(
+            human.status.success(),
+            "{}",
+            String::from_utf8_lossy(&human.stderr)
+        );
+        (
+            serde_json::from_slice(&json.stdout).expect("status json"),
+            String::from_utf8_lossy(&human.stdout).into_owned(),
+        )
+    };
+    let bot = |v: &Value| -> Option<Value> {
+        v.as_array()?
+            .iter()
+            .find(|e| e["database"] == "bot")
+            .cloned()
+    };
+    let spawn = || {
+        tv().args(["replicate", "bot.db", &url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn replicate")
+    };
+    let mut sidecar = spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let entry = loop {
+        let (listed, _) = status(&[]);
+        if let Some(e) = bot(&listed).filter(|e| e["replicating"] == true) {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never showed the sidecar: {listed}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(entry["found_by"], "registry", "{entry}");
+    assert_eq!(entry["registered_pid"], sidecar.id(), "{entry}");
+    assert_eq!(
+        entry["status"]["replicas"][0]["name"],
+        url.as_str(),
+        "{entry}"
+    );
+    let (_, human) = status(&[]);
+    assert!(
+        human.contains(&format!(
+            "bot ({}): replicating (pid {})",
+            db.display(),
+            sidecar.id()
+        )),
+        "{human}"
+    );
+    // By path, alone (no store entry, no job history).
+    let (listed, human) = status(&["bot.db"]);
+    let listed = listed.as_array().expect("array").clone();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (
+            listed[0]["database"].as_str(),
+            listed[0]["found_by"].as_str(),
+            listed[0]["replicating"].as_bool()
+        ),
+        (Some("bot"), Some("argument"), Some(true)),
+        "{listed:?}"
+    );
+    assert!(
+        human.contains("replicating") && !human.contains("jobs"),
+        "{human}"
+    );
+    let missing = tv().args(["status", "nope.db"]).output().expect("status");
+    assert_eq!(missing.status.code(), Some(2));
+
+    // Killed: its registration stays, and shows as not running right away.
+    let pid = sidecar.id();
+    sidecar.kill().expect("kill");
+    sidecar.wait().expect("wait");
+    let (listed, human) = status(&[]);
+    let entry = bot(&listed).expect("a killed sidecar stays listed");
+    assert_eq!(entry["replicating"], false, "{entry}");
+    assert!(
+        human.contains(&format!("NOT RUNNING: process {pid} is gone")),
+        "{human}"
+    );
+
+    // Stopped cleanly: nothing left to list.
+    let mut sidecar = spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while bot(&status(&[]).0).is_none_or(|e| e["registered_pid"] != sidecar.id()) {
+        assert!(std::time::Instant::now() < deadline, "not registered again");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let stopped = Command::new("kill")
+        .arg("-TERM")
+        .arg(sidecar.id().to_string())
+        .status()
+        .expect("kill -TERM");
+    assert!(stopped.success());
+    assert!(sidecar.wait().expect("wait").success());
+    let (listed, _) = status(&[]);
+    assert!(bot(&listed).is_none(), "{listed}");
+}
