@@ -1,6 +1,17 @@
 //! The `tradevault` command: parse arguments, load config, start logging, dispatch, and map
 //! errors to exit codes (0 ok, 1 failure, 2 usage or config).
 
+/// `println!` for data on stdout, without its panic when the reader has gone (`tradevault status |
+/// head -1`): see [`print_out`].
+macro_rules! outln {
+    () => {
+        $crate::print_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::print_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod cmd;
 
 use std::path::PathBuf;
@@ -45,6 +56,30 @@ enum Command {
     Drill(cmd::drill::Args),
 }
 
+/// Set once stdout's reader has gone: nothing more is written there.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes to stdout. Once its reader has gone (a broken pipe), output stops quietly and the
+/// command finishes with its own exit status, as if everything had been read; any other failure
+/// to write (a full disk under a redirect) ends the process with status 1.
+pub fn print_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    match std::io::stdout().lock().write_fmt(args) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "tradevault: write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// A failure that is the user's to fix in how they called us: exit code 2.
 #[derive(Debug)]
 pub struct UsageError(pub String);
@@ -78,12 +113,15 @@ fn main() -> ExitCode {
 
 /// Prints `tradevault: <chain>` and a hint, and picks the exit code.
 fn report(err: &anyhow::Error) -> ExitCode {
-    eprintln!("tradevault: {err:#}");
+    use std::io::Write;
+    // Not eprintln!: a closed stderr must not turn an error into a panic.
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "tradevault: {err:#}");
     let lib = err
         .chain()
         .find_map(|e| e.downcast_ref::<tradevault::Error>());
     if let Some(hint) = lib.and_then(tradevault::Error::hint) {
-        eprintln!("hint: {hint}");
+        let _ = writeln!(stderr, "hint: {hint}");
     }
     let usage = err
         .chain()

@@ -144,6 +144,126 @@ pub struct BackupTargetConfig {
     /// Keep the newest backup of each of the last N months that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_monthly: Option<u64>,
+    /// S3 access key id (an `s3://` target only); see [`S3Settings`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<Secret>,
+    /// S3 secret access key, set together with `access_key_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<Secret>,
+    /// S3 session token of temporary credentials, with the two keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<Secret>,
+    /// S3 region (the URL's `?region=` wins over it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+impl BackupTargetConfig {
+    /// A target with no retention rule and no S3 settings.
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> BackupTargetConfig {
+        BackupTargetConfig {
+            name: name.into(),
+            url: url.into(),
+            keep_last: None,
+            keep_within: None,
+            keep_hourly: None,
+            keep_daily: None,
+            keep_weekly: None,
+            keep_monthly: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            region: None,
+        }
+    }
+
+    /// Its S3 settings from the config.
+    pub fn s3(&self) -> S3Settings {
+        S3Settings {
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            session_token: self.session_token.clone(),
+            region: self.region.clone(),
+        }
+    }
+}
+
+/// A credential from the config. Its `Debug` form is `<redacted>`, so a config, replica or target
+/// printed with `{:?}` (a log line, a panic, an error) never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a credential.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The credential itself, for the S3 client that signs with it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The S3 settings a replica or a backup target takes from the config. Keys given here replace
+/// the `AWS_*` credentials of the environment as a whole (an `AWS_SESSION_TOKEN` of another
+/// identity is not mixed in); the region wins over `AWS_REGION`, and the URL's `?region=` over it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Settings {
+    /// Access key id.
+    pub access_key_id: Option<Secret>,
+    /// Secret access key.
+    pub secret_access_key: Option<Secret>,
+    /// Session token of temporary credentials.
+    pub session_token: Option<Secret>,
+    /// Region of the bucket.
+    pub region: Option<String>,
+}
+
+impl S3Settings {
+    /// Checks that they make sense for `url`: keys only for `s3://`, both keys or neither, a
+    /// token only with them, nothing empty. Returns the offending key and why (never a value).
+    pub fn check(&self, url: &str) -> std::result::Result<(), (&'static str, String)> {
+        let fields = [
+            (
+                "access_key_id",
+                self.access_key_id.as_ref().map(Secret::expose),
+            ),
+            (
+                "secret_access_key",
+                self.secret_access_key.as_ref().map(Secret::expose),
+            ),
+            (
+                "session_token",
+                self.session_token.as_ref().map(Secret::expose),
+            ),
+            ("region", self.region.as_deref()),
+        ];
+        for (key, value) in fields {
+            if value.is_some() && !url.starts_with("s3://") {
+                return Err((key, "only an s3:// URL takes S3 settings".into()));
+            }
+            if value.is_some_and(|v| v.trim().is_empty()) {
+                return Err((key, "must not be empty".into()));
+            }
+        }
+        match (&self.access_key_id, &self.secret_access_key) {
+            (Some(_), None) => Err(("secret_access_key", "must be set with access_key_id".into())),
+            (None, Some(_)) => Err(("access_key_id", "must be set with secret_access_key".into())),
+            (None, None) if self.session_token.is_some() => Err((
+                "session_token",
+                "needs access_key_id and secret_access_key".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Parses a duration such as `90m`, `36h`, `7d` or `4w` into milliseconds.
@@ -236,6 +356,18 @@ pub struct ReplicaConfig {
     /// How often a new snapshot is written, in hours.
     #[serde(default = "default_snapshot_hours")]
     pub snapshot_hours: u64,
+    /// S3 access key id (an `s3://` replica only); see [`S3Settings`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<Secret>,
+    /// S3 secret access key, set together with `access_key_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<Secret>,
+    /// S3 session token of temporary credentials, with the two keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<Secret>,
+    /// S3 region (the URL's `?region=` wins over it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 fn default_retention_hours() -> u64 {
@@ -260,6 +392,20 @@ impl ReplicaConfig {
             retention_hours: default_retention_hours(),
             fine_minutes: default_fine_minutes(),
             snapshot_hours: default_snapshot_hours(),
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            region: None,
+        }
+    }
+
+    /// Its S3 settings from the config.
+    pub fn s3(&self) -> S3Settings {
+        S3Settings {
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            session_token: self.session_token.clone(),
+            region: self.region.clone(),
         }
     }
 
@@ -435,21 +581,22 @@ impl Config {
         for (name, value) in vars {
             apply_env(&mut merged, &defaults, &name, &value, &mut origins)?;
         }
+        // Where a value the file or environment did not set came from: the whole config decides
+        // whether it fits (a default beyond a maximum the file set), so name the file.
+        let fallback = file.map_or_else(|| "defaults".into(), |p| p.display().to_string());
         let config: Config =
-            toml::Value::Table(merged)
+            toml::Value::Table(merged.clone())
                 .try_into()
-                .map_err(|e: toml::de::Error| Error::Config {
-                    source_name: file
-                        .map_or_else(|| "environment".into(), |p| p.display().to_string()),
-                    key: "?".into(),
-                    message: e.to_string(),
+                .map_err(|e: toml::de::Error| {
+                    let (key, message) = locate_error(&merged, &e);
+                    Error::Config {
+                        source_name: origin_of(&origins, &key).unwrap_or_else(|| fallback.clone()),
+                        key,
+                        message,
+                    }
                 })?;
-        config.validate_with(&|key| {
-            origins
-                .get(key)
-                .cloned()
-                .unwrap_or_else(|| "defaults".into())
-        })?;
+        config
+            .validate_with(&|key| origin_of(&origins, key).unwrap_or_else(|| fallback.clone()))?;
         Ok(config)
     }
 
@@ -578,28 +725,35 @@ impl Config {
             .replication
             .replica
             .iter()
-            .map(|r| ("replication.replica", r))
-            .chain(
-                self.database
+            .enumerate()
+            .map(|(j, r)| (format!("replication.replica[{j}]"), r))
+            .chain(self.database.iter().enumerate().flat_map(|(i, d)| {
+                d.replica
                     .iter()
-                    .flat_map(|d| d.replica.iter().map(|r| ("database.replica", r))),
-            );
-        for (section, r) in replicas {
-            if r.retention_hours == 0 || r.snapshot_hours == 0 {
-                return Err(bad(
-                    section,
-                    format!(
-                        "{}: retention_hours and snapshot_hours must be at least 1",
-                        r.url
-                    ),
-                ));
+                    .enumerate()
+                    .map(move |(j, r)| (format!("database[{i}].replica[{j}]"), r))
+            }));
+        for (entry, r) in replicas {
+            r.s3()
+                .check(&r.url)
+                .map_err(|(k, why)| bad(&format!("{entry}.{k}"), why))?;
+            for (k, v) in [
+                ("retention_hours", r.retention_hours),
+                ("snapshot_hours", r.snapshot_hours),
+            ] {
+                if v == 0 {
+                    return Err(bad(
+                        &format!("{entry}.{k}"),
+                        format!("{}: must be at least 1", r.url),
+                    ));
+                }
             }
-            if r.fine_minutes > r.retention_hours * 60 {
+            if r.fine_minutes > r.retention_hours.saturating_mul(60) {
                 return Err(bad(
-                    section,
+                    &format!("{entry}.fine_minutes"),
                     format!(
-                        "{}: fine_minutes must not exceed the retention window",
-                        r.url
+                        "{}: must not exceed the retention window ({} h)",
+                        r.url, r.retention_hours
                     ),
                 ));
             }
@@ -666,6 +820,7 @@ impl Config {
                     ),
                 ));
             }
+            t.s3().check(&t.url).map_err(|(k, why)| bad(&key(k), why))?;
             if let Some(w) = &t.keep_within
                 && parse_duration_ms(w).is_none()
             {
@@ -691,6 +846,91 @@ impl Config {
     /// Path of the store's database file.
     pub fn database_path(&self) -> PathBuf {
         self.store.data_dir.join(crate::store::DATABASE_FILE)
+    }
+}
+
+/// Where the value of `key` came from: the key itself, or the entry or section holding it
+/// (`database[1].name` came with `database`).
+fn origin_of(origins: &HashMap<String, String>, key: &str) -> Option<String> {
+    let mut k = key;
+    loop {
+        if let Some(origin) = origins.get(k) {
+            return Some(origin.clone());
+        }
+        k = &k[..k.rfind(['.', '['])?];
+    }
+}
+
+/// The key a failed deserialization is about, with an entry's index (`database[1].replica[0].
+/// retention_hours`, found by deserializing each `[[...]]` entry alone), and its message.
+fn locate_error(merged: &toml::Table, e: &toml::de::Error) -> (String, String) {
+    use serde::de::DeserializeOwned;
+    fn first_bad<T: DeserializeOwned>(
+        entries: Option<&toml::Value>,
+        key: &str,
+    ) -> Option<(String, toml::de::Error)> {
+        let entries = entries?.as_array()?;
+        entries.iter().enumerate().find_map(|(i, v)| {
+            v.clone()
+                .try_into::<T>()
+                .err()
+                .map(|e| (format!("{key}[{i}]"), e))
+        })
+    }
+    let section = |name: &str| merged.get(name).and_then(toml::Value::as_table);
+    let mut found = None;
+    if let Some(databases) = merged.get("database").and_then(toml::Value::as_array) {
+        for (i, d) in databases.iter().enumerate() {
+            found = first_bad::<ReplicaConfig>(d.get("replica"), &format!("database[{i}].replica"))
+                .or_else(|| {
+                    d.clone()
+                        .try_into::<DatabaseConfig>()
+                        .err()
+                        .map(|e| (format!("database[{i}]"), e))
+                });
+            if found.is_some() {
+                break;
+            }
+        }
+    }
+    let found = found
+        .or_else(|| {
+            first_bad::<ReplicaConfig>(
+                section("replication").and_then(|t| t.get("replica")),
+                "replication.replica",
+            )
+        })
+        .or_else(|| {
+            first_bad::<BackupTargetConfig>(
+                section("backup").and_then(|t| t.get("target")),
+                "backup.target",
+            )
+        });
+    // toml's text: the message, then "in `path.to.key`" when it knows the key.
+    let split = |e: &toml::de::Error| {
+        let text = e.to_string();
+        let message = text.lines().next().unwrap_or_default().trim().to_owned();
+        let path = text.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("in `")?
+                .strip_suffix('`')
+                .map(str::to_owned)
+        });
+        (message, path)
+    };
+    let Some((entry, inner)) = found else {
+        let (message, path) = split(e);
+        return (path.unwrap_or_else(|| "?".into()), message);
+    };
+    let (message, path) = split(&inner);
+    // The field: where toml says it went wrong inside the entry, or the field it names.
+    let named = ["unknown field `", "missing field `"].iter().find_map(|p| {
+        let rest = message.split_once(p)?.1;
+        Some(rest.split('`').next()?.to_owned())
+    });
+    match path.or(named) {
+        Some(field) => (format!("{entry}.{field}"), message),
+        None => (entry, message),
     }
 }
 
@@ -910,6 +1150,39 @@ mod tests {
                 &[],
                 "store.group_commit_max",
             ),
+            // Entries of [[...]] arrays: the file and the entry's index, never "defaults" or "?".
+            (
+                "[[database]]\nname = \"a\"\npath = \"/x\"\n[[database.replica]]\nurl = \"file:///r\"\n\
+                 [[database]]\nname = \"a\"\npath = \"/y\"\n[[database.replica]]\nurl = \"file:///r\"\n",
+                &[],
+                "database[1].name",
+            ),
+            (
+                "[[database]]\nname = \"a\"\npath = \"/x\"\nacess_key = 1\n",
+                &[],
+                "database[0].acess_key",
+            ),
+            (
+                "[[database]]\nname = \"a\"\npath = \"/x\"\n[[database.replica]]\nurl = \"file:///r\"\n\
+                 [[database.replica]]\nurl = \"file:///s\"\nretention_hours = \"x\"\n",
+                &[],
+                "database[0].replica[1].retention_hours",
+            ),
+            (
+                "[[backup.target]]\nname = \"a\"\n",
+                &[],
+                "backup.target[0].url",
+            ),
+            (
+                "[[replication.replica]]\nurl = \"file:///r\"\nretention_hours = 0\n",
+                &[],
+                "replication.replica[0].retention_hours",
+            ),
+            (
+                "[api]\npage_limit_max = 50\n",
+                &[],
+                "api.page_limit_default",
+            ),
         ];
         for (text, env, key) in cases {
             match load_text(text, env) {
@@ -986,6 +1259,94 @@ mod tests {
         .expect("a [[database]] with no replica is valid");
         assert!(c.database[0].replica.is_empty());
         assert_eq!(c.database[1].replica.len(), 1);
+    }
+
+    #[test]
+    fn s3_credentials_in_entries_are_parsed_checked_and_never_shown() {
+        let c = load_text(
+            "[[replication.replica]]\nurl = \"s3://b/store\"\naccess_key_id = \"AKIDSTORE\"\n\
+             secret_access_key = \"store-secret\"\nsession_token = \"store-token\"\nregion = \"eu-west-1\"\n\
+             [[database]]\nname = \"bot\"\npath = \"/srv/bot.db\"\n[[database.replica]]\nurl = \"s3://b/bot\"\n\
+             access_key_id = \"AKIDBOT\"\nsecret_access_key = \"bot-secret\"\n\
+             [[backup.target]]\nname = \"s3\"\nurl = \"s3://b/backups\"\naccess_key_id = \"AKIDBACKUP\"\n\
+             secret_access_key = \"backup-secret\"\n",
+            &[],
+        )
+        .expect("load");
+        let store = c.replication.replica[0].s3();
+        assert_eq!(
+            store.secret_access_key.as_ref().map(Secret::expose),
+            Some("store-secret")
+        );
+        assert_eq!(
+            store.session_token.as_ref().map(Secret::expose),
+            Some("store-token")
+        );
+        assert_eq!(store.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            c.database[0].replica[0]
+                .s3()
+                .access_key_id
+                .as_ref()
+                .map(Secret::expose),
+            Some("AKIDBOT")
+        );
+        assert_eq!(
+            c.backup.target[0]
+                .s3()
+                .secret_access_key
+                .as_ref()
+                .map(Secret::expose),
+            Some("backup-secret")
+        );
+        let shown = format!("{c:?}");
+        for secret in [
+            "AKIDSTORE",
+            "store-secret",
+            "store-token",
+            "AKIDBOT",
+            "bot-secret",
+            "AKIDBACKUP",
+            "backup-secret",
+        ] {
+            assert!(!shown.contains(secret), "Debug shows {secret}: {shown}");
+        }
+        assert!(shown.contains("<redacted>"), "{shown}");
+
+        let cases: &[(&str, &str)] = &[
+            (
+                "[[replication.replica]]\nurl = \"s3://b/p\"\naccess_key_id = \"AKID\"\n",
+                "replication.replica[0].secret_access_key",
+            ),
+            (
+                "[[replication.replica]]\nurl = \"file:///r\"\naccess_key_id = \"AKID\"\nsecret_access_key = \"s\"\n",
+                "replication.replica[0].access_key_id",
+            ),
+            (
+                "[[database]]\nname = \"a\"\npath = \"/x\"\n[[database.replica]]\nurl = \"s3://b/p\"\nsession_token = \"t\"\n",
+                "database[0].replica[0].session_token",
+            ),
+            (
+                "[[backup.target]]\nname = \"a\"\nurl = \"s3://b/p\"\nsecret_access_key = \"top-secret\"\n",
+                "backup.target[0].access_key_id",
+            ),
+            (
+                "[[backup.target]]\nname = \"a\"\nurl = \"s3://b/p\"\naccess_key_id = \"\"\nsecret_access_key = \"top-secret\"\n",
+                "backup.target[0].access_key_id",
+            ),
+        ];
+        for (text, key) in cases {
+            match load_text(text, &[]) {
+                Err(e @ Error::Config { .. }) => {
+                    assert!(
+                        matches!(&e, Error::Config { key: k, .. } if k == key),
+                        "for {text:?}: {e}"
+                    );
+                    assert!(!e.to_string().contains("top-secret"), "{e}");
+                }
+                other => panic!("expected a config error for {text:?}, got {other:?}"),
+            }
+        }
     }
 
     #[test]

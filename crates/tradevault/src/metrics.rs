@@ -35,13 +35,14 @@ pub const STORE_CHECKPOINT_DURATION_SECONDS: &str = "tradevault_store_checkpoint
 pub const REPLICATION_FILES_TOTAL: &str = "tradevault_replication_files_total";
 /// Bytes written to a replica, by `replica`.
 pub const REPLICATION_BYTES_TOTAL: &str = "tradevault_replication_bytes_total";
-/// Failed syncs, by `replica` (each is retried at the next interval).
+/// Failed syncs, by `database` and `replica` (`local`: the shipper's), each retried with backoff;
+/// 0 from the start for every configured replica.
 pub const REPLICATION_ERRORS_TOTAL: &str = "tradevault_replication_errors_total";
 /// The newest TXID on a replica, by `replica`.
 pub const REPLICATION_TXID: &str = "tradevault_replication_txid";
 /// Seconds since a replica last received everything committed, by `replica`.
 pub const REPLICATION_LAG_SECONDS: &str = "tradevault_replication_lag_seconds";
-/// Checkpoints of the replication engine that truncated a WAL, by `database`.
+/// Checkpoints of the replication engine that truncated a WAL, by `database`; 0 from the start.
 pub const REPLICATION_CHECKPOINTS_TOTAL: &str = "tradevault_replication_checkpoints_total";
 /// Size of a replicated database's WAL, by `database`.
 pub const REPLICATION_WAL_BYTES: &str = "tradevault_replication_wal_bytes";
@@ -134,6 +135,17 @@ pub(crate) fn replicated(database: &str, replica: &str, snapshot: bool, bytes: u
     counter!(REPLICATION_BYTES_TOTAL, "database" => d.clone(), "replica" => r.clone())
         .increment(bytes);
     gauge!(REPLICATION_TXID, "database" => d, "replica" => r).set(txid as f64);
+}
+
+/// Registers a replicated database's counters at 0, so that they exist (and rates and alerts on
+/// them work) before the first error or checkpoint: errors for each replica and for `local` (the
+/// shipper's label: reading the WAL, writing the local log), and checkpoints.
+pub(crate) fn replication_started<'a>(database: &str, replicas: impl IntoIterator<Item = &'a str>) {
+    for replica in replicas.into_iter().chain(["local"]) {
+        counter!(REPLICATION_ERRORS_TOTAL, "database" => database.to_owned(), "replica" => replica.to_owned())
+            .increment(0);
+    }
+    counter!(REPLICATION_CHECKPOINTS_TOTAL, "database" => database.to_owned()).increment(0);
 }
 
 pub(crate) fn replication_failed(database: &str, replica: &str) {

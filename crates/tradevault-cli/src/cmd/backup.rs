@@ -199,7 +199,7 @@ fn create(config: &Config, args: CreateArgs) -> anyhow::Result<ExitCode> {
                 ),
                 None => format!("full, {} pages", m.page_count),
             };
-            println!(
+            outln!(
                 "backup written: {} on {}: {} of {} stored ({how}) in {seconds:.2} s",
                 m.id,
                 t.name,
@@ -245,7 +245,7 @@ fn list(config: &Config, args: ListArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for (target, backups, _) in out {
-        println!(
+        outln!(
             "{} ({}): {} backups",
             target.name,
             target.describe(),
@@ -270,7 +270,7 @@ fn list(config: &Config, args: ListArgs) -> anyhow::Result<ExitCode> {
             ]);
         }
         if !backups.is_empty() {
-            println!("{t}");
+            outln!("{t}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -328,33 +328,33 @@ fn show(config: &Config, args: ShowArgs) -> anyhow::Result<ExitCode> {
             } else {
                 format!("incremental (depth {})", record.depth)
             };
-            println!(
+            outln!(
                 "backup {} on {} ({})",
                 record.id,
                 target.name,
                 target.describe()
             );
-            println!("  database   {} ({})", record.database, record.source);
-            println!("  type       {}, {kind}", record.kind);
-            println!("  taken      {}", record.created);
-            println!(
+            outln!("  database   {} ({})", record.database, record.source);
+            outln!("  type       {}, {kind}", record.kind);
+            outln!("  taken      {}", record.created);
+            outln!(
                 "  state      every commit before {}, none after {}",
                 backup::format_ms(manifest.state_min_ms),
                 backup::format_ms(manifest.state_max_ms)
             );
-            println!(
+            outln!(
                 "  size       {} ({} pages of {} bytes)",
                 super::human_bytes(record.size_bytes),
                 record.pages,
                 record.page_size
             );
-            println!(
+            outln!(
                 "  stored     {} ({} pages), restore reads {}",
                 super::human_bytes(record.stored_bytes),
                 record.pages_stored,
                 super::human_bytes(record.restore_bytes)
             );
-            println!(
+            outln!(
                 "  codec      {}{}",
                 record.compression,
                 if record.encrypted {
@@ -363,8 +363,8 @@ fn show(config: &Config, args: ShowArgs) -> anyhow::Result<ExitCode> {
                     ""
                 }
             );
-            println!("  parent     {}", record.parent.as_deref().unwrap_or("-"));
-            println!(
+            outln!("  parent     {}", record.parent.as_deref().unwrap_or("-"));
+            outln!(
                 "  needs      {}",
                 if record.depends_on.is_empty() {
                     "-".to_owned()
@@ -372,9 +372,9 @@ fn show(config: &Config, args: ShowArgs) -> anyhow::Result<ExitCode> {
                     record.depends_on.join(", ")
                 }
             );
-            println!("  verified   {}", verified_text(&record));
+            outln!("  verified   {}", verified_text(&record));
             for (table, n) in &record.tables {
-                println!("  rows       {table}: {n}");
+                outln!("  rows       {table}: {n}");
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -400,9 +400,9 @@ fn stats(config: &Config, args: TargetArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for s in all {
-        println!("{} ({})", s.target, s.url);
+        outln!("{} ({})", s.target, s.url);
         for d in s.databases {
-            println!(
+            outln!(
                 "  {}: {} backups ({} full), {} stored, ratio {:.2}x{}",
                 d.database,
                 d.count,
@@ -414,23 +414,23 @@ fn stats(config: &Config, args: TargetArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default()
             );
             if let (Some(o), Some(n)) = (&d.oldest, &d.newest) {
-                println!("    oldest {} ({}), newest {} ({})", o.1, o.0, n.1, n.0);
+                outln!("    oldest {} ({}), newest {} ({})", o.1, o.0, n.1, n.0);
             }
             match &d.last_verified {
-                Some((id, at, deep)) => println!(
+                Some((id, at, deep)) => outln!(
                     "    last verified {at}{} ({id})",
                     if *deep { " deep" } else { "" }
                 ),
-                None => println!("    last verified: never"),
+                None => outln!("    last verified: never"),
             }
             match &d.last_drill {
-                Some(dr) => println!(
+                Some(dr) => outln!(
                     "    last drill {} {} (rto {:.1} s)",
                     backup::format_ms(dr.at_ms),
                     if dr.ok { "ok" } else { "FAILED" },
                     dr.rto_seconds
                 ),
-                None => println!("    last drill: never"),
+                None => outln!("    last drill: never"),
             }
         }
     }
@@ -470,7 +470,7 @@ fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
             .collect();
         for (id, e) in &damaged {
             if !args.target.json {
-                println!("{id} on {}: CORRUPT\n  {e}", target.name);
+                outln!("{id} on {}: CORRUPT\n  {e}", target.name);
             }
             unreadable.push(serde_json::json!({
                 "target": target.name,
@@ -510,7 +510,7 @@ fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
             let v = backup::verify(target, &id, &options)?;
             if !args.target.json {
                 if v.ok {
-                    println!(
+                    outln!(
                         "{} on {}: ok ({} objects, {} read{}) in {:.2} s",
                         v.id,
                         target.name,
@@ -523,9 +523,9 @@ fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
                         v.seconds
                     );
                 } else {
-                    println!("{} on {}: CORRUPT", v.id, target.name);
+                    outln!("{} on {}: CORRUPT", v.id, target.name);
                     for p in &v.problems {
-                        println!("  {p}");
+                        outln!("  {p}");
                     }
                 }
             }
@@ -587,7 +587,7 @@ fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<ExitCode> {
             } else {
                 "deleting"
             };
-            println!(
+            outln!(
                 "{}: {verb} {} backups ({}){}, keeping {}",
                 target.name,
                 plan.delete.len(),
@@ -600,7 +600,7 @@ fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<ExitCode> {
                 plan.keep.len()
             );
             for d in &plan.delete {
-                println!(
+                outln!(
                     "  delete {} ({}, {})",
                     d.id,
                     d.database,
@@ -608,7 +608,7 @@ fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             for k in &plan.keep {
-                println!(
+                outln!(
                     "  keep   {} ({}): {}",
                     k.id,
                     k.database,
@@ -616,7 +616,7 @@ fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             if let Some(why) = &plan.refused {
-                println!("  refused: {why}");
+                outln!("  refused: {why}");
             }
         }
         if args.dry_run || plan.is_empty() {

@@ -35,7 +35,7 @@ pub fn run(
                 c.detail.clone(),
             ]);
         }
-        println!("{t}");
+        outln!("{t}");
     }
     if report.ok {
         Ok(ExitCode::SUCCESS)

@@ -66,7 +66,7 @@ pub fn run(
         super::print_json(&result)?;
     } else {
         for d in &drills {
-            println!("{}", line(d));
+            outln!("{}", line(d));
         }
     }
     if let Some(e) = result["error"].as_str() {
@@ -185,7 +185,7 @@ fn here(config: &Config, args: &Args) -> anyhow::Result<Value> {
         let mut sources = Sources::default();
         if let Some(url) = &args.replica {
             let of = db.as_ref().map_or("store", |d| d.name.as_str());
-            let replicas = vec![(url.clone(), url.clone())];
+            let replicas = vec![(url.clone(), super::configured_replica(config, url))];
             if of == "store" {
                 sources.store_replicas = replicas;
             } else {
@@ -249,10 +249,10 @@ pub fn scratch_dir(config: &Config) -> PathBuf {
 /// What drills restore from.
 #[derive(Default)]
 pub struct Sources {
-    /// The store's replicas: (name, URL).
-    pub store_replicas: Vec<(String, String)>,
-    /// The replicas of other databases, by database name: (name, URL).
-    pub database_replicas: BTreeMap<String, Vec<(String, String)>>,
+    /// The store's replicas: (name, as configured: URL, settings, credentials).
+    pub store_replicas: Vec<(String, tradevault::config::ReplicaConfig)>,
+    /// The replicas of other databases, by database name.
+    pub database_replicas: BTreeMap<String, Vec<(String, tradevault::config::ReplicaConfig)>>,
     /// Backup targets.
     pub targets: Vec<Target>,
     /// Whether the targets are the config's, whose backups (serve's job) cover the store and
@@ -267,7 +267,7 @@ impl Sources {
         store_replicas: impl Iterator<Item = &'a tradevault::config::ReplicaConfig>,
         targets: Vec<Target>,
     ) -> Sources {
-        let named = |r: &tradevault::config::ReplicaConfig| (r.display_name(), r.url.clone());
+        let named = |r: &tradevault::config::ReplicaConfig| (r.display_name(), r.clone());
         Sources {
             store_replicas: store_replicas.map(named).collect(),
             database_replicas: config

@@ -28,7 +28,7 @@ pub fn run(
     if args.json {
         super::print_json(&json!({ "database_path": path, "schema_version": version }))?;
     } else {
-        println!("store ready: {path} (schema version {version})");
+        outln!("store ready: {path} (schema version {version})");
     }
     Ok(ExitCode::SUCCESS)
 }

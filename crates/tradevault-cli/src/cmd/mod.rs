@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tradevault::Config;
+use tradevault::config::ReplicaConfig;
 
 use crate::UsageError;
 
@@ -50,16 +51,45 @@ pub fn start_logging(config: &Config) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("start logging: {e}"))
 }
 
-/// Prints a value as pretty JSON on stdout.
+/// Prints a value as pretty JSON on stdout (a reader that stopped early, `| head`, is not an
+/// error of ours: see [`crate::print_out`]).
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut text = serde_json::to_string_pretty(value).context("encode json")?;
-    text.push('\n');
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        // A reader that stopped early (`| head`) is not an error of ours.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("write to stdout"),
-    }
+    let text = serde_json::to_string_pretty(value).context("encode json")?;
+    outln!("{text}");
+    Ok(())
+}
+
+/// A failure as `--json` prints it on stdout, in the shape of the HTTP API's errors:
+/// `{"error": {"code", "message", "hint"}}` (the same message and hint go to stderr too). The
+/// code is the library's where it has one (`restore_impossible`, `not_exact`, `output_exists`,
+/// a backup's), else one per kind of failure.
+pub fn error_json(err: &anyhow::Error) -> serde_json::Value {
+    use tradevault::Error as E;
+    let lib = err.chain().find_map(|e| e.downcast_ref::<E>());
+    let usage = err
+        .chain()
+        .any(|e| e.downcast_ref::<UsageError>().is_some());
+    let code = match lib {
+        _ if usage => "usage",
+        Some(e) if e.code().is_some() => e.code().unwrap_or("failed"),
+        Some(E::Replica { .. }) => "replica_failed",
+        Some(E::Ltx { .. }) => "ltx_invalid",
+        Some(E::Corrupt { .. }) => "corrupt",
+        Some(E::Io { .. }) => "io_error",
+        Some(E::NotFound { .. }) => "not_found",
+        Some(E::NotInitialized { .. }) => "no_database",
+        Some(E::Locked { .. }) => "locked",
+        Some(E::Config { .. } | E::ConfigFile { .. }) => "invalid_config",
+        Some(E::Internal { .. }) => "internal",
+        _ => "failed",
+    };
+    serde_json::json!({
+        "error": {
+            "code": code,
+            "message": format!("{err:#}"),
+            "hint": lib.and_then(E::hint),
+        }
+    })
 }
 
 /// A table for human output.
@@ -86,9 +116,24 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Parses a replica URL; a malformed one is a usage error.
-pub fn replica_of(url: &str) -> anyhow::Result<tradevault::replica::Replica> {
-    tradevault::replica::Replica::parse(url).map_err(|e| UsageError(e.to_string()).into())
+/// The replica of a config entry (its URL, with its S3 settings over the `AWS_*` variables); a
+/// malformed URL is a usage error.
+pub fn replica_of(r: &ReplicaConfig) -> anyhow::Result<tradevault::replica::Replica> {
+    tradevault::replica::Replica::parse_with(&r.url, &r.s3())
+        .map_err(|e| UsageError(e.to_string()).into())
+}
+
+/// The replica `url` (from `--replica`) names: a configured one (the store's or a
+/// `[[database]]`'s, by URL or name) with its settings and credentials, else the URL alone.
+pub fn configured_replica(config: &Config, url: &str) -> ReplicaConfig {
+    config
+        .replication
+        .replica
+        .iter()
+        .chain(config.database.iter().flat_map(|d| d.replica.iter()))
+        .find(|r| r.url == url || r.name.as_deref() == Some(url))
+        .cloned()
+        .unwrap_or_else(|| ReplicaConfig::new(url))
 }
 
 /// Where a running `serve` records its pid and address: `<data_dir>/serve.json`.
@@ -146,15 +191,15 @@ pub fn store_in_use(config: &Config) -> bool {
     }
 }
 
-/// A database a command works on: its name (in catalogs, status and metrics), its file, and the
-/// URLs of its configured replicas.
+/// A database a command works on: its name (in catalogs, status and metrics), its file, and its
+/// configured replicas.
 pub struct Database {
     /// `store`, a `[[database]]` name, or a file's stem.
     pub name: String,
     /// Its file.
     pub path: PathBuf,
-    /// Its replicas in the config.
-    pub replicas: Vec<String>,
+    /// Its replicas in the config (URL, settings, credentials).
+    pub replicas: Vec<ReplicaConfig>,
     /// Named by `--db PATH` (not configured): its backups are those taken from that file, since
     /// another file may have the same stem.
     pub by_path: bool,
@@ -168,12 +213,7 @@ pub fn database(config: &Config, db: Option<&str>) -> anyhow::Result<Database> {
         None | Some("store") => Ok(Database {
             name: "store".into(),
             path: config.database_path(),
-            replicas: config
-                .replication
-                .replica
-                .iter()
-                .map(|r| r.url.clone())
-                .collect(),
+            replicas: config.replication.replica.clone(),
             by_path: false,
         }),
         Some(name) => {
@@ -181,7 +221,7 @@ pub fn database(config: &Config, db: Option<&str>) -> anyhow::Result<Database> {
                 return Ok(Database {
                     name: d.name.clone(),
                     path: d.path.clone(),
-                    replicas: d.replica.iter().map(|r| r.url.clone()).collect(),
+                    replicas: d.replica.clone(),
                     by_path: false,
                 });
             }
@@ -265,4 +305,108 @@ pub fn mirror_catalogs(config: &Config, targets: &[tradevault::backup::Target]) 
         }
     }
     store.close();
+}
+
+/// The per-user directory where processes that replicate a database register it, for `status`:
+/// `$XDG_RUNTIME_DIR/tradevault` (a tmpfs of the user's, emptied at reboot), or, without it,
+/// `<temp dir>/tradevault-<uid>`. `None` when there is no usable one.
+pub fn registry_dir() -> Option<PathBuf> {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if Path::new(&dir).is_absolute() => Some(Path::new(&dir).join("tradevault")),
+        _ => Some(std::env::temp_dir().join(format!("tradevault-{}", user_id()?))),
+    }
+}
+
+/// This process's user id (Linux: the owner of `/proc/self`).
+fn user_id() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// Whether `dir` is this user's alone (its owner, not writable by others): a registry in a shared
+/// temporary directory could otherwise be planted by another user.
+fn private_dir(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.is_dir() && Some(m.uid()) == user_id() && m.mode() & 0o022 == 0)
+}
+
+/// The registrations of processes replicating databases, from [`registry_dir`].
+pub fn registrations() -> Vec<(PathBuf, tradevault::replicate::status::Registration)> {
+    match registry_dir() {
+        Some(dir) if private_dir(&dir) => tradevault::replicate::status::Registration::list(&dir),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether process `pid` is alive, as far as `/proc` says (assumed alive without `/proc`).
+pub fn process_alive(pid: u32) -> bool {
+    !Path::new("/proc/self").exists() || Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// A database file's absolute path, symlinks resolved when it exists.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_owned())
+    })
+}
+
+/// This process's registrations of the databases it replicates, removed when dropped (a clean
+/// stop); a registration another process has taken over since is left alone.
+pub struct Registered(Vec<PathBuf>);
+
+impl Registered {
+    /// Registers each (name, file). Failing to is not an error: `status` then needs the path.
+    pub fn new<'a>(databases: impl IntoIterator<Item = (&'a str, &'a Path)>) -> Registered {
+        use tradevault::replicate::status::Registration;
+        let mut files = Vec::new();
+        let Some(dir) = registry_dir() else {
+            return Registered(files);
+        };
+        let made = {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+        };
+        if let Err(e) = made {
+            tracing::debug!(dir = %dir.display(), error = %e, "no registry for tradevault status");
+            return Registered(files);
+        }
+        if !private_dir(&dir) {
+            tracing::warn!(dir = %dir.display(), "the registry directory is not this user's alone; not registering (tradevault status needs the database's path)");
+            return Registered(files);
+        }
+        for (name, path) in databases {
+            let registration = Registration {
+                database: name.to_owned(),
+                path: absolute(path),
+                pid: std::process::id(),
+            };
+            match registration.write(&dir) {
+                Ok(file) => files.push(file),
+                Err(e) => tracing::debug!(error = %e, "could not register for tradevault status"),
+            }
+        }
+        Registered(files)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        for file in &self.0 {
+            let ours = std::fs::read(file)
+                .ok()
+                .and_then(|b| {
+                    serde_json::from_slice::<tradevault::replicate::status::Registration>(&b).ok()
+                })
+                .is_some_and(|r| r.pid == std::process::id());
+            if ours {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+    }
 }

@@ -25,7 +25,8 @@ pub struct Args {
     db: Option<PathBuf>,
     /// Replicas (repeatable): file:///absolute/path, or s3://bucket/path with optional
     /// ?endpoint=http://host:port&region=R&force-path-style=true; S3 credentials come from
-    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL).
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL),
+    /// or for [[database.replica]] entries from their access_key_id and secret_access_key.
     replicas: Vec<String>,
     /// Least time between two uploads to each replica, in milliseconds (default: 0 for file
     /// replicas, as soon as committed; 1000 for S3).
@@ -106,8 +107,17 @@ pub fn run(
             databases
         }
     };
+    let names: Vec<(String, PathBuf)> = databases
+        .iter()
+        .filter_map(|d| match &d.source {
+            Source::External(path) => Some((d.name.clone(), path.clone())),
+            Source::Store { .. } => None,
+        })
+        .collect();
     let clock: Arc<dyn tradevault::clock::Clock> = Arc::new(tradevault::clock::SystemClock);
     let engine = Engine::start(databases, clock).context("start replication")?;
+    // So that `tradevault status` finds this sidecar without a config; gone on a clean stop.
+    let _registered = super::Registered::new(names.iter().map(|(n, p)| (n.as_str(), p.as_path())));
     if args.once {
         let synced = engine.wait_synced(Duration::from_secs(300));
         engine.stop();
@@ -164,8 +174,8 @@ fn print_report(status: &[DatabaseStatus], as_json: bool) -> anyhow::Result<()> 
     }
     for (db, r, shipped) in rows {
         match shipped {
-            "nothing" => println!("{} -> {}: up to date", db.database, r.name),
-            _ => println!(
+            "nothing" => outln!("{} -> {}: up to date", db.database, r.name),
+            _ => outln!(
                 "{} -> {}: txid {}: {} file(s), {} ({shipped})",
                 db.database,
                 r.name,

@@ -25,7 +25,8 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     db: Option<String>,
     /// The replica to restore from: file:///absolute/path, or s3://bucket/path with optional
-    /// ?endpoint=http://host:port&region=R&force-path-style=true (credentials in AWS_* variables).
+    /// ?endpoint=http://host:port&region=R&force-path-style=true (credentials in AWS_* variables,
+    /// or the config's when the URL or name is a configured replica's).
     #[arg(long, value_name = "URL")]
     replica: Option<String>,
     /// The backup target to restore from (a configured name or a URL); default: the configured
@@ -71,6 +72,21 @@ pub fn run(
     data_dir: Option<PathBuf>,
     args: Args,
 ) -> anyhow::Result<ExitCode> {
+    let json = args.json;
+    let result = restore(config_file, data_dir, args);
+    if json && let Err(e) = &result {
+        // A script reading stdout learns why, not just that nothing came; the message and its
+        // hint still go to stderr, with the same exit status.
+        super::print_json(&super::error_json(e))?;
+    }
+    result
+}
+
+fn restore(
+    config_file: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config_file, data_dir)?;
     super::start_logging(&config)?;
     let super::Database {
@@ -100,7 +116,7 @@ pub fn run(
             _ => return Err(e),
         },
     };
-    let source = by_path.then_some(db_path.as_path());
+    let from_file = by_path.then_some(db_path.as_path());
     // An in-place restore a crash interrupted says what it left before anything else happens.
     if db_path.exists()
         && let Some(left) = inplace::interrupted(&db_path)?
@@ -117,17 +133,18 @@ pub fn run(
             left.journal.safety.display()
         );
     }
-    let url = match (&args.replica, configured.first()) {
-        (Some(url), _) => Some(url.clone()),
-        (None, Some(url)) => Some(url.clone()),
+    let source = match (&args.replica, configured.first()) {
+        (Some(url), _) => Some(super::configured_replica(&config, url)),
+        (None, Some(r)) => Some(r.clone()),
         (None, None) => None,
     };
     // A backup is the source when asked for, or when there is no replica: the newest one.
-    if args.backup.is_some() || url.is_none() || (args.target.is_some() && args.replica.is_none()) {
-        return from_backup(&config, &args, &db_name, &db_path, source);
-    }
-    let url = url.unwrap_or_default();
-    let replica = super::replica_of(&url)?;
+    let Some(source) = source
+        .filter(|_| args.backup.is_none() && (args.target.is_none() || args.replica.is_some()))
+    else {
+        return from_backup(&config, &args, &db_name, &db_path, from_file);
+    };
+    let replica = super::replica_of(&source)?;
     let target = target_of(&args)?;
     let started = Instant::now();
     // One listing of the replica serves every plan below.
@@ -135,7 +152,7 @@ pub fn run(
     let mut plan = restore::plan_listed(&replica, &files, target)?;
     // A backup plus the replica's files after it, when that reads fewer bytes.
     let via_backup = if args.replica.is_none() || args.target.is_some() {
-        cheaper_via_backup(&config, &args, &db_name, source, &files, &plan)
+        cheaper_via_backup(&config, &args, &db_name, from_file, &files, &plan)
     } else {
         None
     };
@@ -147,7 +164,7 @@ pub fn run(
     if args.dry_run {
         if let Some((target, record, _)) = &via_backup {
             if !args.json {
-                println!(
+                outln!(
                     "backup {} from {} ({} to fetch, the state at {}), then:",
                     record.id,
                     target.name,
@@ -217,7 +234,7 @@ pub fn run(
             out["safety_backup"] = safety_backup;
             super::print_json(&out)?;
         } else {
-            println!(
+            outln!(
                 "restored {} in place to txid {} at {} ({} pages; previous content kept in {}) in {:.2} s",
                 db_path.display(),
                 plan.txid,
@@ -237,7 +254,7 @@ pub fn run(
             Check::Integrity => "integrity ok",
             Check::Quick => "quick_check ok, indexes not compared",
         };
-        println!(
+        outln!(
             "restored {} to txid {} at {} ({} pages, {}, {checked}) from {} files in {:.2} s",
             restored.output,
             plan.txid,
@@ -354,13 +371,13 @@ fn print_plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
         return super::print_json(plan);
     }
     for (level, min, max, size) in &plan.files {
-        println!(
+        outln!(
             "level {level}  {}  {}",
             ltx::file_name(*min, *max),
             super::human_bytes(*size)
         );
     }
-    println!(
+    outln!(
         "would restore txid {} at {} ({} files, {})",
         plan.txid,
         plan.point_time,
@@ -513,7 +530,7 @@ fn from_backup(
         if args.json {
             super::print_json(&plan)?;
         } else {
-            println!(
+            outln!(
                 "would restore backup {} of {} from {}: {} to fetch, the state at {}",
                 record.id,
                 record.database,
@@ -561,7 +578,7 @@ fn from_backup(
     if args.json {
         super::print_json(&out)?;
     } else {
-        println!(
+        outln!(
             "restored backup {} of {} ({} pages, integrity ok) to {} in {:.2} s",
             record.id,
             record.database,

@@ -45,6 +45,9 @@ pub fn run(
         .listen_addr()
         .map_err(|m| UsageError(format!("--listen: {m}")))?;
     super::start_logging(&config)?;
+    // Before anything records a metric: what the store and the replication engine register at
+    // start (counters at 0) would otherwise go nowhere.
+    tradevault::metrics::install();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -126,11 +129,21 @@ pub fn run(
             );
         }
         let clock_for_jobs = clock.clone();
+        let names: Vec<(String, PathBuf)> = databases
+            .iter()
+            .map(|d| match &d.source {
+                Source::Store { store, .. } => (d.name.clone(), store.path().to_owned()),
+                Source::External(path) => (d.name.clone(), path.clone()),
+            })
+            .collect();
         let engine = if databases.is_empty() {
             None
         } else {
             Some(Arc::new(Engine::start(databases, clock)?))
         };
+        // So that `tradevault status` finds what this server replicates without its config.
+        let _registered =
+            super::Registered::new(names.iter().map(|(n, p)| (n.as_str(), p.as_path())));
         let runtime = super::jobs::Runtime {
             store: store.clone(),
             store_replicas: store_replicas.clone(),

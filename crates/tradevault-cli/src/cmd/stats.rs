@@ -31,7 +31,7 @@ pub fn run(
     for (name, rows) in &stats.tables {
         t.add_row(vec![name.clone(), rows.to_string()]);
     }
-    println!("{t}\n");
+    outln!("{t}\n");
     let mut s = super::table(&["", ""]);
     s.add_row(vec!["database".to_owned(), stats.database_path.clone()]);
     s.add_row(vec![
@@ -54,6 +54,6 @@ pub fn run(
         ),
     ]);
     s.add_row(vec!["integrity".to_owned(), stats.integrity.clone()]);
-    println!("{s}");
+    outln!("{s}");
     Ok(ExitCode::SUCCESS)
 }

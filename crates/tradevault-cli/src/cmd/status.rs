@@ -1,7 +1,10 @@
-//! `tradevault status`: replication of the store and of every `[[database]]`, as the running
-//! `serve` or `replicate` last reported it (each writes `status.json` in the database's local log
-//! every second): position, lag, last error, bytes, files, restorable window per replica; and the
-//! latest runs of `serve`'s scheduled jobs, from the store's `job_runs` table.
+//! `tradevault status [DB_PATH...]`: replication of the store, of every `[[database]]`, and of
+//! every database a running `replicate` or `serve` registered (see `cmd::registry_dir`), or of the
+//! databases named, as the process replicating each last reported it (it writes `status.json` in
+//! the database's local log every second): position, lag, last error, bytes, files, restorable
+//! window per replica; and the latest runs of `serve`'s scheduled jobs, from the store's
+//! `job_runs` table. A report older than a few seconds, or from a process that is gone, is shown
+//! as not running.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,15 +12,48 @@ use std::process::ExitCode;
 use serde_json::json;
 use tradevault::replicate::status::{self, DatabaseStatus};
 
+use crate::UsageError;
+
 /// A report older than this means nothing is replicating the database now.
 const STALE_MS: i64 = 5_000;
 
 /// Arguments of `status`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Databases to report on (their files); default: the store, every [[database]] of the
+    /// config, and every database a running `replicate` or `serve` registered.
+    #[arg(value_name = "DB_PATH")]
+    databases: Vec<PathBuf>,
     /// Print the status as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// A database to report on, and how it was found.
+struct Entry {
+    name: String,
+    path: PathBuf,
+    /// `store`, `config`, `argument` or `registry`.
+    found_by: &'static str,
+    /// The process that registered it, for `registry`.
+    registered_pid: Option<u32>,
+    status: Option<DatabaseStatus>,
+}
+
+impl Entry {
+    /// Whether a process is replicating it now: a fresh report, from a process that is alive
+    /// when it registered here (this machine and user; a report in a shared directory may come
+    /// from another pid namespace, where its pid means nothing).
+    fn replicating(&self, now: i64) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(|s| now - s.updated_at_ms <= STALE_MS && !self.gone(s.pid))
+    }
+
+    /// Whether `pid`, the process that registered this database, is known to have ended.
+    fn gone(&self, pid: u32) -> bool {
+        self.registered_pid.is_some() && !super::process_alive(pid)
+    }
 }
 
 pub fn run(
@@ -26,52 +62,81 @@ pub fn run(
     args: Args,
 ) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config_file, data_dir)?;
-    let mut dbs: Vec<(String, PathBuf)> = vec![("store".into(), config.database_path())];
-    dbs.extend(
-        config
-            .database
-            .iter()
-            .map(|d| (d.name.clone(), d.path.clone())),
-    );
-    let now = jiff::Timestamp::now().as_millisecond();
-    let mut report = Vec::new();
-    for (name, path) in dbs {
-        let found = status::read(&status::local_log_dir(&path))?;
-        report.push((name, path, found));
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut add = |name: String, path: PathBuf, found_by, registered_pid| {
+        if seen.insert(super::absolute(&path)) {
+            entries.push(Entry {
+                name,
+                path,
+                found_by,
+                registered_pid,
+                status: None,
+            });
+        }
+    };
+    if args.databases.is_empty() {
+        add("store".into(), config.database_path(), "store", None);
+        for d in &config.database {
+            add(d.name.clone(), d.path.clone(), "config", None);
+        }
+        for (_, r) in super::registrations() {
+            add(r.database, r.path, "registry", Some(r.pid));
+        }
+    } else {
+        for path in &args.databases {
+            if !path.exists() && !status::local_log_dir(path).exists() {
+                return Err(
+                    UsageError(format!("{}: no such database file", path.display())).into(),
+                );
+            }
+            let name = path
+                .file_stem()
+                .map_or_else(|| "db".into(), |s| s.to_string_lossy().into_owned());
+            add(name, path.clone(), "argument", None);
+        }
     }
-    let job_runs = recent_job_runs(&config.database_path());
+    for e in &mut entries {
+        e.status = status::read(&status::local_log_dir(&e.path))?;
+        if let (Some(s), "argument") = (&e.status, e.found_by) {
+            e.name = s.database.clone();
+        }
+    }
+    let now = jiff::Timestamp::now().as_millisecond();
+    let job_runs = if args.databases.is_empty() {
+        Some(recent_job_runs(&config.database_path()))
+    } else {
+        None
+    };
     if args.json {
-        let mut items: Vec<_> = report
+        let mut items: Vec<_> = entries
             .iter()
-            .map(|(name, path, s)| match s {
-                None => {
-                    json!({ "database": name, "path": path, "replicating": false, "status": null })
+            .map(|e| {
+                let mut item = json!({
+                    "database": e.name, "path": e.path, "found_by": e.found_by,
+                    "replicating": e.replicating(now), "status": e.status,
+                });
+                if let Some(pid) = e.registered_pid {
+                    item["registered_pid"] = json!(pid);
                 }
-                Some(s) => json!({
-                    "database": name, "path": path,
-                    "replicating": now - s.updated_at_ms <= STALE_MS,
-                    "status": s,
-                }),
+                item
             })
             .collect();
         // The store's entry carries the job history (the jobs run in its server).
-        if let Some(store) = items.first_mut().and_then(|v| v.as_object_mut()) {
-            store.insert("job_runs".into(), json!(job_runs));
+        if let (Some(runs), Some(store)) = (&job_runs, items.first_mut()) {
+            store["job_runs"] = json!(runs);
         }
         super::print_json(&items)?;
         return Ok(ExitCode::SUCCESS);
     }
-    for (name, path, s) in &report {
-        match s {
-            None => println!(
-                "{name} ({}): not replicated (no status found)\n",
-                path.display()
-            ),
-            Some(s) => print_database(name, s, now),
-        }
+    for e in &entries {
+        print_entry(e, now);
     }
+    let Some(job_runs) = job_runs else {
+        return Ok(ExitCode::SUCCESS);
+    };
     if job_runs.is_empty() {
-        println!("jobs: no runs recorded");
+        outln!("jobs: no runs recorded");
     } else {
         let mut t = super::table(&[
             "job", "run", "trigger", "due", "started", "took", "status", "detail",
@@ -89,7 +154,7 @@ pub fn run(
                 short_detail(&r.detail),
             ]);
         }
-        println!("jobs (latest runs):\n{t}");
+        outln!("jobs (latest runs):\n{t}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -101,23 +166,41 @@ fn recent_job_runs(store: &Path) -> Vec<tradevault::jobs::JobRun> {
         .unwrap_or_default()
 }
 
-fn print_database(name: &str, s: &DatabaseStatus, now: i64) {
+fn print_entry(e: &Entry, now: i64) {
+    let Some(s) = &e.status else {
+        let state = match e.registered_pid {
+            Some(pid) if super::process_alive(pid) => {
+                format!("starting (pid {pid}, no report yet)")
+            }
+            Some(pid) => format!("NOT RUNNING: process {pid} is gone, and it never reported"),
+            None => "not replicated (no status found)".into(),
+        };
+        outln!("{} ({}): {state}\n", e.name, e.path.display());
+        return;
+    };
     let age = now - s.updated_at_ms;
-    let state = if age <= STALE_MS {
+    let state = if e.replicating(now) {
         format!("replicating (pid {})", s.pid)
+    } else if e.gone(s.pid) {
+        format!(
+            "NOT RUNNING: process {} is gone; last report {} ago",
+            s.pid,
+            ago(age)
+        )
     } else {
         format!("NOT RUNNING: last report {} ago", ago(age))
     };
-    println!(
-        "{name} ({}): {state}; txid {} at {}; wal {}; {} checkpoints",
-        s.path.display(),
+    outln!(
+        "{} ({}): {state}; txid {} at {}; wal {}; {} checkpoints",
+        e.name,
+        e.path.display(),
         s.txid,
         time(s.txid_time_ms),
         super::human_bytes(s.wal_bytes),
         s.checkpoints
     );
     if let Some(e) = &s.last_error {
-        println!("  error: {e}");
+        outln!("  error: {e}");
     }
     let mut t = super::table(&[
         "replica", "txid", "time", "lag", "uploaded", "files", "window", "error",
@@ -138,7 +221,7 @@ fn print_database(name: &str, s: &DatabaseStatus, now: i64) {
             r.last_error.clone().unwrap_or_default(),
         ]);
     }
-    println!("{t}\n");
+    outln!("{t}\n");
 }
 
 fn time(ms: Option<i64>) -> String {

@@ -136,6 +136,15 @@ fn invalid_config_names_the_key_and_the_file_and_starts_nothing() {
         ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
         ("[store]\nread_conections = 2\n", "store.read_conections"),
         ("[api]\npage_limit_max = 0\n", "api.page_limit_max"),
+        (
+            "[[database]]\nname = \"a\"\npath = \"/x\"\n[[database.replica]]\nurl = \"file:///r\"\n\
+             [[database]]\nname = \"a\"\npath = \"/y\"\n[[database.replica]]\nurl = \"file:///r\"\n",
+            "database[1].name",
+        ),
+        (
+            "[[database]]\nname = \"a\"\npath = \"/x\"\nacess_key = 1\n",
+            "database[0].acess_key",
+        ),
     ] {
         std::fs::write(&file, text).expect("write config");
         let (code, _, err) = run(&[
@@ -250,4 +259,46 @@ fn example_config_is_complete_and_valid() {
     uncommented
         .parse::<toml::Table>()
         .expect("the example with its [[...]] entries uncommented is valid TOML");
+}
+
+/// `tradevault status | head -1`: a reader that goes away early never makes a command panic
+/// (`failed printing to stdout: Broken pipe`); it ends with the status it has with a reader.
+#[test]
+fn a_closed_stdout_ends_every_command_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf8");
+    let target = format!("file://{}", dir.path().join("backups").display());
+    assert_eq!(run(&["init", "--data-dir", d]).0, 0);
+    assert_eq!(
+        run(&["backup", "create", "--data-dir", d, "--target", &target]).0,
+        0
+    );
+    let commands: &[&[&str]] = &[
+        &["status", "--data-dir", d],
+        &["status", "--json", "--data-dir", d],
+        &["stats", "--data-dir", d],
+        &["stats", "--json", "--data-dir", d],
+        &["check", "--data-dir", d],
+        &["init", "--data-dir", d],
+        &["backup", "list", "--target", &target],
+        &["backup", "stats", "--target", &target],
+        &["--help"],
+        &["status", "--help"],
+    ];
+    for args in commands {
+        let (expected, out, _) = run(args);
+        assert!(!out.is_empty(), "{args:?} prints something");
+        // A pipe whose reading end is already closed: the first write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let closed = command()
+            .args(*args)
+            .stdout(writer)
+            .output()
+            .expect("run tradevault");
+        let stderr = String::from_utf8_lossy(&closed.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+        assert_eq!(closed.status.code(), Some(expected), "{args:?}: {stderr}");
+    }
 }

@@ -24,6 +24,9 @@ pub fn command() -> Command {
         }
     }
     c.env("RUST_LOG", "info");
+    // No registry of running sidecars (`tradevault status`) outside a test's own directory: a
+    // path under a file cannot be created, so processes do not register unless a test says where.
+    c.env("XDG_RUNTIME_DIR", "/dev/null/tradevault-tests");
     c
 }
 

@@ -132,6 +132,36 @@ fn replicate_refuses_what_it_cannot_do() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Without --once the sidecar would run until stopped: a database not in WAL mode must end
+    // it at once, with how to switch the mode, not retry forever.
+    let mut child = command()
+        .arg("replicate")
+        .arg(&db)
+        .arg(&url)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("replicate kept running on a database not in WAL mode");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not in WAL mode") && stderr.contains("PRAGMA journal_mode=WAL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("retrying"), "no retries: {stderr}");
     for bad_url in ["s3:///x", "s3://bucket/x?unknown=1", "ftp://host/x"] {
         assert_eq!(
             run(&[db.to_str().expect("utf8"), bad_url, "--once"])
@@ -327,6 +357,53 @@ fn restore_rebuilds_a_litestream_replica_and_refuses_to_overwrite() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
+    // With --json a refusal is a JSON error object on stdout too, with the same exit status.
+    let late = dir.path().join("late.db");
+    let refusals: [(&[&str], &str, &str, i32); 3] = [
+        (
+            &["--output", out.to_str().expect("utf8")],
+            "output_exists",
+            "already exists",
+            1,
+        ),
+        (
+            &[
+                "--output",
+                late.to_str().expect("utf8"),
+                "--timestamp",
+                "2100-01-01T00:00:00Z",
+            ],
+            "restore_impossible",
+            "after the newest replicated point",
+            1,
+        ),
+        (
+            &["--output", "x.db", "--txid", "five"],
+            "usage",
+            "is not a number",
+            2,
+        ),
+    ];
+    for (extra, code, says, status) in refusals {
+        let refused = run(&[extra, &["--json"]].concat());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(status), "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+        let error: Value = serde_json::from_slice(&refused.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{extra:?}: stdout is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&refused.stdout)
+            )
+        });
+        assert_eq!(error["error"]["code"], code, "{error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(says)),
+            "{error}"
+        );
+    }
+    assert!(!late.exists());
     let txid = run(&[
         "--output",
         dir.path().join("t5.db").to_str().expect("utf8"),
@@ -504,4 +581,339 @@ fn serve_replicates_the_store_across_truncations_restarts_and_kills() {
             String::from_utf8_lossy(&check.stdout)
         );
     }
+}
+
+/// Every replicated database's error and checkpoint counters are on /metrics at 0 from the
+/// start, before any error or checkpoint, so rates and alerts on them work from the first scrape.
+#[test]
+fn replication_counters_start_at_zero() {
+    use crate::common::Server;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let db = dir.path().join("bot.db");
+    rusqlite::Connection::open(&db)
+        .expect("open")
+        .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, symbol TEXT, qty TEXT);")
+        .expect("schema");
+    let store_url = format!("file://{}", dir.path().join("store-replica").display());
+    let bot_url = format!("file://{}", dir.path().join("bot-replica").display());
+    let config = dir.path().join("tv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[database]]\nname = \"bot\"\npath = \"{}\"\n[[database.replica]]\nurl = \"{bot_url}\"\nname = \"bot-disk\"\n",
+            db.display()
+        ),
+    )
+    .expect("config");
+    let server = Server::try_start_args(
+        {
+            let mut c = command();
+            c.arg("--config").arg(&config);
+            c
+        },
+        &data,
+        &[],
+        &["--replica", &store_url],
+    )
+    .unwrap_or_else(|e| panic!("server did not start: {e}"));
+    let text = server.client().0.get("/metrics").expect("metrics").text();
+    let line = |name: &str, labels: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+    };
+    for (database, replica) in [("store", store_url.as_str()), ("bot", "bot-disk")] {
+        let labels = format!("database=\"{database}\",replica=\"{replica}\"");
+        assert_eq!(
+            line("tradevault_replication_errors_total", &labels).as_deref(),
+            Some("0"),
+            "{labels}:\n{text}"
+        );
+        assert!(
+            line(
+                "tradevault_replication_checkpoints_total",
+                &format!("database=\"{database}\"")
+            )
+            .is_some(),
+            "checkpoints of {database}:\n{text}"
+        );
+    }
+    assert_eq!(
+        line(
+            "tradevault_replication_checkpoints_total",
+            "database=\"bot\""
+        )
+        .as_deref(),
+        Some("0"),
+        "{text}"
+    );
+}
+
+/// S3 credentials in the config alone, no AWS_* variable: the sidecar ships a [[database]] to
+/// its [[database.replica]] on a real S3 server, restore reads it back through the same entry,
+/// and a backup goes to an S3 [[backup.target]]. The config's keys win over the environment's,
+/// and no output or log line (at debug level) shows the secret.
+#[test]
+fn s3_credentials_from_the_config_alone() {
+    use crate::common::{S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, S3Server, s3_command};
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, symbol TEXT, qty TEXT);").expect("schema");
+    insert(&conn, 0, 120);
+    let config = |secret: &str| {
+        let path = dir.path().join(format!("tv-{}.toml", secret.len()));
+        let keys = format!(
+            "access_key_id = \"{S3_ACCESS_KEY_ID}\"\nsecret_access_key = \"{secret}\"\nregion = \"us-east-1\"\n"
+        );
+        std::fs::write(
+            &path,
+            format!(
+                "[[database]]\nname = \"bot\"\npath = \"{}\"\n[[database.replica]]\nurl = \"{}\"\n{keys}\
+                 [[backup.target]]\nname = \"s3\"\nurl = \"{}\"\n{keys}",
+                db.display(),
+                s3.url("bots/cfg"),
+                s3.url("backups")
+            ),
+        )
+        .expect("config");
+        path
+    };
+    let good = config(S3_SECRET_ACCESS_KEY);
+    // No AWS_* variable at all (s3_command's are removed again).
+    let run = |config: &Path, args: &[&str]| {
+        let mut c = command();
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AWS_") {
+                c.env_remove(k);
+            }
+        }
+        let out = c
+            .env("RUST_LOG", "debug")
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .output()
+            .expect("run");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !text.contains(S3_SECRET_ACCESS_KEY),
+            "{args:?} shows the secret: {text}"
+        );
+        out
+    };
+    let out = run(&good, &["replicate", "--once", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report[0]["txid"].as_u64(), Some(1), "{report}");
+    assert!(
+        s3.object("bots/cfg/0000/0000000000000001-0000000000000001.ltx")
+            .is_file()
+    );
+
+    let restored = dir.path().join("restored.db");
+    let out = run(
+        &good,
+        &[
+            "restore",
+            "--db",
+            "bot",
+            "--output",
+            restored.to_str().expect("utf8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count = |path: &Path| -> i64 {
+        rusqlite::Connection::open(path)
+            .expect("open")
+            .query_row("SELECT count(*) FROM fills", [], |r| r.get(0))
+            .expect("count")
+    };
+    assert_eq!(count(&restored), 120);
+
+    let out = run(&good, &["backup", "create", "--db", "bot"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&good, &["backup", "list", "--target", "s3", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        listed[0]["backups"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+
+    // A wrong secret in the config fails even with the right one in the environment.
+    let wrong = config("wrong-secret-in-the-config");
+    insert(&conn, 1_000, 5);
+    let out = s3_command(S3_SECRET_ACCESS_KEY)
+        .arg("--config")
+        .arg(&wrong)
+        .args(["replicate", "--once"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("403 SignatureDoesNotMatch"), "{stderr}");
+    assert!(
+        stderr.contains("secret_access_key in the config"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong-secret-in-the-config"), "{stderr}");
+}
+
+/// `tradevault status` finds a sidecar started without a config: the sidecar registers itself in
+/// the per-user runtime directory ($XDG_RUNTIME_DIR/tradevault), and `status` also takes
+/// database paths. A sidecar killed with SIGKILL shows as not running at once (its process is
+/// gone), without a crash; one stopped cleanly takes its registration away.
+#[test]
+fn status_finds_a_sidecar_started_without_a_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = dir.path().join("run");
+    std::fs::create_dir(&runtime).expect("runtime dir");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("work dir");
+    let db = work.join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE fills (id INTEGER PRIMARY KEY, symbol TEXT, qty TEXT);").expect("schema");
+    insert(&conn, 0, 10);
+    let url = format!("file://{}", dir.path().join("replica").display());
+    let tv = || {
+        let mut c = command();
+        c.current_dir(&work).env("XDG_RUNTIME_DIR", &runtime);
+        c
+    };
+    let status = |args: &[&str]| -> (Value, String) {
+        let json = tv()
+            .args(["status", "--json"])
+            .args(args)
+            .output()
+            .expect("status");
+        assert!(
+            json.status.success(),
+            "{}",
+            String::from_utf8_lossy(&json.stderr)
+        );
+        let human = tv().arg("status").args(args).output().expect("status");
+        assert!(
+            human.status.success(),
+            "{}",
+            String::from_utf8_lossy(&human.stderr)
+        );
+        (
+            serde_json::from_slice(&json.stdout).expect("status json"),
+            String::from_utf8_lossy(&human.stdout).into_owned(),
+        )
+    };
+    let bot = |v: &Value| -> Option<Value> {
+        v.as_array()?
+            .iter()
+            .find(|e| e["database"] == "bot")
+            .cloned()
+    };
+    let spawn = || {
+        tv().args(["replicate", "bot.db", &url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn replicate")
+    };
+    let mut sidecar = spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let entry = loop {
+        let (listed, _) = status(&[]);
+        if let Some(e) = bot(&listed).filter(|e| e["replicating"] == true) {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never showed the sidecar: {listed}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(entry["found_by"], "registry", "{entry}");
+    assert_eq!(entry["registered_pid"], sidecar.id(), "{entry}");
+    assert_eq!(
+        entry["status"]["replicas"][0]["name"],
+        url.as_str(),
+        "{entry}"
+    );
+    let (_, human) = status(&[]);
+    assert!(
+        human.contains(&format!(
+            "bot ({}): replicating (pid {})",
+            db.display(),
+            sidecar.id()
+        )),
+        "{human}"
+    );
+    // By path, alone (no store entry, no job history).
+    let (listed, human) = status(&["bot.db"]);
+    let listed = listed.as_array().expect("array").clone();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (
+            listed[0]["database"].as_str(),
+            listed[0]["found_by"].as_str(),
+            listed[0]["replicating"].as_bool()
+        ),
+        (Some("bot"), Some("argument"), Some(true)),
+        "{listed:?}"
+    );
+    assert!(
+        human.contains("replicating") && !human.contains("jobs"),
+        "{human}"
+    );
+    let missing = tv().args(["status", "nope.db"]).output().expect("status");
+    assert_eq!(missing.status.code(), Some(2));
+
+    // Killed: its registration stays, and shows as not running right away.
+    let pid = sidecar.id();
+    sidecar.kill().expect("kill");
+    sidecar.wait().expect("wait");
+    let (listed, human) = status(&[]);
+    let entry = bot(&listed).expect("a killed sidecar stays listed");
+    assert_eq!(entry["replicating"], false, "{entry}");
+    assert!(
+        human.contains(&format!("NOT RUNNING: process {pid} is gone")),
+        "{human}"
+    );
+
+    // Stopped cleanly: nothing left to list.
+    let mut sidecar = spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while bot(&status(&[]).0).is_none_or(|e| e["registered_pid"] != sidecar.id()) {
+        assert!(std::time::Instant::now() < deadline, "not registered again");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let stopped = Command::new("kill")
+        .arg("-TERM")
+        .arg(sidecar.id().to_string())
+        .status()
+        .expect("kill -TERM");
+    assert!(stopped.success());
+    assert!(sidecar.wait().expect("wait").success());
+    let (listed, _) = status(&[]);
+    assert!(bot(&listed).is_none(), "{listed}");
 }

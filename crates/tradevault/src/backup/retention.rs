@@ -368,6 +368,7 @@ mod tests {
             keep_daily: None,
             keep_weekly: None,
             keep_monthly: None,
+            ..BackupTargetConfig::new("", "")
         }
     }
 

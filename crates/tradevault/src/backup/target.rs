@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::config::{BackupConfig, BackupTargetConfig};
 use crate::error::{Error, Result};
 use crate::replica::S3Replica;
+use crate::replica::s3::S3Settings;
 
 /// Where backups go.
 #[derive(Debug, Clone)]
@@ -34,10 +35,16 @@ pub const TEMP_MARK: &str = ".tmp-";
 impl Target {
     /// A target for `url` (`file:///absolute/path` or `s3://...`), credentials from `AWS_*`.
     pub fn parse(url: &str) -> Result<Target> {
+        Target::parse_with(url, &S3Settings::default())
+    }
+
+    /// [`Target::parse`] with the S3 settings of a config entry (credentials, region) over the
+    /// `AWS_*` variables.
+    pub fn parse_with(url: &str, settings: &S3Settings) -> Result<Target> {
         let name = url.split_once('?').map_or(url, |(u, _)| u).to_owned();
         let kind = match url.split_once("://") {
             Some(("file", path)) if path.starts_with('/') => Kind::File(PathBuf::from(path)),
-            Some(("s3", _)) => Kind::S3(S3Replica::parse(url)?),
+            Some(("s3", _)) => Kind::S3(S3Replica::parse_with(url, settings)?),
             _ => {
                 return Err(Error::backup(
                     "unknown_target",
@@ -76,13 +83,11 @@ impl Target {
             return Target::from_config(t);
         }
         if name_or_url.contains("://") {
-            let mut target = Target::parse(name_or_url)?;
-            // A URL of a configured target gets its rules too.
+            // A URL of a configured target gets its name, rules and S3 settings too.
             if let Some(t) = config.target.iter().find(|t| t.url == name_or_url) {
-                target.name = t.name.clone();
-                target.rules = Some(t.clone());
+                return Target::from_config(t);
             }
-            return Ok(target);
+            return Target::parse(name_or_url);
         }
         let known: Vec<&str> = config.target.iter().map(|t| t.name.as_str()).collect();
         Err(Error::backup(
@@ -103,7 +108,7 @@ impl Target {
 
     /// The target of a `[[backup.target]]`.
     pub fn from_config(config: &BackupTargetConfig) -> Result<Target> {
-        let mut target = Target::parse(&config.url)?;
+        let mut target = Target::parse_with(&config.url, &config.s3())?;
         target.name = config.name.clone();
         target.rules = Some(config.clone());
         Ok(target)

@@ -61,12 +61,18 @@ impl Replica {
     /// `endpoint`, `region`, `force-path-style`, `sign-payload` and `skip-verify` parameters and
     /// credentials from the `AWS_*` environment variables (see [`S3Replica::parse_with_env`]).
     pub fn parse(url: &str) -> Result<Replica> {
+        Replica::parse_with(url, &s3::S3Settings::default())
+    }
+
+    /// [`Replica::parse`] with the S3 settings of a config entry (credentials, region), which win
+    /// over the `AWS_*` variables; a `file://` replica takes none.
+    pub fn parse_with(url: &str, settings: &s3::S3Settings) -> Result<Replica> {
         match url.split_once("://") {
             Some(("file", path)) if path.starts_with('/') => {
                 Ok(Replica::File(FileReplica::new(path)))
             }
             Some(("file", _)) => Err(bad_url(url, "a file replica needs an absolute path")),
-            Some(("s3", _)) => Ok(Replica::S3(S3Replica::parse(url)?)),
+            Some(("s3", _)) => Ok(Replica::S3(S3Replica::parse_with(url, settings)?)),
             _ => Err(bad_url(
                 url,
                 "a replica is a file:///absolute/path or s3://bucket/path URL",

@@ -36,6 +36,7 @@ use object_store::{
 };
 
 use super::{ReplicaFile, STREAM_BUFFER_BYTES, WriteLtx, verify_ltx};
+pub use crate::config::S3Settings;
 use crate::error::{Error, Result};
 
 /// The user metadata key Litestream stores the header time under.
@@ -120,6 +121,12 @@ impl S3Replica {
         S3Replica::parse_with_env(url, std::env::vars())
     }
 
+    /// A replica for `url` with the settings of its config entry (credentials, region), which win
+    /// over the process environment's `AWS_*` variables (see [`S3Settings`]).
+    pub fn parse_with(url: &str, settings: &S3Settings) -> Result<S3Replica> {
+        S3Replica::parse_with_settings(url, settings, std::env::vars())
+    }
+
     /// A replica for `url` with the `AWS_*` settings taken from `env` instead of the process
     /// environment. The URL's parameters win over the environment.
     ///
@@ -132,8 +139,17 @@ impl S3Replica {
         url: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<S3Replica> {
+        S3Replica::parse_with_settings(url, &S3Settings::default(), env)
+    }
+
+    /// [`S3Replica::parse_with_env`], with `settings` from the config over `env`.
+    pub fn parse_with_settings(
+        url: &str,
+        settings: &S3Settings,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<S3Replica> {
         let location = Location::parse(url)?;
-        let (builder, endpoint) = location.builder(url, env)?;
+        let (builder, endpoint) = location.builder(url, settings, env)?;
         let mut description = format!("s3://{}", location.bucket);
         if !location.prefix.is_empty() {
             description = format!("{description}/{}", location.prefix);
@@ -822,7 +838,7 @@ fn explain(e: &object_store::Error) -> (String, Option<&'static str>) {
         return (
             format!("cannot get credentials: {cause}"),
             Some(
-                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; without them the instance metadata service is asked",
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or access_key_id and secret_access_key in the config; without them the instance metadata service is asked",
             ),
         );
     }
@@ -842,11 +858,11 @@ fn explain(e: &object_store::Error) -> (String, Option<&'static str>) {
         }
         let hint = match (status, code.as_deref()) {
             (_, Some("SignatureDoesNotMatch")) => Some(
-                "check AWS_SECRET_ACCESS_KEY: the server computes another signature with the secret it holds for this key",
+                "check AWS_SECRET_ACCESS_KEY (or secret_access_key in the config): the server computes another signature with the secret it holds for this key",
             ),
-            (_, Some("InvalidAccessKeyId")) => {
-                Some("check AWS_ACCESS_KEY_ID: the server does not know this key")
-            }
+            (_, Some("InvalidAccessKeyId")) => Some(
+                "check AWS_ACCESS_KEY_ID (or access_key_id in the config): the server does not know this key",
+            ),
             (_, Some("NoSuchBucket")) => {
                 Some("create the bucket first (tradevault never creates buckets), or fix its name")
             }
@@ -856,9 +872,9 @@ fn explain(e: &object_store::Error) -> (String, Option<&'static str>) {
             (_, Some("PermanentRedirect" | "AuthorizationHeaderMalformed")) | (301, _) => {
                 Some("set the bucket's region with ?region= or AWS_REGION")
             }
-            (401, _) => {
-                Some("check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN")
-            }
+            (401, _) => Some(
+                "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN (or their keys in the config)",
+            ),
             _ => None,
         };
         return (message, hint);
@@ -999,7 +1015,7 @@ impl Location {
                     return Err(bad_url(
                         url,
                         &format!(
-                            "unknown parameter `{name}` (known: endpoint, region, force-path-style, sign-payload, skip-verify; credentials come from AWS_* variables)"
+                            "unknown parameter `{name}` (known: endpoint, region, force-path-style, sign-payload, skip-verify; credentials come from the config or AWS_* variables, never the URL)"
                         ),
                     ));
                 }
@@ -1013,6 +1029,7 @@ impl Location {
     fn builder(
         &self,
         url: &str,
+        settings: &S3Settings,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(AmazonS3Builder, Option<String>)> {
         let mut options = ClientOptions::new()
@@ -1031,6 +1048,9 @@ impl Location {
             });
         // The endpoint is kept aside: the addressing style decides how it is used.
         let mut env_endpoint = None;
+        // Keys from the config replace the environment's credentials as a whole: a session token
+        // of another identity must not be sent with them.
+        let own_keys = settings.access_key_id.is_some();
         for (key, value) in env {
             if !key.starts_with("AWS_") || value.is_empty() {
                 continue;
@@ -1039,8 +1059,27 @@ impl Location {
             if matches!(lower.as_str(), "aws_endpoint_url" | "aws_endpoint") {
                 env_endpoint = Some(value);
             } else if let Ok(config_key) = lower.parse::<AmazonS3ConfigKey>() {
-                builder = builder.with_config(config_key, value);
+                let credential = matches!(
+                    config_key,
+                    AmazonS3ConfigKey::AccessKeyId
+                        | AmazonS3ConfigKey::SecretAccessKey
+                        | AmazonS3ConfigKey::Token
+                );
+                if !(own_keys && credential) {
+                    builder = builder.with_config(config_key, value);
+                }
             }
+        }
+        if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
+            builder = builder
+                .with_access_key_id(id.expose())
+                .with_secret_access_key(secret.expose());
+            if let Some(token) = &settings.session_token {
+                builder = builder.with_token(token.expose());
+            }
+        }
+        if let Some(region) = &settings.region {
+            builder = builder.with_region(region);
         }
         let endpoint = match (&self.endpoint, env_endpoint) {
             (Some(e), _) => Some(e.clone()),

@@ -115,7 +115,7 @@ impl ReplicaSpec {
     /// A replica as configured; its sync interval defaults to 0 for local directories and one
     /// second for object stores (about one upload per second).
     pub fn from_config(c: &crate::config::ReplicaConfig) -> Result<ReplicaSpec> {
-        let replica = Replica::parse(&c.url)?;
+        let replica = Replica::parse_with(&c.url, &c.s3())?;
         let default_interval = if replica.local_root().is_some() {
             0
         } else {
@@ -287,6 +287,24 @@ impl Db {
         self.clock.now().as_millisecond()
     }
 
+    /// Sleeps for `d`, or until the engine stops. Unlike a single wait on `changed`, no
+    /// shipment, upload or failure elsewhere ends it early: this is what a backoff waits with.
+    pub(crate) fn sleep(&self, d: Duration) {
+        let deadline = Instant::now() + d;
+        let mut st = self.lock();
+        loop {
+            let now = Instant::now();
+            if self.stopping() || now >= deadline {
+                return;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     /// Creates the local log's next file ahead (see [`FileReplica::prepare`]): call it when no
     /// answer waits for this thread, since creating a file is the slow part of a shipment.
     pub(crate) fn prepare_local(&self) {
@@ -405,6 +423,10 @@ impl Engine {
             Source::Store { store, .. } => store.path().to_owned(),
             Source::External(p) => p.clone(),
         };
+        if let Source::External(p) = &spec.source {
+            // A database not in WAL mode would only fail and be retried forever: refuse it now.
+            super::check_replicable(p)?;
+        }
         let local_dir = status::local_log_dir(&path);
         std::fs::create_dir_all(&local_dir)
             .map_err(|e| Error::io("create local log", &local_dir, e))?;
@@ -463,6 +485,10 @@ impl Engine {
             shipper_done: AtomicBool::new(false),
             clock,
         });
+        crate::metrics::replication_started(
+            &spec.name,
+            spec.replicas.iter().map(|r| r.name.as_str()),
+        );
         self.dbs.push(db.clone());
         let shipper_db = db.clone();
         let options = ShipperOptions {
@@ -613,8 +639,9 @@ impl Engine {
     fn stop_threads(&mut self) {
         for db in &self.dbs {
             db.stop.store(true, Ordering::Relaxed);
-            db.changed.notify_all();
+            // Under the lock: a thread that saw no stop before waiting is waiting by now.
             let _guard = db.lock();
+            db.changed.notify_all();
             db.gate_wake.notify_all();
         }
         for link in &self.links {
@@ -982,16 +1009,11 @@ impl Shipper<'_> {
         }
     }
 
+    /// Waits out the backoff after a failed shipment, its whole time unless the engine stops
+    /// (uploaders notify `changed` at every upload and failure; they must not cut it short).
     fn backoff(&self) {
         let ms = (50u64 << self.failures.min(6)).min(3_000);
-        let st = self.db.lock();
-        if !self.db.stopping() {
-            let _ = self
-                .db
-                .changed
-                .wait_timeout(st, Duration::from_millis(ms))
-                .unwrap_or_else(|p| p.into_inner());
-        }
+        self.db.sleep(Duration::from_millis(ms));
     }
 
     /// Ships the WAL's tail and truncates it in an exclusive moment of the store's writer, after

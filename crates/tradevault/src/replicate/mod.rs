@@ -499,6 +499,58 @@ fn file_identity(path: &Path) -> Result<(u64, std::time::SystemTime)> {
     Ok((meta.len(), modified))
 }
 
+/// Refuses, before anything starts, a database that cannot be replicated as it is: a file that
+/// is not a SQLite database, or one not in WAL mode (retrying would never help). An empty file
+/// or a missing one (a database its program has not created or written yet) passes.
+pub fn check_replicable(path: &Path) -> Result<()> {
+    // Through a held descriptor: closing one of our own would drop SQLite's locks on the file.
+    let file = match crate::held::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("open database", path, e)),
+    };
+    let mut header = [0u8; 20];
+    let mut read = 0;
+    while read < header.len() {
+        use std::os::unix::fs::FileExt;
+        match file.read_at(&mut header[read..], read as u64) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) => return Err(Error::io("read database header", path, e)),
+        }
+    }
+    if read == 0 {
+        return Ok(());
+    }
+    if read < header.len() || &header[..16] != b"SQLite format 3\0" {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            detail: "not a SQLite database (bad header)".into(),
+        });
+    }
+    if header[18] != 2 || header[19] != 2 {
+        return Err(not_wal(path));
+    }
+    Ok(())
+}
+
+/// A database in rollback-journal mode, and how to switch it (the mode is stored in the file, so
+/// once is enough; SQLite does it only while no other connection has the database open).
+fn not_wal(path: &Path) -> Error {
+    Error::invalid(
+        "not_wal",
+        None,
+        format!(
+            "{} is not in WAL mode (it uses a rollback journal, which rewrites the file in place and \
+             cannot be replicated): switch it once, while no program has it open, with \
+             `sqlite3 {} 'PRAGMA journal_mode=WAL'` (the mode stays in the file; \
+             the program writing it must not set journal_mode back), then start again",
+            path.display(),
+            path.display()
+        ),
+    )
+}
+
 /// Checks the first page of a snapshot: a SQLite database in WAL mode.
 fn check_header(page: &[u8], page_size: u32, path: &Path) -> Result<()> {
     if page.len() < 100 || &page[..16] != b"SQLite format 3\0" {
@@ -510,14 +562,7 @@ fn check_header(page: &[u8], page_size: u32, path: &Path) -> Result<()> {
     // Bytes 18 and 19 are 2 in WAL mode; a rollback-journal database changes its file in place and
     // cannot be replicated from its WAL.
     if page[18] != 2 || page[19] != 2 {
-        return Err(Error::invalid(
-            "not_wal",
-            None,
-            format!(
-                "{} is not in WAL mode; run PRAGMA journal_mode=WAL on it first",
-                path.display()
-            ),
-        ));
+        return Err(not_wal(path));
     }
     if !ltx::is_valid_page_size(page_size) {
         return Err(Error::Corrupt {

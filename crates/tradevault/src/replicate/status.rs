@@ -1,6 +1,12 @@
 //! What the engine reports about each database and replica: kept in memory for metrics and the
 //! sync gate, and written every second to `status.json` in the database's local log, where
 //! `tradevault status` reads it (whether `serve` or a `replicate` sidecar wrote it).
+//!
+//! A process replicating a database also leaves a [`Registration`] (database, file, pid) in a
+//! per-user directory the binary chooses, so that `tradevault status` finds a sidecar started
+//! without a config: one file per database file, replaced by the next process replicating it and
+//! removed on a clean stop. A killed process leaves its registration behind, which `status` shows
+//! as not running.
 
 use std::path::{Path, PathBuf};
 
@@ -114,4 +120,90 @@ pub fn local_log_dir(db: &Path) -> PathBuf {
     db.parent()
         .unwrap_or(Path::new("."))
         .join(format!(".{name}-tradevault"))
+}
+
+/// A process replicating a database, as it registered itself (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// Its name in status and metrics.
+    pub database: String,
+    /// Its file, absolute.
+    pub path: PathBuf,
+    /// The process replicating it.
+    pub pid: u32,
+}
+
+impl Registration {
+    /// The file in `dir` that registers the database file `path`: named after a hash of the
+    /// path, so a new registration of the same file replaces the old one.
+    pub fn file_in(dir: &Path, path: &Path) -> PathBuf {
+        let hash = blake3::hash(path.as_os_str().as_encoded_bytes());
+        let hex: String = hash.as_bytes()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        dir.join(format!("{hex}.json"))
+    }
+
+    /// Writes it into `dir` whole (temporary file, rename); returns its file.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        let path = Registration::file_in(dir, &self.path);
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        let text = serde_json::to_vec_pretty(self).map_err(|e| Error::Internal {
+            message: format!("registration: {e}"),
+        })?;
+        std::fs::write(&tmp, text).map_err(|e| Error::io("write registration", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io("write registration", &path, e))?;
+        Ok(path)
+    }
+
+    /// Every registration in `dir`, with its file, sorted by database file; none when `dir`
+    /// does not exist. A file that does not parse (being replaced, or not ours) is skipped.
+    pub fn list(dir: &Path) -> Vec<(PathBuf, Registration)> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(PathBuf, Registration)> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter_map(|p| {
+                let r = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+                Some((p, r))
+            })
+            .collect();
+        found.sort_by(|a, b| a.1.path.cmp(&b.1.path));
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_replaces_the_previous_one_of_the_same_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Registration {
+            database: "bot".into(),
+            path: "/srv/bot.db".into(),
+            pid: 10,
+        };
+        let file = first.write(dir.path()).expect("write");
+        let second = Registration { pid: 11, ..first };
+        assert_eq!(second.write(dir.path()).expect("write"), file);
+        let other = Registration {
+            database: "other".into(),
+            path: "/srv/other.db".into(),
+            pid: 12,
+        };
+        other.write(dir.path()).expect("write");
+        std::fs::write(dir.path().join("junk.json"), "not json").expect("junk");
+        let listed: Vec<Registration> = Registration::list(dir.path())
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(listed, vec![second, other]);
+        assert!(Registration::list(&dir.path().join("none")).is_empty());
+    }
 }

@@ -177,9 +177,12 @@ impl Uploader<'_> {
         }
     }
 
+    /// Waits out the backoff after a failure: its whole time, whatever wakes the thread (every
+    /// shipment notifies `changed`, so waking on it retried a dead replica once per commit), and
+    /// less only when the engine stops.
     fn backoff(&self) {
         let ms = (100u64 << self.failures.min(8)).min(30_000);
-        self.wait(Duration::from_millis(ms));
+        self.db.sleep(Duration::from_millis(ms));
     }
 
     fn failed(&mut self, e: &Error) {

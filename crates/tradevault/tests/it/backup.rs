@@ -338,6 +338,7 @@ fn prune_applies_its_plan_and_keeps_what_kept_backups_need() {
         keep_daily: None,
         keep_weekly: None,
         keep_monthly: None,
+        ..BackupTargetConfig::new("", "")
     };
     let target = Target::from_config(&rules).expect("target");
     let config = BackupConfig {

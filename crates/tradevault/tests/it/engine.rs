@@ -329,3 +329,65 @@ fn a_clean_stop_lets_the_next_start_continue_without_a_snapshot() {
         crate::rows(&db)
     );
 }
+
+/// A dead replica (an S3 bucket that does not exist, on a real S3 server) is retried with
+/// backoff while the program goes on committing: every commit wakes the uploaders, and that must
+/// not cut a backoff short. Before the fix, a retry followed each shipment (hundreds in these
+/// three seconds); with the backoff (100 ms doubling) it is a handful. The other replica keeps up.
+#[test]
+fn a_dead_replica_is_retried_with_backoff_while_commits_go_on() {
+    use tradevault::replica::S3Replica;
+    let s3 = crate::s3::S3Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = crate::fills_db(&db);
+    let good = Replica::from(FileReplica::new(dir.path().join("replica")));
+    let dead = Replica::from(
+        S3Replica::parse_with_env(
+            &format!("s3://no-such-bucket/bot?endpoint=http://{}", s3.addr),
+            crate::s3::env_with(crate::s3::SECRET_ACCESS_KEY),
+        )
+        .expect("replica"),
+    );
+    let mut spec = crate::external_spec(&db, &good, 16 << 20);
+    spec[0].replicas.push(ReplicaSpec {
+        name: "dead".into(),
+        replica: dead,
+        sync_interval: Duration::ZERO,
+        retention: Retention::default(),
+    });
+    let engine = Engine::start(
+        spec,
+        Arc::new(tradevault::clock::SystemClock) as Arc<dyn Clock>,
+    )
+    .expect("start");
+    let started = Instant::now();
+    let mut id = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        crate::insert_fills(&conn, id..id + 1);
+        id += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eventually("the live replica to hold every commit", || {
+        let s = &engine.status()[0];
+        s.replicas[0].txid == Some(s.txid)
+    });
+    let status = engine.status()[0].clone();
+    engine.stop();
+    let dead = &status.replicas[1];
+    let shipments = status.replicas[0].files_uploaded;
+    assert!(
+        dead.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("NoSuchBucket")),
+        "{dead:?}"
+    );
+    assert!(shipments >= 50, "commits went on: {shipments} shipments");
+    // 3 s of backoff doubling from 100 ms allows about 6 attempts; a generous bound, far below
+    // one attempt per shipment.
+    assert!(
+        (1..=15).contains(&dead.failures),
+        "{} attempts at a dead replica during {shipments} shipments",
+        dead.failures
+    );
+}

@@ -840,3 +840,54 @@ fn a_snapshot_larger_than_a_part_goes_up_in_parts_and_restores() {
     assert_eq!(blob_sums(&restored), blob_sums(&db));
     assert_eq!(rows(&restored), rows(&db));
 }
+
+/// Credentials from a config entry reach the real server with no AWS_* variable at all, and win
+/// over the environment's: a wrong secret in the config fails even with the right one in the
+/// environment. Nothing printed shows them.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_from_the_config_win_over_the_environment() {
+    use tradevault::config::{S3Settings, Secret};
+    let root = tempfile::tempdir().expect("tempdir");
+    let addr = serve(root.path()).await;
+    let settings = |secret: &str| S3Settings {
+        access_key_id: Some(Secret::new(ACCESS_KEY_ID)),
+        secret_access_key: Some(Secret::new(secret)),
+        session_token: None,
+        region: Some("us-east-1".into()),
+    };
+    let from_config = Replica::from(
+        S3Replica::parse_with_settings(&url(addr, "db"), &settings(SECRET_ACCESS_KEY), Vec::new())
+            .expect("replica"),
+    );
+    let file = from_config
+        .put(0, &ltx_file(1, 1, 0, 7), None)
+        .expect("put");
+    assert_eq!(from_config.list(0).expect("list"), vec![file]);
+
+    // The environment has the right secret and a session token of another identity; the
+    // config's keys replace both.
+    let mut env = env_with(SECRET_ACCESS_KEY);
+    env.push(("AWS_SESSION_TOKEN".into(), "token-of-someone-else".into()));
+    let with_token = Replica::from(
+        S3Replica::parse_with_settings(&url(addr, "db"), &settings(SECRET_ACCESS_KEY), env.clone())
+            .expect("replica"),
+    );
+    assert_eq!(with_token.list(0).expect("list").len(), 1);
+    let wrong = "wrong-secret-in-the-config";
+    let wrong_settings = settings(wrong);
+    let refused = Replica::from(
+        S3Replica::parse_with_settings(&url(addr, "db"), &wrong_settings, env).expect("replica"),
+    );
+    let e = refused.list(0).expect_err("the config's secret is used");
+    let text = e.to_string();
+    assert!(text.contains("403 SignatureDoesNotMatch"), "{text}");
+    for shown in [
+        text,
+        format!("{e:?}"),
+        format!("{refused:?}"),
+        format!("{wrong_settings:?}"),
+    ] {
+        assert!(!shown.contains(wrong), "{shown}");
+        assert!(!shown.contains(ACCESS_KEY_ID), "{shown}");
+    }
+}
