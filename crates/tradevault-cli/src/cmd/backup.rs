@@ -299,6 +299,7 @@ fn verified_text(b: &BackupRecord) -> String {
 fn show(config: &Config, args: ShowArgs) -> anyhow::Result<ExitCode> {
     let mut last_err = None;
     for target in targets(config, &args.target)? {
+        target.check_reachable()?;
         let catalog = Catalog::load(&target)?;
         let record = match catalog.find(&args.id) {
             Ok(r) => r.clone(),

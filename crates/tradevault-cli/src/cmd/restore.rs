@@ -463,6 +463,8 @@ fn from_backup(
     source: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     use tradevault::backup::{Catalog, Identity};
+    // A malformed --timestamp or --txid is said as such first.
+    target_of(args)?;
     if args.timestamp.is_some() || args.txid.is_some() {
         return Err(UsageError(
             "--timestamp and --txid need a replica (--replica URL, or one in the config): a backup restores to its own time only; pick one with --backup ID".into(),
@@ -476,6 +478,12 @@ fn from_backup(
         .into());
     }
     let targets = super::backup_targets(config, args.target.as_deref())?;
+    if args.target.is_some() {
+        // The one target asked for: a wrong URL is said as such, not as "no backup".
+        for t in &targets {
+            t.check_reachable()?;
+        }
+    }
     // The backup asked for, or the newest of this database, on the first target that has it.
     let mut found = None;
     let mut misses = Vec::new();
@@ -514,12 +522,29 @@ fn from_backup(
         )
         .into());
     };
+    // The objects a restore reads: the manifest, the page table, and each pack holding one of
+    // its segments (its own or its ancestors'), with the bytes read from each.
+    let manifest = tradevault::backup::catalog::read_manifest(&target, &record.id)?;
+    let mut packs: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for seg in &manifest.segments {
+        *packs.entry(seg.pack.as_str()).or_default() += seg.len;
+    }
+    let mut objects = vec![
+        serde_json::json!({"key": tradevault::backup::format::manifest_key(&record.id)}),
+        serde_json::json!({"key": manifest.page_table.key, "bytes": manifest.page_table.size}),
+    ];
+    objects.extend(
+        packs
+            .iter()
+            .map(|(key, bytes)| serde_json::json!({"key": key, "bytes": bytes})),
+    );
     let plan = serde_json::json!({
         "source": "backup",
         "target": target.name,
         "backup_id": record.id,
         "database": record.database,
-        "objects": record.depends_on.len() + 2,
+        "object_count": objects.len(),
+        "objects": objects,
         "fetch_bytes": record.restore_bytes,
         "result_time": tradevault::backup::format_ms(record.state_max_ms),
         "state_min_ms": record.state_min_ms,
@@ -538,6 +563,16 @@ fn from_backup(
                 super::human_bytes(record.restore_bytes),
                 tradevault::backup::format_ms(record.state_max_ms)
             );
+            for o in plan["objects"].as_array().into_iter().flatten() {
+                match o["bytes"].as_u64() {
+                    Some(b) => outln!(
+                        "  {} ({})",
+                        o["key"].as_str().unwrap_or("?"),
+                        super::human_bytes(b)
+                    ),
+                    None => outln!("  {}", o["key"].as_str().unwrap_or("?")),
+                }
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }

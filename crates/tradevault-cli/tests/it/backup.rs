@@ -490,3 +490,75 @@ fn a_damaged_manifest_hides_nothing_else() {
     );
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// `restore --dry-run` from a backup lists the objects it would read; a target that does not
+/// exist and a malformed time are said as such.
+#[test]
+fn dry_run_lists_objects_and_bad_sources_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE a(x); INSERT INTO a VALUES (1);")
+        .expect("schema");
+    let target = format!("file://{}", dir.path().join("tgt").display());
+    let db_arg = db.to_str().expect("utf8");
+    let (code, out, err) = run(
+        &[
+            "backup", "create", "--db", db_arg, "--target", &target, "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let id = json(&out)[0]["id"].as_str().expect("id").to_owned();
+    let (code, out, err) = run(
+        &[
+            "restore",
+            "--target",
+            &target,
+            "--db",
+            db_arg,
+            "--backup",
+            &id,
+            "--dry-run",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let plan = json(&out);
+    let keys: Vec<&str> = plan["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .map(|o| o["key"].as_str().expect("key"))
+        .collect();
+    assert!(
+        keys.iter().any(|k| k.ends_with(".manifest"))
+            && keys.iter().any(|k| k.ends_with(".pages"))
+            && keys.iter().any(|k| k.ends_with(".pack")),
+        "{plan}"
+    );
+    let missing = "file:///nonexistent/tv-backups";
+    for args in [
+        &["restore", "--target", missing, "--output", "z.db"][..],
+        &["backup", "show", "abc", "--target", missing][..],
+    ] {
+        let (code, _, err) = run(args, &[]);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("is not a directory"), "{args:?}: {err}");
+    }
+    let (code, _, err) = run(
+        &[
+            "restore",
+            "--target",
+            &target,
+            "--timestamp",
+            "yesterday",
+            "--output",
+            "z.db",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not an RFC 3339 time"), "{err}");
+}
