@@ -90,6 +90,18 @@ pub fn specs(config: &Config, rt: &Runtime) -> Vec<JobSpec> {
                 Ok(json!({ "ok": ok, "backups": results }))
             }),
         });
+        // Run on demand only: a `backup` command beside the server asks for it, since the store
+        // it would mirror into is this process's.
+        let (t, store) = (targets.clone(), rt.store.clone());
+        specs.push(JobSpec {
+            name: "mirror".into(),
+            schedule: String::new(),
+            run: Arc::new(move |_| {
+                mirror(&store, &t);
+                let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
+                Ok(json!({ "ok": true, "targets": names }))
+            }),
+        });
         let (t, store) = (targets.clone(), rt.store.clone());
         specs.push(JobSpec {
             name: "prune".into(),

@@ -276,9 +276,7 @@ pub fn mirror_catalogs(config: &Config, targets: &[tradevault::backup::Target]) 
     let store = match tradevault::Store::open(&config.store, clock) {
         Ok(s) => s,
         Err(tradevault::Error::Locked { .. }) => {
-            eprintln!(
-                "note: the store is in use by 'tradevault serve'; its backup_metadata is not updated"
-            );
+            ask_server_to_mirror(config, targets);
             return;
         }
         Err(e) => {
@@ -305,6 +303,32 @@ pub fn mirror_catalogs(config: &Config, targets: &[tradevault::backup::Target]) 
         }
     }
     store.close();
+}
+
+/// The store is the running server's: asks it to mirror the configured targets (its `mirror`
+/// job), and says which of `targets` it cannot (given by URL only).
+fn ask_server_to_mirror(config: &Config, targets: &[tradevault::backup::Target]) {
+    let configured =
+        |t: &tradevault::backup::Target| config.backup.target.iter().any(|c| c.name == t.name);
+    let asked = serve_address(config).and_then(|addr| {
+        let mut client =
+            tradevault::http::client::Client::new(addr, std::time::Duration::from_secs(10));
+        client
+            .post("/v1/jobs/mirror/run", b"")
+            .ok()
+            .filter(|r| r.status == 202)
+    });
+    if asked.is_none() {
+        eprintln!(
+            "note: the store is in use by 'tradevault serve', which did not take the request to update backup_metadata; its next backup job will"
+        );
+    }
+    for t in targets.iter().filter(|t| !configured(t)) {
+        eprintln!(
+            "note: target {} is not in the config: the running server does not mirror it into backup_metadata",
+            t.name
+        );
+    }
 }
 
 /// The per-user directory where processes that replicate a database register it, for `status`:

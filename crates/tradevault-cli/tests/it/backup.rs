@@ -65,12 +65,15 @@ fn create_beside_a_running_server_then_list_a_bare_target_by_url() {
     let config = dir.path().join("tv.toml");
     std::fs::write(
         &config,
-        format!("[[backup.target]]\nname = \"local\"\nurl = \"{target}\"\nkeep_last = 1\n"),
+        format!(
+            "[jobs]\nbackup = \"\"\nprune = \"\"\nverify = \"\"\ndrill = \"\"\n\
+             [[backup.target]]\nname = \"local\"\nurl = \"{target}\"\nkeep_last = 1\n"
+        ),
     )
     .expect("config");
     let c = config.to_str().expect("utf8");
     {
-        let server = Server::start(&data);
+        let server = Server::start_args(&data, &[], &["--config", c]);
         let mut api = server.client();
         let t = serde_json::json!({ "trade_id": "a", "symbol": "X", "side": "buy", "qty": "1", "price": "2" });
         assert_eq!(api.post("/v1/trades", &t).0, 201);
@@ -84,10 +87,21 @@ fn create_beside_a_running_server_then_list_a_bare_target_by_url() {
         assert_eq!(created[0]["target"], "local");
         assert_eq!(created[0]["database"], "store");
         assert_eq!(created[0]["tables"]["trades"], 1);
-        assert!(
-            err.contains("in use by 'tradevault serve'"),
-            "the mirror waits for serve: {err}"
-        );
+        // The running server mirrors the catalog into its store when the command asks it to.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mirrored: i64 = rusqlite::Connection::open(data.join("tradevault.db"))
+                .and_then(|c| c.query_row("SELECT count(*) FROM backup_metadata", [], |r| r.get(0)))
+                .unwrap_or(0);
+            if mirrored == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server never mirrored the backup: {err}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let t = serde_json::json!({ "trade_id": "b", "symbol": "X", "side": "buy", "qty": "1", "price": "2" });
         assert_eq!(api.post("/v1/trades", &t).0, 201);
         let (code, out, err) = run(
