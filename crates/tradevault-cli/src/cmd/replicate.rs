@@ -41,6 +41,10 @@ pub struct Args {
     /// With --once, print what each replica holds as JSON.
     #[arg(long)]
     json: bool,
+    /// Serve Prometheus metrics (`GET /metrics`) and `GET /health/live` on this address, e.g.
+    /// 127.0.0.1:9090.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub fn run(
@@ -114,6 +118,10 @@ pub fn run(
             Source::Store { .. } => None,
         })
         .collect();
+    if args.metrics_listen.is_some() {
+        // Before the engine starts: its counters are set up at 0 as it does.
+        tradevault::metrics::install();
+    }
     let clock: Arc<dyn tradevault::clock::Clock> = Arc::new(tradevault::clock::SystemClock);
     let engine = Engine::start(databases, clock).context("start replication")?;
     // So that `tradevault status` finds this sidecar without a config; gone on a clean stop.
@@ -129,7 +137,19 @@ pub fn run(
         .enable_all()
         .build()
         .context("start runtime")?;
-    runtime.block_on(shutdown());
+    runtime.block_on(async {
+        match args.metrics_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listen on {addr}"))?;
+                outln!("metrics on http://{}/metrics", listener.local_addr()?);
+                tradevault::http::serve_metrics(listener, shutdown()).await?;
+            }
+            None => shutdown().await,
+        }
+        anyhow::Ok(())
+    })?;
     tracing::info!("stopping replication");
     engine.stop();
     Ok(ExitCode::SUCCESS)

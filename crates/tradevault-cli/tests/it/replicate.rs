@@ -917,3 +917,64 @@ fn status_finds_a_sidecar_started_without_a_config() {
     let (listed, _) = status(&[]);
     assert!(bot(&listed).is_none(), "{listed}");
 }
+
+/// A sidecar serves its replication metrics for Prometheus with `--metrics-listen`.
+#[test]
+fn a_sidecar_serves_its_metrics() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE fills(id INTEGER PRIMARY KEY, symbol TEXT, qty TEXT);",
+    )
+    .expect("schema");
+    let replica = dir.path().join("replica");
+    let mut sidecar = command()
+        .arg("replicate")
+        .arg(&db)
+        .arg(format!("file://{}", replica.display()))
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("replicate");
+    let mut first = String::new();
+    std::io::BufReader::new(sidecar.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read the address");
+    let addr: std::net::SocketAddr = first
+        .trim()
+        .strip_prefix("metrics on http://")
+        .and_then(|a| a.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no address: {first:?}"))
+        .parse()
+        .expect("address");
+    insert(&conn, 0, 20);
+    let mut client =
+        tradevault::http::client::Client::new(addr, std::time::Duration::from_secs(10));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        let r = client.get("/metrics").expect("GET /metrics");
+        assert_eq!(r.status, 200);
+        let text = r.text();
+        if crate::common::metric(&text, "tradevault_replication_files_total") >= 1.0 {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upload counted: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    for name in [
+        "tradevault_replication_errors_total",
+        "tradevault_replication_bytes_total",
+        "tradevault_replication_txid",
+    ] {
+        assert!(text.contains(name), "{name} missing: {text}");
+    }
+    assert_eq!(client.get("/health/live").expect("health").status, 200);
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
+}

@@ -414,3 +414,40 @@ pub async fn serve(
     tracing::info!("http server stopped");
     Ok(())
 }
+
+/// Serves `GET /metrics` (Prometheus text) and `GET /health/live` on `listener` until `shutdown`
+/// resolves: for `tradevault replicate`, which has no store and no API.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let addr: SocketAddr = listener
+        .local_addr()
+        .map_err(|e| Error::io("read listen address", "socket", e))?;
+    let handle = crate::metrics::install();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = handle.as_ref().map(|h| h.render()).unwrap_or_default();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/health/live",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        );
+    tracing::info!(addr = %addr, "serving metrics");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::io("serve metrics", addr.to_string(), e))
+}
