@@ -868,6 +868,37 @@ fn status_finds_a_sidecar_started_without_a_config() {
         )),
         "{human}"
     );
+    // Its files and window follow each upload, not only the replica's maintenance (a minute
+    // apart): after more commits, status counts every file the replica holds.
+    let replica_status = || bot(&status(&[]).0).expect("listed")["status"]["replicas"][0].clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let before = loop {
+        if let Some(n) = replica_status()["files"].as_u64() {
+            break n;
+        }
+        assert!(std::time::Instant::now() < deadline, "no file count");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    insert(&conn, 10, 5);
+    let on_replica = || {
+        std::fs::read_dir(dir.path().join("replica/ltx/0"))
+            .map(|d| d.count() as u64)
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = replica_status();
+        let files = r["files"].as_u64();
+        if files.is_some_and(|n| n > before && n == on_replica()) && r["window_end_ms"].is_i64() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never counted the replica's {} files: {r}",
+            on_replica()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     // By path, alone (no store entry, no job history).
     let (listed, human) = status(&["bot.db"]);
     let listed = listed.as_array().expect("array").clone();

@@ -212,6 +212,7 @@ impl Uploader<'_> {
             }
         }
         let position = newest.map_or(0, |f| f.max_txid);
+        self.set_window(&all);
         let mut st = self.db.lock();
         if position > 0 && position >= st.history_start {
             tracing::warn!(replica = %self.spec.name, position, "the replica holds files this database's local log does not know; continuing it from a new snapshot");
@@ -332,6 +333,13 @@ impl Uploader<'_> {
         r.txid_time_ms = Some(ts);
         r.bytes_uploaded += written.size;
         r.files_uploaded += 1;
+        // The window and totals as of the last listing, plus this file (maintenance lists again).
+        r.files = Some(r.files.unwrap_or(0) + 1);
+        r.bytes = Some(r.bytes.unwrap_or(0) + written.size);
+        r.window_end_ms = Some(r.window_end_ms.map_or(ts, |e| e.max(ts)));
+        if snapshot {
+            r.window_start_ms.get_or_insert(ts);
+        }
         r.last_file = Some(format!(
             "{level}/{}",
             ltx::file_name(written.min_txid, written.max_txid)
@@ -440,6 +448,13 @@ impl Uploader<'_> {
             }
             files.retain(|f| f.max_txid > base.max_txid || f == base);
         }
+        self.set_window(&files);
+        Ok(())
+    }
+
+    /// Status from a listing of every file the replica holds: its restorable window (from its
+    /// oldest snapshot to its newest point), files and bytes. Each upload then adds its file.
+    fn set_window(&self, files: &[ReplicaFile]) {
         let start = files
             .iter()
             .filter(|f| f.min_txid == 1)
@@ -452,7 +467,6 @@ impl Uploader<'_> {
         r.window_end_ms = end;
         r.files = Some(files.len() as u64);
         r.bytes = Some(files.iter().map(|f| f.size).sum());
-        Ok(())
     }
 
     /// Merges level-0 files created before `before` into one level-1 file per second, then
