@@ -149,6 +149,19 @@ fn restore(
     let started = Instant::now();
     // One listing of the replica serves every plan below.
     let files = replica.list_all()?;
+    // A configured replica that holds nothing yet (a new one, or one emptied) cannot reach the
+    // latest state, and the newest backup is the newest state known: restore that, and say so.
+    if files.is_empty()
+        && target == Target::Latest
+        && args.replica.is_none()
+        && (args.target.is_some() || !config.backup.target.is_empty())
+    {
+        eprintln!(
+            "tradevault: the replica {} holds no LTX files; restoring the newest backup instead",
+            replica.describe()
+        );
+        return from_backup(&config, &args, &db_name, &db_path, from_file);
+    }
     let mut plan = restore::plan_listed(&replica, &files, target)?;
     // A backup plus the replica's files after it, when that reads fewer bytes.
     let via_backup = if args.replica.is_none() || args.target.is_some() {

@@ -576,3 +576,49 @@ fn dry_run_lists_objects_and_bad_sources_are_named() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not an RFC 3339 time"), "{err}");
 }
+
+/// A configured replica that holds nothing yet leaves the newest backup as the newest state:
+/// `restore` restores that, and says so.
+#[test]
+fn an_empty_replica_falls_back_to_the_newest_backup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE a(x); INSERT INTO a VALUES (7);")
+        .expect("schema");
+    let config = dir.path().join("tv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[database]]\nname = \"bot\"\npath = \"{}\"\n[[database.replica]]\nurl = \"file://{}\"\n\
+             [[backup.target]]\nname = \"local\"\nurl = \"file://{}\"\n",
+            db.display(),
+            dir.path().join("replica").display(),
+            dir.path().join("tgt").display()
+        ),
+    )
+    .expect("config");
+    let c = config.to_str().expect("utf8");
+    let (code, out, err) = run(&["backup", "create", "--config", c, "--db", "bot"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let output = dir.path().join("restored.db");
+    let (code, out, err) = run(
+        &[
+            "restore",
+            "--config",
+            c,
+            "--db",
+            "bot",
+            "--output",
+            output.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("restoring the newest backup instead"), "{err}");
+    let x: i64 = rusqlite::Connection::open(&output)
+        .expect("open")
+        .query_row("SELECT x FROM a", [], |r| r.get(0))
+        .expect("row");
+    assert_eq!(x, 7);
+}
