@@ -585,6 +585,8 @@ fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<ExitCode> {
         if !args.target.json {
             let verb = if args.dry_run {
                 "would delete"
+            } else if plan.refused.is_some() {
+                "refusing to delete"
             } else {
                 "deleting"
             };

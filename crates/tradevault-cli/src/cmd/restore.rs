@@ -616,6 +616,7 @@ fn from_backup(
         "rows": rows,
         "check": "integrity_check",
     });
+    let kept = in_place.clone();
     if let Some(safety) = in_place {
         let swapped = put_in_place(config, db_name, db_path, &output, &safety);
         restore::remove_database_files(&output);
@@ -627,11 +628,13 @@ fn from_backup(
         super::print_json(&out)?;
     } else {
         outln!(
-            "restored backup {} of {} ({} pages, integrity ok) to {} in {:.2} s",
+            "restored backup {} of {} ({} pages, integrity ok) to {}{} in {:.2} s",
             record.id,
             record.database,
             restored.pages,
             out["output"].as_str().unwrap_or("?"),
+            kept.map(|s| format!(" in place; previous content kept in {}", s.display()))
+                .unwrap_or_default(),
             started.elapsed().as_secs_f64()
         );
     }
@@ -644,6 +647,9 @@ fn staging_for(args: &Args, db_path: &Path) -> anyhow::Result<(PathBuf, Option<P
     match (&args.output, args.in_place) {
         (Some(out), false) => Ok((out.clone(), None)),
         (_, true) => {
+            for p in inplace::tidy(db_path) {
+                tracing::info!(path = %p.display(), "removed an old staging file or safety copy");
+            }
             let dir = inplace::work_dir(db_path);
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             let stamp = jiff::Timestamp::now()
@@ -659,7 +665,8 @@ fn staging_for(args: &Args, db_path: &Path) -> anyhow::Result<(PathBuf, Option<P
 }
 
 /// The safety copy of an in-place restore, backed up (type safety) to every configured target,
-/// so it falls under their retention like any backup; the local copy stays as well.
+/// so it falls under their retention like any backup; the local copy stays as well (the newest
+/// `inplace::SAFETY_COPIES_KEPT` of them).
 fn safety_backup(config: &tradevault::Config, db_name: &str, safety: &Path) -> serde_json::Value {
     use tradevault::backup::{CreateOptions, Kind};
     if config.backup.target.is_empty() {

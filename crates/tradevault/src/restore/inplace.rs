@@ -90,6 +90,47 @@ pub fn work_dir(db: &Path) -> PathBuf {
         .join(".tradevault-restore")
 }
 
+/// Local safety copies an in-place restore keeps beside the database (the newest; each is also
+/// backed up, type `safety`, to the configured targets, under their retention).
+pub const SAFETY_COPIES_KEPT: usize = 2;
+
+/// Tidies [`work_dir`] before an in-place restore of `db`: removes staging files a killed restore
+/// left (older than an hour, so never one a restore running now is filling) and all but the
+/// newest [`SAFETY_COPIES_KEPT`] safety copies. Returns what it removed.
+pub fn tidy(db: &Path) -> Vec<PathBuf> {
+    let dir = work_dir(db);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3_600);
+    let mut safety = Vec::new();
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".db") else {
+            continue;
+        };
+        if stem.starts_with("safety-") {
+            safety.push(e.path());
+        } else if stem.starts_with("staging-")
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < hour_ago)
+        {
+            super::remove_database_files(&e.path());
+            removed.push(e.path());
+        }
+    }
+    // Their names hold their times: the newest sort last.
+    safety.sort();
+    let old = safety.len().saturating_sub(SAFETY_COPIES_KEPT);
+    for p in safety.into_iter().take(old) {
+        super::remove_database_files(&p);
+        removed.push(p);
+    }
+    removed
+}
+
 /// Where the journal of an in-place restore of `db` lives.
 pub fn journal_path(db: &Path) -> PathBuf {
     let mut name = db.file_name().unwrap_or_default().to_os_string();
@@ -332,4 +373,45 @@ fn sync_file(path: &Path) -> Result<()> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io("fsync", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tidy_keeps_the_newest_safety_copies_and_fresh_staging_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("bot.db");
+        let work = work_dir(&db);
+        std::fs::create_dir(&work).expect("work dir");
+        let names = [
+            "safety-20261120T100000.000Z.db",
+            "safety-20261121T100000.000Z.db",
+            "safety-20261122T100000.000Z.db",
+            "staging-20261120T100000.000Z.db",
+            "staging-20261122T100000.000Z.db",
+            "notes.txt",
+        ];
+        for n in names {
+            std::fs::write(work.join(n), b"x").expect("write");
+        }
+        // A staging file a killed restore left two hours ago.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7_200);
+        std::fs::File::options()
+            .write(true)
+            .open(work.join(names[3]))
+            .and_then(|f| f.set_modified(old))
+            .expect("age");
+        let mut removed: Vec<String> = tidy(&db)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        removed.sort();
+        assert_eq!(removed, [names[0], names[3]]);
+        for n in [names[1], names[2], names[4], names[5]] {
+            assert!(work.join(n).exists(), "{n} kept");
+        }
+        assert_eq!(tidy(&db), Vec::<PathBuf>::new(), "nothing more to tidy");
+    }
 }
