@@ -77,6 +77,10 @@ pub fn plan_files(
                 time(ms),
                 describe(&points[..points.len().min(1)])
             ),
+            Target::Txid(t) if points.first().is_some_and(|p| t < p.0) => format!(
+                "txid {t} is before the first restorable point ({}); restore that point or a later one",
+                describe(&points[..1])
+            ),
             _ => format!(
                 "no snapshot reaches this target; restorable points: {}",
                 describe(&points)
@@ -383,6 +387,13 @@ mod tests {
                 && text.contains("txid 6 at 1970-01-01T00:00:24Z")
                 && text.contains("--txid"),
             "{text}"
+        );
+        let early = plan_files(&all, "r", Target::Txid(0), &made).expect_err("txid 0");
+        assert!(
+            early
+                .to_string()
+                .contains("txid 0 is before the first restorable point (txid 2 at"),
+            "{early}"
         );
         // The point of a plan is when its last file was made.
         let p = plan_files(&all, "r", Target::Latest, &made).expect("latest");
