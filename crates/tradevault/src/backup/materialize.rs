@@ -129,12 +129,7 @@ pub(crate) fn materialize(
             None,
         ));
     }
-    let staging = PathBuf::from(format!("{}.tradevault-restore", output.display()));
-    let out = File::options()
-        .write(true)
-        .create_new(true)
-        .open(&staging)
-        .map_err(|e| Error::io("create staging file", &staging, e))?;
+    let (staging, out) = crate::restore::create_staging(output)?;
     let result = fill(
         target, &manifest, &entries, identity, &out, &staging, progress,
     );

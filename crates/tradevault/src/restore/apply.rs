@@ -99,13 +99,8 @@ pub fn apply_with(
             return refuse(&side, ": remove it first, or restore elsewhere");
         }
     }
-    let staging = PathBuf::from(format!("{}.tradevault-restore", output.display()));
-    // Created here with create_new, so it is ours to remove; an existing one is refused, never deleted.
-    let out = File::options()
-        .write(true)
-        .create_new(true)
-        .open(&staging)
-        .map_err(|e| Error::io("create staging file", &staging, e))?;
+    // Ours to remove: created here, or taken over from a restore that was killed.
+    let (staging, out) = super::create_staging(output)?;
     let result = copy_base(options.base, &out, &staging)
         .and_then(|()| restore_into(replica, plan, &out, &staging, output, options));
     let _ = std::fs::remove_file(&staging);

@@ -41,6 +41,47 @@ pub use apply::{Check, Options, Restored, apply, apply_with};
 pub use plan::{HeaderTime, Plan, plan, plan_after, plan_after_listed, plan_files, plan_listed};
 pub use progress::{Progress, Stage};
 
+/// Creates the staging file a restore into `output` fills before naming it `output`:
+/// `<output>.tradevault-restore`, locked (exclusive `flock`) while this process holds it. One left
+/// by a restore that was killed (its lock went with it) is taken over; one another restore holds
+/// now is refused. The caller removes it when done.
+pub fn create_staging(output: &std::path::Path) -> crate::Result<(std::path::PathBuf, std::fs::File)> {
+    use std::fs::{File, TryLockError};
+    let staging = std::path::PathBuf::from(format!("{}.tradevault-restore", output.display()));
+    let io = |e| crate::Error::io("create staging file", &staging, e);
+    let file = match File::options().read(true).write(true).create_new(true).open(&staging) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let f = File::options().read(true).write(true).open(&staging).map_err(io)?;
+            match f.try_lock() {
+                Ok(()) => {
+                    tracing::info!(path = %staging.display(), "taking over the staging file of a restore that stopped");
+                    f.set_len(0).map_err(io)?;
+                    return Ok((staging, f));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(crate::Error::invalid(
+                        "restore_running",
+                        None,
+                        format!(
+                            "another restore into {} is running (it holds {})",
+                            output.display(),
+                            staging.display()
+                        ),
+                    ));
+                }
+                Err(TryLockError::Error(e)) => return Err(io(e)),
+            }
+        }
+        Err(e) => return Err(io(e)),
+    };
+    file.try_lock().map_err(|e| match e {
+        TryLockError::Error(e) => io(e),
+        TryLockError::WouldBlock => io(std::io::Error::other("locked by another process")),
+    })?;
+    Ok((staging, file))
+}
+
 /// Removes a database file and the files SQLite keeps beside it (`-wal`, `-shm`, `-journal`),
 /// ignoring the ones that are not there: for scratch and staging copies.
 pub fn remove_database_files(path: &std::path::Path) {
@@ -60,4 +101,23 @@ pub enum Target {
     Txid(u64),
     /// The state at this time (milliseconds since the epoch), if it can be restored exactly.
     Time(i64),
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_staging_file_left_by_a_killed_restore_is_taken_over_and_a_held_one_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let output = dir.path().join("ko.db");
+        // Left by a restore that was killed: no one holds its lock.
+        std::fs::write(dir.path().join("ko.db.tradevault-restore"), b"half a database")
+            .expect("write");
+        let (staging, held) = super::create_staging(&output).expect("taken over");
+        assert_eq!(std::fs::metadata(&staging).expect("staging").len(), 0);
+        // Held by a restore running now (this one): refused, and left alone.
+        let err = super::create_staging(&output).expect_err("held");
+        assert!(err.to_string().contains("another restore"), "{err}");
+        drop(held);
+        assert!(staging.exists());
+    }
 }
