@@ -206,8 +206,9 @@ pub struct Database {
 }
 
 /// The database `--db` names: `store` (or no `--db`) is the store in `--data-dir`; then a
-/// configured `[[database]]` name; then a SQLite file's path, named by its file stem (as its
-/// backups are).
+/// configured `[[database]]` name; then a SQLite file's path: the store's or a configured
+/// database's file is that database, any other is named by its file stem (as its backups are),
+/// with a hash of its path added when the stem is `store` or a configured database's name.
 pub fn database(config: &Config, db: Option<&str>) -> anyhow::Result<Database> {
     match db {
         None | Some("store") => Ok(Database {
@@ -226,10 +227,31 @@ pub fn database(config: &Config, db: Option<&str>) -> anyhow::Result<Database> {
                 });
             }
             let path = PathBuf::from(name);
+            let here = tradevault::backup::catalog::comparable(&path);
+            // The file of a configured database, or the store's, given by its path: that database.
+            if here == tradevault::backup::catalog::comparable(&config.database_path()) {
+                return database(config, None);
+            }
+            if let Some(d) = config
+                .database
+                .iter()
+                .find(|d| tradevault::backup::catalog::comparable(&d.path) == here)
+            {
+                return database(config, Some(&d.name));
+            }
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
             match stem {
                 Some(stem) if path.is_file() || name.contains('/') => Ok(Database {
-                    name: stem,
+                    // Never the name of the store or of a configured database: its catalogs
+                    // would mix this file's backups with that database's.
+                    name: if stem == "store" || config.database.iter().any(|d| d.name == stem) {
+                        format!(
+                            "{stem}-{:08x}",
+                            fnv1a(here.to_string_lossy().as_bytes()) as u32
+                        )
+                    } else {
+                        stem
+                    },
                     path,
                     replicas: Vec::new(),
                     by_path: true,
@@ -241,6 +263,13 @@ pub fn database(config: &Config, db: Option<&str>) -> anyhow::Result<Database> {
             }
         }
     }
+}
+
+/// FNV-1a, 64 bits: a hash that stays the same across builds, for names that last.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The backup targets `--target` names (a configured name or a URL), or every configured one.

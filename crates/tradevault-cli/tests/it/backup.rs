@@ -622,3 +622,71 @@ fn an_empty_replica_falls_back_to_the_newest_backup() {
         .expect("row");
     assert_eq!(x, 7);
 }
+
+/// An unconfigured file whose stem is a configured database's name gets a name of its own, so
+/// its backups never restore as that database; the configured file given by its path is that
+/// database.
+#[test]
+fn an_unconfigured_file_never_takes_a_configured_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (sub, table) in [("a", "t"), ("c", "fills")] {
+        std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
+        let conn = rusqlite::Connection::open(dir.path().join(sub).join("bot.db")).expect("open");
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; CREATE TABLE {table}(x); INSERT INTO {table} VALUES (1);"
+        ))
+        .expect("schema");
+    }
+    let configured = dir.path().join("c").join("bot.db");
+    let stranger = dir.path().join("a").join("bot.db");
+    let config = dir.path().join("tv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[database]]\nname = \"bot\"\npath = \"{}\"\n[[backup.target]]\nname = \"local\"\nurl = \"file://{}\"\n",
+            configured.display(),
+            dir.path().join("tgt").display()
+        ),
+    )
+    .expect("config");
+    let c = config.to_str().expect("utf8");
+    let create = |db: &str| {
+        let (code, out, err) = run(
+            &["backup", "create", "--config", c, "--db", db, "--json"],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        json(&out)[0]["database"].as_str().expect("name").to_owned()
+    };
+    assert_eq!(create("bot"), "bot");
+    let other = create(stranger.to_str().expect("utf8"));
+    assert!(other.starts_with("bot-") && other.len() == 12, "{other}");
+    assert_eq!(
+        create(configured.to_str().expect("utf8")),
+        "bot",
+        "by its path"
+    );
+    let output = dir.path().join("restored.db");
+    let (code, out, err) = run(
+        &[
+            "restore",
+            "--config",
+            c,
+            "--db",
+            "bot",
+            "--output",
+            output.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let tables: String = rusqlite::Connection::open(&output)
+        .expect("open")
+        .query_row(
+            "SELECT group_concat(name) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("tables");
+    assert_eq!(tables, "fills");
+}

@@ -45,14 +45,25 @@ pub use progress::{Progress, Stage};
 /// `<output>.tradevault-restore`, locked (exclusive `flock`) while this process holds it. One left
 /// by a restore that was killed (its lock went with it) is taken over; one another restore holds
 /// now is refused. The caller removes it when done.
-pub fn create_staging(output: &std::path::Path) -> crate::Result<(std::path::PathBuf, std::fs::File)> {
+pub fn create_staging(
+    output: &std::path::Path,
+) -> crate::Result<(std::path::PathBuf, std::fs::File)> {
     use std::fs::{File, TryLockError};
     let staging = std::path::PathBuf::from(format!("{}.tradevault-restore", output.display()));
     let io = |e| crate::Error::io("create staging file", &staging, e);
-    let file = match File::options().read(true).write(true).create_new(true).open(&staging) {
+    let file = match File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&staging)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let f = File::options().read(true).write(true).open(&staging).map_err(io)?;
+            let f = File::options()
+                .read(true)
+                .write(true)
+                .open(&staging)
+                .map_err(io)?;
             match f.try_lock() {
                 Ok(()) => {
                     tracing::info!(path = %staging.display(), "taking over the staging file of a restore that stopped");
@@ -110,8 +121,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let output = dir.path().join("ko.db");
         // Left by a restore that was killed: no one holds its lock.
-        std::fs::write(dir.path().join("ko.db.tradevault-restore"), b"half a database")
-            .expect("write");
+        std::fs::write(
+            dir.path().join("ko.db.tradevault-restore"),
+            b"half a database",
+        )
+        .expect("write");
         let (staging, held) = super::create_staging(&output).expect("taken over");
         assert_eq!(std::fs::metadata(&staging).expect("staging").len(), 0);
         // Held by a restore running now (this one): refused, and left alone.
