@@ -239,6 +239,7 @@ fn restore(
         restore::remove_database_files(&output);
         let replaced = swapped?;
         let safety_backup = safety_backup(&config, &db_name, &safety);
+        remirror(&config, &db_name);
         let total = started.elapsed();
         if args.json {
             let mut out = summary(&restored, planned, total);
@@ -622,6 +623,7 @@ fn from_backup(
         restore::remove_database_files(&output);
         out["in_place"] = swapped?;
         out["safety_backup"] = safety_backup(config, db_name, &safety);
+        remirror(config, db_name);
     }
     out["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
     if args.json {
@@ -762,4 +764,18 @@ fn on_targets(config: &tradevault::Config, args: &Args, name: &str) -> bool {
         .iter()
         .filter_map(|t| tradevault::backup::Catalog::load(t).ok())
         .any(|c| c.backups.iter().any(|b| b.database == name))
+}
+
+/// The store restored in place holds the backup catalogs' mirror as it was then: mirror the
+/// configured targets again (through the running server when it holds the store).
+fn remirror(config: &tradevault::Config, db_name: &str) {
+    if db_name != "store" || config.backup.target.is_empty() {
+        return;
+    }
+    match super::backup_targets(config, None) {
+        Ok(targets) => super::mirror_catalogs(config, &targets),
+        Err(e) => {
+            eprintln!("note: backup catalogs not mirrored again into the restored store: {e}")
+        }
+    }
 }

@@ -240,3 +240,72 @@ fn a_killed_in_place_restore_leaves_the_old_or_the_new_database_and_says_which()
         "30 kills: {olds} left the old content, {news} the new; {reported} journals reported"
     );
 }
+
+/// The store restored in place from an old backup holds that backup's copy of the catalog
+/// mirror: the restore mirrors the targets again, so `backup_metadata` lists every backup
+/// (the safety backup of the content it replaced too).
+#[test]
+fn the_store_restored_in_place_mirrors_the_catalogs_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("tv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[jobs]\nbackup = \"\"\nprune = \"\"\nverify = \"\"\ndrill = \"\"\n\
+             [[backup.target]]\nname = \"local\"\nurl = \"file://{}\"\n",
+            dir.path().join("tgt").display()
+        ),
+    )
+    .expect("config");
+    let (d, c) = (data.to_str().expect("utf8"), config.to_str().expect("utf8"));
+    let mut ids = Vec::new();
+    for t in ["a", "b"] {
+        {
+            let server = Server::start_args(&data, &[], &["--config", c]);
+            assert_eq!(server.client().post("/v1/trades", &trade(t)).0, 201);
+        }
+        let out = command()
+            .args(["backup", "create", "--data-dir", d, "--config", c, "--json"])
+            .output()
+            .expect("backup");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        ids.push(v[0]["id"].as_str().expect("id").to_owned());
+    }
+    let out = command()
+        .args([
+            "restore",
+            "--data-dir",
+            d,
+            "--config",
+            c,
+            "--backup",
+            &ids[0],
+            "--in-place",
+        ])
+        .output()
+        .expect("restore");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conn = rusqlite::Connection::open(data.join("tradevault.db")).expect("open");
+    let trades: i64 = conn
+        .query_row("SELECT count(*) FROM trades", [], |r| r.get(0))
+        .expect("trades");
+    assert_eq!(trades, 1, "the first backup's content");
+    let kinds: Vec<String> = conn
+        .prepare("SELECT backup_type FROM backup_metadata ORDER BY backup_time")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    assert_eq!(kinds, ["manual", "manual", "safety"], "{kinds:?}");
+}
