@@ -583,12 +583,11 @@ fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<ExitCode> {
     let mut applied = Vec::new();
     for (target, plan) in targets.iter().zip(&plans) {
         if !args.target.json {
-            let verb = if args.dry_run {
-                "would delete"
-            } else if plan.refused.is_some() {
-                "refusing to delete"
-            } else {
-                "deleting"
+            let verb = match (args.dry_run, plan.refused.is_some()) {
+                (true, false) => "would delete",
+                (true, true) => "would refuse to delete",
+                (false, true) => "refusing to delete",
+                (false, false) => "deleting",
             };
             outln!(
                 "{}: {verb} {} backups ({}){}, keeping {}",

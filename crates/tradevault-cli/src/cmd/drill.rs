@@ -161,11 +161,30 @@ fn here(config: &Config, args: &Args) -> anyhow::Result<Value> {
         .as_deref()
         .map(Identity::from_file)
         .transpose()?;
-    let db = args
-        .db
-        .as_deref()
-        .map(|d| super::database(config, Some(d)))
-        .transpose()?;
+    let db = match args.db.as_deref() {
+        None => None,
+        Some(d) => match super::database(config, Some(d)) {
+            Ok(db) => Some(db),
+            // After the primary is gone, a target alone can be drilled for any database it holds.
+            Err(e) => {
+                let held = args
+                    .target
+                    .as_deref()
+                    .and_then(|t| Target::resolve(&config.backup, t).ok())
+                    .and_then(|t| Catalog::load(&t).ok())
+                    .is_some_and(|c| c.backups.iter().any(|b| b.database == d));
+                if !held {
+                    return Err(e);
+                }
+                Some(super::Database {
+                    name: d.to_owned(),
+                    path: PathBuf::new(),
+                    replicas: Vec::new(),
+                    by_path: false,
+                })
+            }
+        },
+    };
     let configured_targets = || {
         config
             .backup
@@ -306,7 +325,8 @@ pub fn specs(
     if let Some(d) = db {
         return Ok(vec![DrillSpec {
             database: d.name.clone(),
-            path: Some(d.path.clone()),
+            // A database known only to a target has no file here to compare rows with.
+            path: (!d.path.as_os_str().is_empty()).then(|| d.path.clone()),
             replicas: replicas_of(&d.name)?,
             targets: sources.targets.clone(),
             sentinel: None,

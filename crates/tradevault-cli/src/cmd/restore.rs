@@ -123,7 +123,10 @@ fn restore(
     {
         let holds = match left.holds {
             "new" => "the restored content (the restore had completed)",
-            "same" => "content identical to both states",
+            "same" => {
+                "the old or the new content, whole (both have the same schema and row counts, \
+                 which is all this check compares; the safety copy holds the old)"
+            }
             _ => "its previous content (the restore had not completed)",
         };
         eprintln!(

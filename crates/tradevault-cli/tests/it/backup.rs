@@ -690,3 +690,54 @@ fn an_unconfigured_file_never_takes_a_configured_name() {
         .expect("tables");
     assert_eq!(tables, "fills");
 }
+
+/// With the primary gone, a bare target is drilled for a database it holds, by name.
+#[test]
+fn a_bare_target_is_drilled_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("w.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE a(x); INSERT INTO a VALUES (1);")
+        .expect("schema");
+    drop(conn);
+    let target = format!("file://{}", dir.path().join("tgt").display());
+    let (code, out, err) = run(
+        &[
+            "backup",
+            "create",
+            "--db",
+            db.to_str().expect("utf8"),
+            "--target",
+            &target,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::remove_file(&db).expect("the primary is gone");
+    let data = dir.path().join("data");
+    let (code, out, err) = run(
+        &[
+            "drill",
+            "--data-dir",
+            data.to_str().expect("utf8"),
+            "--target",
+            &target,
+            "--db",
+            "w",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let drills = json(&out);
+    let drills = drills["drills"].as_array().expect("drills");
+    assert!(
+        !drills.is_empty()
+            && drills
+                .iter()
+                .all(|d| d["database"] == "w" && d["ok"] == true),
+        "{drills:?}"
+    );
+    let (code, _, err) = run(&["drill", "--target", &target, "--db", "nobody"], &[]);
+    assert_eq!(code, 2, "{err}");
+}

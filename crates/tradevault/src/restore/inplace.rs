@@ -78,7 +78,8 @@ pub struct Interrupted {
     /// Its journal.
     pub journal: Journal,
     /// `new` (the restored content is in), `old` (the previous content is in; the safety copy
-    /// holds it too), or `same` (both have the same fingerprint).
+    /// holds it too), or `same` (both have the same fingerprint: schema and row counts, so either
+    /// may be in, whole).
     pub holds: &'static str,
 }
 
