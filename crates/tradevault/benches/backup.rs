@@ -388,6 +388,7 @@ fn create(
         std::slice::from_ref(target),
         &CreateOptions {
             db: db.to_owned(),
+            source: None,
             database: ds.name.into(),
             kind: Kind::Manual,
             config,

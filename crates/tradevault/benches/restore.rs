@@ -170,6 +170,7 @@ fn in_place(db: &Path, dir: &Path, live: &Path, runs: usize, cp_seconds: f64) {
         std::slice::from_ref(&target),
         &backup::CreateOptions {
             db: db.to_owned(),
+            source: None,
             database: "bench".into(),
             kind: backup::Kind::Manual,
             config: &config,

@@ -154,6 +154,7 @@ fn create(config: &Config, args: CreateArgs) -> anyhow::Result<ExitCode> {
     let now = || now_ms();
     let options = CreateOptions {
         db,
+        source: None,
         database: name,
         kind,
         config: &config.backup,

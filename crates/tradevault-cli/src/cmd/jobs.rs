@@ -67,6 +67,7 @@ pub fn specs(config: &Config, rt: &Runtime) -> Vec<JobSpec> {
                 for (name, path) in &backed_up {
                     let options = CreateOptions {
                         db: path.clone(),
+                        source: None,
                         database: name.clone(),
                         kind: Kind::Scheduled,
                         config: &cfg,

@@ -241,7 +241,7 @@ fn restore(
         let swapped = put_in_place(&config, &db_name, &db_path, &output, &safety);
         restore::remove_database_files(&output);
         let replaced = swapped?;
-        let safety_backup = safety_backup(&config, &db_name, &safety);
+        let safety_backup = safety_backup(&config, &db_name, &db_path, &safety);
         remirror(&config, &db_name);
         let total = started.elapsed();
         if args.json {
@@ -625,7 +625,7 @@ fn from_backup(
         let swapped = put_in_place(config, db_name, db_path, &output, &safety);
         restore::remove_database_files(&output);
         out["in_place"] = swapped?;
-        out["safety_backup"] = safety_backup(config, db_name, &safety);
+        out["safety_backup"] = safety_backup(config, db_name, db_path, &safety);
         remirror(config, db_name);
     }
     out["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
@@ -672,7 +672,12 @@ fn staging_for(args: &Args, db_path: &Path) -> anyhow::Result<(PathBuf, Option<P
 /// The safety copy of an in-place restore, backed up (type safety) to every configured target,
 /// so it falls under their retention like any backup; the local copy stays as well (the newest
 /// `inplace::SAFETY_COPIES_KEPT` of them).
-fn safety_backup(config: &tradevault::Config, db_name: &str, safety: &Path) -> serde_json::Value {
+fn safety_backup(
+    config: &tradevault::Config,
+    db_name: &str,
+    db_path: &Path,
+    safety: &Path,
+) -> serde_json::Value {
     use tradevault::backup::{CreateOptions, Kind};
     if config.backup.target.is_empty() {
         return serde_json::json!({ "local": safety, "targets": [] });
@@ -690,6 +695,8 @@ fn safety_backup(config: &tradevault::Config, db_name: &str, safety: &Path) -> s
     let now = || jiff::Timestamp::now().as_millisecond();
     let options = CreateOptions {
         db: safety.to_owned(),
+        // The database's content before the restore: a backup of the database itself.
+        source: Some(db_path.to_owned()),
         database: db_name.to_owned(),
         kind: Kind::Safety,
         config: &config.backup,

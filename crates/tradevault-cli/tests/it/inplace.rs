@@ -308,4 +308,24 @@ fn the_store_restored_in_place_mirrors_the_catalogs_again() {
         .map(|r| r.expect("row"))
         .collect();
     assert_eq!(kinds, ["manual", "manual", "safety"], "{kinds:?}");
+    // The safety backup is of the store's file, an increment of its chain.
+    let out = command()
+        .args(["backup", "list", "--data-dir", d, "--config", c, "--json"])
+        .output()
+        .expect("list");
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let safety = listed[0]["backups"]
+        .as_array()
+        .expect("backups")
+        .iter()
+        .find(|b| b["type"] == "safety")
+        .expect("a safety backup")
+        .clone();
+    assert!(
+        safety["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("tradevault.db"))
+            && safety["parent"].is_string(),
+        "{safety}"
+    );
 }

@@ -29,6 +29,9 @@ use crate::snapshot::Snapshot;
 pub struct CreateOptions<'a> {
     /// The database file.
     pub db: PathBuf,
+    /// The file the backup is of, when `db` is a copy of it (an in-place restore's safety copy):
+    /// recorded as its source, and whose backups it continues. `None`: `db` itself.
+    pub source: Option<PathBuf>,
     /// Its name in the catalog.
     pub database: String,
     /// Why the backup is taken.
@@ -41,6 +44,13 @@ pub struct CreateOptions<'a> {
     pub progress: Option<&'a Progress>,
     /// The time, in ms since the epoch (the library never reads the wall clock itself).
     pub now: &'a (dyn Fn() -> i64 + Sync),
+}
+
+impl CreateOptions<'_> {
+    /// The file the backup is of.
+    fn source(&self) -> &std::path::Path {
+        self.source.as_deref().unwrap_or(&self.db)
+    }
 }
 
 /// Where a page of the new backup is: in a segment of the parent, or in a new one.
@@ -139,7 +149,7 @@ fn find_parent(
             return None;
         }
     };
-    let newest = catalog.newest_from(&options.database, &options.db)?;
+    let newest = catalog.newest_from(&options.database, options.source())?;
     if u64::from(newest.depth) + 1 >= options.config.full_every || newest.page_size != page_size {
         return None;
     }
@@ -312,7 +322,7 @@ fn write_one(
     Ok(Manifest {
         id: id.clone(),
         database: options.database.clone(),
-        source: super::catalog::comparable(&options.db)
+        source: super::catalog::comparable(options.source())
             .display()
             .to_string(),
         kind: options.kind.as_str().to_owned(),

@@ -50,6 +50,7 @@ fn create(target: &Target, db: &Path, config: &BackupConfig) -> backup::Manifest
     let clock = now;
     let options = CreateOptions {
         db: db.to_owned(),
+        source: None,
         database: "fills".into(),
         kind: Kind::Manual,
         config,
