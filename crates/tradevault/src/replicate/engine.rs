@@ -928,7 +928,15 @@ impl Shipper<'_> {
         if wanted {
             r.force_snapshot();
         }
-        let result = r.sync_with(first_ms, &|| db.now_ms());
+        // The first shipment since this process started may hold commits made while it was
+        // down (another program's, or the store's last ones before a kill): they come after the
+        // newest file already listed, and no later than that is known.
+        let first_ms = match (db.lock().synced_once, r.last_ts()) {
+            (false, floor) if floor > i64::MIN => Some(floor),
+            _ => first_ms,
+        };
+        // The clock counts whole milliseconds: one more is strictly after every commit read.
+        let result = r.sync_with(first_ms, &|| db.now_ms() + 1);
         self.last_ship = Instant::now();
         match result {
             Ok(synced) => {
@@ -1062,7 +1070,7 @@ impl Shipper<'_> {
             let mut r = replicator.lock().unwrap_or_else(|p| p.into_inner());
             r.set_wal_pinned(pinned_since_sync);
             // Ship the tail, then truncate.
-            let synced = r.sync_with(first, &|| clock.now().as_millisecond())?;
+            let synced = r.sync_with(first, &|| clock.now().as_millisecond() + 1)?;
             drop(pin);
             let salt1 = WalReader::open(&wal)?.map(|w| w.header().salt1);
             let done = truncate(conn, busy_timeout_ms)?;

@@ -61,8 +61,24 @@ pub fn plan_files(
     if let Target::Time(ms) = target {
         let newest = all.iter().map(|f| f.created_at_ms).max().unwrap_or(0);
         if ms > newest {
-            // Commits after the newest point may not have reached the replica: restoring "to T"
-            // would silently be older than T.
+            // Among the newest file's own commits: refused as any such time is.
+            if let Some(&last) = chain.last()
+                && last.created_at_ms == newest
+                && chain.first().is_some_and(|f| f.min_txid == 1)
+            {
+                let made_ms = header_time(last)?.max(last.created_at_ms);
+                if ms < made_ms {
+                    return Err(inexact(ms, &chain, made_ms, header_time));
+                }
+                // Commits after it may not have reached the replica: restoring "to T" would
+                // silently be older than T.
+                return Err(impossible(format!(
+                    "{} is after the newest replicated point (txid {} at {}); restore the latest instead",
+                    time(ms),
+                    last.max_txid,
+                    time(made_ms)
+                )));
+            }
             return Err(impossible(format!(
                 "{} is after the newest replicated point ({}); restore the latest instead",
                 time(ms),
@@ -394,6 +410,18 @@ mod tests {
                 .to_string()
                 .contains("txid 0 is before the first restorable point (txid 2 at"),
             "{early}"
+        );
+        // Among the newest file's commits: refused as inexact, not as "after the newest point".
+        let err = plan_at(30_200).expect_err("inside the newest file");
+        assert!(
+            err.to_string().contains("cannot be restored exactly"),
+            "{err}"
+        );
+        let err = plan_at(31_000).expect_err("after the newest file");
+        assert!(
+            err.to_string()
+                .contains("after the newest replicated point (txid 7 at 1970-01-01T00:00:30.5Z)"),
+            "{err}"
         );
         // The point of a plan is when its last file was made.
         let p = plan_files(&all, "r", Target::Latest, &made).expect("latest");

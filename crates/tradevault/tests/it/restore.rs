@@ -103,14 +103,21 @@ fn our_replica_restores_every_point_exactly_and_refuses_what_it_cannot_reach() {
     std::fs::write(dir.path().join("side.db-wal"), b"old wal").expect("write");
     assert!(restore::apply(&replica, &plan, &dir.path().join("side.db")).is_err());
     assert!(!dir.path().join("side.db").exists());
-    std::fs::write(dir.path().join("busy.db.tradevault-restore"), b"not ours").expect("write");
+    // A staging file another restore holds (locked) is refused and kept; one whose restore was
+    // killed (its lock gone with it) is taken over.
+    let busy = dir.path().join("busy.db.tradevault-restore");
+    std::fs::write(&busy, b"not ours").expect("write");
+    let holder = std::fs::File::open(&busy).expect("open");
+    holder.lock().expect("lock");
     assert!(restore::apply(&replica, &plan, &dir.path().join("busy.db")).is_err());
     assert_eq!(
-        std::fs::read(dir.path().join("busy.db.tradevault-restore")).expect("read"),
+        std::fs::read(&busy).expect("read"),
         b"not ours",
         "never deleted"
     );
-    std::fs::remove_file(dir.path().join("busy.db.tradevault-restore")).expect("clean up");
+    drop(holder);
+    restore::apply(&replica, &plan, &dir.path().join("busy.db")).expect("taken over");
+    assert!(!busy.exists());
     // A file whose name does not match the transactions inside is refused.
     let renamed = dir.path().join("renamed");
     let copy = Replica::from(FileReplica::new(&renamed));
