@@ -138,12 +138,21 @@ pub(crate) fn replicated(database: &str, replica: &str, snapshot: bool, bytes: u
 }
 
 /// Registers a replicated database's counters at 0, so that they exist (and rates and alerts on
-/// them work) before the first error or checkpoint: errors for each replica and for `local` (the
-/// shipper's label: reading the WAL, writing the local log), and checkpoints.
+/// them work) before the first upload, error or checkpoint: files and bytes uploaded and errors
+/// for each replica, errors for `local` (the shipper's label: reading the WAL, writing the local
+/// log), and checkpoints.
 pub(crate) fn replication_started<'a>(database: &str, replicas: impl IntoIterator<Item = &'a str>) {
     for replica in replicas.into_iter().chain(["local"]) {
         counter!(REPLICATION_ERRORS_TOTAL, "database" => database.to_owned(), "replica" => replica.to_owned())
             .increment(0);
+        if replica != "local" {
+            let (d, r) = (database.to_owned(), replica.to_owned());
+            for kind in ["snapshot", "transactions"] {
+                counter!(REPLICATION_FILES_TOTAL, "database" => d.clone(), "replica" => r.clone(), "kind" => kind)
+                    .increment(0);
+            }
+            counter!(REPLICATION_BYTES_TOTAL, "database" => d, "replica" => r).increment(0);
+        }
     }
     counter!(REPLICATION_CHECKPOINTS_TOTAL, "database" => database.to_owned()).increment(0);
 }

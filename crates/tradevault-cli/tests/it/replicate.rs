@@ -638,6 +638,10 @@ fn replication_counters_start_at_zero() {
             .is_some(),
             "checkpoints of {database}:\n{text}"
         );
+        assert!(
+            line("tradevault_replication_bytes_total", &labels).is_some(),
+            "bytes of {labels}:\n{text}"
+        );
     }
     assert_eq!(
         line(
