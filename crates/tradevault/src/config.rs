@@ -734,6 +734,15 @@ impl Config {
                     .map(move |(j, r)| (format!("database[{i}].replica[{j}]"), r))
             }));
         for (entry, r) in replicas {
+            if !(r.url.starts_with("file:///") || r.url.starts_with("s3://")) {
+                return Err(bad(
+                    &format!("{entry}.url"),
+                    format!(
+                        "{:?} is not a file:///absolute/path or s3://bucket/path URL",
+                        r.url
+                    ),
+                ));
+            }
             r.s3()
                 .check(&r.url)
                 .map_err(|(k, why)| bad(&format!("{entry}.{k}"), why))?;
@@ -1220,6 +1229,10 @@ mod tests {
         assert_eq!(parse_duration_ms("36h"), Some(36 * 3_600_000));
         assert_eq!(parse_duration_ms("7x"), None);
         let cases: &[(&str, &str)] = &[
+            (
+                "[[database]]\nname = \"a\"\npath = \"/x\"\n[[database.replica]]\nurl = \"ftp://host/r\"\n",
+                "database[0].replica[0].url",
+            ),
             ("[backup]\ncompression = \"xz\"\n", "backup.compression"),
             ("[backup]\nzstd_level = 30\n", "backup.zstd_level"),
             (
