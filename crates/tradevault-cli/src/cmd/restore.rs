@@ -524,7 +524,20 @@ fn from_backup(
                 found = Some((target.clone(), r));
                 break;
             }
-            None => misses.push(format!("{}: no such backup", target.name)),
+            None if catalog.unreadable.is_empty() => {
+                misses.push(format!("{}: no such backup", target.name))
+            }
+            None => misses.push(format!(
+                "{}: no such backup among those readable; {} manifest(s) cannot be read: {}",
+                target.name,
+                catalog.unreadable.len(),
+                catalog
+                    .unreadable
+                    .iter()
+                    .map(|(id, e)| format!("{id} ({e})"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
         }
     }
     let Some((target, record)) = found else {

@@ -503,6 +503,26 @@ fn a_damaged_manifest_hides_nothing_else() {
         &[],
     );
     assert_eq!(code, 0, "{out}{err}");
+    // Asked for the damaged one, the restore says why it cannot.
+    let (code, _, err) = run(
+        &[
+            "restore",
+            "--target",
+            &target,
+            "--db",
+            db_arg,
+            "--backup",
+            &ids[1],
+            "--output",
+            dir.path().join("damaged.db").to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot be read") && err.contains(&ids[1]),
+        "{err}"
+    );
 }
 
 /// `restore --dry-run` from a backup lists the objects it would read; a target that does not
