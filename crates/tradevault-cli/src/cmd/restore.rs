@@ -52,6 +52,11 @@ pub struct Args {
     /// Restore the state at this time (RFC 3339), exactly, or refuse and name the nearest points.
     #[arg(long, value_name = "RFC3339", conflicts_with = "txid")]
     timestamp: Option<String>,
+    /// With --timestamp: restore the newest point made at or before that time instead of refusing
+    /// a time that cannot be restored exactly (commits made after that point may be missing;
+    /// `point_time` says when it was).
+    #[arg(long, requires = "timestamp")]
+    at_or_before: bool,
     /// Restore the state right after this transaction (decimal, or hex with 0x).
     #[arg(long, value_name = "N")]
     txid: Option<String>,
@@ -370,7 +375,11 @@ fn target_of(args: &Args) -> anyhow::Result<Target> {
             let ts: jiff::Timestamp = t
                 .parse()
                 .map_err(|_| UsageError(format!("--timestamp {t:?} is not an RFC 3339 time")))?;
-            Target::Time(ts.as_millisecond())
+            if args.at_or_before {
+                Target::AtOrBefore(ts.as_millisecond())
+            } else {
+                Target::Time(ts.as_millisecond())
+            }
         }
         (None, Some(n)) => {
             let parsed = match n.strip_prefix("0x") {

@@ -147,6 +147,40 @@ fn a_time_restores_exactly_or_is_refused_never_newer() {
             let err = String::from_utf8_lossy(&done.stderr);
             assert!(err.contains("cannot be restored exactly"), "{ts}: {err}");
             refused += 1;
+            // Asked for, the newest point made by then: never a row inserted after the time.
+            let before = dir.path().join(format!("b{k}.db"));
+            let done = command()
+                .args([
+                    "restore",
+                    "--replica",
+                    &url,
+                    "--timestamp",
+                    &ts,
+                    "--at-or-before",
+                    "--output",
+                ])
+                .arg(&before)
+                .output()
+                .expect("restore");
+            assert!(
+                done.status.success(),
+                "{ts}: {}",
+                String::from_utf8_lossy(&done.stderr)
+            );
+            let ids: Vec<i64> = rusqlite::Connection::open(&before)
+                .expect("open")
+                .prepare("SELECT id FROM t")
+                .expect("prepare")
+                .query_map([], |r| r.get(0))
+                .expect("query")
+                .map(|r| r.expect("row"))
+                .collect();
+            for (began, _, id) in &inserts {
+                assert!(
+                    *began < t_ns || !ids.contains(id),
+                    "{ts}: row {id} is after it"
+                );
+            }
             continue;
         }
         let got: std::collections::BTreeSet<i64> = rusqlite::Connection::open(&out)

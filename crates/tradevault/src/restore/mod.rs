@@ -112,6 +112,10 @@ pub enum Target {
     Txid(u64),
     /// The state at this time (milliseconds since the epoch), if it can be restored exactly.
     Time(i64),
+    /// The newest point whose file was made at or before this time: every commit it holds was
+    /// made by then, and commits made later up to this time may be missing (asked for, so never
+    /// silently older).
+    AtOrBefore(i64),
 }
 
 #[cfg(test)]

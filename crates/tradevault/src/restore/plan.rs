@@ -50,10 +50,13 @@ pub fn plan_files(
     if all.is_empty() {
         return Err(impossible(format!("no LTX files in {from}")));
     }
+    if let Target::AtOrBefore(ms) = target {
+        return at_or_before(all, ms, header_time);
+    }
     let usable = |f: &ReplicaFile| match target {
         Target::Latest => true,
         Target::Txid(t) => f.max_txid <= t,
-        Target::Time(ms) => f.created_at_ms <= ms,
+        Target::Time(ms) | Target::AtOrBefore(ms) => f.created_at_ms <= ms,
     };
     let chain = chain(all, usable);
     let current = chain.last().map_or(0, |f| f.max_txid);
@@ -260,6 +263,36 @@ fn extend<'a>(
     current
 }
 
+/// [`Target::AtOrBefore`]: the chain for `ms`, less its last files while they were made after it.
+fn at_or_before(all: &[ReplicaFile], ms: i64, header_time: HeaderTime<'_>) -> Result<Plan> {
+    let mut chain = chain(all, |f| f.created_at_ms <= ms);
+    if chain.first().is_none_or(|f| f.min_txid != 1) {
+        chain.clear();
+    }
+    while let Some(&last) = chain.last() {
+        let made_ms = header_time(last)?.max(last.created_at_ms);
+        if made_ms <= ms {
+            return Ok(Plan {
+                files: chain
+                    .iter()
+                    .map(|f| (f.level, f.min_txid, f.max_txid, f.size))
+                    .collect(),
+                txid: last.max_txid,
+                point_ms: made_ms,
+                point_time: time(made_ms),
+                bytes: chain.iter().map(|f| f.size).sum(),
+            });
+        }
+        chain.pop();
+    }
+    let points = restorable_points(all);
+    Err(impossible(format!(
+        "no point was made at or before {} (the first restorable point is {})",
+        time(ms),
+        describe(&points[..points.len().min(1)])
+    )))
+}
+
 /// The refusal of a time `ms` that falls among the commits of the chain's last file, made up to
 /// `made_ms`: the state after it holds commits made after `ms`, the state before it may lack
 /// some made before. Names the nearest points restorable exactly, to be asked for with `--txid`.
@@ -423,6 +456,14 @@ mod tests {
                 .contains("after the newest replicated point (txid 7 at 1970-01-01T00:00:30.5Z)"),
             "{err}"
         );
+        // At or before: the newest point made by then, never one made after.
+        let before =
+            |ms| plan_files(&all, "r", Target::AtOrBefore(ms), &made).map(|p| (p.txid, p.point_ms));
+        assert_eq!(before(21_000).expect("inside 3-6"), (2, 11_000));
+        assert_eq!(before(24_000).expect("3-6 made"), (6, 24_000));
+        assert_eq!(before(30_200).expect("inside 7"), (6, 24_000));
+        assert_eq!(before(99_000).expect("after all"), (7, 30_500));
+        assert!(before(10_500).is_err(), "before the snapshot was made");
         // The point of a plan is when its last file was made.
         let p = plan_files(&all, "r", Target::Latest, &made).expect("latest");
         assert_eq!((p.txid, p.point_ms), (7, 30_500));
