@@ -856,19 +856,25 @@ impl Shipper<'_> {
             }
             .unwrap_or_else(|| file_len(&wal));
             // The shipped offset stays where it was after a checkpoint until the program commits
-            // again (its WAL restarts then): do not take its write lock again for nothing.
-            if wal_bytes >= options.checkpoint_wal_bytes
+            // again (its WAL restarts then): do not take its write lock again for nothing, unless
+            // the file is still oversized (its shrink lost a race with the program's next commit,
+            // and a program that stops writing would leave it so for good).
+            let shrink_above = options.checkpoint_wal_bytes.saturating_mul(4);
+            let oversized = file_len(&wal) > shrink_above;
+            if (wal_bytes >= options.checkpoint_wal_bytes || oversized)
                 && !stopping
                 && !first
                 && Instant::now() >= next_checkpoint
-                && checkpointed_at != Some(wal_bytes)
+                && (checkpointed_at != Some(wal_bytes) || oversized)
             {
                 // Busy (the program's writer, or a long reader): let it be for a while.
-                let shrink_above = options.checkpoint_wal_bytes.saturating_mul(4);
                 match self.checkpoint_external(&mut pin, &mut quiet_since, shrink_above) {
                     Checkpointed::Done => {
                         let r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
                         checkpointed_at = r.wal_shipped_bytes();
+                        if file_len(&wal) > shrink_above {
+                            next_checkpoint = Instant::now() + CHECKPOINT_RETRY;
+                        }
                     }
                     Checkpointed::WriterBusy => {
                         next_checkpoint = Instant::now() + CHECKPOINT_RETRY_BUSY
