@@ -829,9 +829,15 @@ impl Shipper<'_> {
         let mut first = true;
         let mut next_checkpoint = Instant::now();
         let mut checkpointed_at = None;
+        // When the WAL last changed, and how many shrinks of it failed since.
+        let mut changed_at = Instant::now();
+        let mut shrinks_failed = 0u32;
         loop {
             let stopping = db.stopping();
             let look = file_identity(&wal);
+            if look != seen {
+                changed_at = Instant::now();
+            }
             let wanted = db.lock().snapshot_wanted;
             if first || look != seen || wanted || stopping {
                 // Let commits arriving meanwhile join this file.
@@ -856,24 +862,27 @@ impl Shipper<'_> {
             }
             .unwrap_or_else(|| file_len(&wal));
             // The shipped offset stays where it was after a checkpoint until the program commits
-            // again (its WAL restarts then): do not take its write lock again for nothing, unless
-            // the file is still oversized (its shrink lost a race with the program's next commit,
-            // and a program that stops writing would leave it so for good).
+            // again (its WAL restarts then): do not take its write lock again for nothing.
             let shrink_above = options.checkpoint_wal_bytes.saturating_mul(4);
-            let oversized = file_len(&wal) > shrink_above;
-            if (wal_bytes >= options.checkpoint_wal_bytes || oversized)
-                && !stopping
-                && !first
-                && Instant::now() >= next_checkpoint
-                && (checkpointed_at != Some(wal_bytes) || oversized)
-            {
+            let due =
+                wal_bytes >= options.checkpoint_wal_bytes && checkpointed_at != Some(wal_bytes);
+            // Unless the program has stopped writing with the file still oversized (its last
+            // shrink lost a race with its last commits): nothing else would try it again.
+            let idle_oversized =
+                changed_at.elapsed() >= CHECKPOINT_RETRY && file_len(&wal) > shrink_above;
+            if (due || idle_oversized) && !stopping && !first && Instant::now() >= next_checkpoint {
                 // Busy (the program's writer, or a long reader): let it be for a while.
                 match self.checkpoint_external(&mut pin, &mut quiet_since, shrink_above) {
                     Checkpointed::Done => {
                         let r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
                         checkpointed_at = r.wal_shipped_bytes();
-                        if file_len(&wal) > shrink_above {
-                            next_checkpoint = Instant::now() + CHECKPOINT_RETRY;
+                        // Tried again later and later (a reader can hold the WAL for long).
+                        if idle_oversized && file_len(&wal) > shrink_above {
+                            shrinks_failed += 1;
+                            next_checkpoint =
+                                Instant::now() + CHECKPOINT_RETRY * (1 << shrinks_failed.min(7));
+                        } else {
+                            shrinks_failed = 0;
                         }
                     }
                     Checkpointed::WriterBusy => {
