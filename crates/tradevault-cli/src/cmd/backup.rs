@@ -622,7 +622,7 @@ fn prune(config: &Config, args: PruneArgs) -> anyhow::Result<ExitCode> {
                 outln!("  refused: {why}");
             }
         }
-        if args.dry_run || plan.is_empty() {
+        if args.dry_run || (plan.is_empty() && plan.refused.is_none()) {
             continue;
         }
         match retention::apply(target, plan) {

@@ -121,7 +121,7 @@ pub fn specs(config: &Config, rt: &Runtime) -> Vec<JobSpec> {
                             now,
                             leftovers,
                         );
-                        if plan.is_empty() {
+                        if plan.is_empty() && plan.refused.is_none() {
                             return Ok(json!({ "target": target.name, "deleted": 0 }));
                         }
                         let pruned = backup::retention::apply(target, &plan)?;

@@ -503,6 +503,18 @@ fn a_damaged_manifest_hides_nothing_else() {
         &[],
     );
     assert_eq!(code, 0, "{out}{err}");
+    // Prune deletes nothing while a manifest cannot be read: its objects would look unowned.
+    let (code, out, err) = run(&["backup", "prune", "--target", &target], &[]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("cannot be read"),
+        "{out}{err}"
+    );
+    assert!(
+        tgt.join("backups")
+            .join(format!("{}.pages", ids[1]))
+            .exists()
+    );
     // Asked for the damaged one, the restore says why it cannot.
     let (code, _, err) = run(
         &[

@@ -203,6 +203,24 @@ pub fn plan(
             ));
         }
     }
+    // A backup whose manifest could not be read (damaged, or a GET that failed just now) is
+    // invisible to every rule: its objects would look like leftovers, and a backup it depends
+    // on unneeded. Nothing goes until every manifest reads.
+    let (delete, leftovers) = if catalog.unreadable.is_empty() {
+        (delete, leftovers)
+    } else {
+        refused = Some(format!(
+            "{} backup manifest(s) on {target_name} cannot be read ({}): prune deletes nothing until every one can be read, or is removed",
+            catalog.unreadable.len(),
+            catalog
+                .unreadable
+                .iter()
+                .map(|(id, e)| format!("{id}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+        (Vec::new(), Vec::new())
+    };
     let bytes =
         delete.iter().map(|d| d.bytes).sum::<u64>() + leftovers.iter().map(|(_, n)| n).sum::<u64>();
     PrunePlan {
@@ -228,7 +246,13 @@ fn bucket(ms: i64, format: &str) -> String {
 /// Objects of `target` that belong to no finished backup and are older than a day: packs and
 /// page tables without a manifest, records of deleted backups, temporary files.
 pub fn leftovers(target: &Target, catalog: &Catalog, now_ms: i64) -> Result<Vec<(String, u64)>> {
-    let ids: BTreeSet<&str> = catalog.backups.iter().map(|b| b.id.as_str()).collect();
+    // A backup whose manifest could not be read still owns its objects.
+    let ids: BTreeSet<&str> = catalog
+        .backups
+        .iter()
+        .map(|b| b.id.as_str())
+        .chain(catalog.unreadable.iter().map(|(id, _)| id.as_str()))
+        .collect();
     let old = |id: &str| id_time_ms(id).is_some_and(|t| t < now_ms - LEFTOVER_AGE_MS);
     let mut out = Vec::new();
     for (key, size) in target.list("packs/")? {
