@@ -59,12 +59,32 @@ pub fn create_staging(
     {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            use std::os::unix::fs::MetadataExt;
+            // Only a regular file is taken over, never what a symbolic link points to.
+            if !std::fs::symlink_metadata(&staging).map_err(io)?.is_file() {
+                return Err(io(std::io::Error::other("not a regular file")));
+            }
             let f = File::options()
                 .read(true)
                 .write(true)
                 .open(&staging)
                 .map_err(io)?;
             match f.try_lock() {
+                // Still the file at that name (not a link swapped in, nor a file its restore
+                // has just named and let go of), or leave it.
+                Ok(())
+                    if std::fs::symlink_metadata(&staging)
+                        .map_or(true, |m| m.ino() != f.metadata().map_or(0, |fm| fm.ino())) =>
+                {
+                    return Err(crate::Error::invalid(
+                        "restore_running",
+                        None,
+                        format!(
+                            "{} changed while this restore took it over; try again",
+                            staging.display()
+                        ),
+                    ));
+                }
                 Ok(()) => {
                     tracing::info!(path = %staging.display(), "taking over the staging file of a restore that stopped");
                     f.set_len(0).map_err(io)?;
@@ -137,5 +157,13 @@ mod tests {
         assert!(err.to_string().contains("another restore"), "{err}");
         drop(held);
         assert!(staging.exists());
+        // A symbolic link in its place is never followed: what it points to stays whole.
+        let precious = dir.path().join("precious");
+        std::fs::write(&precious, b"keep").expect("write");
+        let linked = dir.path().join("linked.db");
+        std::os::unix::fs::symlink(&precious, dir.path().join("linked.db.tradevault-restore"))
+            .expect("symlink");
+        assert!(super::create_staging(&linked).is_err());
+        assert_eq!(std::fs::read(&precious).expect("read"), b"keep");
     }
 }
