@@ -832,6 +832,7 @@ impl Shipper<'_> {
         // When the WAL last changed, and how many shrinks of it failed since.
         let mut changed_at = Instant::now();
         let mut shrinks_failed = 0u32;
+        let mut shrink_at = Instant::now();
         loop {
             let stopping = db.stopping();
             let look = file_identity(&wal);
@@ -868,22 +869,26 @@ impl Shipper<'_> {
                 wal_bytes >= options.checkpoint_wal_bytes && checkpointed_at != Some(wal_bytes);
             // Unless the program has stopped writing with the file still oversized (its last
             // shrink lost a race with its last commits): nothing else would try it again.
-            let idle_oversized =
-                changed_at.elapsed() >= CHECKPOINT_RETRY && file_len(&wal) > shrink_above;
+            let idle_oversized = !due
+                && Instant::now() >= shrink_at
+                && changed_at.elapsed() >= CHECKPOINT_RETRY
+                && file_len(&wal) > shrink_above;
             if (due || idle_oversized) && !stopping && !first && Instant::now() >= next_checkpoint {
                 // Busy (the program's writer, or a long reader): let it be for a while.
-                match self.checkpoint_external(&mut pin, &mut quiet_since, shrink_above) {
+                let outcome = self.checkpoint_external(&mut pin, &mut quiet_since, shrink_above);
+                // A shrink tried for its own sake and still not done, whatever held it: tried
+                // again later and later (a reader can hold the WAL for long), on a clock of its
+                // own, so that checkpoints due to new commits never wait for it.
+                if file_len(&wal) <= shrink_above {
+                    shrinks_failed = 0;
+                } else if idle_oversized {
+                    shrinks_failed += 1;
+                    shrink_at = Instant::now() + CHECKPOINT_RETRY * (1 << shrinks_failed.min(7));
+                }
+                match outcome {
                     Checkpointed::Done => {
                         let r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
                         checkpointed_at = r.wal_shipped_bytes();
-                        // Tried again later and later (a reader can hold the WAL for long).
-                        if idle_oversized && file_len(&wal) > shrink_above {
-                            shrinks_failed += 1;
-                            next_checkpoint =
-                                Instant::now() + CHECKPOINT_RETRY * (1 << shrinks_failed.min(7));
-                        } else {
-                            shrinks_failed = 0;
-                        }
                     }
                     Checkpointed::WriterBusy => {
                         next_checkpoint = Instant::now() + CHECKPOINT_RETRY_BUSY
