@@ -202,7 +202,7 @@ fn restore(
         print_plan(&plan, args.json)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let (output, in_place) = staging_for(&args, &db_path)?;
+    let (output, in_place) = staging_for(&args, &db_path, !config.backup.target.is_empty())?;
     let base = match &via_backup {
         Some((target, record, _)) => {
             let dir = inplace::work_dir(&db_path);
@@ -621,7 +621,7 @@ fn from_backup(
         .map(Identity::from_file)
         .transpose()?;
     let started = Instant::now();
-    let (output, in_place) = staging_for(args, db_path)?;
+    let (output, in_place) = staging_for(args, db_path, !config.backup.target.is_empty())?;
     // A failed restore leaves nothing under `output` (it refuses a name that exists, and names
     // its file only once complete): only a file it made, and which then fails its check, goes.
     let restored =
@@ -670,11 +670,16 @@ fn from_backup(
 
 /// Where a restore writes: `--output`, or for `--in-place` a staging file beside the database,
 /// with the safety copy's path.
-fn staging_for(args: &Args, db_path: &Path) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+fn staging_for(
+    args: &Args,
+    db_path: &Path,
+    backed_up: bool,
+) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
     match (&args.output, args.in_place) {
         (Some(out), false) => Ok((out.clone(), None)),
         (_, true) => {
-            for p in inplace::tidy(db_path) {
+            // Safety copies go only if each also went to a backup target.
+            for p in inplace::tidy(db_path, backed_up) {
                 tracing::info!(path = %p.display(), "removed an old staging file or safety copy");
             }
             let dir = inplace::work_dir(db_path);

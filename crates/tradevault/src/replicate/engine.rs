@@ -1022,6 +1022,14 @@ impl Shipper<'_> {
         }
     }
 
+    /// The newest listed time of the local log's files.
+    fn replicator_last_ts(&self) -> i64 {
+        self.replicator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_ts()
+    }
+
     /// Saves where the history stands for the next start (`Replicator::save`): called last, once
     /// nothing will be shipped any more, and for another program's database while its pin is
     /// still held, so that no checkpoint (a program's last connection closing, say) folds a
@@ -1082,6 +1090,12 @@ impl Shipper<'_> {
         let wal = wal_path(&path);
         let name = db.name.clone();
         let first = link.lock().first_unshipped_ms.take();
+        // As in `ship`: before the first shipment since the start, what the WAL holds may have
+        // been committed before it, after the newest file listed.
+        let first = match (db.lock().synced_once, self.replicator_last_ts()) {
+            (false, floor) if floor > i64::MIN => Some(floor),
+            _ => first,
+        };
         let clock = db.clock.clone();
         let link_inside = link.clone();
         let result = store.exclusive_blocking(move |conn| {

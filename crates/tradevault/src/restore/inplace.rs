@@ -96,9 +96,10 @@ pub fn work_dir(db: &Path) -> PathBuf {
 pub const SAFETY_COPIES_KEPT: usize = 2;
 
 /// Tidies [`work_dir`] before an in-place restore of `db`: removes staging files a killed restore
-/// left (older than an hour, so never one a restore running now is filling) and all but the
-/// newest [`SAFETY_COPIES_KEPT`] safety copies. Returns what it removed.
-pub fn tidy(db: &Path) -> Vec<PathBuf> {
+/// left (older than an hour, so never one a restore running now is filling), and, when
+/// `backed_up` (each safety copy also went to backup targets), all but the newest
+/// [`SAFETY_COPIES_KEPT`] safety copies. Returns what it removed.
+pub fn tidy(db: &Path, backed_up: bool) -> Vec<PathBuf> {
     let dir = work_dir(db);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Vec::new();
@@ -108,19 +109,28 @@ pub fn tidy(db: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
+        // A staging file's own staging file, left by a restore killed while it fetched.
+        let name = name.strip_suffix(".tradevault-restore").unwrap_or(&name);
         let Some(stem) = name.strip_suffix(".db") else {
             continue;
         };
-        if stem.starts_with("safety-") {
+        if stem.starts_with("safety-") && e.file_name().len() == name.len() {
             safety.push(e.path());
         } else if stem.starts_with("staging-")
             && e.metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t < hour_ago)
         {
-            super::remove_database_files(&e.path());
+            if e.file_name().len() == name.len() {
+                super::remove_database_files(&e.path());
+            } else {
+                let _ = std::fs::remove_file(e.path());
+            }
             removed.push(e.path());
         }
+    }
+    if !backed_up {
+        return removed;
     }
     // Their names hold their times: the newest sort last.
     safety.sort();
@@ -393,26 +403,41 @@ mod tests {
             "staging-20261120T100000.000Z.db",
             "staging-20261122T100000.000Z.db",
             "notes.txt",
+            "staging-20261119T100000.000Z.db.tradevault-restore",
         ];
         for n in names {
             std::fs::write(work.join(n), b"x").expect("write");
         }
-        // A staging file a killed restore left two hours ago.
+        // Staging files killed restores left two hours ago.
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7_200);
-        std::fs::File::options()
-            .write(true)
-            .open(work.join(names[3]))
-            .and_then(|f| f.set_modified(old))
-            .expect("age");
-        let mut removed: Vec<String> = tidy(&db)
+        for n in [names[3], names[6]] {
+            std::fs::File::options()
+                .write(true)
+                .open(work.join(n))
+                .and_then(|f| f.set_modified(old))
+                .expect("age");
+        }
+        // With no backup target, every safety copy stays: it is the only one.
+        let mut removed: Vec<String> = tidy(&db, false)
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         removed.sort();
-        assert_eq!(removed, [names[0], names[3]]);
+        assert_eq!(removed, [names[6], names[3]]);
+        assert!(work.join(names[0]).exists());
+        let mut removed: Vec<String> = tidy(&db, true)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        removed.sort();
+        assert_eq!(removed, [names[0]]);
         for n in [names[1], names[2], names[4], names[5]] {
             assert!(work.join(n).exists(), "{n} kept");
         }
-        assert_eq!(tidy(&db), Vec::<PathBuf>::new(), "nothing more to tidy");
+        assert_eq!(
+            tidy(&db, true),
+            Vec::<PathBuf>::new(),
+            "nothing more to tidy"
+        );
     }
 }
