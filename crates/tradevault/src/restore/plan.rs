@@ -71,7 +71,7 @@ pub fn plan_files(
             {
                 let made_ms = header_time(last)?.max(last.created_at_ms);
                 if ms < made_ms {
-                    return Err(inexact(ms, &chain, made_ms, header_time));
+                    return Err(inexact(all, ms, &chain, made_ms, header_time));
                 }
                 // Commits after it may not have reached the replica: restoring "to T" would
                 // silently be older than T.
@@ -125,7 +125,7 @@ pub fn plan_files(
     if let Target::Time(ms) = target
         && ms < made_ms
     {
-        return Err(inexact(ms, &chain, made_ms, header_time));
+        return Err(inexact(all, ms, &chain, made_ms, header_time));
     }
     Ok(Plan {
         files: chain
@@ -265,11 +265,19 @@ fn extend<'a>(
 
 /// [`Target::AtOrBefore`]: the chain for `ms`, less its last files while they were made after it.
 fn at_or_before(all: &[ReplicaFile], ms: i64, header_time: HeaderTime<'_>) -> Result<Plan> {
-    let mut chain = chain(all, |f| f.created_at_ms <= ms);
-    if chain.first().is_none_or(|f| f.min_txid != 1) {
-        chain.clear();
-    }
-    while let Some(&last) = chain.last() {
+    // A file made after `ms` is left out and the chain planned again without it: another chain
+    // (an older snapshot and its files, say) may reach a point made in time.
+    let mut left_out: Vec<(u32, u64, u64)> = Vec::new();
+    loop {
+        let chain = chain(all, |f| {
+            f.created_at_ms <= ms && !left_out.contains(&(f.level, f.min_txid, f.max_txid))
+        });
+        let (Some(&first), Some(&last)) = (chain.first(), chain.last()) else {
+            break;
+        };
+        if first.min_txid != 1 {
+            break;
+        }
         let made_ms = header_time(last)?.max(last.created_at_ms);
         if made_ms <= ms {
             return Ok(Plan {
@@ -283,7 +291,7 @@ fn at_or_before(all: &[ReplicaFile], ms: i64, header_time: HeaderTime<'_>) -> Re
                 bytes: chain.iter().map(|f| f.size).sum(),
             });
         }
-        chain.pop();
+        left_out.push((last.level, last.min_txid, last.max_txid));
     }
     let points = restorable_points(all);
     Err(impossible(format!(
@@ -296,16 +304,19 @@ fn at_or_before(all: &[ReplicaFile], ms: i64, header_time: HeaderTime<'_>) -> Re
 /// The refusal of a time `ms` that falls among the commits of the chain's last file, made up to
 /// `made_ms`: the state after it holds commits made after `ms`, the state before it may lack
 /// some made before. Names the nearest points restorable exactly, to be asked for with `--txid`.
-fn inexact(ms: i64, chain: &[&ReplicaFile], made_ms: i64, header_time: HeaderTime<'_>) -> Error {
+fn inexact(
+    all: &[ReplicaFile],
+    ms: i64,
+    chain: &[&ReplicaFile],
+    made_ms: i64,
+    header_time: HeaderTime<'_>,
+) -> Error {
     let last = chain[chain.len() - 1];
-    let before = match chain.len() {
-        0 | 1 => "none".to_owned(),
-        n => {
-            let prev = chain[n - 2];
-            let made = header_time(prev).map_or(prev.created_at_ms, |t| t.max(prev.created_at_ms));
-            format!("txid {} at {}", prev.max_txid, time(made))
-        }
-    };
+    // The newest point made by then, on whatever chain reaches it.
+    let before = at_or_before(all, ms, header_time).map_or_else(
+        |_| "none".to_owned(),
+        |p| format!("txid {} at {}", p.txid, p.point_time),
+    );
     Error::invalid(
         "not_exact",
         None,
@@ -464,6 +475,25 @@ mod tests {
         assert_eq!(before(30_200).expect("inside 7"), (6, 24_000));
         assert_eq!(before(99_000).expect("after all"), (7, 30_500));
         assert!(before(10_500).is_err(), "before the snapshot was made");
+        // After a restart: a new snapshot listed at the newest file's time and made much later.
+        // The point before a time among its commits is the older chain's.
+        let restarted = vec![
+            file(9, 1, 2, 10_000),
+            file(0, 3, 3, 20_000),
+            file(9, 1, 5, 20_000),
+        ];
+        let made2 = |f: &ReplicaFile| -> Result<i64> {
+            Ok(match (f.level, f.max_txid) {
+                (9, 2) => 11_000,
+                (0, 3) => 21_000,
+                _ => 40_000,
+            })
+        };
+        let p =
+            plan_files(&restarted, "r", Target::AtOrBefore(30_000), &made2).expect("older chain");
+        assert_eq!((p.txid, p.point_ms), (3, 21_000));
+        let err = plan_files(&restarted, "r", Target::Time(30_000), &made2).expect_err("inside");
+        assert!(err.to_string().contains("txid 3 at"), "{err}");
         // The point of a plan is when its last file was made.
         let p = plan_files(&all, "r", Target::Latest, &made).expect("latest");
         assert_eq!((p.txid, p.point_ms), (7, 30_500));
