@@ -384,7 +384,9 @@ fn tail_after<'a>(
     for (name, replica) in &spec.replicas {
         let planned = replica.list_all().and_then(|files| {
             let full = restore::plan_listed(replica, &files, restore::Target::Latest)?;
-            restore::plan_after_listed(&files, &full, b.state_min_ms, b.state_max_ms)
+            restore::plan_after_listed(&files, &full, b.state_min_ms, b.state_max_ms, &|f| {
+                replica.header(f).map(|h| h.timestamp_ms)
+            })
         });
         match planned {
             Ok(plan) if !plan.files.is_empty() => {

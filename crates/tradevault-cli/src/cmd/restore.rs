@@ -173,7 +173,7 @@ fn restore(
     let mut plan = restore::plan_listed(&replica, &files, target)?;
     // A backup plus the replica's files after it, when that reads fewer bytes.
     let via_backup = if args.replica.is_none() || args.target.is_some() {
-        cheaper_via_backup(&config, &args, &db_name, from_file, &files, &plan)
+        cheaper_via_backup(&config, &args, &db_name, from_file, &replica, &files, &plan)
     } else {
         None
     };
@@ -754,6 +754,7 @@ fn cheaper_via_backup(
     args: &Args,
     db_name: &str,
     source: Option<&Path>,
+    replica: &tradevault::replica::Replica,
     files: &[tradevault::replica::ReplicaFile],
     plan: &Plan,
 ) -> Option<(
@@ -778,8 +779,15 @@ fn cheaper_via_backup(
             .collect();
         candidates.sort_by_key(|b| std::cmp::Reverse(b.state_max_ms));
         for b in candidates.into_iter().take(3) {
-            let Ok(tail) = restore::plan_after_listed(files, plan, b.state_min_ms, b.state_max_ms)
-            else {
+            let header_time =
+                |f: &tradevault::replica::ReplicaFile| replica.header(f).map(|h| h.timestamp_ms);
+            let Ok(tail) = restore::plan_after_listed(
+                files,
+                plan,
+                b.state_min_ms,
+                b.state_max_ms,
+                &header_time,
+            ) else {
                 continue;
             };
             let cost = b.restore_bytes + tail.bytes;

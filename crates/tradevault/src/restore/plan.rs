@@ -7,6 +7,9 @@ use super::Target;
 use crate::error::{Error, Result};
 use crate::replica::{Replica, ReplicaFile, SNAPSHOT_LEVEL};
 
+/// Most headers a plan over a backup reads to find the last file the backup holds.
+const HEADERS_READ_MAX: usize = 64;
+
 /// A file's header time: when it was made, after every commit it holds (see `restore`).
 pub type HeaderTime<'a> = &'a dyn Fn(&ReplicaFile) -> Result<i64>;
 
@@ -142,9 +145,9 @@ pub fn plan_files(
 /// Plans the files that bring a database restored from a backup to `target`. The backup holds
 /// every commit finished before `state_min_ms` and none started after `state_max_ms`.
 ///
-/// A file's commits all finished before the next file's timestamp; so every file followed by a
-/// file stamped at or before `state_min_ms` is already in the backup, and the chain starts right
-/// after the last of them, at `k + 1`. Applying the chain's files in order over the backup gives
+/// A file's commits all finished before it was made (its header time); so a file made at or
+/// before `state_min_ms` is already in the backup, with every file before it, and the chain
+/// starts right after the last of them, at `k + 1`. Applying the chain's files in order over the backup gives
 /// the target state: a page the backup holds newer than an early file's copy is changed again in
 /// a later file, which is applied after it. That needs the target to contain the whole backup, so
 /// the plan is refused unless `state_max_ms` is at or before the target point's timestamp.
@@ -156,29 +159,34 @@ pub fn plan_after(
 ) -> Result<Plan> {
     let all = replica.list_all()?;
     let full = plan_listed(replica, &all, target)?;
-    plan_after_listed(&all, &full, state_min_ms, state_max_ms)
+    plan_after_listed(&all, &full, state_min_ms, state_max_ms, &|f| {
+        replica.header(f).map(|h| h.timestamp_ms)
+    })
 }
 
 /// [`plan_after`] over `all`, the files of every level of the replica, given `full`, the plan
-/// of the same target from the replica alone.
+/// of the same target from the replica alone, with files' header times from `header_time`.
 pub fn plan_after_listed(
     all: &[ReplicaFile],
     full: &Plan,
     state_min_ms: i64,
     state_max_ms: i64,
+    header_time: HeaderTime<'_>,
 ) -> Result<Plan> {
-    let next_stamp = |f: &ReplicaFile| {
-        all.iter()
-            .filter(|n| n.min_txid == f.max_txid + 1)
-            .map(|n| n.created_at_ms)
-            .min()
-    };
-    let k = all
+    // Made no earlier than listed: only files listed by then can be in the backup. The newest
+    // of them made by then, found reading a few headers at most.
+    let mut candidates: Vec<&ReplicaFile> = all
         .iter()
-        .filter(|f| next_stamp(f).is_some_and(|t| t <= state_min_ms))
-        .map(|f| f.max_txid)
-        .max()
-        .unwrap_or(0);
+        .filter(|f| f.created_at_ms <= state_min_ms)
+        .collect();
+    candidates.sort_by_key(|f| std::cmp::Reverse(f.max_txid));
+    let mut k = 0;
+    for f in candidates.into_iter().take(HEADERS_READ_MAX) {
+        if header_time(f)?.max(f.created_at_ms) <= state_min_ms {
+            k = f.max_txid;
+            break;
+        }
+    }
     if k == 0 {
         return Err(impossible(
             "the backup is older than the replica's history: restore from the replica alone".into(),
