@@ -779,8 +779,7 @@ fn cheaper_via_backup(
             .collect();
         candidates.sort_by_key(|b| std::cmp::Reverse(b.state_max_ms));
         for b in candidates.into_iter().take(3) {
-            let header_time =
-                |f: &tradevault::replica::ReplicaFile| replica.header(f).map(|h| h.timestamp_ms);
+            let header_time = |f: &tradevault::replica::ReplicaFile| replica.header_time(f);
             let Ok(tail) = restore::plan_after_listed(
                 files,
                 plan,

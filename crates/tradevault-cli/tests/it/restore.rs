@@ -167,14 +167,7 @@ fn a_time_restores_exactly_or_is_refused_never_newer() {
                 "{ts}: {}",
                 String::from_utf8_lossy(&done.stderr)
             );
-            let ids: Vec<i64> = rusqlite::Connection::open(&before)
-                .expect("open")
-                .prepare("SELECT id FROM t")
-                .expect("prepare")
-                .query_map([], |r| r.get(0))
-                .expect("query")
-                .map(|r| r.expect("row"))
-                .collect();
+            let ids = ids_in(&before);
             for (began, _, id) in &inserts {
                 assert!(
                     *began < t_ns || !ids.contains(id),
@@ -183,14 +176,7 @@ fn a_time_restores_exactly_or_is_refused_never_newer() {
             }
             continue;
         }
-        let got: std::collections::BTreeSet<i64> = rusqlite::Connection::open(&out)
-            .expect("open")
-            .prepare("SELECT id FROM t")
-            .expect("prepare")
-            .query_map([], |r| r.get(0))
-            .expect("query")
-            .map(|r| r.expect("row"))
-            .collect();
+        let got = ids_in(&out);
         for (began, ended, id) in &inserts {
             if *ended <= t_ns {
                 assert!(
@@ -209,4 +195,16 @@ fn a_time_restores_exactly_or_is_refused_never_newer() {
     }
     eprintln!("{exact} exact, {refused} refused");
     assert!(exact > 0, "no time between two files restored");
+}
+
+/// The ids of table `t` in the database at `path`.
+fn ids_in(path: &Path) -> std::collections::BTreeSet<i64> {
+    rusqlite::Connection::open(path)
+        .expect("open")
+        .prepare("SELECT id FROM t")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect()
 }

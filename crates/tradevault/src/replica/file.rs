@@ -150,17 +150,7 @@ impl FileReplica {
                 name: format!("file for level {level}"),
                 source,
             })?;
-        self.write_new(
-            level,
-            header.min_txid,
-            header.max_txid,
-            created_at_ms,
-            |f, tmp| {
-                f.write_all(bytes)
-                    .map_err(|e| Error::io("write replica file", tmp, e))?;
-                Ok(header)
-            },
-        )
+        self.put_encoded(level, &header, bytes, created_at_ms)
     }
 
     /// Writes `bytes`, an LTX file this process's encoder just produced with `header`, as

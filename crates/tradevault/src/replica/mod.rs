@@ -185,6 +185,11 @@ impl Replica {
         }
     }
 
+    /// A file's header time: when it was made (see `restore` for what a file's two times mean).
+    pub fn header_time(&self, file: &ReplicaFile) -> Result<i64> {
+        Ok(self.header(file)?.timestamp_ms)
+    }
+
     /// A file's header, read alone (its first bytes; the rest is not verified here).
     pub fn header(&self, file: &ReplicaFile) -> Result<ltx::Header> {
         let name = || {

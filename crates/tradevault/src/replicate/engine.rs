@@ -948,13 +948,6 @@ impl Shipper<'_> {
         if wanted {
             r.force_snapshot();
         }
-        // The first shipment since this process started may hold commits made while it was
-        // down (another program's, or the store's last ones before a kill): they come after the
-        // newest file already listed, and no later than that is known.
-        let first_ms = match (db.lock().synced_once, r.last_ts()) {
-            (false, floor) if floor > i64::MIN => Some(floor),
-            _ => first_ms,
-        };
         // The clock counts whole milliseconds: one more is strictly after every commit read.
         let result = r.sync_with(first_ms, &|| db.now_ms() + 1);
         self.last_ship = Instant::now();
@@ -1022,14 +1015,6 @@ impl Shipper<'_> {
         }
     }
 
-    /// The newest listed time of the local log's files.
-    fn replicator_last_ts(&self) -> i64 {
-        self.replicator
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last_ts()
-    }
-
     /// Saves where the history stands for the next start (`Replicator::save`): called last, once
     /// nothing will be shipped any more, and for another program's database while its pin is
     /// still held, so that no checkpoint (a program's last connection closing, say) folds a
@@ -1090,12 +1075,6 @@ impl Shipper<'_> {
         let wal = wal_path(&path);
         let name = db.name.clone();
         let first = link.lock().first_unshipped_ms.take();
-        // As in `ship`: before the first shipment since the start, what the WAL holds may have
-        // been committed before it, after the newest file listed.
-        let first = match (db.lock().synced_once, self.replicator_last_ts()) {
-            (false, floor) if floor > i64::MIN => Some(floor),
-            _ => first,
-        };
         let clock = db.clock.clone();
         let link_inside = link.clone();
         let result = store.exclusive_blocking(move |conn| {

@@ -160,6 +160,8 @@ pub struct Replicator {
     /// The engine has held a read transaction on the database since the last sync read the WAL
     /// (see [`Replicator::set_wal_pinned`]).
     wal_pinned: bool,
+    /// A sync has read the database since this replicator was made.
+    looked: bool,
 }
 
 impl Replicator {
@@ -177,6 +179,7 @@ impl Replicator {
             resume: Resume::Snapshot,
             last_ts,
             wal_pinned: false,
+            looked: false,
         })
     }
 
@@ -329,11 +332,20 @@ impl Replicator {
     /// the commit times it holds, after every commit of the files before it; `now` when `None`),
     /// and its header holds `now` once its content was read (after every commit it holds). Times
     /// never go backwards from one file to the next.
+    ///
+    /// The first sync since this replicator was made may hold commits made while nothing
+    /// replicated (another program's, or the store's last ones before a kill): they come after
+    /// the newest file listed and no later bound is known, so that file is listed at its time.
     pub fn sync_with(&mut self, first_ms: Option<i64>, now: &dyn Fn() -> i64) -> Result<Synced> {
         let floor = self.last_ts;
-        let listed = first_ms.unwrap_or_else(now).max(floor);
+        let listed = if !self.looked && floor > i64::MIN {
+            floor
+        } else {
+            first_ms.unwrap_or_else(now).max(floor)
+        };
         let result = self.sync_inner(listed, &|| now().max(listed));
         self.wal_pinned = false;
+        self.looked |= result.is_ok();
         result
     }
 

@@ -110,21 +110,24 @@ pub fn tidy(db: &Path, backed_up: bool) -> Vec<PathBuf> {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         // A staging file's own staging file, left by a restore killed while it fetched.
-        let name = name.strip_suffix(".tradevault-restore").unwrap_or(&name);
+        let (name, fetching) = match name.strip_suffix(".tradevault-restore") {
+            Some(n) => (n, true),
+            None => (name.as_str(), false),
+        };
         let Some(stem) = name.strip_suffix(".db") else {
             continue;
         };
-        if stem.starts_with("safety-") && e.file_name().len() == name.len() {
+        if stem.starts_with("safety-") && !fetching {
             safety.push(e.path());
         } else if stem.starts_with("staging-")
             && e.metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t < hour_ago)
         {
-            if e.file_name().len() == name.len() {
-                super::remove_database_files(&e.path());
-            } else {
+            if fetching {
                 let _ = std::fs::remove_file(e.path());
+            } else {
+                super::remove_database_files(&e.path());
             }
             removed.push(e.path());
         }

@@ -7,6 +7,12 @@ use super::Target;
 use crate::error::{Error, Result};
 use crate::replica::{Replica, ReplicaFile, SNAPSHOT_LEVEL};
 
+/// When `f` was made: its header time, never before its listed time (a file stamped the old way
+/// has only the listed one).
+fn made(f: &ReplicaFile, header_time: HeaderTime<'_>) -> Result<i64> {
+    Ok(header_time(f)?.max(f.created_at_ms))
+}
+
 /// Most headers a plan over a backup reads to find the last file the backup holds.
 const HEADERS_READ_MAX: usize = 64;
 
@@ -38,7 +44,7 @@ pub fn plan(replica: &Replica, target: Target) -> Result<Plan> {
 /// several plans. Reads the header of the last file (and, to refuse a time, of the one before).
 pub fn plan_listed(replica: &Replica, all: &[ReplicaFile], target: Target) -> Result<Plan> {
     plan_files(all, &replica.describe(), target, &|f| {
-        replica.header(f).map(|h| h.timestamp_ms)
+        replica.header_time(f)
     })
 }
 
@@ -72,7 +78,7 @@ pub fn plan_files(
                 && last.created_at_ms == newest
                 && chain.first().is_some_and(|f| f.min_txid == 1)
             {
-                let made_ms = header_time(last)?.max(last.created_at_ms);
+                let made_ms = made(last, header_time)?;
                 if ms < made_ms {
                     return Err(inexact(all, ms, &chain, made_ms, header_time));
                 }
@@ -124,7 +130,7 @@ pub fn plan_files(
     }
     let last = chain[chain.len() - 1];
     // Never before the listed time: a header older than its listing says nothing more.
-    let made_ms = header_time(last)?.max(last.created_at_ms);
+    let made_ms = made(last, header_time)?;
     if let Target::Time(ms) = target
         && ms < made_ms
     {
@@ -160,7 +166,7 @@ pub fn plan_after(
     let all = replica.list_all()?;
     let full = plan_listed(replica, &all, target)?;
     plan_after_listed(&all, &full, state_min_ms, state_max_ms, &|f| {
-        replica.header(f).map(|h| h.timestamp_ms)
+        replica.header_time(f)
     })
 }
 
@@ -182,7 +188,7 @@ pub fn plan_after_listed(
     candidates.sort_by_key(|f| std::cmp::Reverse(f.max_txid));
     let mut k = 0;
     for f in candidates.into_iter().take(HEADERS_READ_MAX) {
-        if header_time(f)?.max(f.created_at_ms) <= state_min_ms {
+        if made(f, header_time)? <= state_min_ms {
             k = f.max_txid;
             break;
         }
@@ -286,7 +292,7 @@ fn at_or_before(all: &[ReplicaFile], ms: i64, header_time: HeaderTime<'_>) -> Re
         if first.min_txid != 1 {
             break;
         }
-        let made_ms = header_time(last)?.max(last.created_at_ms);
+        let made_ms = made(last, header_time)?;
         if made_ms <= ms {
             return Ok(Plan {
                 files: chain
