@@ -14,7 +14,7 @@
 //! `cargo bench -p tradevault --bench backup`. TRADEVAULT_BENCH_TICKS, TRADEVAULT_BENCH_JOURNAL:
 //! the databases (default `$TMPDIR/seed-methods/ticks.db` and `journal.db`; generated with
 //! gen_ticks.py and gen_journal.py when missing). TRADEVAULT_BENCH_RUNS: runs per measure
-//! (default 5). Needs `sqlite3`, `zstd` and `gzip` on the PATH, and about 1 GB free beside the
+//! (default 5). TRADEVAULT_BENCH_ONLY: `ticks` or `journal` to measure one of them. Needs `sqlite3`, `zstd` and `gzip` on the PATH, and about 1 GB free beside the
 //! databases (the seeds' snapshot or a copy, a backup, a scratch restore; one database at a
 //! time). Everything is written under a temporary directory on the same disk as the database, and
 //! the page cache is warm (the database was just read), as for a backup of a database in use.
@@ -138,7 +138,15 @@ enum Variant {
 
 fn main() {
     let runs: usize = env_or("TRADEVAULT_BENCH_RUNS", 5);
-    let datasets = [Dataset::ticks(), Dataset::journal()];
+    let only = std::env::var("TRADEVAULT_BENCH_ONLY").ok();
+    let datasets: Vec<Dataset> = [Dataset::ticks(), Dataset::journal()]
+        .into_iter()
+        .filter(|d| only.as_deref().is_none_or(|o| o == d.name))
+        .collect();
+    assert!(
+        !datasets.is_empty(),
+        "TRADEVAULT_BENCH_ONLY is ticks or journal"
+    );
     for ds in &datasets {
         if !ds.path.is_file() {
             ds.generate();
