@@ -353,18 +353,19 @@ fn write_one(
     })
 }
 
-/// Bytes an incremental backup's scan reads at a time.
-const SCAN_BYTES: usize = 256 * 1024;
-
-/// An incremental backup: fingerprints every page on `threads` threads (the compressors have
-/// little to do), then reads again only the pages whose fingerprint differs from the parent's and
-/// sends them, a segment at a time. Unchanged pages keep the parent's entry.
+/// An incremental backup: fingerprints every page on `threads` threads and sends the pages
+/// whose fingerprint differs from the parent's to the compressors as it finds them, so that
+/// compression runs beside the scan. A reader's batch starts at [`FIRST_BATCH_PAGES`] (a few
+/// hundred changed pages are spread over every compressor) and doubles up to a segment with each
+/// batch sent (a mostly changed database still gets whole segments). Unchanged pages keep the
+/// parent's entry.
 fn read_changed(
     source: &Source<'_>,
     parent: &Parent,
     threads: usize,
     jobs: SyncSender<Job>,
 ) -> Result<Vec<Located>> {
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
     let Source {
         snapshot,
         fingerprint,
@@ -378,33 +379,64 @@ fn read_changed(
     // segments (4 MiB) the fingerprints read every page from memory a second time.
     let scan_pages = ((SCAN_BYTES / ps) as u32).max(1);
     let ranges = total.div_ceil(scan_pages);
-    let next = std::sync::atomic::AtomicU32::new(0);
-    let summed: Vec<Result<Vec<(u32, Vec<u64>)>>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut buf = vec![0u8; scan_pages as usize * ps];
-                    let mut out = Vec::new();
-                    loop {
-                        let r = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if r >= ranges {
-                            return Ok(out);
-                        }
-                        let first = r * scan_pages + 1;
-                        let n = scan_pages.min(total - first + 1);
-                        let chunk = &mut buf[..n as usize * ps];
-                        snapshot.read_pages(first, chunk)?;
-                        if let Some(c) = census {
-                            c.record(first, chunk, ps);
-                        }
-                        out.push((r, chunk.chunks(ps).map(|p| fingerprint.of(p)).collect()));
-                        if let Some(p) = progress {
-                            p.add_pages(u64::from(n));
-                        }
+    let (next_range, next_segment) = (AtomicU32::new(0), AtomicU32::new(0));
+    let kept = |i: usize, fp: u64| parent.pages.get(i).is_some_and(|e| e.fp == fp);
+    let stopped = || Error::Internal {
+        message: "backup writer stopped".into(),
+    };
+    let scan = || -> Result<Scanned> {
+        let mut buf = vec![0u8; scan_pages as usize * ps];
+        let mut out = Scanned::default();
+        let mut batch = FIRST_BATCH_PAGES.min(segment_pages);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut pending_pgnos: Vec<u32> = Vec::new();
+        let mut send = |pending: &mut Vec<u8>, pgnos: &mut Vec<u32>| -> Result<()> {
+            let index = next_segment.fetch_add(1, Relaxed);
+            for (slot, pgno) in pgnos.drain(..).enumerate() {
+                out.new_places.push((pgno, index, slot as u32));
+            }
+            let pages = (pending.len() / ps) as u32;
+            jobs.send((index, pages, std::mem::take(pending)))
+                .map_err(|_| stopped())
+        };
+        loop {
+            let r = next_range.fetch_add(1, Relaxed);
+            if r >= ranges {
+                break;
+            }
+            let first = r * scan_pages + 1;
+            let n = scan_pages.min(total - first + 1);
+            let chunk = &mut buf[..n as usize * ps];
+            snapshot.read_pages(first, chunk)?;
+            if let Some(c) = census {
+                c.record(first, chunk, ps);
+            }
+            let mut fps = Vec::with_capacity(n as usize);
+            for (i, page) in chunk.chunks(ps).enumerate() {
+                let fp = fingerprint.of(page);
+                let pgno = first + i as u32;
+                if !kept(pgno as usize - 1, fp) {
+                    pending.extend_from_slice(page);
+                    pending_pgnos.push(pgno);
+                    if pending_pgnos.len() as u32 == batch {
+                        send(&mut pending, &mut pending_pgnos)?;
+                        batch = (batch * 2).min(segment_pages);
                     }
-                })
-            })
-            .collect();
+                }
+                fps.push(fp);
+            }
+            out.fps.push((r, fps));
+            if let Some(p) = progress {
+                p.add_pages(u64::from(n));
+            }
+        }
+        if !pending_pgnos.is_empty() {
+            send(&mut pending, &mut pending_pgnos)?;
+        }
+        Ok(out)
+    };
+    let scanned: Vec<Result<Scanned>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads).map(|_| s.spawn(scan)).collect();
         workers
             .into_iter()
             .map(|w| {
@@ -416,60 +448,49 @@ fn read_changed(
             })
             .collect()
     });
+    drop(jobs);
     let mut fps = vec![0u64; total as usize];
-    for part in summed {
-        for (r, cs) in part? {
+    let mut new_places = Vec::new();
+    for part in scanned {
+        let part = part?;
+        for (r, cs) in part.fps {
             let at = (r * scan_pages) as usize;
             fps[at..at + cs.len()].copy_from_slice(&cs);
         }
+        new_places.extend(part.new_places);
     }
-    let stopped = || Error::Internal {
-        message: "backup writer stopped".into(),
-    };
-    // A few hundred changed pages would fill one segment, compressed by one thread while the
-    // others wait: spread them over the compressors instead.
-    let kept = |i: usize, fp: u64| parent.pages.get(i).is_some_and(|e| e.fp == fp);
-    let changed = fps
-        .iter()
-        .enumerate()
-        .filter(|&(i, &fp)| !kept(i, fp))
-        .count();
-    let segment_pages = segment_pages.min((changed.div_ceil(threads) as u32).max(1));
+    new_places.sort_unstable();
+    let mut new_places = new_places.into_iter().peekable();
     let mut places = Vec::with_capacity(total as usize);
-    let mut pending: Vec<u8> = Vec::with_capacity(segment_pages as usize * ps);
-    let mut pending_pages = 0u32;
-    let mut next_segment = 0u32;
-    let mut page = vec![0u8; ps];
     for (i, fp) in fps.into_iter().enumerate() {
-        if let Some(e) = parent.pages.get(i).filter(|e| e.fp == fp) {
-            places.push((fp, Place::Parent(e.segment, e.slot)));
-            continue;
+        let pgno = i as u32 + 1;
+        match new_places.next_if(|&(p, _, _)| p == pgno) {
+            Some((_, segment, slot)) => places.push((fp, Place::New(segment, slot))),
+            None => {
+                let e = parent.pages.get(i).filter(|e| e.fp == fp).ok_or_else(|| {
+                    Error::Internal {
+                        message: format!("backup page {pgno} was neither kept nor sent"),
+                    }
+                })?;
+                places.push((fp, Place::Parent(e.segment, e.slot)));
+            }
         }
-        snapshot.read_pages(i as u32 + 1, &mut page)?;
-        if fingerprint.of(&page) != fp {
-            return Err(Error::Internal {
-                message: format!("page {} changed inside a read transaction", i + 1),
-            });
-        }
-        places.push((fp, Place::New(next_segment, pending_pages)));
-        pending.extend_from_slice(&page);
-        pending_pages += 1;
-        if pending_pages == segment_pages {
-            let full = std::mem::replace(
-                &mut pending,
-                Vec::with_capacity(segment_pages as usize * ps),
-            );
-            jobs.send((next_segment, pending_pages, full))
-                .map_err(|_| stopped())?;
-            next_segment += 1;
-            pending_pages = 0;
-        }
-    }
-    if pending_pages > 0 {
-        jobs.send((next_segment, pending_pages, pending))
-            .map_err(|_| stopped())?;
     }
     Ok(places)
+}
+
+/// Bytes an incremental backup's scan reads at a time.
+const SCAN_BYTES: usize = 256 * 1024;
+
+/// Changed pages an incremental backup's reader gathers before its first segment.
+const FIRST_BATCH_PAGES: u32 = 64;
+
+/// What one reader of an incremental backup found: each range's fingerprints, and where each
+/// changed page went (page number, segment, slot).
+#[derive(Default)]
+struct Scanned {
+    fps: Vec<(u32, Vec<u64>)>,
+    new_places: Vec<(u32, u32, u32)>,
 }
 
 /// A full backup: reads every page, hashes it, and sends them all, a segment at a time.
