@@ -467,11 +467,14 @@ fn read_changed(
         match new_places.next_if(|&(p, _, _)| p == pgno) {
             Some((_, segment, slot)) => places.push((fp, Place::New(segment, slot))),
             None => {
-                let e = parent.pages.get(i).filter(|e| e.fp == fp).ok_or_else(|| {
-                    Error::Internal {
-                        message: format!("backup page {pgno} was neither kept nor sent"),
-                    }
-                })?;
+                let e =
+                    parent
+                        .pages
+                        .get(i)
+                        .filter(|e| e.fp == fp)
+                        .ok_or_else(|| Error::Internal {
+                            message: format!("backup page {pgno} was neither kept nor sent"),
+                        })?;
                 places.push((fp, Place::Parent(e.segment, e.slot)));
             }
         }

@@ -2,7 +2,7 @@
 //! keep (and why) and which to delete; [`apply`] deletes exactly what a plan says. Nothing is
 //! ever deleted without a plan computed first.
 //!
-//! Rules apply per database. A backup is kept if any rule keeps it: the newest `keep_last`; those
+//! Rules apply per database (per file: backups of two files that share a name are apart). A backup is kept if any rule keeps it: the newest `keep_last`; those
 //! newer than `keep_within`; the newest of each of the last `keep_hourly` hours (UTC, only hours
 //! that have a backup count), and likewise days, ISO weeks and months. Then, whatever the rules:
 //! the newest verified backup is kept, and so is every backup a kept one depends on (whose packs
@@ -92,31 +92,34 @@ pub fn plan(
     now_ms: i64,
     leftovers: Vec<(String, u64)>,
 ) -> PrunePlan {
-    let mut by_db: BTreeMap<&str, Vec<&BackupRecord>> = BTreeMap::new();
+    // Backups of different files are apart even when they share a name (two bots' `trades.db`
+    // backed up by path): one file's newer backups never make another's go.
+    let mut by_db: BTreeMap<(&str, &str), Vec<&BackupRecord>> = BTreeMap::new();
     for b in &catalog.backups {
-        by_db.entry(b.database.as_str()).or_default().push(b);
+        by_db
+            .entry((b.database.as_str(), b.source.as_str()))
+            .or_default()
+            .push(b);
     }
-    let mut delete = Vec::new();
-    let mut keep = Vec::new();
-    let mut refused = None;
-    for (db, mut list) in by_db {
+    let has_rule = rules.is_some_and(|r| {
+        r.keep_last.is_some()
+            || r.keep_within.is_some()
+            || r.keep_hourly.is_some()
+            || r.keep_daily.is_some()
+            || r.keep_weekly.is_some()
+            || r.keep_monthly.is_some()
+    });
+    let mut reasons: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    fn add<'a>(reasons: &mut BTreeMap<&'a str, Vec<String>>, id: &'a str, why: String) {
+        reasons.entry(id).or_default().push(why);
+    }
+    let mut verified_groups = BTreeSet::new();
+    for (group, list) in by_db.iter_mut() {
         // Newest first.
         list.sort_by(|a, b| b.id.cmp(&a.id));
-        let mut reasons: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        fn add<'a>(reasons: &mut BTreeMap<&'a str, Vec<String>>, id: &'a str, why: String) {
-            reasons.entry(id).or_default().push(why);
-        }
-        let has_rule = rules.is_some_and(|r| {
-            r.keep_last.is_some()
-                || r.keep_within.is_some()
-                || r.keep_hourly.is_some()
-                || r.keep_daily.is_some()
-                || r.keep_weekly.is_some()
-                || r.keep_monthly.is_some()
-        });
         match rules.filter(|_| has_rule) {
             None => {
-                for b in &list {
+                for b in list.iter() {
                     add(&mut reasons, &b.id, "no retention rules".into());
                 }
             }
@@ -142,7 +145,7 @@ pub fn plan(
                 for (n, name, key) in buckets {
                     let Some(n) = n else { continue };
                     let mut seen = BTreeSet::new();
-                    for b in &list {
+                    for b in list.iter() {
                         if seen.len() as u64 >= n {
                             break;
                         }
@@ -153,53 +156,63 @@ pub fn plan(
                 }
             }
         }
-        let newest_verified = list.iter().find(|b| b.verified_ok());
-        if let Some(b) = newest_verified {
+        if let Some(b) = list.iter().find(|b| b.verified_ok()) {
             add(&mut reasons, &b.id, "newest verified".into());
+            verified_groups.insert(*group);
         }
-        // Dependencies of kept backups are kept, transitively (a dependency's own dependencies
-        // are in its depends_on too, but follow them anyway).
-        let by_id: BTreeMap<&str, &&BackupRecord> =
-            list.iter().map(|b| (b.id.as_str(), b)).collect();
-        let mut stack: Vec<String> = reasons.keys().map(|k| (*k).to_owned()).collect();
-        while let Some(id) = stack.pop() {
-            let Some(b) = by_id.get(id.as_str()) else {
-                continue;
-            };
-            for dep in &b.depends_on {
-                if let Some(d) = by_id.get(dep.as_str()) {
-                    let first = !reasons.contains_key(d.id.as_str());
-                    reasons
-                        .entry(d.id.as_str())
-                        .or_default()
-                        .push(format!("needed by {id}"));
-                    if first {
-                        stack.push(d.id.clone());
-                    }
+    }
+    // Dependencies of kept backups are kept, transitively (a dependency's own dependencies are
+    // in its depends_on too, but follow them anyway), whichever file they were taken of.
+    let by_id: BTreeMap<&str, &BackupRecord> =
+        catalog.backups.iter().map(|b| (b.id.as_str(), b)).collect();
+    let mut stack: Vec<String> = reasons.keys().map(|k| (*k).to_owned()).collect();
+    while let Some(id) = stack.pop() {
+        let Some(b) = by_id.get(id.as_str()) else {
+            continue;
+        };
+        for dep in &b.depends_on {
+            if let Some(d) = by_id.get(dep.as_str()) {
+                let first = !reasons.contains_key(d.id.as_str());
+                reasons
+                    .entry(d.id.as_str())
+                    .or_default()
+                    .push(format!("needed by {id}"));
+                if first {
+                    stack.push(d.id.clone());
                 }
             }
         }
+    }
+    let mut delete = Vec::new();
+    let mut keep = Vec::new();
+    let mut refused = None;
+    for (group @ (db, source), list) in &by_db {
         let mut deleting = 0;
         for b in list.iter().rev() {
             match reasons.get(b.id.as_str()) {
                 Some(why) => keep.push(Kept {
                     id: b.id.clone(),
-                    database: db.to_owned(),
+                    database: (*db).to_owned(),
                     reasons: why.clone(),
                 }),
                 None => {
                     deleting += 1;
                     delete.push(Deletion {
                         id: b.id.clone(),
-                        database: db.to_owned(),
+                        database: (*db).to_owned(),
                         bytes: b.stored_bytes,
                     });
                 }
             }
         }
-        if deleting > 0 && newest_verified.is_none() {
+        if deleting > 0 && !verified_groups.contains(group) {
+            let of = if source.is_empty() {
+                (*db).to_owned()
+            } else {
+                format!("{db} ({source})")
+            };
             refused = Some(format!(
-                "no backup of {db} on {target_name} passed a verification: prune deletes nothing until one has"
+                "no backup of {of} on {target_name} passed a verification: prune deletes nothing until one has"
             ));
         }
     }
@@ -491,5 +504,41 @@ mod tests {
         let p = plan("t", &c, Some(&r), NOW, vec![]);
         assert!(!p.delete.is_empty());
         assert!(p.refused.is_some());
+    }
+
+    #[test]
+    fn files_sharing_a_name_are_kept_apart() {
+        // Two bots' trades.db, backed up by path under the same name: the other file's newer
+        // backups must not make this one's only backups go.
+        let mut backups = Vec::new();
+        for (source, hours) in [("/a/trades.db", [30, 20, 10]), ("/b/trades.db", [3, 2, 1])] {
+            for h in hours {
+                let mut b = record(h, 0, &[], h == 30 || h == 3);
+                b.id = crate::backup::new_id(NOW - h * HOUR, source);
+                b.database = "trades".into();
+                b.source = source.into();
+                backups.push(b);
+            }
+        }
+        let c = catalog(backups);
+        let r = BackupTargetConfig {
+            keep_last: Some(1),
+            ..rules()
+        };
+        let p = plan("t", &c, Some(&r), NOW, vec![]);
+        assert!(p.refused.is_none(), "{:?}", p.refused);
+        let kept: BTreeSet<&str> = p.keep.iter().map(|k| k.id.as_str()).collect();
+        for (i, b) in c.backups.iter().enumerate() {
+            // Per file: the newest (last) and the newest verified (first) stay.
+            let expected = i % 3 != 1;
+            assert_eq!(
+                kept.contains(b.id.as_str()),
+                expected,
+                "{} of {}",
+                b.id,
+                b.source
+            );
+        }
+        assert_eq!(p.delete.len(), 2);
     }
 }
