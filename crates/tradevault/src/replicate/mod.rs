@@ -323,9 +323,9 @@ impl Replicator {
     }
 
     /// Ships whatever was committed since the last sync, as if every commit it holds was made at
-    /// `now_ms`.
+    /// `now_ms` and the file 1 ms later (as the engine stamps it: see [`Replicator::sync_with`]).
     pub fn sync(&mut self, now_ms: i64) -> Result<Synced> {
-        self.sync_with(Some(now_ms), &|| now_ms)
+        self.sync_with(Some(now_ms), &|| now_ms + 1)
     }
 
     /// [`Replicator::sync`] with a file's two times: it is listed at `first_ms` (a lower bound of

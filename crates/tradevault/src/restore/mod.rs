@@ -28,6 +28,11 @@
 //! file's first commit comes before the previous file was made, and no time between them is
 //! exact: only the points themselves are.
 //!
+//! "Every commit of the files after it later than `T`" needs a file that continues the chain to
+//! have two times. One whose header time is not after its listed time (Litestream's, or an older
+//! TradeVault's) bounds its commits from above only, so a `T` after the chain's last point is
+//! refused too, naming that point and the next (`plan::unbounded_next`).
+//!
 //! A `T` before the first snapshot, or after the newest file's listed time (commits after it may
 //! not have reached the replica), is refused with the nearest points.
 

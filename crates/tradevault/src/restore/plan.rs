@@ -136,6 +136,9 @@ pub fn plan_files(
     {
         return Err(inexact(all, ms, &chain, made_ms, header_time));
     }
+    if let Target::Time(ms) = target {
+        unbounded_next(all, ms, current, made_ms, header_time)?;
+    }
     Ok(Plan {
         files: chain
             .iter()
@@ -351,6 +354,53 @@ fn inexact(
     )
 }
 
+/// Refuses a time after the point `current` (made at `made_ms`) when no file that continues it
+/// says its commits came after that time. Our files are listed before their first commit, so
+/// one listed after `ms` holds no commit made by then. A file with one time (Litestream stamps a
+/// file when it is made, and so did TradeVault before its files had two: header time no later
+/// than listed) bounds its commits from above only: some may have been made before `ms`, and the
+/// state at `ms` cannot be restored exactly.
+fn unbounded_next(
+    all: &[ReplicaFile],
+    ms: i64,
+    current: u64,
+    made_ms: i64,
+    header_time: HeaderTime<'_>,
+) -> Result<()> {
+    let mut next: Vec<&ReplicaFile> = all.iter().filter(|f| f.min_txid == current + 1).collect();
+    next.sort_by_key(|f| (f.max_txid, f.level));
+    let Some(&first) = next.first() else {
+        return Ok(());
+    };
+    for f in &next {
+        if header_time(f)? > f.created_at_ms {
+            return Ok(());
+        }
+    }
+    let after_ms = made(first, header_time)?;
+    Err(Error::invalid(
+        "not_exact",
+        None,
+        format!(
+            "{} is after txid {current} (made at {}) and before txid {} (made at {}), in files that \
+             carry one time each (written by Litestream, or by an older TradeVault): when the \
+             commits {}..={} were made is not known, some may be before that time, so the state \
+             at that time cannot be restored exactly; the nearest restorable points are txid \
+             {current} at {} (before) and txid {} at {} (after); restore one of them with \
+             --txid N, or pass --at-or-before for the newest point made by then",
+            time(ms),
+            time(made_ms),
+            first.max_txid,
+            time(after_ms),
+            first.min_txid,
+            first.max_txid,
+            time(made_ms),
+            first.max_txid,
+            time(after_ms),
+        ),
+    ))
+}
+
 /// (txid, time) of every point a file ends at, from the first snapshot on, sorted.
 fn restorable_points(all: &[ReplicaFile]) -> Vec<(u64, i64)> {
     let first = all
@@ -511,9 +561,16 @@ mod tests {
         // The point of a plan is when its last file was made.
         let p = plan_files(&all, "r", Target::Latest, &made).expect("latest");
         assert_eq!((p.txid, p.point_ms), (7, 30_500));
-        // A header older than its listing (a file stamped the old way) counts as made when listed.
+        // A header older than its listing (a file stamped the old way) counts as made when listed,
+        // and says nothing of when the next file's commits were made: a time after its point is
+        // refused, and at or before restores that point.
         let old = |_: &ReplicaFile| -> Result<i64> { Ok(0) };
-        let p = plan_files(&all, "r", Target::Time(20_000), &old).expect("old header");
+        let err = plan_files(&all, "r", Target::Time(20_000), &old).expect_err("one time");
+        assert!(
+            err.to_string().contains("txid 6 at") && err.to_string().contains("txid 7 at"),
+            "{err}"
+        );
+        let p = plan_files(&all, "r", Target::AtOrBefore(20_000), &old).expect("at or before");
         assert_eq!((p.txid, p.point_ms), (6, 20_000));
     }
 }

@@ -76,13 +76,13 @@ fn our_replica_restores_every_point_exactly_and_refuses_what_it_cannot_reach() {
     }
     // A time restores the newest point at or before it, and says which.
     let plan = restore::plan(&replica, Target::Time(35_000)).expect("plan");
-    assert_eq!((plan.txid, plan.point_ms), (3, 30_000));
+    assert_eq!((plan.txid, plan.point_ms), (3, 30_001));
     let at = dir.path().join("at.db");
     restore::apply(&replica, &plan, &at).expect("restore");
     assert_eq!(rows(&at), states[2]);
     for (target, why) in [
         (Target::Time(9_999), "before the first snapshot"),
-        (Target::Time(50_001), "after the newest point"),
+        (Target::Time(50_002), "after the newest point"),
         (Target::Txid(9), "past the newest txid"),
     ] {
         let err = restore::plan(&replica, target).expect_err(why);
@@ -484,7 +484,7 @@ fn a_time_inside_a_compacted_file_is_refused_with_the_nearest_points() {
         );
         let text = err.to_string();
         assert!(
-            text.contains("txid 1 at 1970-01-01T00:00:10Z")
+            text.contains("txid 1 at 1970-01-01T00:00:10.001Z")
                 && text.contains("txid 4 at 1970-01-01T00:00:40Z")
                 && text.contains("--txid"),
             "{t}: the nearest points and how to ask for them: {text}"
@@ -497,7 +497,7 @@ fn a_time_inside_a_compacted_file_is_refused_with_the_nearest_points() {
         (Target::Time(19_999), 1),
         (Target::Time(40_000), 4),
         (Target::Time(49_999), 4),
-        (Target::Time(50_000), 5),
+        (Target::Latest, 5),
     ] {
         let plan = restore::plan(&replica, target).expect("plan");
         let out = dir.path().join(format!("{}.db", plan.txid));
@@ -510,6 +510,62 @@ fn a_time_inside_a_compacted_file_is_refused_with_the_nearest_points() {
     // Before the first point and after the newest, the refusal names the nearest point too.
     let before = restore::plan(&replica, Target::Time(9_999)).expect_err("before");
     assert!(before.to_string().contains("txid 1 at"), "{before}");
-    let after = restore::plan(&replica, Target::Time(50_001)).expect_err("after");
+    let after = restore::plan(&replica, Target::Time(50_002)).expect_err("after");
     assert!(after.to_string().contains("txid 5 at"), "{after}");
+}
+
+/// Files stamped with one time, when each was made (as Litestream stamps them): nothing says
+/// when the next file's commits were made, so a time between two points is refused instead of
+/// restored to the older one, and `--at-or-before` restores that older point. The same history
+/// with our two times restores that time exactly.
+#[test]
+fn a_time_after_a_point_of_a_one_time_replica_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = crate::fills_db(&db);
+    let ours = Replica::from(FileReplica::new(dir.path().join("ours")));
+    let mut r = Replicator::new(&db, ours.clone()).expect("replicator");
+    for step in 1..=3u32 {
+        conn.execute(
+            "INSERT INTO fills (id, qty) VALUES (?1, printf('%d', ?1))",
+            [step],
+        )
+        .expect("insert");
+        r.sync(i64::from(step) * 10_000).expect("sync");
+    }
+    let one_time = Replica::from(FileReplica::new(dir.path().join("one-time")));
+    for f in ours.list(0).expect("list") {
+        let (mut header, pages, trailer) =
+            ltx::Decoder::decode_all(&ours.read(&f).expect("read")[..]).expect("decode");
+        header.timestamp_ms = f.created_at_ms;
+        let mut enc = ltx::Encoder::new(Vec::new(), header).expect("header");
+        for p in pages {
+            enc.encode_page(p.pgno, &p.data).expect("page");
+        }
+        let bytes = enc.finish(trailer.post_apply_checksum).expect("finish").0;
+        one_time.put(0, &bytes, Some(f.created_at_ms)).expect("put");
+    }
+    let plan = restore::plan(&ours, Target::Time(25_000)).expect("two times: exact");
+    assert_eq!(plan.txid, 2);
+    let err = restore::plan(&one_time, Target::Time(25_000)).expect_err("one time: refused");
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            tradevault::Error::Invalid {
+                code: "not_exact",
+                ..
+            }
+        ) && text.contains("txid 2 at 1970-01-01T00:00:20Z")
+            && text.contains("txid 3 at 1970-01-01T00:00:30Z")
+            && text.contains("--at-or-before"),
+        "{text}"
+    );
+    let older = restore::plan(&one_time, Target::AtOrBefore(25_000)).expect("at or before");
+    assert_eq!((older.txid, older.point_ms), (2, 20_000));
+    let out = dir.path().join("older.db");
+    restore::apply(&one_time, &older, &out).expect("restore");
+    let at = dir.path().join("at.db");
+    restore::apply(&ours, &plan, &at).expect("restore");
+    assert_eq!(rows(&out), rows(&at));
 }

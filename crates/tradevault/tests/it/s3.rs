@@ -530,11 +530,11 @@ async fn the_replicator_ships_to_s3_and_restore_rebuilds_every_state() {
     let plan = restore::plan(&other, Target::Time(t0 + 1_500)).expect("plan to a time");
     assert_eq!(
         (plan.txid, plan.point_ms),
-        (2, t0 + 1_000),
+        (2, t0 + 1_001),
         "header times, not upload times"
     );
     assert_eq!(
-        restore_rows(&other, Target::Time(t0 + 2_000), out.path(), "t2.db"),
+        restore_rows(&other, Target::Time(t0 + 2_001), out.path(), "t2.db"),
         states[2]
     );
 }
