@@ -365,13 +365,16 @@ fn from_backup(
 fn newest_backup(target: &Target, database: &str) -> Result<BackupRecord> {
     target.check_reachable()?;
     let catalog = Catalog::load(target)?;
-    catalog.newest(Some(database)).cloned().ok_or_else(|| {
-        Error::backup(
-            "not_found",
-            format!("target {} holds no backup of {database}", target.name),
-            Some("run 'tradevault backup create' (or serve's backup job) first"),
-        )
-    })
+    catalog
+        .newest(Some(database), None)
+        .cloned()
+        .ok_or_else(|| {
+            Error::backup(
+                "not_found",
+                format!("target {} holds no backup of {database}", target.name),
+                Some("run 'tradevault backup create' (or serve's backup job) first"),
+            )
+        })
 }
 
 /// The first replica whose files continue backup `b` to their latest point, with the plan of

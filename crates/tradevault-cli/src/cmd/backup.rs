@@ -504,7 +504,7 @@ fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
             names.dedup();
             names
                 .into_iter()
-                .filter_map(|d| catalog.newest(Some(d)))
+                .filter_map(|d| catalog.newest(Some(d), None))
                 .map(|b| b.id.clone())
                 .collect()
         };

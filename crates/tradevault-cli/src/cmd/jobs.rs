@@ -280,6 +280,6 @@ fn newest_of_each(catalog: &Catalog) -> Vec<&tradevault::backup::BackupRecord> {
     dbs.sort_unstable();
     dbs.dedup();
     dbs.into_iter()
-        .filter_map(|d| catalog.newest(Some(d)))
+        .filter_map(|d| catalog.newest(Some(d), None))
         .collect()
 }

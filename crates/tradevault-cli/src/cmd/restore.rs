@@ -490,13 +490,18 @@ fn from_backup(
 ) -> anyhow::Result<ExitCode> {
     use tradevault::backup::{Catalog, Identity};
     // A malformed --timestamp or --txid is said as such first.
-    target_of(args)?;
-    if args.timestamp.is_some() || args.txid.is_some() {
-        return Err(UsageError(
-            "--timestamp and --txid need a replica (--replica URL, or one in the config): a backup restores to its own time only; pick one with --backup ID".into(),
-        )
-        .into());
-    }
+    let by_time = match target_of(args)? {
+        // Every commit a backup holds was made by its state's end: the newest backup whose state
+        // ended by T is the newest state made by then.
+        Target::AtOrBefore(ms) if args.backup.is_none() => Some(ms),
+        Target::Latest => None,
+        _ => {
+            return Err(UsageError(
+                "--timestamp and --txid need a replica (--replica URL, or one in the config): a backup restores to its own time only (pick one with --backup ID, or --timestamp T --at-or-before for the newest taken by T)".into(),
+            )
+            .into());
+        }
+    };
     if args.target.is_none() && config.backup.target.is_empty() {
         return Err(UsageError(format!(
             "nothing to restore {db_name} from: pass --replica URL or --target URL, or configure a replica or a backup target"
@@ -524,8 +529,8 @@ fn from_backup(
         let record = match &args.backup {
             Some(id) => catalog.find(id).ok().cloned(),
             None => match source {
-                Some(path) => catalog.newest_from(db_name, path).cloned(),
-                None => catalog.newest(Some(db_name)).cloned(),
+                Some(path) => catalog.newest_from(db_name, path, by_time).cloned(),
+                None => catalog.newest(Some(db_name), by_time).cloned(),
             },
         };
         match record {
@@ -553,8 +558,15 @@ fn from_backup(
         return Err(tradevault::Error::backup(
             "not_found",
             format!(
-                "no backup {} of {db_name} on any target ({})",
-                args.backup.as_deref().unwrap_or("at all"),
+                "no backup {} on any target ({})",
+                match (&args.backup, by_time) {
+                    (Some(id), _) => format!("{id} of {db_name}"),
+                    (None, Some(ms)) => format!(
+                        "of {db_name} whose state ended by {}",
+                        tradevault::backup::format_ms(ms)
+                    ),
+                    (None, None) => format!("at all of {db_name}"),
+                },
                 misses.join("; ")
             ),
             Some("run 'tradevault backup list' to see the ids"),

@@ -773,3 +773,84 @@ fn a_bare_target_is_drilled_by_name() {
     let (code, _, err) = run(&["drill", "--target", &target, "--db", "nobody"], &[]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// Backups alone: `--timestamp T` is refused (nothing says what happened between two backups),
+/// and `--timestamp T --at-or-before` restores the newest backup whose state ended by T.
+#[test]
+fn backups_alone_restore_the_newest_taken_by_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE a(x); INSERT INTO a VALUES (1);")
+        .expect("schema");
+    let target = format!("file://{}", dir.path().join("tgt").display());
+    let db_arg = db.to_str().expect("utf8");
+    let mut ends = Vec::new();
+    for x in [2, 3] {
+        let (code, out, err) = run(
+            &[
+                "backup", "create", "--db", db_arg, "--target", &target, "--json",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        conn.execute("INSERT INTO a VALUES (?1)", [x])
+            .expect("insert");
+        let (code, out, err) = run(&["backup", "list", "--target", &target, "--json"], &[]);
+        assert_eq!(code, 0, "{out}{err}");
+        let list = json(&out);
+        let newest = list
+            .pointer("/0/backups")
+            .and_then(Value::as_array)
+            .and_then(|b| b.iter().max_by_key(|r| r["id"].as_str().map(str::to_owned)))
+            .unwrap_or_else(|| panic!("backups in {list}"))
+            .clone();
+        ends.push(newest["state_max_ms"].as_i64().expect("state_max_ms"));
+    }
+    let at = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms)
+            .expect("time")
+            .to_string()
+    };
+    let restore = |ms: i64, extra: &[&str], name: &str| {
+        let out = dir.path().join(name);
+        let t = at(ms);
+        let mut args = vec![
+            "restore",
+            "--db",
+            db_arg,
+            "--target",
+            &target,
+            "--timestamp",
+            &t,
+            "--output",
+            out.to_str().expect("utf8"),
+        ];
+        args.extend_from_slice(extra);
+        let (code, _, err) = run(&args, &[]);
+        let rows: Vec<i64> = if code == 0 {
+            let c = rusqlite::Connection::open(&out).expect("open");
+            let mut st = c.prepare("SELECT x FROM a ORDER BY x").expect("select");
+            st.query_map([], |r| r.get(0))
+                .expect("rows")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        } else {
+            Vec::new()
+        };
+        (code, err, rows)
+    };
+    let (code, err, _) = restore(ends[1], &[], "exact.db");
+    assert_eq!(code, 2, "refused without --at-or-before: {err}");
+    assert!(err.contains("--at-or-before"), "{err}");
+    let (code, err, rows) = restore(ends[0], &["--at-or-before"], "first.db");
+    assert_eq!((code, rows), (0, vec![1]), "{err}");
+    let (code, err, rows) = restore(ends[1] - 1, &["--at-or-before"], "still-first.db");
+    assert_eq!((code, rows), (0, vec![1]), "{err}");
+    let (code, err, rows) = restore(ends[1], &["--at-or-before"], "second.db");
+    assert_eq!((code, rows), (0, vec![1, 2]), "{err}");
+    let (code, err, _) = restore(ends[0] - 1, &["--at-or-before"], "none.db");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("whose state ended by"), "{err}");
+    assert!(!dir.path().join("none.db").exists());
+}

@@ -350,21 +350,31 @@ impl Catalog {
     }
 
     /// The newest backup of `database` (any database when `None`).
-    pub fn newest(&self, database: Option<&str>) -> Option<&BackupRecord> {
+    /// With `by_ms`, only backups whose state ended by then (every commit they hold was made by
+    /// then).
+    pub fn newest(&self, database: Option<&str>, by_ms: Option<i64>) -> Option<&BackupRecord> {
         self.backups
             .iter()
             .filter(|b| database.is_none_or(|d| b.database == d))
+            .filter(|b| by_ms.is_none_or(|ms| b.state_max_ms <= ms))
             .max_by(|a, b| a.id.cmp(&b.id))
     }
 
     /// The newest backup of `database` taken from the file at `path`: two files may share a
     /// name (an unconfigured `--db PATH` is named by its stem), and one must never continue or
     /// restore as the other.
-    pub fn newest_from(&self, database: &str, path: &std::path::Path) -> Option<&BackupRecord> {
+    /// `by_ms` as for [`Catalog::newest`].
+    pub fn newest_from(
+        &self,
+        database: &str,
+        path: &std::path::Path,
+        by_ms: Option<i64>,
+    ) -> Option<&BackupRecord> {
         let path = comparable(path);
         self.backups
             .iter()
             .filter(|b| b.database == database && b.taken_from_comparable(&path))
+            .filter(|b| by_ms.is_none_or(|ms| b.state_max_ms <= ms))
             .max_by(|a, b| a.id.cmp(&b.id))
     }
 

@@ -149,7 +149,7 @@ fn find_parent(
             return None;
         }
     };
-    let newest = catalog.newest_from(&options.database, options.source())?;
+    let newest = catalog.newest_from(&options.database, options.source(), None)?;
     if u64::from(newest.depth) + 1 >= options.config.full_every || newest.page_size != page_size {
         return None;
     }
