@@ -903,6 +903,26 @@ fn status_finds_a_sidecar_started_without_a_config() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // Its position is the point a restore names: the same TXID, made at the same time.
+    let r = replica_status();
+    let plan = tv()
+        .args([
+            "restore",
+            "--replica",
+            &url,
+            "--output",
+            "unused.db",
+            "--dry-run",
+            "--json",
+        ])
+        .output()
+        .expect("restore --dry-run");
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("plan json");
+    assert_eq!(
+        (r["txid"].as_u64(), r["txid_time_ms"].as_i64()),
+        (plan["txid"].as_u64(), plan["point_ms"].as_i64()),
+        "status {r} and restore's plan {plan}"
+    );
     // By path, alone (no store entry, no job history).
     let (listed, human) = status(&["bot.db"]);
     let listed = listed.as_array().expect("array").clone();

@@ -213,6 +213,7 @@ impl Uploader<'_> {
         }
         let position = newest.map_or(0, |f| f.max_txid);
         self.set_window(&all);
+        let made = newest.map(|f| self.made(&self.spec.replica, f));
         let mut st = self.db.lock();
         if position > 0 && position >= st.history_start {
             tracing::warn!(replica = %self.spec.name, position, "the replica holds files this database's local log does not know; continuing it from a new snapshot");
@@ -222,7 +223,7 @@ impl Uploader<'_> {
         }
         let r = &mut st.status.replicas[self.index];
         r.txid = Some(position);
-        r.txid_time_ms = newest.map(|f| f.created_at_ms);
+        r.txid_time_ms = made;
         drop(st);
         self.db.changed.notify_all();
         self.position = Some(position);
@@ -277,6 +278,8 @@ impl Uploader<'_> {
             }
         }
         let started = self.db.now_ms();
+        // The local file whose header time is the point's: the run's last, or the snapshot.
+        let made_from: Option<ReplicaFile>;
         let (level, piece, max_txid, ts, snapshot) = if !run.is_empty() {
             let piece = if run.len() == 1 {
                 Piece::Local(run[0].clone())
@@ -292,6 +295,7 @@ impl Uploader<'_> {
                 })?)
             };
             let last = run.last().map_or(position, |f| f.max_txid);
+            made_from = run.last().cloned();
             (0, piece, last, run[0].created_at_ms, run[0].min_txid == 1)
         } else {
             let above = self.need_snapshot_above.unwrap_or(0).max(position);
@@ -306,6 +310,7 @@ impl Uploader<'_> {
                 return Ok(false);
             };
             let (max_txid, ts) = (s.max_txid, s.created_at_ms);
+            made_from = Some(s.clone());
             (SNAPSHOT_LEVEL, Piece::Local(s), max_txid, ts, true)
         };
         let written = match piece {
@@ -325,20 +330,21 @@ impl Uploader<'_> {
             written.size,
             max_txid,
         );
+        let made = made_from.map_or(ts, |f| self.made(&self.db.local, &f));
         let mut st = self.db.lock();
         let local_txid = st.status.txid;
         let seq = Db::commit_seq_at(&st, max_txid);
         let r = &mut st.status.replicas[self.index];
         r.txid = Some(max_txid);
-        r.txid_time_ms = Some(ts);
+        r.txid_time_ms = Some(made);
         r.bytes_uploaded += written.size;
         r.files_uploaded += 1;
         // The window and totals as of the last listing, plus this file (maintenance lists again).
         r.files = Some(r.files.unwrap_or(0) + 1);
         r.bytes = Some(r.bytes.unwrap_or(0) + written.size);
-        r.window_end_ms = Some(r.window_end_ms.map_or(ts, |e| e.max(ts)));
+        r.window_end_ms = Some(r.window_end_ms.map_or(made, |e| e.max(made)));
         if snapshot {
-            r.window_start_ms.get_or_insert(ts);
+            r.window_start_ms.get_or_insert(made);
         }
         r.last_file = Some(format!(
             "{level}/{}",
@@ -452,15 +458,28 @@ impl Uploader<'_> {
         Ok(())
     }
 
+    /// When the point at the end of `f` (on `on`) was made: its header time, never before its
+    /// listed time (as `restore` counts it); the listed time when the header cannot be read.
+    fn made(&self, on: &Replica, f: &ReplicaFile) -> i64 {
+        on.header_time(f)
+            .map_or(f.created_at_ms, |h| h.max(f.created_at_ms))
+    }
+
     /// Status from a listing of every file the replica holds: its restorable window (from its
     /// oldest snapshot to its newest point), files and bytes. Each upload then adds its file.
+    /// The window's ends are points, as `restore` names them: when the oldest snapshot and the
+    /// newest file were made (their header times; two header reads).
     fn set_window(&self, files: &[ReplicaFile]) {
+        let replica = &self.spec.replica;
         let start = files
             .iter()
             .filter(|f| f.min_txid == 1)
-            .map(|f| f.created_at_ms)
-            .min();
-        let end = files.iter().map(|f| f.created_at_ms).max();
+            .min_by_key(|f| f.created_at_ms)
+            .map(|f| self.made(replica, f));
+        let end = files
+            .iter()
+            .max_by_key(|f| (f.created_at_ms, f.max_txid))
+            .map(|f| self.made(replica, f));
         let mut st = self.db.lock();
         let r = &mut st.status.replicas[self.index];
         r.window_start_ms = start;
