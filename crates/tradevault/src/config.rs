@@ -746,6 +746,12 @@ impl Config {
             r.s3()
                 .check(&r.url)
                 .map_err(|(k, why)| bad(&format!("{entry}.{k}"), why))?;
+            if r.name.as_deref() == Some("local") {
+                return Err(bad(
+                    &format!("{entry}.name"),
+                    "\"local\" is reserved: it is the metrics label of the engine's own shipping (reading the WAL, writing the local log)".into(),
+                ));
+            }
             for (k, v) in [
                 ("retention_hours", r.retention_hours),
                 ("snapshot_hours", r.snapshot_hours),
@@ -1232,6 +1238,10 @@ mod tests {
             (
                 "[[database]]\nname = \"a\"\npath = \"/x\"\n[[database.replica]]\nurl = \"ftp://host/r\"\n",
                 "database[0].replica[0].url",
+            ),
+            (
+                "[[replication.replica]]\nurl = \"file:///r\"\nname = \"local\"\n",
+                "replication.replica[0].name",
             ),
             ("[backup]\ncompression = \"xz\"\n", "backup.compression"),
             ("[backup]\nzstd_level = 30\n", "backup.zstd_level"),
