@@ -494,17 +494,10 @@ fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             }
         } else {
-            // The newest backup of each database.
-            let mut names: Vec<&str> = catalog
-                .backups
-                .iter()
-                .map(|b| b.database.as_str())
-                .collect();
-            names.sort_unstable();
-            names.dedup();
-            names
+            // The newest backup of each database file (retention wants one verified per file).
+            catalog
+                .newest_of_each_file()
                 .into_iter()
-                .filter_map(|d| catalog.newest(Some(d), None))
                 .map(|b| b.id.clone())
                 .collect()
         };

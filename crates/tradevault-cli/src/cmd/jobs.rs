@@ -164,7 +164,7 @@ pub fn specs(config: &Config, rt: &Runtime) -> Vec<JobSpec> {
                     // is encrypted: this host holds no identity), the others never verified by
                     // their checksums.
                     let newest: Vec<String> =
-                        newest_of_each(&catalog).into_iter().map(|b| b.id.clone()).collect();
+                        catalog.newest_of_each_file().into_iter().map(|b| b.id.clone()).collect();
                     for b in &catalog.backups {
                         let deep = newest.contains(&b.id) && !b.encrypted;
                         if !deep && b.verified.is_some() {
@@ -268,18 +268,4 @@ fn mirror(store: &Arc<Store>, targets: &[Target]) {
             }
         }
     }
-}
-
-/// The newest backup of each database in `catalog`.
-fn newest_of_each(catalog: &Catalog) -> Vec<&tradevault::backup::BackupRecord> {
-    let mut dbs: Vec<&str> = catalog
-        .backups
-        .iter()
-        .map(|b| b.database.as_str())
-        .collect();
-    dbs.sort_unstable();
-    dbs.dedup();
-    dbs.into_iter()
-        .filter_map(|d| catalog.newest(Some(d), None))
-        .collect()
 }

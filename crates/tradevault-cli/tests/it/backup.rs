@@ -854,3 +854,72 @@ fn backups_alone_restore_the_newest_taken_by_a_time() {
     assert!(err.contains("whose state ended by"), "{err}");
     assert!(!dir.path().join("none.db").exists());
 }
+
+/// Two unconfigured files with the same stem (two bots' `trades.db`) share a name but not their
+/// retention: the default verify checks the newest backup of each file, and prune then keeps
+/// each file's newest instead of refusing, or letting one file's backups push out the other's.
+#[test]
+fn files_sharing_a_name_are_verified_and_pruned_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tgt = dir.path().join("tgt");
+    let config = dir.path().join("tv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[backup.target]]\nname = \"local\"\nurl = \"file://{}\"\nkeep_last = 1\n",
+            tgt.display()
+        ),
+    )
+    .expect("config");
+    let c = config.to_str().expect("utf8");
+    let mut files = Vec::new();
+    for sub in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
+        let db = dir.path().join(sub).join("trades.db");
+        rusqlite::Connection::open(&db)
+            .expect("open")
+            .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .expect("schema");
+        files.push(db);
+    }
+    for _ in 0..2 {
+        for db in &files {
+            let (code, out, err) = run(
+                &[
+                    "backup",
+                    "create",
+                    "--config",
+                    c,
+                    "--db",
+                    db.to_str().expect("utf8"),
+                    "--full",
+                ],
+                &[],
+            );
+            assert_eq!(code, 0, "{out}{err}");
+        }
+    }
+    let (code, out, err) = run(&["backup", "verify", "--config", c, "--json"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&["backup", "prune", "--config", c, "--json"], &[]);
+    assert_eq!(code, 0, "prune is not refused: {out}{err}");
+    let (code, out, err) = run(&["backup", "list", "--config", c, "--json"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let list = json(&out);
+    let sources: Vec<String> = list
+        .pointer("/0/backups")
+        .and_then(Value::as_array)
+        .expect("backups")
+        .iter()
+        .map(|b| b["source"].as_str().expect("source").to_owned())
+        .collect();
+    assert_eq!(sources.len(), 2, "one kept per file: {sources:?}");
+    for db in &files {
+        let canonical = std::fs::canonicalize(db).expect("canonical");
+        assert!(
+            sources.iter().any(|s| Path::new(s) == canonical),
+            "{} kept: {sources:?}",
+            db.display()
+        );
+    }
+}

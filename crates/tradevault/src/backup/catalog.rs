@@ -378,6 +378,19 @@ impl Catalog {
             .max_by(|a, b| a.id.cmp(&b.id))
     }
 
+    /// The newest backup of each database file (two files may share a name: see
+    /// [`Catalog::newest_from`]), by name.
+    pub fn newest_of_each_file(&self) -> Vec<&BackupRecord> {
+        let mut newest: BTreeMap<(&str, std::path::PathBuf), &BackupRecord> = BTreeMap::new();
+        for b in &self.backups {
+            let slot = newest.entry((b.database.as_str(), b.file())).or_insert(b);
+            if b.id > slot.id {
+                *slot = b;
+            }
+        }
+        newest.into_values().collect()
+    }
+
     /// The full manifest of a listed backup.
     pub fn manifest(&self, target: &Target, id: &str) -> Result<Manifest> {
         let record = self.find(id)?;
@@ -493,6 +506,11 @@ impl BackupRecord {
     /// Whether it was taken from the file at `path` (see [`comparable`]).
     pub fn taken_from(&self, path: &std::path::Path) -> bool {
         self.taken_from_comparable(&comparable(path))
+    }
+
+    /// The file it was taken from, in the form [`comparable`] gives.
+    pub fn file(&self) -> std::path::PathBuf {
+        comparable(std::path::Path::new(&self.source))
     }
 
     fn taken_from_comparable(&self, path: &std::path::Path) -> bool {

@@ -94,10 +94,10 @@ pub fn plan(
 ) -> PrunePlan {
     // Backups of different files are apart even when they share a name (two bots' `trades.db`
     // backed up by path): one file's newer backups never make another's go.
-    let mut by_db: BTreeMap<(&str, &str), Vec<&BackupRecord>> = BTreeMap::new();
+    let mut by_db: BTreeMap<(&str, std::path::PathBuf), Vec<&BackupRecord>> = BTreeMap::new();
     for b in &catalog.backups {
         by_db
-            .entry((b.database.as_str(), b.source.as_str()))
+            .entry((b.database.as_str(), b.file()))
             .or_default()
             .push(b);
     }
@@ -158,7 +158,7 @@ pub fn plan(
         }
         if let Some(b) = list.iter().find(|b| b.verified_ok()) {
             add(&mut reasons, &b.id, "newest verified".into());
-            verified_groups.insert(*group);
+            verified_groups.insert(group.clone());
         }
     }
     // Dependencies of kept backups are kept, transitively (a dependency's own dependencies are
@@ -186,7 +186,7 @@ pub fn plan(
     let mut delete = Vec::new();
     let mut keep = Vec::new();
     let mut refused = None;
-    for (group @ (db, source), list) in &by_db {
+    for (group @ (db, file), list) in &by_db {
         let mut deleting = 0;
         for b in list.iter().rev() {
             match reasons.get(b.id.as_str()) {
@@ -206,11 +206,7 @@ pub fn plan(
             }
         }
         if deleting > 0 && !verified_groups.contains(group) {
-            let of = if source.is_empty() {
-                (*db).to_owned()
-            } else {
-                format!("{db} ({source})")
-            };
+            let of = format!("{db} ({})", file.display());
             refused = Some(format!(
                 "no backup of {of} on {target_name} passed a verification: prune deletes nothing until one has"
             ));

@@ -281,22 +281,28 @@ impl Uploader<'_> {
         // The local file whose header time is the point's: the run's last, or the snapshot.
         let made_from: Option<ReplicaFile>;
         let (level, piece, max_txid, ts, snapshot) = if !run.is_empty() {
-            let piece = if run.len() == 1 {
-                Piece::Local(run[0].clone())
+            let (piece, listed) = if run.len() == 1 {
+                (Piece::Local(run[0].clone()), run[0].created_at_ms)
             } else {
                 let inputs = run
                     .iter()
                     .map(|f| local.read(f))
                     .collect::<Result<Vec<_>>>()?;
                 let slices: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
-                Piece::Merged(ltx::compact(&slices).map_err(|source| Error::Ltx {
+                let merged = ltx::compact(&slices).map_err(|source| Error::Ltx {
                     name: format!("merge of {} local files", run.len()),
                     source,
-                })?)
+                })?;
+                let headers: Vec<i64> = inputs
+                    .iter()
+                    .map(|b| header_ms(b).unwrap_or(i64::MIN))
+                    .collect();
+                let listed = merged_listing(&run, &headers, &merged);
+                (Piece::Merged(merged), listed)
             };
             let last = run.last().map_or(position, |f| f.max_txid);
             made_from = run.last().cloned();
-            (0, piece, last, run[0].created_at_ms, run[0].min_txid == 1)
+            (0, piece, last, listed, run[0].min_txid == 1)
         } else {
             let above = self.need_snapshot_above.unwrap_or(0).max(position);
             let snapshot = local
@@ -312,6 +318,13 @@ impl Uploader<'_> {
             let (max_txid, ts) = (s.max_txid, s.created_at_ms);
             made_from = Some(s.clone());
             (SNAPSHOT_LEVEL, Piece::Local(s), max_txid, ts, true)
+        };
+        // Read before the upload: the local log may prune the file once it is on every replica.
+        let made = match &piece {
+            Piece::Merged(bytes) => header_ms(bytes).map_or(ts, |h| h.max(ts)),
+            Piece::Local(_) => made_from
+                .as_ref()
+                .map_or(ts, |f| self.made(&self.db.local, f)),
         };
         let written = match piece {
             Piece::Local(f) => self.put_local(level, &f)?,
@@ -330,7 +343,6 @@ impl Uploader<'_> {
             written.size,
             max_txid,
         );
-        let made = made_from.map_or(ts, |f| self.made(&self.db.local, &f));
         let mut st = self.db.lock();
         let local_txid = st.status.txid;
         let seq = Db::commit_seq_at(&st, max_txid);
@@ -542,10 +554,75 @@ impl Uploader<'_> {
             name: format!("compaction of {} files", group.len()),
             source,
         })?;
-        replica.put(SECOND_LEVEL, &merged, Some(group[0].created_at_ms))?;
+        let headers: Vec<i64> = inputs
+            .iter()
+            .map(|b| header_ms(b).unwrap_or(i64::MIN))
+            .collect();
+        replica.put(
+            SECOND_LEVEL,
+            &merged,
+            Some(merged_listing(group, &headers, &merged)),
+        )?;
         for f in group {
             replica.delete(f)?;
         }
         Ok(())
+    }
+}
+
+/// The header time of the LTX file `bytes`, if its header decodes.
+fn header_ms(bytes: &[u8]) -> Option<i64> {
+    let head: &[u8; ltx::HEADER_SIZE] = bytes.get(..ltx::HEADER_SIZE)?.try_into().ok()?;
+    ltx::Header::decode(head).ok().map(|h| h.timestamp_ms)
+}
+
+/// When a merge of `files` (whose header times are `headers`) into `merged` is listed: at its
+/// first file's time, a lower bound of every commit it holds, when every input has two times
+/// (header after listed). An input with one time (Litestream's, or an older TradeVault's) bounds
+/// its commits from above only, so the merge is listed at its own header time and keeps one time:
+/// `restore` never takes its listed time for a lower bound (`plan::unbounded_next`).
+fn merged_listing(files: &[ReplicaFile], headers: &[i64], merged: &[u8]) -> i64 {
+    let first = files.first().map_or(i64::MIN, |f| f.created_at_ms);
+    let one_time = files
+        .iter()
+        .zip(headers)
+        .any(|(f, &h)| h <= f.created_at_ms);
+    match header_ms(merged) {
+        Some(made) if one_time => made.max(first),
+        _ => first,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ltx_at(min: u64, max: u64, header_ms: i64) -> Vec<u8> {
+        let mut enc = ltx::Encoder::new(Vec::new(), ltx::Header::new(4096, 1, min, max, header_ms))
+            .expect("header");
+        enc.encode_page(1, &[0u8; 4096]).expect("page");
+        enc.finish(0).expect("finish").0
+    }
+
+    fn listed_at(min: u64, max: u64, ms: i64) -> ReplicaFile {
+        ReplicaFile {
+            level: 0,
+            min_txid: min,
+            max_txid: max,
+            size: 0,
+            created_at_ms: ms,
+        }
+    }
+
+    #[test]
+    fn a_merge_keeps_one_time_when_an_input_has_one() {
+        let files = [listed_at(2, 2, 1_000), listed_at(3, 3, 2_000)];
+        let merged = ltx_at(2, 3, 2_500);
+        // Both made after they were listed: listed at the first one's time.
+        assert_eq!(merged_listing(&files, &[1_400, 2_500], &merged), 1_000);
+        // The second stamped with one time (Litestream's): listed when the merge was made.
+        assert_eq!(merged_listing(&files, &[1_400, 2_000], &merged), 2_500);
+        assert_eq!(header_ms(&merged), Some(2_500));
+        assert_eq!(header_ms(b"short"), None);
     }
 }

@@ -367,7 +367,11 @@ fn unbounded_next(
     made_ms: i64,
     header_time: HeaderTime<'_>,
 ) -> Result<()> {
-    let mut next: Vec<&ReplicaFile> = all.iter().filter(|f| f.min_txid == current + 1).collect();
+    // Every file that would continue the chain, as `extend` takes them (overlapping ones too).
+    let mut next: Vec<&ReplicaFile> = all
+        .iter()
+        .filter(|f| f.min_txid <= current + 1 && f.max_txid > current)
+        .collect();
     next.sort_by_key(|f| (f.max_txid, f.level));
     let Some(&first) = next.first() else {
         return Ok(());
@@ -572,5 +576,19 @@ mod tests {
         );
         let p = plan_files(&all, "r", Target::AtOrBefore(20_000), &old).expect("at or before");
         assert_eq!((p.txid, p.point_ms), (6, 20_000));
+    }
+
+    #[test]
+    fn a_one_time_file_overlapping_the_chain_bounds_nothing_either() {
+        // Litestream: snapshot 1-5, then a level-1 file 4-9 (its level-0 files compacted away),
+        // each with one time. Commits 6-9 may be before 15 s.
+        let all = vec![file(9, 1, 5, 10_000), file(1, 4, 9, 20_000)];
+        let listed = |f: &ReplicaFile| -> Result<i64> { Ok(f.created_at_ms) };
+        let err = plan_files(&all, "r", Target::Time(15_000), &listed).expect_err("one time");
+        assert!(err.to_string().contains("txid 9 at"), "{err}");
+        // With two times (listed before its commits), 15 s is before all of 6-9: exact.
+        let two = |f: &ReplicaFile| -> Result<i64> { Ok(f.created_at_ms + 1) };
+        let p = plan_files(&all, "r", Target::Time(15_000), &two).expect("two times");
+        assert_eq!(p.txid, 5);
     }
 }
