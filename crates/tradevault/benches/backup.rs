@@ -14,7 +14,7 @@
 //! `cargo bench -p tradevault --bench backup`. TRADEVAULT_BENCH_TICKS, TRADEVAULT_BENCH_JOURNAL:
 //! the databases (default `$TMPDIR/seed-methods/ticks.db` and `journal.db`; generated with
 //! gen_ticks.py and gen_journal.py when missing). TRADEVAULT_BENCH_RUNS: runs per measure
-//! (default 5). TRADEVAULT_BENCH_ONLY: `ticks` or `journal` to measure one of them. Needs `sqlite3`, `zstd` and `gzip` on the PATH, and about 1 GB free beside the
+//! (default 5). TRADEVAULT_BENCH_ONLY: `ticks` or `journal` to measure one of them. Needs `sqlite3`, `zstd` and `gzip` on the PATH, and about 2.5 GB free beside the
 //! databases (the seeds' snapshot or a copy, a backup, a scratch restore; one database at a
 //! time). Everything is written under a temporary directory on the same disk as the database, and
 //! the page cache is warm (the database was just read), as for a backup of a database in use.
@@ -258,14 +258,16 @@ fn gzip_once(ds: &Dataset, dir: &Path) {
 fn deep_verify(full: &Full, dir: &Path, runs: usize) {
     let full_target = target(&full.dir);
     let (mut deep_quick, mut deep_integrity, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
-    // The three in turn, each first once every three runs, and each after a `sync`: whichever
-    // followed the baseline's 250-480 MB of decompressed output paid for writing it back.
+    // The three in turn, each first once every three runs, and each after a `sync`; the
+    // baseline's 250-480 MB outputs are deleted only at the end. Whichever measure followed that
+    // output paid for writing it back or for freeing it (`--quick-check`, twice in three runs).
+    let mut plains = Vec::new();
     for run in 0..runs.min(3) {
         for step in (0..3).map(|i| (i + run) % 3) {
             sh("sync");
             match step {
                 0 => {
-                    let plain = dir.join("plain.db");
+                    let plain = dir.join(format!("plain-{run}.db"));
                     let t = Instant::now();
                     sh(&format!(
                         "zstd -q -d -f {} -o {}",
@@ -277,7 +279,7 @@ fn deep_verify(full: &Full, dir: &Path, runs: usize) {
                         q(&plain)
                     ));
                     baseline.push(t.elapsed().as_secs_f64());
-                    let _ = std::fs::remove_file(&plain);
+                    plains.push(plain);
                 }
                 1 => {
                     let v = verify(&full_target, &full.id, Check::Quick, dir);
@@ -291,6 +293,9 @@ fn deep_verify(full: &Full, dir: &Path, runs: usize) {
                 }
             }
         }
+    }
+    for plain in plains {
+        let _ = std::fs::remove_file(plain);
     }
     println!("\nP12 deep verify (goal: no more than decompress + quick_check)");
     report("zstd -d + PRAGMA quick_check", &baseline, 0, 0);

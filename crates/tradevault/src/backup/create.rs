@@ -235,7 +235,7 @@ fn write_one(
     if let Some(p) = options.progress {
         p.start(u64::from(snapshot.page_count));
     }
-    let (places, new_segments, packs) = std::thread::scope(|s| {
+    let (places, kept, new_segments, packs, page_table) = std::thread::scope(|s| {
         let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
         let (done_tx, done_rx) = sync_channel::<Done>(threads * 2);
         let job_rx = Arc::new(Mutex::new(job_rx));
@@ -258,50 +258,40 @@ fn write_one(
             Some(p) => read_changed(&source, p, threads, job_tx),
             None => read_pages(&source, job_tx),
         };
+        // The page table needs only where each page is: it is stored while the compressors and
+        // the packer finish the last segments.
+        let table = read.and_then(|places| {
+            let (kept, entries) = number(&places, parent.as_ref());
+            let pages_bytes = encode_pages(&entries)?;
+            let page_table = ObjectSum {
+                key: pages_key(&id),
+                size: pages_bytes.len() as u64,
+                blake3: format::hex_hash(&pages_bytes),
+            };
+            target.put(&page_table.key, pages_bytes)?;
+            Ok((places, kept, page_table))
+        });
         let packed = packer.join().map_err(|_| Error::Internal {
             message: "backup packer panicked".into(),
         })?;
         // A packer failure (the target) explains a reader that could not send: report it first.
         let (segments, packs) = packed?;
-        let places = read?;
-        Ok::<_, Error>((places, segments, packs))
+        let (places, kept, page_table) = table?;
+        Ok::<_, Error>((places, kept, segments, packs, page_table))
     })?;
     tracing::debug!(
         ms = clock.elapsed().as_millis() as u64,
         "backup pages read and packed"
     );
-    // Number the segments: the parent's that are still used, then the new ones.
-    let mut used: BTreeSet<u32> = BTreeSet::new();
-    for place in &places {
-        if let (_, Place::Parent(seg, _)) = place {
-            used.insert(*seg);
-        }
-    }
-    let mut segments: Vec<Segment> = Vec::with_capacity(used.len() + new_segments.len());
-    let mut renumber = BTreeMap::new();
+    // The parent's segments still used, in the order the page table numbers them, then the new.
+    let mut segments: Vec<Segment> = Vec::with_capacity(kept.len() + new_segments.len());
     if let Some(p) = &parent {
-        for seg in &used {
-            renumber.insert(*seg, segments.len() as u32);
-            segments.push(p.manifest.segments[*seg as usize].clone());
-        }
+        segments.extend(
+            kept.iter()
+                .map(|seg| p.manifest.segments[*seg as usize].clone()),
+        );
     }
-    let first_new = segments.len() as u32;
     segments.extend(new_segments);
-    let entries: Vec<PageEntry> = places
-        .iter()
-        .map(|(fp, place)| match place {
-            Place::Parent(seg, slot) => PageEntry {
-                segment: renumber[seg],
-                slot: *slot,
-                fp: *fp,
-            },
-            Place::New(seg, slot) => PageEntry {
-                segment: first_new + seg,
-                slot: *slot,
-                fp: *fp,
-            },
-        })
-        .collect();
     let pages_stored = places
         .iter()
         .filter(|(_, p)| matches!(p, Place::New(..)))
@@ -312,13 +302,6 @@ fn write_one(
         .filter(|o| *o != id)
         .map(str::to_owned)
         .collect();
-    let pages_bytes = encode_pages(&entries)?;
-    let page_table = ObjectSum {
-        key: pages_key(&id),
-        size: pages_bytes.len() as u64,
-        blake3: format::hex_hash(&pages_bytes),
-    };
-    target.put(&page_table.key, pages_bytes)?;
     Ok(Manifest {
         id: id.clone(),
         database: options.database.clone(),
@@ -351,6 +334,44 @@ fn write_one(
         packs,
         page_table,
     })
+}
+
+/// Numbers the segments a backup's pages are in: the parent's that are still used (returned,
+/// in order), then the new ones; and gives each page its entry.
+fn number(places: &[Located], parent: Option<&Parent>) -> (Vec<u32>, Vec<PageEntry>) {
+    let mut used: BTreeSet<u32> = BTreeSet::new();
+    for place in places {
+        if let (_, Place::Parent(seg, _)) = place {
+            used.insert(*seg);
+        }
+    }
+    let kept: Vec<u32> = if parent.is_some() {
+        used.into_iter().collect()
+    } else {
+        Vec::new()
+    };
+    let renumber: BTreeMap<u32, u32> = kept
+        .iter()
+        .enumerate()
+        .map(|(i, seg)| (*seg, i as u32))
+        .collect();
+    let first_new = kept.len() as u32;
+    let entries = places
+        .iter()
+        .map(|(fp, place)| match place {
+            Place::Parent(seg, slot) => PageEntry {
+                segment: renumber[seg],
+                slot: *slot,
+                fp: *fp,
+            },
+            Place::New(seg, slot) => PageEntry {
+                segment: first_new + seg,
+                slot: *slot,
+                fp: *fp,
+            },
+        })
+        .collect();
+    (kept, entries)
 }
 
 /// An incremental backup: fingerprints every page on `threads` threads and sends the pages
