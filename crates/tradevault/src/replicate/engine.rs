@@ -954,15 +954,14 @@ impl Shipper<'_> {
         match result {
             Ok(synced) => {
                 self.failures = 0;
-                let txid = r.txid();
-                let ts = r.last_ts();
+                let (txid, ts, made) = (r.txid(), r.last_ts(), r.last_made());
                 drop(r);
                 let mut st = db.lock();
                 st.status.last_error = None;
                 st.synced_once = true;
                 if synced != Synced::Nothing {
                     st.status.txid = txid;
-                    st.status.txid_time_ms = Some(ts);
+                    st.status.txid_time_ms = Some(made);
                     if let Synced::Transactions { bytes, .. } = synced {
                         if st.recent.len() >= RECENT_MAX {
                             st.recent.pop_front();
@@ -1090,15 +1089,15 @@ impl Shipper<'_> {
             if done && let Some(salt1) = salt1 {
                 r.wal_truncated(salt1);
             }
-            Ok((synced, r.txid(), r.last_ts(), done, seq))
+            Ok((synced, r.txid(), r.last_made(), done, seq))
         });
         match result {
-            Ok((synced, txid, ts, done, seq)) => {
+            Ok((synced, txid, made, done, seq)) => {
                 let mut st = db.lock();
                 st.synced_once = true;
                 if synced != Synced::Nothing {
                     st.status.txid = txid;
-                    st.status.txid_time_ms = Some(ts);
+                    st.status.txid_time_ms = Some(made);
                 }
                 let released = st.record_shipped(txid, seq);
                 if done {

@@ -157,6 +157,8 @@ pub struct Replicator {
     resume: Resume,
     /// The newest file's timestamp: later files never claim an earlier time.
     last_ts: i64,
+    /// When the newest file this replicator wrote was made (its header time).
+    last_made: i64,
     /// The engine has held a read transaction on the database since the last sync read the WAL
     /// (see [`Replicator::set_wal_pinned`]).
     wal_pinned: bool,
@@ -178,6 +180,7 @@ impl Replicator {
             txid,
             resume: Resume::Snapshot,
             last_ts,
+            last_made: last_ts,
             wal_pinned: false,
             looked: false,
         })
@@ -191,6 +194,12 @@ impl Replicator {
     /// The newest file's timestamp (ms since the epoch).
     pub fn last_ts(&self) -> i64 {
         self.last_ts
+    }
+
+    /// When the newest file was made (its header time, as `restore` names a point; the newest
+    /// listed time until this replicator wrote a file).
+    pub fn last_made(&self) -> i64 {
+        self.last_made
     }
 
     /// Numbers the next file after `txid` at least: a replica holds files up to `txid` from a
@@ -418,6 +427,7 @@ impl Replicator {
         let written = self.replica.put_encoded(0, &header, &bytes, Some(listed))?;
         self.txid = txid;
         self.last_ts = listed;
+        self.last_made = ts;
         self.resume = Resume::Wal(reader.position());
         Ok(Synced::Transactions {
             txid,
@@ -461,6 +471,7 @@ impl Replicator {
         drop(snapshot);
         self.txid = txid;
         self.last_ts = listed;
+        self.last_made = ts;
         self.resume = resume;
         Ok(Synced::Snapshot {
             txid,

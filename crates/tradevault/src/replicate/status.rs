@@ -30,7 +30,7 @@ pub struct DatabaseStatus {
     pub updated_at_ms: i64,
     /// The newest TXID in the local log.
     pub txid: u64,
-    /// Time of the newest local file (ms since the epoch).
+    /// When the newest local file was made (its header time: the point `restore` names).
     pub txid_time_ms: Option<i64>,
     /// The WAL's size when last looked at.
     pub wal_bytes: u64,
@@ -52,7 +52,7 @@ pub struct ReplicaStatus {
     pub url: String,
     /// The newest TXID on it (None until it was first listed).
     pub txid: Option<u64>,
-    /// Time of the newest file on it (ms since the epoch).
+    /// When the newest file on it was made (its header time: the point `restore` names).
     pub txid_time_ms: Option<i64>,
     /// Seconds since it last held everything the local log had (0 when caught up).
     pub lag_seconds: f64,
