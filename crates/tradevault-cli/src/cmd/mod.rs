@@ -342,10 +342,19 @@ fn ask_server_to_mirror(config: &Config, targets: &[tradevault::backup::Target])
     let asked = serve_address(config).and_then(|addr| {
         let mut client =
             tradevault::http::client::Client::new(addr, std::time::Duration::from_secs(10));
-        client
-            .post("/v1/jobs/mirror/run", b"")
-            .ok()
-            .filter(|r| r.status == 202)
+        // A mirror already running (409) may have read the catalogs before this command changed
+        // them: ask again once it is done, for a few seconds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let answer = client.post("/v1/jobs/mirror/run", b"").ok()?;
+            match answer.status {
+                202 => return Some(answer),
+                409 if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                _ => return None,
+            }
+        }
     });
     if asked.is_none() {
         eprintln!(
