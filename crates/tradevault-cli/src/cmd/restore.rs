@@ -515,8 +515,9 @@ fn from_backup(
             t.check_reachable()?;
         }
     }
-    // The backup asked for, or the newest of this database, on the first target that has it.
-    let mut found = None;
+    // The backup asked for, on the first target that has it; or the newest of this database, on
+    // any target.
+    let mut found: Option<(tradevault::backup::Target, tradevault::backup::BackupRecord)> = None;
     let mut misses = Vec::new();
     for target in &targets {
         let catalog = match Catalog::load(target) {
@@ -534,9 +535,20 @@ fn from_backup(
             },
         };
         match record {
-            Some(r) => {
+            // The backup asked for: the first target that has it.
+            Some(r) if args.backup.is_some() => {
                 found = Some((target.clone(), r));
                 break;
+            }
+            // The newest: across every target (one may have missed the last backups while it was
+            // unreachable); on a tie, the first in the config's order.
+            Some(r) => {
+                let newer = found
+                    .as_ref()
+                    .is_none_or(|(_, b)| r.state_max_ms > b.state_max_ms);
+                if newer {
+                    found = Some((target.clone(), r));
+                }
             }
             None if catalog.unreadable.is_empty() => {
                 misses.push(format!("{}: no such backup", target.name))

@@ -923,3 +923,58 @@ fn files_sharing_a_name_are_verified_and_pruned_apart() {
         );
     }
 }
+
+/// With several targets, the newest backup is the newest on any of them: a target that missed
+/// the last backup (unreachable then) never makes a restore older.
+#[test]
+fn the_newest_backup_is_looked_for_on_every_target() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE a(x); INSERT INTO a VALUES (1);")
+        .expect("schema");
+    let config = dir.path().join("tv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[database]]\nname = \"bot\"\npath = \"{}\"\n\
+             [[backup.target]]\nname = \"first\"\nurl = \"file://{}\"\n\
+             [[backup.target]]\nname = \"second\"\nurl = \"file://{}\"\n",
+            db.display(),
+            dir.path().join("t1").display(),
+            dir.path().join("t2").display()
+        ),
+    )
+    .expect("config");
+    let c = config.to_str().expect("utf8");
+    let (code, out, err) = run(&["backup", "create", "--config", c, "--db", "bot"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    conn.execute("INSERT INTO a VALUES (2)", [])
+        .expect("insert");
+    let (code, out, err) = run(
+        &[
+            "backup", "create", "--config", c, "--db", "bot", "--target", "second",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let output = dir.path().join("restored.db");
+    let (code, out, err) = run(
+        &[
+            "restore",
+            "--config",
+            c,
+            "--db",
+            "bot",
+            "--output",
+            output.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let n: i64 = rusqlite::Connection::open(&output)
+        .expect("open")
+        .query_row("SELECT count(*) FROM a", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(n, 2, "the second target's newer backup: {out}{err}");
+}
