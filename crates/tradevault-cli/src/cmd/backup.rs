@@ -519,8 +519,17 @@ fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     );
                 } else {
                     outln!("{} on {}: CORRUPT", v.id, target.name);
-                    for p in &v.problems {
+                    // A lost pack is one line per segment: the first ones say what and where
+                    // (`--json` has them all).
+                    const SHOWN: usize = 12;
+                    for p in v.problems.iter().take(SHOWN) {
                         outln!("  {p}");
+                    }
+                    if v.problems.len() > SHOWN {
+                        outln!(
+                            "  ... and {} more problems (--json lists them all)",
+                            v.problems.len() - SHOWN
+                        );
                     }
                 }
             }

@@ -978,3 +978,113 @@ fn the_newest_backup_is_looked_for_on_every_target() {
         .expect("count");
     assert_eq!(n, 2, "the second target's newer backup: {out}{err}");
 }
+
+/// 30 cycles of a backup and a prune, each killed with SIGKILL at a random moment (a quarter of
+/// them left to finish): after every kill the catalog lists only backups whose every object is
+/// there (`verify --all` passes), and at the end the newest backup restores the database, which
+/// the kills never touched.
+#[test]
+fn sigkills_during_backups_and_prunes_leave_a_consistent_catalog() {
+    let mut rng = crate::common::Rng::from_env("sigkills_during_backups_and_prunes");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("ticks.db");
+    big_database(&db, 6);
+    let config = dir.path().join("tv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backup]\nfull_every = 4\n[[backup.target]]\nname = \"local\"\nurl = \"file://{}\"\nkeep_last = 2\n",
+            dir.path().join("tgt").display()
+        ),
+    )
+    .expect("config");
+    let c = config.to_str().expect("utf8");
+    let dbs = db.to_str().expect("utf8");
+    // Small segments, each in a pack of its own: a backup writes, and a prune deletes, a hundred
+    // objects, and a kill lands among them.
+    let env = [
+        ("TRADEVAULT_BACKUP_PACK_BYTES", "16384"),
+        ("TRADEVAULT_BACKUP_SEGMENT_BYTES", "65536"),
+    ];
+    let create = ["backup", "create", "--config", c, "--db", dbs];
+    let prune = ["backup", "prune", "--config", c];
+    // One of each to finish, timed, and one verified backup, which prune requires.
+    let timed = |args: &[&str]| {
+        let t = Instant::now();
+        let (code, out, err) = run(args, &env);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        t.elapsed()
+    };
+    let create_time = timed(&create);
+    let (code, out, err) = run(&["backup", "verify", "--all", "--config", c], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    timed(&create);
+    let prune_time = timed(&prune).max(Duration::from_millis(5));
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let mut kills = 0;
+    for cycle in 0..30u32 {
+        conn.execute(
+            "UPDATE ticks SET px = px + 1 WHERE id % 97 = ?1",
+            [i64::from(cycle)],
+        )
+        .expect("change");
+        for (args, took) in [(&create[..], create_time), (&prune[..], prune_time)] {
+            let mut cmd = command();
+            cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn().expect("spawn");
+            // Up to 4/3 of a whole run: about a quarter finish before the kill.
+            let wait = took.as_micros() as u64 * rng.range(0, 1_333) / 1_000;
+            std::thread::sleep(Duration::from_micros(wait));
+            if child.try_wait().expect("wait").is_none() {
+                kills += 1;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let (code, out, err) = run(&["backup", "list", "--config", c, "--json"], &[]);
+            assert_eq!(code, 0, "cycle {cycle}, after {args:?}: {out}{err}");
+            let (code, out, err) = run(&["backup", "verify", "--all", "--config", c], &[]);
+            assert_eq!(
+                code, 0,
+                "cycle {cycle}, after {args:?}: every listed backup is whole: {out}{err}"
+            );
+        }
+    }
+    assert!(
+        kills >= 30,
+        "only {kills} of 60 runs were caught in the middle"
+    );
+    drop(conn);
+    let (code, out, err) = run(&create, &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let output = dir.path().join("restored.db");
+    let (code, out, err) = run(
+        &[
+            "restore",
+            "--config",
+            c,
+            "--db",
+            dbs,
+            "--output",
+            output.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let sum = |p: &Path| -> (i64, f64) {
+        rusqlite::Connection::open(p)
+            .expect("open")
+            .query_row("SELECT count(*), total(px) FROM ticks", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .expect("sum")
+    };
+    assert_eq!(sum(&output), sum(&db));
+    let ok: String = rusqlite::Connection::open(&db)
+        .expect("open")
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("check");
+    assert_eq!(ok, "ok");
+}

@@ -295,8 +295,10 @@ pub fn leftovers(target: &Target, catalog: &Catalog, now_ms: i64) -> Result<Vec<
     Ok(out)
 }
 
-/// Deletes what `plan` says, each backup manifest first (so it leaves listings at once), then its
-/// page table, records and packs; then the leftovers. Refused plans are not applied.
+/// Deletes what `plan` says, newest backup first, each manifest first (so it leaves listings at
+/// once), then its page table, records and packs; then the leftovers. Refused plans are not
+/// applied. Newest first: an incremental backup reads its ancestors' packs, and is always newer
+/// than they are, so a prune killed halfway never leaves a listed backup whose packs are gone.
 pub fn apply(target: &Target, plan: &PrunePlan) -> Result<Pruned> {
     if let Some(why) = &plan.refused {
         return Err(Error::backup(
@@ -308,7 +310,13 @@ pub fn apply(target: &Target, plan: &PrunePlan) -> Result<Pruned> {
     let packs = target.list("packs/")?;
     let events = target.list("events/")?;
     let mut bytes = 0;
-    for d in &plan.delete {
+    let mut newest_first: Vec<&Deletion> = plan.delete.iter().collect();
+    newest_first.sort_by(|a, b| {
+        id_time_ms(&b.id)
+            .cmp(&id_time_ms(&a.id))
+            .then(b.id.cmp(&a.id))
+    });
+    for d in newest_first {
         target.delete(&manifest_key(&d.id))?;
         target.delete(&pages_key(&d.id))?;
         for (key, _) in events
