@@ -1088,3 +1088,70 @@ fn sigkills_during_backups_and_prunes_leave_a_consistent_catalog() {
         .expect("check");
     assert_eq!(ok, "ok");
 }
+
+/// A truncated pack and a flipped bit are found by verify, naming the object, and an in-place
+/// restore of that backup is refused with the live database left byte for byte as it was.
+#[test]
+fn damaged_backups_are_found_and_never_restored_over_the_live_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    big_database(&db, 2);
+    let root = dir.path().join("tgt");
+    let target = format!("file://{}", root.display());
+    let dbs = db.to_str().expect("utf8");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (code, out, err) = run(
+            &[
+                "backup", "create", "--db", dbs, "--target", &target, "--full", "--json",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        ids.push(json(&out)[0]["id"].as_str().expect("id").to_owned());
+    }
+    // The live database moves on, and is closed (an in-place restore needs that).
+    rusqlite::Connection::open(&db)
+        .expect("open")
+        .execute("DELETE FROM ticks WHERE id % 2 = 0", [])
+        .expect("change");
+    let live = std::fs::read(&db).expect("read db");
+    let pack = |id: &str| root.join("packs").join(id).join("0000.pack");
+    // The first backup's pack cut in half; the second's with one bit flipped.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(pack(&ids[0]))
+        .expect("open pack");
+    let len = f.metadata().expect("len").len();
+    f.set_len(len / 2).expect("truncate");
+    let mut bytes = std::fs::read(pack(&ids[1])).expect("read pack");
+    bytes[100] ^= 0x10;
+    std::fs::write(pack(&ids[1]), &bytes).expect("flip");
+    for id in &ids {
+        let (code, out, err) = run(&["backup", "verify", id, "--target", &target], &[]);
+        assert_ne!(code, 0, "{out}{err}");
+        assert!(
+            out.contains("CORRUPT") && out.contains(&format!("{id}/0000.pack")),
+            "{out}{err}"
+        );
+        let (code, out, err) = run(
+            &[
+                "restore",
+                "--db",
+                dbs,
+                "--target",
+                &target,
+                "--backup",
+                id,
+                "--in-place",
+            ],
+            &[],
+        );
+        assert_ne!(code, 0, "refused: {out}{err}");
+        assert_eq!(
+            std::fs::read(&db).expect("read db"),
+            live,
+            "the live database is untouched"
+        );
+    }
+}
