@@ -193,6 +193,19 @@ pub fn replace(
     staging: &Path,
     safety: &Path,
 ) -> Result<Replaced> {
+    replace_checked(conn, db, staging, safety, &|_| Ok(()))
+}
+
+/// [`replace`], with `also` checking the swapped database after the built-in checks: a failure
+/// rolls back like theirs (what the tests use to make a check fail).
+#[doc(hidden)]
+pub fn replace_checked(
+    conn: &mut Connection,
+    db: &Path,
+    staging: &Path,
+    safety: &Path,
+    also: &dyn Fn(&Connection) -> Result<()>,
+) -> Result<Replaced> {
     let source = Connection::open_with_flags(staging, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| Error::sqlite("open the restored file", e))?;
     let after = fingerprint(&source)?;
@@ -263,6 +276,7 @@ pub fn replace(
                 ),
             });
         }
+        also(conn)?;
         Ok((swap_ms, now))
     });
     match checked {
@@ -442,5 +456,53 @@ mod tests {
             Vec::<PathBuf>::new(),
             "nothing more to tidy"
         );
+    }
+
+    #[test]
+    fn a_failing_check_after_the_swap_puts_the_safety_copy_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, staging) = (dir.path().join("bot.db"), dir.path().join("staging.db"));
+        for (path, rows) in [(&db, 1..40), (&staging, 100..103)] {
+            let c = Connection::open(path).expect("open");
+            c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x INTEGER, pad TEXT);")
+                .expect("schema");
+            for i in rows {
+                c.execute("INSERT INTO t VALUES (?1, hex(randomblob(300)))", [i])
+                    .expect("insert");
+            }
+        }
+        let rows = |c: &Connection| -> Vec<i64> {
+            let mut st = c.prepare("SELECT x FROM t ORDER BY x").expect("select");
+            st.query_map([], |r| r.get(0))
+                .expect("rows")
+                .collect::<std::result::Result<_, _>>()
+                .expect("rows")
+        };
+        let mut conn = Connection::open(&db).expect("open");
+        let before = rows(&conn);
+        let safety = dir.path().join("safety.db");
+        let err = replace_checked(&mut conn, &db, &staging, &safety, &|c| {
+            // The swap did happen: the check sees the restored rows, then fails.
+            assert_eq!(rows(c), vec![100, 101, 102]);
+            Err(Error::Internal {
+                message: "the check after the swap failed".into(),
+            })
+        })
+        .expect_err("the check failed");
+        assert!(err.to_string().contains("rolled back"), "{err}");
+        assert_eq!(rows(&conn), before, "the previous content is back");
+        let ok: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("check");
+        assert_eq!(ok, "ok");
+        assert!(safety.is_file(), "the safety copy is kept");
+        assert!(
+            interrupted(&db).expect("journal").is_none(),
+            "nothing left to finish"
+        );
+        // And with every check passing, the same call replaces the content.
+        let done = replace(&mut conn, &db, &staging, &safety).expect("replace");
+        assert_eq!(rows(&conn), vec![100, 101, 102]);
+        assert_eq!(done.safety, safety);
     }
 }
