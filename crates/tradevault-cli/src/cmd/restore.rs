@@ -557,12 +557,7 @@ fn from_backup(
                 "{}: no such backup among those readable; {} manifest(s) cannot be read: {}",
                 target.name,
                 catalog.unreadable.len(),
-                catalog
-                    .unreadable
-                    .iter()
-                    .map(|(id, e)| format!("{id} ({e})"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                catalog.unreadable_list()
             )),
         }
     }

@@ -349,6 +349,15 @@ impl Catalog {
         }
     }
 
+    /// The backups whose manifest cannot be read, and why, for a message: `id: why; ...`.
+    pub fn unreadable_list(&self) -> String {
+        self.unreadable
+            .iter()
+            .map(|(id, e)| format!("{id}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// The newest backup of `database` (any database when `None`).
     /// With `by_ms`, only backups whose state ended by then (every commit they hold was made by
     /// then).
@@ -514,7 +523,7 @@ impl BackupRecord {
     }
 
     fn taken_from_comparable(&self, path: &std::path::Path) -> bool {
-        comparable(std::path::Path::new(&self.source)) == path
+        self.file() == path
     }
 }
 

@@ -261,7 +261,7 @@ fn write_one(
         // The page table needs only where each page is: it is stored while the compressors and
         // the packer finish the last segments.
         let table = read.and_then(|places| {
-            let (kept, entries) = number(&places, parent.as_ref());
+            let (kept, entries) = number(&places);
             let pages_bytes = encode_pages(&entries)?;
             let page_table = ObjectSum {
                 key: pages_key(&id),
@@ -338,18 +338,15 @@ fn write_one(
 
 /// Numbers the segments a backup's pages are in: the parent's that are still used (returned,
 /// in order), then the new ones; and gives each page its entry.
-fn number(places: &[Located], parent: Option<&Parent>) -> (Vec<u32>, Vec<PageEntry>) {
-    let mut used: BTreeSet<u32> = BTreeSet::new();
-    for place in places {
-        if let (_, Place::Parent(seg, _)) = place {
-            used.insert(*seg);
-        }
-    }
-    let kept: Vec<u32> = if parent.is_some() {
-        used.into_iter().collect()
-    } else {
-        Vec::new()
-    };
+fn number(places: &[Located]) -> (Vec<u32>, Vec<PageEntry>) {
+    let used: BTreeSet<u32> = places
+        .iter()
+        .filter_map(|(_, place)| match place {
+            Place::Parent(seg, _) => Some(*seg),
+            Place::New(..) => None,
+        })
+        .collect();
+    let kept: Vec<u32> = used.into_iter().collect();
     let renumber: BTreeMap<u32, u32> = kept
         .iter()
         .enumerate()
@@ -386,7 +383,7 @@ fn read_changed(
     threads: usize,
     jobs: SyncSender<Job>,
 ) -> Result<Vec<Located>> {
-    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
     let Source {
         snapshot,
         fingerprint,
@@ -401,6 +398,8 @@ fn read_changed(
     let scan_pages = ((SCAN_BYTES / ps) as u32).max(1);
     let ranges = total.div_ceil(scan_pages);
     let (next_range, next_segment) = (AtomicU32::new(0), AtomicU32::new(0));
+    // A reader that fails stops the others: the backup fails anyway.
+    let failed = AtomicBool::new(false);
     let kept = |i: usize, fp: u64| parent.pages.get(i).is_some_and(|e| e.fp == fp);
     let stopped = || Error::Internal {
         message: "backup writer stopped".into(),
@@ -422,7 +421,7 @@ fn read_changed(
         };
         loop {
             let r = next_range.fetch_add(1, Relaxed);
-            if r >= ranges {
+            if r >= ranges || failed.load(Relaxed) {
                 break;
             }
             let first = r * scan_pages + 1;
@@ -457,7 +456,17 @@ fn read_changed(
         Ok(out)
     };
     let scanned: Vec<Result<Scanned>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads).map(|_| s.spawn(scan)).collect();
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let scanned = scan();
+                    if scanned.is_err() {
+                        failed.store(true, Relaxed);
+                    }
+                    scanned
+                })
+            })
+            .collect();
         workers
             .into_iter()
             .map(|w| {

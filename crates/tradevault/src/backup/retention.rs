@@ -2,13 +2,14 @@
 //! keep (and why) and which to delete; [`apply`] deletes exactly what a plan says. Nothing is
 //! ever deleted without a plan computed first.
 //!
-//! Rules apply per database (per file: backups of two files that share a name are apart). A backup is kept if any rule keeps it: the newest `keep_last`; those
-//! newer than `keep_within`; the newest of each of the last `keep_hourly` hours (UTC, only hours
-//! that have a backup count), and likewise days, ISO weeks and months. Then, whatever the rules:
-//! the newest verified backup is kept, and so is every backup a kept one depends on (whose packs
-//! hold some of its pages). With no rule at all, everything is kept. A plan that would delete
-//! backups of a database none of whose backups passed a verification is refused: prune first
-//! needs one backup known to restore.
+//! Rules apply per database file (backups of two files that share a name are apart). A backup
+//! is kept if any rule keeps it: the newest `keep_last`; those newer than `keep_within`; the
+//! newest of each of the last `keep_hourly` hours (UTC, only hours that have a backup count),
+//! and likewise days, ISO weeks and months. Then, whatever the rules: the newest verified backup
+//! is kept, and so is every backup a kept one depends on (whose packs hold some of its pages).
+//! With no rule at all, everything is kept. A plan that would delete backups of a file none of
+//! whose backups passed a verification is refused: prune first needs one backup known to
+//! restore.
 //!
 //! Leftovers of backups that never finished (packs and page tables without a manifest, older
 //! than a day, and temporary files older than a day) are deleted too.
@@ -221,12 +222,7 @@ pub fn plan(
         refused = Some(format!(
             "{} backup manifest(s) on {target_name} cannot be read ({}): prune deletes nothing until every one can be read, or is removed",
             catalog.unreadable.len(),
-            catalog
-                .unreadable
-                .iter()
-                .map(|(id, e)| format!("{id}: {e}"))
-                .collect::<Vec<_>>()
-                .join("; ")
+            catalog.unreadable_list()
         ));
         (Vec::new(), Vec::new())
     };
@@ -400,17 +396,7 @@ mod tests {
     }
 
     fn rules() -> BackupTargetConfig {
-        BackupTargetConfig {
-            name: "t".into(),
-            url: "file:///t".into(),
-            keep_last: None,
-            keep_within: None,
-            keep_hourly: None,
-            keep_daily: None,
-            keep_weekly: None,
-            keep_monthly: None,
-            ..BackupTargetConfig::new("", "")
-        }
+        BackupTargetConfig::new("t", "file:///t")
     }
 
     /// 48 hourly backups: a full one every 24 hours, incrementals in between; the oldest full

@@ -44,6 +44,21 @@ pub struct ReplicaFile {
     pub created_at_ms: i64,
 }
 
+impl ReplicaFile {
+    /// When the point at its end was made, given its header time: never before it was listed (a
+    /// file stamped the old way has only its listed time).
+    pub fn made(&self, header_ms: i64) -> i64 {
+        header_ms.max(self.created_at_ms)
+    }
+
+    /// Whether, given its header time, it carries one time (Litestream's files, an older
+    /// TradeVault's): its listed time is then no lower bound of its commits, only its header time
+    /// an upper one (see `restore`).
+    pub fn one_time(&self, header_ms: i64) -> bool {
+        header_ms <= self.created_at_ms
+    }
+}
+
 /// The level Litestream keeps snapshots at.
 pub const SNAPSHOT_LEVEL: u32 = 9;
 

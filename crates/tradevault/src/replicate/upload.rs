@@ -278,11 +278,16 @@ impl Uploader<'_> {
             }
         }
         let started = self.db.now_ms();
-        // The local file whose header time is the point's: the run's last, or the snapshot.
-        let made_from: Option<ReplicaFile>;
-        let (level, piece, max_txid, ts, snapshot) = if !run.is_empty() {
-            let (piece, listed) = if run.len() == 1 {
-                (Piece::Local(run[0].clone()), run[0].created_at_ms)
+        // `made`, when the point was made, is read before the upload: the local log may prune its
+        // file once it is on every replica.
+        let (level, piece, max_txid, ts, made, snapshot) = if !run.is_empty() {
+            let (piece, listed, made) = if run.len() == 1 {
+                let only = &run[0];
+                (
+                    Piece::Local(only.clone()),
+                    only.created_at_ms,
+                    self.made(local, only),
+                )
             } else {
                 let inputs = run
                     .iter()
@@ -298,11 +303,11 @@ impl Uploader<'_> {
                     .map(|b| header_ms(b).unwrap_or(i64::MIN))
                     .collect();
                 let listed = merged_listing(&run, &headers, &merged);
-                (Piece::Merged(merged), listed)
+                let made = header_ms(&merged).map_or(listed, |h| h.max(listed));
+                (Piece::Merged(merged), listed, made)
             };
             let last = run.last().map_or(position, |f| f.max_txid);
-            made_from = run.last().cloned();
-            (0, piece, last, listed, run[0].min_txid == 1)
+            (0, piece, last, listed, made, run[0].min_txid == 1)
         } else {
             let above = self.need_snapshot_above.unwrap_or(0).max(position);
             let snapshot = local
@@ -315,16 +320,8 @@ impl Uploader<'_> {
                 self.db.changed.notify_all();
                 return Ok(false);
             };
-            let (max_txid, ts) = (s.max_txid, s.created_at_ms);
-            made_from = Some(s.clone());
-            (SNAPSHOT_LEVEL, Piece::Local(s), max_txid, ts, true)
-        };
-        // Read before the upload: the local log may prune the file once it is on every replica.
-        let made = match &piece {
-            Piece::Merged(bytes) => header_ms(bytes).map_or(ts, |h| h.max(ts)),
-            Piece::Local(_) => made_from
-                .as_ref()
-                .map_or(ts, |f| self.made(&self.db.local, f)),
+            let (max_txid, ts, made) = (s.max_txid, s.created_at_ms, self.made(local, &s));
+            (SNAPSHOT_LEVEL, Piece::Local(s), max_txid, ts, made, true)
         };
         let written = match piece {
             Piece::Local(f) => self.put_local(level, &f)?,
@@ -473,8 +470,7 @@ impl Uploader<'_> {
     /// When the point at the end of `f` (on `on`) was made: its header time, never before its
     /// listed time (as `restore` counts it); the listed time when the header cannot be read.
     fn made(&self, on: &Replica, f: &ReplicaFile) -> i64 {
-        on.header_time(f)
-            .map_or(f.created_at_ms, |h| h.max(f.created_at_ms))
+        on.header_time(f).map_or(f.created_at_ms, |h| f.made(h))
     }
 
     /// Status from a listing of every file the replica holds: its restorable window (from its
@@ -583,10 +579,7 @@ fn header_ms(bytes: &[u8]) -> Option<i64> {
 /// `restore` never takes its listed time for a lower bound (`plan::unbounded_next`).
 fn merged_listing(files: &[ReplicaFile], headers: &[i64], merged: &[u8]) -> i64 {
     let first = files.first().map_or(i64::MIN, |f| f.created_at_ms);
-    let one_time = files
-        .iter()
-        .zip(headers)
-        .any(|(f, &h)| h <= f.created_at_ms);
+    let one_time = files.iter().zip(headers).any(|(f, &h)| f.one_time(h));
     match header_ms(merged) {
         Some(made) if one_time => made.max(first),
         _ => first,

@@ -10,7 +10,7 @@ use crate::replica::{Replica, ReplicaFile, SNAPSHOT_LEVEL};
 /// When `f` was made: its header time, never before its listed time (a file stamped the old way
 /// has only the listed one).
 fn made(f: &ReplicaFile, header_time: HeaderTime<'_>) -> Result<i64> {
-    Ok(header_time(f)?.max(f.created_at_ms))
+    Ok(f.made(header_time(f)?))
 }
 
 /// Most headers a plan over a backup reads to find the last file the backup holds.
@@ -368,39 +368,31 @@ fn unbounded_next(
     header_time: HeaderTime<'_>,
 ) -> Result<()> {
     // Every file that would continue the chain, as `extend` takes them (overlapping ones too).
-    let mut next: Vec<&ReplicaFile> = all
+    let next: Vec<&ReplicaFile> = all
         .iter()
         .filter(|f| f.min_txid <= current + 1 && f.max_txid > current)
         .collect();
-    next.sort_by_key(|f| (f.max_txid, f.level));
-    let Some(&first) = next.first() else {
+    let Some(&first) = next.iter().min_by_key(|f| (f.max_txid, f.level)) else {
         return Ok(());
     };
     for f in &next {
-        if header_time(f)? > f.created_at_ms {
+        if !f.one_time(header_time(f)?) {
             return Ok(());
         }
     }
-    let after_ms = made(first, header_time)?;
+    let (t, before, after) = (time(ms), time(made_ms), time(made(first, header_time)?));
+    let (lo, hi) = (first.min_txid, first.max_txid);
     Err(Error::invalid(
         "not_exact",
         None,
         format!(
-            "{} is after txid {current} (made at {}) and before txid {} (made at {}), in files that \
-             carry one time each (written by Litestream, or by an older TradeVault): when the \
-             commits {}..={} were made is not known, some may be before that time, so the state \
-             at that time cannot be restored exactly; the nearest restorable points are txid \
-             {current} at {} (before) and txid {} at {} (after); restore one of them with \
-             --txid N, or pass --at-or-before for the newest point made by then",
-            time(ms),
-            time(made_ms),
-            first.max_txid,
-            time(after_ms),
-            first.min_txid,
-            first.max_txid,
-            time(made_ms),
-            first.max_txid,
-            time(after_ms),
+            "{t} is after txid {current} (made at {before}) and before txid {hi} (made at \
+             {after}), in files that carry one time each (written by Litestream, or by an older \
+             TradeVault): when the commits {lo}..={hi} were made is not known, some may be before \
+             that time, so the state at that time cannot be restored exactly; the nearest \
+             restorable points are txid {current} at {before} (before) and txid {hi} at {after} \
+             (after); restore one of them with --txid N, or pass --at-or-before for the newest \
+             point made by then"
         ),
     ))
 }
