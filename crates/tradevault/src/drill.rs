@@ -385,7 +385,7 @@ fn tail_after<'a>(
 ) -> (Option<(String, &'a Replica, Plan)>, Vec<String>) {
     let mut notes = Vec::new();
     for (name, replica) in &spec.replicas {
-        let planned = replica.list_all().and_then(|files| {
+        let planned = replica.list_restorable().and_then(|files| {
             let full = restore::plan_listed(replica, &files, restore::Target::Latest)?;
             restore::plan_after_listed(&files, &full, b.state_min_ms, b.state_max_ms, &|f| {
                 replica.header_time(f)

@@ -156,7 +156,7 @@ fn restore(
     let target = target_of(&args)?;
     let started = Instant::now();
     // One listing of the replica serves every plan below.
-    let files = replica.list_all()?;
+    let files = replica.list_restorable()?;
     // A configured replica that holds nothing yet (a new one, or one emptied) cannot reach the
     // latest state, and the newest backup is the newest state known: restore that, and say so.
     if files.is_empty()
@@ -397,8 +397,13 @@ fn print_plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
         return super::print_json(plan);
     }
     for (level, min, max, size) in &plan.files {
+        let place = if *level == tradevault::replica::journal::JOURNAL_LEVEL {
+            "journal".to_owned()
+        } else {
+            format!("level {level}")
+        };
         outln!(
-            "level {level}  {}  {}",
+            "{place}  {}  {}",
             ltx::file_name(*min, *max),
             super::human_bytes(*size)
         );

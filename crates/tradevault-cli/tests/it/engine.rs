@@ -137,6 +137,126 @@ fn sync_mode_never_loses_an_acknowledged_write_across_sigkills() {
     );
 }
 
+/// The trade ids of the database restored from `url` into `dir`.
+fn restored_trades(url: &str, dir: &Path) -> HashSet<String> {
+    let conn = restore(url, dir);
+    let mut stmt = conn
+        .prepare("SELECT trade_id FROM trades")
+        .expect("prepare");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
+#[test]
+fn sync_mode_answers_from_the_replica_journal_which_restore_reads_and_a_restart_lays_out() {
+    // The layout gets one upload every ten minutes: after the first, only the journal takes
+    // the commits, so every answer below comes from it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let replica = dir.path().join("replica");
+    let url = format!("file://{}", replica.display());
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[replication]\nmode = \"sync\"\nsync_timeout_ms = 20000\n[[replication.replica]]\nurl = \"{url}\"\nsync_interval_ms = 600000\n"
+        ),
+    );
+    let config = config.to_str().expect("utf8").to_owned();
+    let mut server = Server::start_args(&data, &[], &["--config", &config]);
+    // The first upload (the snapshot) reaches the layout: from then on the journal continues it.
+    eventually(
+        "the snapshot on the replica",
+        Duration::from_secs(20),
+        || std::fs::read_dir(replica.join("ltx/0")).is_ok_and(|mut d| d.next().is_some()),
+    );
+    let mut api = server.client();
+    let ids: HashSet<String> = (0..20).map(|n| format!("j{n}")).collect();
+    for id in &ids {
+        let trade =
+            json!({ "trade_id": id, "symbol": "BTC", "side": "buy", "qty": "1", "price": "10" });
+        let (status, body) = api.post("/v1/trades", &trade);
+        assert_eq!(status, 201, "{body}");
+    }
+    // The layout still holds the snapshot alone; the journal holds the rest, at level 100.
+    let out = command()
+        .args([
+            "restore",
+            "--dry-run",
+            "--json",
+            "--replica",
+            &url,
+            "--output",
+        ])
+        .arg(dir.path().join("dry.db"))
+        .output()
+        .expect("dry run");
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let journaled = plan["files"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f[0] == 100));
+    assert!(out.status.success() && journaled, "{plan}");
+    let last = plan["txid"].as_u64().expect("txid");
+    server.kill();
+    // Killed: the answers were given, so restore has every trade, from the journal.
+    let present = restored_trades(&url, &dir.path().join("r1"));
+    let missing: Vec<_> = ids.difference(&present).collect();
+    assert!(missing.is_empty(), "missing after SIGKILL: {missing:?}");
+    // As after a machine crash, the local log is gone: only the journal holds the last commits
+    // outside the database. A restart puts its records into the layout before anything else, so
+    // the layout alone (as Litestream reads it) reaches that last point.
+    std::fs::remove_dir_all(data.join(".tradevault.db-tradevault").join("ltx")).expect("local log");
+    let mut server = Server::start_args(&data, &[], &["--config", &config]);
+    eventually(
+        "the journal replayed into the layout",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_dir(replica.join("ltx/0")).is_ok_and(|d| {
+                d.flatten().any(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(ltx::parse_file_name)
+                        .is_some_and(|(_, max)| max == last)
+                })
+            })
+        },
+    );
+    server.kill();
+    std::fs::remove_file(replica.join("tradevault-journal")).expect("remove journal");
+    let out = command()
+        .args([
+            "restore",
+            "--replica",
+            &url,
+            "--txid",
+            &last.to_string(),
+            "--output",
+        ])
+        .arg(dir.path().join("r2.db"))
+        .output()
+        .expect("restore");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conn = rusqlite::Connection::open(dir.path().join("r2.db")).expect("open");
+    let mut stmt = conn
+        .prepare("SELECT trade_id FROM trades")
+        .expect("prepare");
+    let present: HashSet<String> = stmt
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    let missing: Vec<_> = ids.difference(&present).collect();
+    assert!(
+        missing.is_empty(),
+        "missing from the layout at txid {last}: {missing:?}"
+    );
+}
+
 #[test]
 fn sync_mode_answers_not_replicated_when_no_replica_confirms() {
     let dir = tempfile::tempdir().expect("tempdir");

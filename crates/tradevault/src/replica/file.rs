@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{ReplicaFile, STREAM_BUFFER_BYTES, WriteLtx, verify_ltx};
+use super::{ReplicaFile, STREAM_BUFFER_BYTES, WriteLtx, journal, verify_ltx};
 use crate::error::{Error, Result};
 
 /// A replica in a directory.
@@ -403,8 +403,63 @@ impl FileReplica {
         Ok(files)
     }
 
+    /// The records of the sync journal (see [`journal`](super::journal)) that continue the chain
+    /// from `newest`, the layout's newest TXID, each verified, with its LTX bytes; the first record
+    /// that does not continue or does not verify ends them (the torn end of an append that a crash
+    /// cut: its commits were never acknowledged).
+    pub fn journal_tail(&self, newest: u64) -> Result<Vec<(ReplicaFile, Vec<u8>)>> {
+        let mut tail = Vec::new();
+        let mut current = newest;
+        for record in journal::scan(&self.root)? {
+            if record.max_txid <= current {
+                continue;
+            }
+            if record.min_txid > current + 1 {
+                break;
+            }
+            let bytes = journal::read(&self.root, &record)?;
+            let verified = verify_ltx(bytes.as_slice(), String::new)
+                .is_ok_and(|h| (h.min_txid, h.max_txid) == (record.min_txid, record.max_txid));
+            if !verified {
+                tracing::warn!(journal = %journal::path(&self.root).display(), min_txid = record.min_txid, max_txid = record.max_txid, "a journal record does not verify; the journal ends before it");
+                break;
+            }
+            current = record.max_txid;
+            tail.push((
+                ReplicaFile {
+                    level: journal::JOURNAL_LEVEL,
+                    min_txid: record.min_txid,
+                    max_txid: record.max_txid,
+                    size: record.len,
+                    created_at_ms: record.created_at_ms,
+                },
+                bytes,
+            ));
+        }
+        Ok(tail)
+    }
+
     /// Reads a file's bytes (verify them with `ltx::Decoder` before applying anything).
     pub fn read(&self, file: &ReplicaFile) -> Result<Vec<u8>> {
+        if file.level == journal::JOURNAL_LEVEL {
+            let record = journal::scan(&self.root)?
+                .into_iter()
+                .find(|r| (r.min_txid, r.max_txid) == (file.min_txid, file.max_txid))
+                .ok_or_else(|| {
+                    Error::io(
+                        "read journal record",
+                        journal::path(&self.root),
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!(
+                                "no record of txids {}-{} (overwritten by a new lap?)",
+                                file.min_txid, file.max_txid
+                            ),
+                        ),
+                    )
+                })?;
+            return journal::read(&self.root, &record);
+        }
         let path = self.path_of(file.level, file.min_txid, file.max_txid);
         fs::read(&path).map_err(|e| Error::io("read replica file", &path, e))
     }

@@ -9,6 +9,7 @@
 //! into a temporary file and [`Replica::put_file`] copies one (an S3 replica uploads it in parts).
 
 pub mod file;
+pub mod journal;
 pub mod s3;
 
 pub use file::FileReplica;
@@ -184,6 +185,18 @@ impl Replica {
         Ok(all)
     }
 
+    /// What a restore may use: [`Replica::list_all`], and on a file replica the records of its
+    /// sync journal that continue past the layout's newest file (level
+    /// [`journal::JOURNAL_LEVEL`], verified, up to the first that does not verify).
+    pub fn list_restorable(&self) -> Result<Vec<ReplicaFile>> {
+        let mut all = self.list_all()?;
+        if let Replica::File(r) = self {
+            let newest = all.iter().map(|f| f.max_txid).max().unwrap_or(0);
+            all.extend(r.journal_tail(newest)?.into_iter().map(|(f, _)| f));
+        }
+        Ok(all)
+    }
+
     /// The files of `level` that end after `txid`, ordered by transaction range.
     pub fn list_after(&self, level: u32, txid: u64) -> Result<Vec<ReplicaFile>> {
         match self {
@@ -216,6 +229,11 @@ impl Replica {
             )
         };
         let bytes = match self {
+            Replica::File(r) if file.level == journal::JOURNAL_LEVEL => {
+                let mut bytes = r.read(file)?;
+                bytes.truncate(ltx::HEADER_SIZE);
+                bytes
+            }
             Replica::File(r) => {
                 use std::io::Read;
                 let mut head = Vec::with_capacity(ltx::HEADER_SIZE);
@@ -246,6 +264,14 @@ impl Replica {
         spill: impl FnOnce() -> Result<std::fs::File>,
     ) -> Result<std::fs::File> {
         match self {
+            Replica::File(r) if file.level == journal::JOURNAL_LEVEL => {
+                use std::io::Write;
+                let bytes = r.read(file)?;
+                let mut out = spill()?;
+                out.write_all(&bytes)
+                    .map_err(|e| Error::io("write download file", r.root(), e))?;
+                Ok(out)
+            }
             Replica::File(r) => r.open(file),
             Replica::S3(r) => r.read_to_file(file, spill()?).map(|(f, _)| f),
         }

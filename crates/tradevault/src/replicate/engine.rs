@@ -261,7 +261,7 @@ impl State {
             self.shipped.pop_front();
         }
         for r in &mut self.status.replicas {
-            if r.txid.is_some_and(|t| t >= txid) {
+            if r.txid.is_some_and(|t| t >= txid) || r.journal_txid >= txid {
                 r.commit_seq = r.commit_seq.max(seq);
             }
         }
@@ -276,6 +276,11 @@ impl Db {
 
     pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Whether answers wait for replicas (sync mode).
+    pub(crate) fn sync_mode(&self) -> bool {
+        self.lock().sync_replicas > 0
     }
 
     /// Stopping, and the shipper has made its last shipment.
@@ -503,18 +508,47 @@ impl Engine {
             }
             Source::External(_) => None,
         };
+        if let Some((_, needed)) = gate {
+            // Before anything asks whether shipments go through a journal.
+            db.lock().sync_replicas = needed;
+        }
+        // In sync mode, a file replica's journal thread gets each shipment from the shipper.
+        let handoffs: Vec<Option<Arc<super::journal::Handoff>>> = spec
+            .replicas
+            .iter()
+            .map(|r| super::journal::journaled(&db, &r.replica).then(Arc::default))
+            .collect();
+        let fed: Vec<Arc<super::journal::Handoff>> = handoffs.iter().flatten().cloned().collect();
+        if !fed.is_empty() {
+            replicator.on_encoded(Box::new(move |bytes, txid, listed| {
+                let bytes = Arc::new(bytes.to_vec());
+                for h in &fed {
+                    h.push(super::journal::Shipment {
+                        bytes: bytes.clone(),
+                        min_txid: txid,
+                        max_txid: txid,
+                        created_at_ms: listed,
+                    });
+                }
+            }));
+        }
         let source = spec.source;
         self.spawn(&format!("tv-ship-{}", spec.name), move || {
             run_shipper(&shipper_db, source, replicator, &options)
         })?;
-        for (index, r) in spec.replicas.into_iter().enumerate() {
+        for ((index, r), handoff) in spec.replicas.into_iter().enumerate().zip(handoffs) {
+            if let (Some(handoff), Replica::File(file)) = (handoff, &r.replica) {
+                let (db, name, root) = (db.clone(), r.name.clone(), file.root().to_owned());
+                self.spawn(&format!("tv-journal-{}", r.name), move || {
+                    super::journal::run(&db, index, &name, &root, &handoff)
+                })?;
+            }
             let db = db.clone();
             self.spawn(&format!("tv-upload-{}", r.name), move || {
                 upload::run(&db, index, r)
             })?;
         }
-        if let Some((_, needed)) = gate {
-            db.lock().sync_replicas = needed;
+        if gate.is_some() {
             let db = db.clone();
             self.spawn(&format!("tv-gate-{}", spec.name), move || run_gate(&db))?;
         }

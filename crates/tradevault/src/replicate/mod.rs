@@ -25,6 +25,7 @@ use crate::wal::{Position, WalReader};
 const SNAPSHOT_READ_BYTES: usize = 4 << 20;
 
 mod engine;
+mod journal;
 pub mod status;
 mod upload;
 
@@ -164,7 +165,12 @@ pub struct Replicator {
     wal_pinned: bool,
     /// A sync has read the database since this replicator was made.
     looked: bool,
+    /// Told about each shipment of transactions once encoded, before it is in the local log.
+    on_encoded: Option<OnEncoded>,
 }
+
+/// See [`Replicator::on_encoded`]: the LTX bytes, their TXID and listed time.
+pub type OnEncoded = Box<dyn Fn(&[u8], u64, i64) + Send>;
 
 impl Replicator {
     /// A replicator of `db` into `replica`, continuing after the newest TXID already there.
@@ -183,7 +189,14 @@ impl Replicator {
             last_made: last_ts,
             wal_pinned: false,
             looked: false,
+            on_encoded: None,
         })
+    }
+
+    /// Calls `hook` with each shipment of transactions as soon as it is encoded, before it is
+    /// written into the local log (sync mode's journals take it from there).
+    pub fn on_encoded(&mut self, hook: OnEncoded) {
+        self.on_encoded = Some(hook);
     }
 
     /// The newest TXID on the replica.
@@ -424,6 +437,9 @@ impl Replicator {
         let ts = now();
         let header = ltx::Header::new(page_size, commit, txid, txid, ts);
         let bytes = encode(header, pages.iter().map(|(p, d)| (*p, d.as_slice())))?;
+        if let Some(hook) = &self.on_encoded {
+            hook(&bytes, txid, listed);
+        }
         let written = self.replica.put_encoded(0, &header, &bytes, Some(listed))?;
         self.txid = txid;
         self.last_ts = listed;

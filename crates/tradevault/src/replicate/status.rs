@@ -84,6 +84,16 @@ pub struct ReplicaStatus {
     /// The store commit every write up to which is on this replica (sync mode).
     #[serde(skip)]
     pub commit_seq: u64,
+    /// The uploader has found where the replica is (and replayed its journal into the layout).
+    #[serde(skip)]
+    pub discovered: bool,
+    /// The newest TXID in the replica's sync journal, in sync mode (0: none).
+    #[serde(skip)]
+    pub journal_txid: u64,
+    /// The journal is full and waits for the layout: the next upload goes without waiting out
+    /// the sync interval.
+    #[serde(skip)]
+    pub layout_wanted: bool,
 }
 
 /// Writes `status` to `dir/status.json` so that it appears whole (temporary file, rename).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::engine::{Db, ReplicaSpec};
 use crate::error::{Error, Result};
-use crate::replica::{Replica, ReplicaFile, SNAPSHOT_LEVEL};
+use crate::replica::{self, Replica, ReplicaFile, SNAPSHOT_LEVEL};
 
 /// The finest point-in-time step a replica with no sync interval keeps, in ms.
 const GRANULARITY_MS: i64 = 10;
@@ -29,8 +29,12 @@ const COMPACT_FILES_MAX: usize = 20_000;
 const SECOND_LEVEL: u32 = 1;
 /// How long a stopping uploader keeps trying to deliver what is left.
 const DRAIN: Duration = Duration::from_secs(5);
+/// Least time between two uploads to a replica whose sync journal takes every shipment first
+/// (each upload merges up to one granularity step of points).
+const JOURNALED_INTERVAL: Duration = Duration::from_millis(5);
 
 pub(crate) fn run(db: &Db, index: usize, spec: ReplicaSpec) {
+    let journaled = super::journal::journaled(db, &spec.replica);
     let mut up = Uploader {
         db,
         index,
@@ -42,6 +46,7 @@ pub(crate) fn run(db: &Db, index: usize, spec: ReplicaSpec) {
         next_maintenance_ms: db.now_ms() + 5_000,
         drain_until: None,
         link: true,
+        journaled,
     };
     up.run();
 }
@@ -61,6 +66,9 @@ struct Uploader<'a> {
     drain_until: Option<Instant>,
     /// Whether local files may still be hard-linked into the replica (until a link fails).
     link: bool,
+    /// Whether a journal thread takes every shipment first (sync mode, a file replica): uploads
+    /// then merge the points of up to one granularity step.
+    journaled: bool,
 }
 
 /// What goes to the replica next: a local file as it is, or files merged in memory.
@@ -165,12 +173,24 @@ impl Uploader<'_> {
         }
     }
 
+    /// Least time between two uploads.
+    fn interval(&self) -> Duration {
+        if self.journaled {
+            self.spec.sync_interval.max(JOURNALED_INTERVAL)
+        } else {
+            self.spec.sync_interval
+        }
+    }
+
     fn respect_interval(&self) {
         let Some(last) = self.last_upload else { return };
-        let deadline = last + self.spec.sync_interval;
+        let deadline = last + self.interval();
         loop {
             let now = Instant::now();
-            if now >= deadline || self.db.stopping() {
+            if now >= deadline
+                || self.db.stopping()
+                || self.db.lock().status.replicas[self.index].layout_wanted
+            {
                 return;
             }
             self.wait(deadline - now);
@@ -203,9 +223,26 @@ impl Uploader<'_> {
 
     /// Finds the replica's newest TXID. A replica ahead of this process's history holds another
     /// history: the shipper numbers past it and the next file it gets is a snapshot.
+    ///
+    /// A file replica's sync journal goes into the layout first: its records past the layout's
+    /// newest file (acknowledged commits, in sync mode) become level-0 files, so that the journal
+    /// can start a new lap.
     fn discover(&mut self) -> Result<()> {
+        let mut all = self.spec.replica.list_all()?;
+        let mut journal_max = 0;
+        if let Replica::File(r) = &self.spec.replica {
+            let newest = all.iter().map(|f| f.max_txid).max().unwrap_or(0);
+            for (f, bytes) in r.journal_tail(newest)? {
+                all.push(r.put(0, &bytes, Some(f.created_at_ms))?);
+                tracing::info!(replica = %self.spec.name, min_txid = f.min_txid, max_txid = f.max_txid, "journal record replayed into the replica's files");
+            }
+            journal_max = replica::journal::scan(r.root())?
+                .iter()
+                .map(|f| f.max_txid)
+                .max()
+                .unwrap_or(0);
+        }
         let mut newest: Option<&ReplicaFile> = None;
-        let all = self.spec.replica.list_all()?;
         for f in &all {
             if newest.is_none_or(|n| f.max_txid > n.max_txid) {
                 newest = Some(f);
@@ -215,15 +252,18 @@ impl Uploader<'_> {
         self.set_window(&all);
         let made = newest.map(|f| self.made(&self.spec.replica, f));
         let mut st = self.db.lock();
-        if position > 0 && position >= st.history_start {
-            tracing::warn!(replica = %self.spec.name, position, "the replica holds files this database's local log does not know; continuing it from a new snapshot");
-            st.raise_txid = st.raise_txid.max(position);
+        // A journal record that continues nothing still names TXIDs of another history.
+        let held = position.max(journal_max);
+        if held > 0 && held >= st.history_start {
+            tracing::warn!(replica = %self.spec.name, position = held, "the replica holds files this database's local log does not know; continuing it from a new snapshot");
+            st.raise_txid = st.raise_txid.max(held);
             st.snapshot_wanted = true;
-            self.need_snapshot_above = Some(position);
+            self.need_snapshot_above = Some(held);
         }
         let r = &mut st.status.replicas[self.index];
         r.txid = Some(position);
         r.txid_time_ms = made;
+        r.discovered = true;
         drop(st);
         self.db.changed.notify_all();
         self.position = Some(position);
@@ -247,11 +287,12 @@ impl Uploader<'_> {
             };
             // Files a replica can link cost no copy and no inode each, where a merge costs a
             // decode, an encode and a new file: with no interval, they go one by one.
-            let files_max = if self.spec.sync_interval.is_zero() && self.can_link() {
-                1
-            } else {
-                MERGE_FILES_MAX
-            };
+            let files_max =
+                if self.spec.sync_interval.is_zero() && self.can_link() && !self.journaled {
+                    1
+                } else {
+                    MERGE_FILES_MAX
+                };
             let mut next = position + 1;
             let mut bytes = 0;
             for f in self.local_after(position)? {
@@ -362,6 +403,7 @@ impl Uploader<'_> {
         r.last_error = None;
         r.last_hint = None;
         r.failures = 0;
+        r.layout_wanted = false;
         r.commit_seq = r.commit_seq.max(seq);
         if max_txid >= local_txid {
             r.caught_up_at_ms = Some(started);

@@ -37,7 +37,7 @@ pub struct Plan {
 
 /// Plans a restore of `target` from `replica`.
 pub fn plan(replica: &Replica, target: Target) -> Result<Plan> {
-    plan_listed(replica, &replica.list_all()?, target)
+    plan_listed(replica, &replica.list_restorable()?, target)
 }
 
 /// [`plan`] over `all`, the files of every level of `replica`, so that one listing serves
@@ -166,7 +166,7 @@ pub fn plan_after(
     state_min_ms: i64,
     state_max_ms: i64,
 ) -> Result<Plan> {
-    let all = replica.list_all()?;
+    let all = replica.list_restorable()?;
     let full = plan_listed(replica, &all, target)?;
     plan_after_listed(&all, &full, state_min_ms, state_max_ms, &|f| {
         replica.header_time(f)

@@ -1,0 +1,255 @@
+//! In sync mode, one thread per file replica appends each shipment to the replica's sync journal
+//! (`replica::journal`) with one `fdatasync` and releases the answers it makes durable there; the
+//! uploader puts the same points into the replica's `ltx/` layout a few milliseconds later,
+//! merged (see `upload`). A commit therefore waits for one data fsync on the replica, not for a
+//! new file, its fsync and its directory's.
+//!
+//! The thread starts once the uploader has found the replica and replayed what the journal held
+//! into the layout; it journals only files that continue the layout or its own last record, so
+//! the journal is always a continuation of the layout. It starts a new lap only when the layout
+//! holds everything the journal does. A shipment too large for the journal, or a failing write,
+//! is left to the uploader, whose upload releases the answers as in async replication.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::engine::Db;
+use crate::replica::Replica;
+use crate::replica::journal::{JOURNAL_BYTES, Writer};
+
+/// How often a waiting journal thread looks whether the engine stops.
+const TICK: Duration = Duration::from_millis(100);
+/// Most shipments waiting for one journal thread; past it the oldest go (the layout carries them).
+const QUEUE_MAX: usize = 4096;
+
+/// Whether shipments to `replica` go through its sync journal: sync mode, a file replica.
+pub(crate) fn journaled(db: &Db, replica: &Replica) -> bool {
+    db.sync_mode() && matches!(replica, Replica::File(_))
+}
+
+/// One shipment, as the shipper encoded it.
+pub(crate) struct Shipment {
+    pub(crate) bytes: Arc<Vec<u8>>,
+    pub(crate) min_txid: u64,
+    pub(crate) max_txid: u64,
+    /// Its listed time.
+    pub(crate) created_at_ms: i64,
+}
+
+/// Shipments handed from the shipper to one replica's journal thread, in memory: the journal
+/// gets a shipment while the shipper still writes it into the local log.
+#[derive(Default)]
+pub(crate) struct Handoff {
+    queue: Mutex<VecDeque<Shipment>>,
+    ready: Condvar,
+}
+
+impl Handoff {
+    /// Hands a shipment over (never blocks on the journal's writes).
+    pub(crate) fn push(&self, shipment: Shipment) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= QUEUE_MAX {
+            q.pop_front();
+        }
+        q.push_back(shipment);
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// Every shipment waiting, once there is one; None when the engine stops.
+    fn take(&self, db: &Db) -> Option<Vec<Shipment>> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if db.stopping() {
+                return None;
+            }
+            if !q.is_empty() {
+                return Some(q.drain(..).collect());
+            }
+            q = self
+                .ready
+                .wait_timeout(q, TICK)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// The body of the journal thread of replica `index`, rooted at `root`, fed by `handoff`.
+pub(crate) fn run(db: &Db, index: usize, name: &str, root: &Path, handoff: &Handoff) {
+    // The uploader replays the journal's records into the layout before anything overwrites them.
+    {
+        let mut st = db.lock();
+        while !st.status.replicas[index].discovered {
+            if db.stopping() {
+                return;
+            }
+            st = db
+                .changed
+                .wait_timeout(st, TICK)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+    let mut journal = Journal {
+        db,
+        index,
+        name,
+        root,
+        writer: None,
+        journaled: 0,
+        failures: 0,
+    };
+    while let Some(batch) = handoff.take(db) {
+        journal.append(&batch);
+    }
+}
+
+struct Journal<'a> {
+    db: &'a Db,
+    index: usize,
+    name: &'a str,
+    root: &'a Path,
+    /// None until opened, and after a failed append until the layout holds what it held.
+    writer: Option<Writer>,
+    /// The newest TXID the journal holds in this lap (0: none yet).
+    journaled: u64,
+    failures: u32,
+}
+
+impl Journal<'_> {
+    /// Appends the shipments of `batch` that continue the journal, or the layout when the journal
+    /// holds nothing newer, and releases the answers they hold. Shipments the layout already has
+    /// are skipped; a gap (the layout still catching up after a snapshot, say) leaves the rest to
+    /// the uploader.
+    fn append(&mut self, batch: &[Shipment]) {
+        loop {
+            let layout = self.layout();
+            let from = self.journaled.max(layout);
+            let mut next = from + 1;
+            let run: Vec<&Shipment> = batch
+                .iter()
+                .filter(|s| s.max_txid > from)
+                .take_while(|s| {
+                    let ok = s.min_txid == next;
+                    next = s.max_txid + 1;
+                    ok
+                })
+                .collect();
+            if run.is_empty() {
+                return;
+            }
+            let mut writer = match self.writer.take() {
+                Some(w) => w,
+                None => match Writer::open(self.root, JOURNAL_BYTES) {
+                    Ok(w) => {
+                        self.journaled = 0;
+                        w
+                    }
+                    Err(e) => {
+                        self.failed(&e);
+                        return;
+                    }
+                },
+            };
+            let run: Vec<&Shipment> = run
+                .into_iter()
+                .take_while(|s| writer.could_fit(s.bytes.len() as u64))
+                .collect();
+            if run.is_empty() {
+                // Too large for the journal: the uploader's upload carries it.
+                self.writer = Some(writer);
+                return;
+            }
+            let bytes: u64 = run.iter().map(|s| s.bytes.len() as u64).sum();
+            if !writer.fits(run.len(), bytes) {
+                // A new lap overwrites the oldest records: only once the layout holds them all.
+                if !self.wait_for_layout(self.journaled.max(writer.max_txid)) {
+                    return;
+                }
+                writer.rewind();
+                self.journaled = 0;
+                self.writer = Some(writer);
+                continue;
+            }
+            let records: Vec<(&[u8], i64)> = run
+                .iter()
+                .map(|s| (s.bytes.as_slice(), s.created_at_ms))
+                .collect();
+            if let Err(e) = writer.append(&records) {
+                // What it held may be lost with it: a new journal starts once the layout holds it.
+                let held = self.journaled.max(writer.max_txid);
+                self.failed(&e);
+                self.wait_for_layout(held);
+                return;
+            }
+            self.failures = 0;
+            self.writer = Some(writer);
+            self.journaled = run.last().map_or(self.journaled, |s| s.max_txid);
+            self.confirm();
+            return;
+        }
+    }
+
+    /// The newest TXID in the replica's layout.
+    fn layout(&self) -> u64 {
+        self.db.lock().status.replicas[self.index].txid.unwrap_or(0)
+    }
+
+    /// Credits the replica with what the journal holds and sends the answers that releases.
+    fn confirm(&self) {
+        let released = {
+            let mut st = self.db.lock();
+            let seq = Db::commit_seq_at(&st, self.journaled);
+            let r = &mut st.status.replicas[self.index];
+            r.journal_txid = self.journaled;
+            r.commit_seq = r.commit_seq.max(seq);
+            st.take_released(Instant::now())
+        };
+        let answered = !released.is_empty();
+        for (release, result) in released {
+            release(result);
+        }
+        if answered {
+            // Nothing waits on this thread now: create the local log's next file.
+            self.db.prepare_local();
+        }
+    }
+
+    fn failed(&mut self, e: &crate::error::Error) {
+        self.failures += 1;
+        if self.failures == 1 || self.failures.is_power_of_two() {
+            tracing::warn!(replica = %self.name, error = %crate::store::writer::error_chain(e), failures = self.failures, "the sync journal failed; the replica's layout uploads confirm commits meanwhile");
+        }
+        self.db.sleep(Duration::from_millis(
+            (10u64 << self.failures.min(9)).min(5_000),
+        ));
+    }
+
+    /// Waits until the replica's layout holds `txid`, asking the uploader not to wait out its
+    /// sync interval; false when the engine stops first.
+    fn wait_for_layout(&self, txid: u64) -> bool {
+        let mut st = self.db.lock();
+        loop {
+            let r = &mut st.status.replicas[self.index];
+            if r.txid.unwrap_or(0) >= txid {
+                return true;
+            }
+            if !r.layout_wanted {
+                r.layout_wanted = true;
+                self.db.changed.notify_all();
+            }
+            if self.db.stopping() {
+                return false;
+            }
+            st = self
+                .db
+                .changed
+                .wait_timeout(st, TICK)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
