@@ -222,7 +222,27 @@ fn sync_mode_answers_from_the_replica_journal_which_restore_reads_and_a_restart_
             })
         },
     );
+    // This start's history is numbered past everything the replica holds, and the journal takes
+    // its commits only once its snapshot is there: more answers, then another SIGKILL, and the
+    // latest state has every trade of both starts.
+    let more: HashSet<String> = (0..10).map(|n| format!("k{n}")).collect();
+    let mut api = server.client();
+    for id in &more {
+        let trade =
+            json!({ "trade_id": id, "symbol": "ETH", "side": "sell", "qty": "1", "price": "10" });
+        let (status, body) = api.post("/v1/trades", &trade);
+        assert_eq!(status, 201, "{body}");
+    }
     server.kill();
+    let present = restored_trades(&url, &dir.path().join("r3"));
+    let missing: Vec<_> = ids
+        .union(&more)
+        .filter(|id| !present.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "missing after the second SIGKILL: {missing:?}"
+    );
     std::fs::remove_file(replica.join("tradevault-journal")).expect("remove journal");
     let out = command()
         .args([

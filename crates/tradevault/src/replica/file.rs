@@ -26,7 +26,12 @@ pub struct FileReplica {
     durable: bool,
     /// A cache's empty file created ahead for its next `put` (shared by clones).
     spare: Arc<Mutex<Option<Spare>>>,
+    /// The sync journal's records the last [`FileReplica::journal_tail`] found, by TXID range,
+    /// with their bytes (shared by clones).
+    journal_seen: Arc<Mutex<JournalSeen>>,
 }
+
+type JournalSeen = Vec<((u64, u64), Arc<Vec<u8>>)>;
 
 /// An empty file under a temporary name, created before it is needed. Removed if never used.
 #[derive(Debug)]
@@ -51,6 +56,7 @@ impl FileReplica {
             root: root.into(),
             durable: true,
             spare: Arc::default(),
+            journal_seen: Arc::default(),
         }
     }
 
@@ -62,6 +68,7 @@ impl FileReplica {
             root: root.into(),
             durable: false,
             spare: Arc::default(),
+            journal_seen: Arc::default(),
         }
     }
 
@@ -403,21 +410,30 @@ impl FileReplica {
         Ok(files)
     }
 
-    /// The records of the sync journal (see [`journal`](super::journal)) that continue the chain
-    /// from `newest`, the layout's newest TXID, each verified, with its LTX bytes; the first record
-    /// that does not continue or does not verify ends them (the torn end of an append that a crash
-    /// cut: its commits were never acknowledged).
-    pub fn journal_tail(&self, newest: u64) -> Result<Vec<(ReplicaFile, Vec<u8>)>> {
+    /// The sync journal's records as of now, with their bytes (see [`journal::read_all`]).
+    pub fn journal_records(&self) -> Result<Vec<(journal::Record, Vec<u8>)>> {
+        journal::read_all(&self.root)
+    }
+
+    /// Of `records` (from [`FileReplica::journal_records`]), those that continue the chain from
+    /// `newest`, the layout's newest TXID, each verified, with its LTX bytes; the first record that
+    /// does not continue or does not verify ends them (the torn end of an append that a crash cut:
+    /// its commits were never acknowledged). Their bytes stay with this replica (and its clones),
+    /// so that reading them later does not depend on the journal, which may have moved on.
+    pub fn journal_tail(
+        &self,
+        records: Vec<(journal::Record, Vec<u8>)>,
+        newest: u64,
+    ) -> Vec<(ReplicaFile, Vec<u8>)> {
         let mut tail = Vec::new();
         let mut current = newest;
-        for record in journal::scan(&self.root)? {
+        for (record, bytes) in records {
             if record.max_txid <= current {
                 continue;
             }
             if record.min_txid > current + 1 {
                 break;
             }
-            let bytes = journal::read(&self.root, &record)?;
             let verified = verify_ltx(bytes.as_slice(), String::new)
                 .is_ok_and(|h| (h.min_txid, h.max_txid) == (record.min_txid, record.max_txid));
             if !verified {
@@ -436,15 +452,32 @@ impl FileReplica {
                 bytes,
             ));
         }
-        Ok(tail)
+        *self.journal_seen.lock().unwrap_or_else(|p| p.into_inner()) = tail
+            .iter()
+            .map(|(f, b)| ((f.min_txid, f.max_txid), Arc::new(b.clone())))
+            .collect();
+        tail
     }
 
-    /// Reads a file's bytes (verify them with `ltx::Decoder` before applying anything).
+    /// Reads a file's bytes (verify them with `ltx::Decoder` before applying anything). A journal
+    /// record is read as the last listing found it.
     pub fn read(&self, file: &ReplicaFile) -> Result<Vec<u8>> {
         if file.level == journal::JOURNAL_LEVEL {
-            let record = journal::scan(&self.root)?
+            let key = (file.min_txid, file.max_txid);
+            let seen = self
+                .journal_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, b)| b.clone());
+            if let Some(bytes) = seen {
+                return Ok(bytes.as_ref().clone());
+            }
+            return journal::read_all(&self.root)?
                 .into_iter()
-                .find(|r| (r.min_txid, r.max_txid) == (file.min_txid, file.max_txid))
+                .find(|(r, _)| (r.min_txid, r.max_txid) == key)
+                .map(|(_, b)| b)
                 .ok_or_else(|| {
                     Error::io(
                         "read journal record",
@@ -457,8 +490,7 @@ impl FileReplica {
                             ),
                         ),
                     )
-                })?;
-            return journal::read(&self.root, &record);
+                });
         }
         let path = self.path_of(file.level, file.min_txid, file.max_txid);
         fs::read(&path).map_err(|e| Error::io("read replica file", &path, e))

@@ -70,6 +70,11 @@ fn aligned(n: u64) -> u64 {
     n.div_ceil(8) * 8
 }
 
+/// The room a record of `bytes` LTX bytes takes in the journal.
+pub fn record_len(bytes: u64) -> u64 {
+    aligned(HEAD as u64 + bytes)
+}
+
 /// Appends records to a replica's journal (one writer per replica).
 #[derive(Debug)]
 pub struct Writer {
@@ -78,7 +83,7 @@ pub struct Writer {
     size: u64,
     /// Where the next record goes.
     offset: u64,
-    /// The newest TXID written in this lap.
+    /// The newest TXID written in this lap (0: none yet).
     pub max_txid: u64,
     /// The file's inode: an append to a file no longer at `path` (the replica's directory removed
     /// or replaced) would be lost, so it fails instead.
@@ -131,23 +136,26 @@ impl Writer {
         })
     }
 
-    /// Whether records of `bytes` LTX bytes in all (`count` of them) fit in this lap.
-    pub fn fits(&self, count: usize, bytes: u64) -> bool {
-        self.offset + bytes + (count as u64) * (HEAD as u64 + 7) <= self.size
+    /// Bytes left in this lap.
+    pub fn room(&self) -> u64 {
+        self.size - self.offset
     }
 
-    /// Whether one record of `bytes` could ever fit (else it goes to the layout alone).
+    /// Whether one record of `bytes` LTX bytes may go into the journal at all (at most a quarter
+    /// of it; a larger one goes to the layout alone).
     pub fn could_fit(&self, bytes: u64) -> bool {
-        aligned(HEAD as u64 + bytes) <= self.size / 4
+        record_len(bytes) <= self.size / 4
     }
 
     /// Starts a new lap at offset 0: only once every record written is in the layout.
     pub fn rewind(&mut self) {
         self.offset = 0;
+        self.max_txid = 0;
     }
 
     /// Appends `records` (each an LTX file and its listed time) with one write and one
-    /// `fdatasync`: when this returns, they are durable. They must fit ([`Writer::fits`]).
+    /// `fdatasync`: when this returns, they are durable. They must fit in [`Writer::room`]
+    /// ([`record_len`] each).
     pub fn append(&mut self, records: &[(&[u8], i64)]) -> Result<()> {
         let mut buf = Vec::new();
         let mut max_txid = self.max_txid;
@@ -208,15 +216,33 @@ impl Writer {
     }
 }
 
-/// The records of the journal under `root`, in the order written, from offset 0 to the first
-/// head that does not check; none when there is no journal. Their LTX bytes are not verified here.
-pub fn scan(root: &Path) -> Result<Vec<Record>> {
+/// The records of the journal under `root` with their LTX bytes, in the order written, from
+/// offset 0 to the first head that does not check; none when there is no journal. The file is
+/// read once, so the records are those of one moment. Their LTX bytes are not verified here.
+pub fn read_all(root: &Path) -> Result<Vec<(Record, Vec<u8>)>> {
     let path = path(root);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("read journal", &path, e)),
     };
+    Ok(walk(&bytes)
+        .into_iter()
+        .map(|r| {
+            let at = usize::try_from(r.offset).unwrap_or(0);
+            let len = usize::try_from(r.len).unwrap_or(0);
+            let ltx = bytes[at..at + len].to_vec();
+            (r, ltx)
+        })
+        .collect())
+}
+
+/// The records of the journal under `root` (see [`read_all`]), without their bytes.
+pub fn scan(root: &Path) -> Result<Vec<Record>> {
+    Ok(read_all(root)?.into_iter().map(|(r, _)| r).collect())
+}
+
+fn walk(bytes: &[u8]) -> Vec<Record> {
     let mut records = Vec::new();
     let mut at = 0usize;
     while let Some(head) = bytes.get(at..at + HEAD) {
@@ -248,17 +274,7 @@ pub fn scan(root: &Path) -> Result<Vec<Record>> {
         });
         at = usize::try_from(aligned((start + len) as u64)).unwrap_or(usize::MAX);
     }
-    Ok(records)
-}
-
-/// A record's LTX bytes (verify them before applying anything).
-pub fn read(root: &Path, record: &Record) -> Result<Vec<u8>> {
-    let path = path(root);
-    let file = File::open(&path).map_err(|e| Error::io("open journal", &path, e))?;
-    let mut buf = vec![0u8; usize::try_from(record.len).unwrap_or(0)];
-    file.read_exact_at(&mut buf, record.offset)
-        .map_err(|e| Error::io("read journal", &path, e))?;
-    Ok(buf)
+    records
 }
 
 #[cfg(test)]
@@ -289,7 +305,7 @@ mod tests {
             .map(|r| (r.min_txid, r.max_txid, r.created_at_ms))
             .collect();
         assert_eq!(ranges, vec![(1, 1, 10), (2, 3, 20), (4, 4, 30)]);
-        assert_eq!(read(dir.path(), &found[1]).unwrap(), b);
+        assert_eq!(read_all(dir.path()).unwrap()[1].1, b);
         assert_eq!(w.max_txid, 4);
 
         // A crash in the middle of the last append: its head is written, its bytes are not whole.
@@ -308,7 +324,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = Writer::open(dir.path(), 64 << 10).unwrap();
         let mut txid = 0;
-        while w.fits(1, 5_000) {
+        while w.room() >= record_len(5_000) {
             txid += 1;
             w.append(&[(&ltx_file(txid, txid), txid as i64)]).unwrap();
         }

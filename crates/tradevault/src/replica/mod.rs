@@ -188,11 +188,18 @@ impl Replica {
     /// What a restore may use: [`Replica::list_all`], and on a file replica the records of its
     /// sync journal that continue past the layout's newest file (level
     /// [`journal::JOURNAL_LEVEL`], verified, up to the first that does not verify).
+    ///
+    /// The journal is read before the layout is listed: what a new lap overwrote by then is in
+    /// the layout, so the records past the layout's newest file continue it with no gap.
     pub fn list_restorable(&self) -> Result<Vec<ReplicaFile>> {
+        let journal = match self {
+            Replica::File(r) => r.journal_records()?,
+            Replica::S3(_) => Vec::new(),
+        };
         let mut all = self.list_all()?;
         if let Replica::File(r) = self {
             let newest = all.iter().map(|f| f.max_txid).max().unwrap_or(0);
-            all.extend(r.journal_tail(newest)?.into_iter().map(|(f, _)| f));
+            all.extend(r.journal_tail(journal, newest).into_iter().map(|(f, _)| f));
         }
         Ok(all)
     }

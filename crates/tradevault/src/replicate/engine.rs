@@ -261,7 +261,7 @@ impl State {
             self.shipped.pop_front();
         }
         for r in &mut self.status.replicas {
-            if r.txid.is_some_and(|t| t >= txid) || r.journal_txid >= txid {
+            if r.foreign_to == 0 && (r.txid.is_some_and(|t| t >= txid) || r.journal_txid >= txid) {
                 r.commit_seq = r.commit_seq.max(seq);
             }
         }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::engine::Db;
 use crate::replica::Replica;
-use crate::replica::journal::{JOURNAL_BYTES, Writer};
+use crate::replica::journal::{JOURNAL_BYTES, Writer, record_len};
 
 /// How often a waiting journal thread looks whether the engine stops.
 const TICK: Duration = Duration::from_millis(100);
@@ -120,26 +120,30 @@ struct Journal<'a> {
 }
 
 impl Journal<'_> {
-    /// Appends the shipments of `batch` that continue the journal, or the layout when the journal
-    /// holds nothing newer, and releases the answers they hold. Shipments the layout already has
-    /// are skipped; a gap (the layout still catching up after a snapshot, say) leaves the rest to
-    /// the uploader.
+    /// Appends the shipments of `batch` in order, each once the journal or the layout reaches the
+    /// TXID before it, and releases the answers they hold. What the layout holds already is
+    /// skipped; a shipment the journal cannot continue to (a gap: the layout still catching up
+    /// after a snapshot, a shipment too large for the journal) waits for the layout, which the
+    /// journal thread asks to hurry; a failing journal leaves the rest to the layout.
     fn append(&mut self, batch: &[Shipment]) {
+        let mut rest = batch;
         loop {
-            let layout = self.layout();
-            let from = self.journaled.max(layout);
-            let mut next = from + 1;
-            let run: Vec<&Shipment> = batch
-                .iter()
-                .filter(|s| s.max_txid > from)
-                .take_while(|s| {
-                    let ok = s.min_txid == next;
-                    next = s.max_txid + 1;
-                    ok
-                })
-                .collect();
-            if run.is_empty() {
+            // Nothing of this history is on a replica that holds another one: wait for the
+            // snapshot that ends that (a TXID there may name another content).
+            let Some(layout) = self.layout() else {
                 return;
+            };
+            let from = self.journaled.max(layout);
+            let skip = rest.iter().take_while(|s| s.max_txid <= from).count();
+            rest = &rest[skip..];
+            let Some(first) = rest.first() else {
+                return;
+            };
+            if first.min_txid > from + 1 {
+                if !self.wait_for_layout(first.min_txid - 1) {
+                    return;
+                }
+                continue;
             }
             let mut writer = match self.writer.take() {
                 Some(w) => w,
@@ -154,27 +158,43 @@ impl Journal<'_> {
                     }
                 },
             };
-            let run: Vec<&Shipment> = run
-                .into_iter()
-                .take_while(|s| writer.could_fit(s.bytes.len() as u64))
-                .collect();
-            if run.is_empty() {
-                // Too large for the journal: the uploader's upload carries it.
+            if !writer.could_fit(first.bytes.len() as u64) {
+                // The layout carries it; the journal continues after it.
                 self.writer = Some(writer);
-                return;
-            }
-            let bytes: u64 = run.iter().map(|s| s.bytes.len() as u64).sum();
-            if !writer.fits(run.len(), bytes) {
-                // A new lap overwrites the oldest records: only once the layout holds them all.
-                if !self.wait_for_layout(self.journaled.max(writer.max_txid)) {
+                if !self.wait_for_layout(first.max_txid) {
                     return;
                 }
-                writer.rewind();
-                self.journaled = 0;
-                self.writer = Some(writer);
                 continue;
             }
-            let records: Vec<(&[u8], i64)> = run
+            // The run that continues the journal and fits in what is left of this lap.
+            let (mut next, mut room) = (from + 1, writer.room());
+            let run = rest
+                .iter()
+                .take_while(|s| {
+                    let len = record_len(s.bytes.len() as u64);
+                    let ok =
+                        s.min_txid == next && writer.could_fit(s.bytes.len() as u64) && len <= room;
+                    if ok {
+                        next = s.max_txid + 1;
+                        room -= len;
+                    }
+                    ok
+                })
+                .count();
+            if run == 0 {
+                // A new lap overwrites the oldest records: only once the layout holds them all.
+                let held = self.journaled.max(writer.max_txid);
+                self.writer = Some(writer);
+                if !self.wait_for_layout(held) {
+                    return;
+                }
+                if let Some(w) = &mut self.writer {
+                    w.rewind();
+                }
+                self.journaled = 0;
+                continue;
+            }
+            let records: Vec<(&[u8], i64)> = rest[..run]
                 .iter()
                 .map(|s| (s.bytes.as_slice(), s.created_at_ms))
                 .collect();
@@ -187,15 +207,31 @@ impl Journal<'_> {
             }
             self.failures = 0;
             self.writer = Some(writer);
-            self.journaled = run.last().map_or(self.journaled, |s| s.max_txid);
+            self.journaled = rest[run - 1].max_txid;
+            rest = &rest[run..];
             self.confirm();
-            return;
         }
     }
 
-    /// The newest TXID in the replica's layout.
-    fn layout(&self) -> u64 {
-        self.db.lock().status.replicas[self.index].txid.unwrap_or(0)
+    /// The newest TXID in the replica's layout, once the replica holds nothing of another
+    /// history (waiting for that); None when the engine stops first.
+    fn layout(&self) -> Option<u64> {
+        let mut st = self.db.lock();
+        loop {
+            let r = &st.status.replicas[self.index];
+            if r.foreign_to == 0 {
+                return Some(r.txid.unwrap_or(0));
+            }
+            if self.db.stopping() {
+                return None;
+            }
+            st = self
+                .db
+                .changed
+                .wait_timeout(st, TICK)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// Credits the replica with what the journal holds and sends the answers that releases.

@@ -440,7 +440,18 @@ impl Replicator {
         if let Some(hook) = &self.on_encoded {
             hook(&bytes, txid, listed);
         }
-        let written = self.replica.put_encoded(0, &header, &bytes, Some(listed))?;
+        let written = match self.replica.put_encoded(0, &header, &bytes, Some(listed)) {
+            Ok(w) => w,
+            Err(e) => {
+                if self.on_encoded.is_some() {
+                    // A journal may hold this TXID already: the next try, which may read more of
+                    // the WAL, must not give it another content. A snapshot past it follows.
+                    self.txid = txid;
+                    self.resume = Resume::Snapshot;
+                }
+                return Err(e);
+            }
+        };
         self.txid = txid;
         self.last_ts = listed;
         self.last_made = ts;

@@ -90,6 +90,10 @@ pub struct ReplicaStatus {
     /// The newest TXID in the replica's sync journal, in sync mode (0: none).
     #[serde(skip)]
     pub journal_txid: u64,
+    /// The replica holds another history up to this TXID until this history's snapshot past it
+    /// is uploaded (0: it does not): nothing is credited to it meanwhile.
+    #[serde(skip)]
+    pub foreign_to: u64,
     /// The journal is full and waits for the layout: the next upload goes without waiting out
     /// the sync interval.
     #[serde(skip)]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::engine::{Db, ReplicaSpec};
 use crate::error::{Error, Result};
-use crate::replica::{self, Replica, ReplicaFile, SNAPSHOT_LEVEL};
+use crate::replica::{Replica, ReplicaFile, SNAPSHOT_LEVEL};
 
 /// The finest point-in-time step a replica with no sync interval keeps, in ms.
 const GRANULARITY_MS: i64 = 10;
@@ -228,19 +228,18 @@ impl Uploader<'_> {
     /// newest file (acknowledged commits, in sync mode) become level-0 files, so that the journal
     /// can start a new lap.
     fn discover(&mut self) -> Result<()> {
+        let journal = match &self.spec.replica {
+            Replica::File(r) => r.journal_records()?,
+            Replica::S3(_) => Vec::new(),
+        };
+        let journal_max = journal.iter().map(|(r, _)| r.max_txid).max().unwrap_or(0);
         let mut all = self.spec.replica.list_all()?;
-        let mut journal_max = 0;
         if let Replica::File(r) = &self.spec.replica {
             let newest = all.iter().map(|f| f.max_txid).max().unwrap_or(0);
-            for (f, bytes) in r.journal_tail(newest)? {
+            for (f, bytes) in r.journal_tail(journal, newest) {
                 all.push(r.put(0, &bytes, Some(f.created_at_ms))?);
                 tracing::info!(replica = %self.spec.name, min_txid = f.min_txid, max_txid = f.max_txid, "journal record replayed into the replica's files");
             }
-            journal_max = replica::journal::scan(r.root())?
-                .iter()
-                .map(|f| f.max_txid)
-                .max()
-                .unwrap_or(0);
         }
         let mut newest: Option<&ReplicaFile> = None;
         for f in &all {
@@ -254,13 +253,17 @@ impl Uploader<'_> {
         let mut st = self.db.lock();
         // A journal record that continues nothing still names TXIDs of another history.
         let held = position.max(journal_max);
-        if held > 0 && held >= st.history_start {
+        let foreign = held > 0 && held >= st.history_start;
+        if foreign {
             tracing::warn!(replica = %self.spec.name, position = held, "the replica holds files this database's local log does not know; continuing it from a new snapshot");
             st.raise_txid = st.raise_txid.max(held);
             st.snapshot_wanted = true;
             self.need_snapshot_above = Some(held);
         }
         let r = &mut st.status.replicas[self.index];
+        // Until the snapshot past them is on the replica, nothing of this history is there: no
+        // commit is credited and the journal takes nothing (a TXID may name another content).
+        r.foreign_to = if foreign { held } else { 0 };
         r.txid = Some(position);
         r.txid_time_ms = made;
         r.discovered = true;
@@ -386,6 +389,10 @@ impl Uploader<'_> {
         let seq = Db::commit_seq_at(&st, max_txid);
         let r = &mut st.status.replicas[self.index];
         r.txid = Some(max_txid);
+        if snapshot {
+            // With its position, in one step: the journal continues this history from here.
+            r.foreign_to = 0;
+        }
         r.txid_time_ms = Some(made);
         r.bytes_uploaded += written.size;
         r.files_uploaded += 1;
