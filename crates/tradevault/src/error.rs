@@ -180,6 +180,12 @@ impl Error {
         }
     }
 
+    /// Whether it is a local file that was not there (a replica's file deleted by its
+    /// compaction or retention between a listing and a read, say).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
     /// Wraps a SQLite error with the action.
     pub fn sqlite(action: &'static str, source: rusqlite::Error) -> Self {
         Error::Sqlite { action, source }

@@ -155,22 +155,30 @@ fn restore(
     let replica = super::replica_of(&source)?;
     let target = target_of(&args)?;
     let started = Instant::now();
-    // One listing of the replica serves every plan below.
-    let files = replica.list_restorable()?;
-    // A configured replica that holds nothing yet (a new one, or one emptied) cannot reach the
-    // latest state, and the newest backup is the newest state known: restore that, and say so.
-    if files.is_empty()
-        && target == Target::Latest
-        && args.replica.is_none()
-        && (args.target.is_some() || !config.backup.target.is_empty())
-    {
-        eprintln!(
-            "tradevault: the replica {} holds no LTX files; restoring the newest backup instead",
-            replica.describe()
-        );
-        return from_backup(&config, &args, &db_name, &db_path, from_file);
-    }
-    let mut plan = restore::plan_listed(&replica, &files, target)?;
+    // One listing of the replica serves every plan below (listed again if a live replica's
+    // compaction deleted a file before its header was read).
+    let mut attempts = 0;
+    let (files, mut plan) = loop {
+        let files = replica.list_restorable()?;
+        // A configured replica that holds nothing yet (a new one, or one emptied) cannot reach
+        // the latest state, and the newest backup is the newest state known: restore that, and
+        // say so.
+        if files.is_empty()
+            && target == Target::Latest
+            && args.replica.is_none()
+            && (args.target.is_some() || !config.backup.target.is_empty())
+        {
+            eprintln!(
+                "tradevault: the replica {} holds no LTX files; restoring the newest backup instead",
+                replica.describe()
+            );
+            return from_backup(&config, &args, &db_name, &db_path, from_file);
+        }
+        match restore::plan_listed(&replica, &files, target) {
+            Err(e) if e.is_not_found() && attempts < restore::RELIST_MAX => attempts += 1,
+            planned => break (files, planned?),
+        }
+    };
     // A backup plus the replica's files after it, when that reads fewer bytes.
     let via_backup = if args.replica.is_none() || args.target.is_some() {
         cheaper_via_backup(&config, &args, &db_name, from_file, &replica, &files, &plan)

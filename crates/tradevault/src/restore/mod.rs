@@ -43,7 +43,9 @@ mod plan;
 mod progress;
 
 pub use apply::{Check, Options, Restored, apply, apply_with};
-pub use plan::{HeaderTime, Plan, plan, plan_after, plan_after_listed, plan_files, plan_listed};
+pub use plan::{
+    HeaderTime, Plan, RELIST_MAX, plan, plan_after, plan_after_listed, plan_files, plan_listed,
+};
 pub use progress::{Progress, Stage};
 
 /// Creates the staging file a restore into `output` fills before naming it `output`:

@@ -37,8 +37,18 @@ pub struct Plan {
 
 /// Plans a restore of `target` from `replica`.
 pub fn plan(replica: &Replica, target: Target) -> Result<Plan> {
-    plan_listed(replica, &replica.list_restorable()?, target)
+    let mut attempts = 0;
+    loop {
+        match plan_listed(replica, &replica.list_restorable()?, target) {
+            // A live replica's compaction deleted a listed file before its header was read.
+            Err(e) if e.is_not_found() && attempts < RELIST_MAX => attempts += 1,
+            planned => return planned,
+        }
+    }
 }
+
+/// How many times a plan lists a replica again when a file it listed is gone.
+pub const RELIST_MAX: u32 = 3;
 
 /// [`plan`] over `all`, the files of every level of `replica`, so that one listing serves
 /// several plans. Reads the header of the last file (and, to refuse a time, of the one before).
