@@ -64,8 +64,9 @@ pub fn run(
     let config = super::load_config(config_file, data_dir)?;
     let mut entries: Vec<Entry> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    let mut add = |name: String, path: PathBuf, found_by, registered_pid| {
-        if seen.insert(super::absolute(&path)) {
+    let mut add = |name: String, path: PathBuf, found_by, registered_pid: Option<u32>| {
+        let key = super::absolute(&path);
+        if seen.insert(key.clone()) {
             entries.push(Entry {
                 name,
                 path,
@@ -73,6 +74,13 @@ pub fn run(
                 registered_pid,
                 status: None,
             });
+        } else if let Some(e) = entries
+            .iter_mut()
+            .find(|e| e.registered_pid.is_none() && super::absolute(&e.path) == key)
+        {
+            // Found in the config and registered too: the registration says whether its process
+            // is gone (a SIGKILLed server's last report looks fresh for a few seconds).
+            e.registered_pid = registered_pid;
         }
     };
     if args.databases.is_empty() {

@@ -164,7 +164,12 @@ fn sync_mode_answers_from_the_replica_journal_which_restore_reads_and_a_restart_
         ),
     );
     let config = config.to_str().expect("utf8").to_owned();
-    let mut server = Server::start_args(&data, &[], &["--config", &config]);
+    // Servers register here, so that `status` knows when one is gone.
+    let runtime = dir.path().join("run");
+    std::fs::create_dir(&runtime).expect("runtime dir");
+    let runtime = runtime.to_str().expect("utf8").to_owned();
+    let env = [("XDG_RUNTIME_DIR", runtime.as_str())];
+    let mut server = Server::start_args(&data, &env, &["--config", &config]);
     // The first upload (the snapshot) reaches the layout: from then on the journal continues it.
     eventually(
         "the snapshot on the replica",
@@ -199,6 +204,16 @@ fn sync_mode_answers_from_the_replica_journal_which_restore_reads_and_a_restart_
     assert!(out.status.success() && journaled, "{plan}");
     let last = plan["txid"].as_u64().expect("txid");
     server.kill();
+    // Its last report is fresh, but the process is gone: status says so (the store is found by
+    // the config and by its registration alike).
+    let out = command()
+        .args(["status", "--json", "--config", &config, "--data-dir"])
+        .arg(&data)
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .output()
+        .expect("status");
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(status[0]["replicating"], false, "{status}");
     // Killed: the answers were given, so restore has every trade, from the journal.
     let present = restored_trades(&url, &dir.path().join("r1"));
     let missing: Vec<_> = ids.difference(&present).collect();
@@ -207,7 +222,7 @@ fn sync_mode_answers_from_the_replica_journal_which_restore_reads_and_a_restart_
     // outside the database. A restart puts its records into the layout before anything else, so
     // the layout alone (as Litestream reads it) reaches that last point.
     std::fs::remove_dir_all(data.join(".tradevault.db-tradevault").join("ltx")).expect("local log");
-    let mut server = Server::start_args(&data, &[], &["--config", &config]);
+    let mut server = Server::start_args(&data, &env, &["--config", &config]);
     eventually(
         "the journal replayed into the layout",
         Duration::from_secs(20),
