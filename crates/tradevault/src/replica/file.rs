@@ -26,12 +26,12 @@ pub struct FileReplica {
     durable: bool,
     /// A cache's empty file created ahead for its next `put` (shared by clones).
     spare: Arc<Mutex<Option<Spare>>>,
-    /// The sync journal's records the last [`FileReplica::journal_tail`] found, by TXID range,
-    /// with their bytes (shared by clones).
+    /// The sync journal's records [`FileReplica::journal_tail`] found, by TXID range, with their
+    /// bytes (shared by clones).
     journal_seen: Arc<Mutex<JournalSeen>>,
 }
 
-type JournalSeen = Vec<((u64, u64), Arc<Vec<u8>>)>;
+type JournalSeen = std::collections::BTreeMap<(u64, u64), Arc<Vec<u8>>>;
 
 /// An empty file under a temporary name, created before it is needed. Removed if never used.
 #[derive(Debug)]
@@ -452,15 +452,46 @@ impl FileReplica {
                 bytes,
             ));
         }
-        *self.journal_seen.lock().unwrap_or_else(|p| p.into_inner()) = tail
-            .iter()
-            .map(|(f, b)| ((f.min_txid, f.max_txid), Arc::new(b.clone())))
-            .collect();
+        let mut seen = self.journal_seen.lock().unwrap_or_else(|p| p.into_inner());
+        // Kept across listings (a clone may plan from an earlier one), within twice a journal.
+        if seen.values().map(|b| b.len() as u64).sum::<u64>() > 2 * journal::JOURNAL_BYTES {
+            seen.clear();
+        }
+        for (f, b) in &tail {
+            seen.insert((f.min_txid, f.max_txid), Arc::new(b.clone()));
+        }
+        drop(seen);
         tail
     }
 
+    /// Fsyncs the root, `ltx/` and every level's directory that exists.
+    pub fn sync_dirs(&self) -> Result<()> {
+        let ltx = self.root.join("ltx");
+        for dir in [self.root.clone(), ltx.clone()] {
+            if dir.is_dir() {
+                sync_dir(&dir)?;
+            }
+        }
+        if let Ok(entries) = fs::read_dir(&ltx) {
+            for entry in entries.flatten() {
+                if entry.path().is_dir() {
+                    sync_dir(&entry.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the journal records kept by [`FileReplica::journal_tail`].
+    pub fn forget_journal(&self) {
+        self.journal_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Reads a file's bytes (verify them with `ltx::Decoder` before applying anything). A journal
-    /// record is read as the last listing found it.
+    /// record is read as a listing found it.
     pub fn read(&self, file: &ReplicaFile) -> Result<Vec<u8>> {
         if file.level == journal::JOURNAL_LEVEL {
             let key = (file.min_txid, file.max_txid);
@@ -468,9 +499,8 @@ impl FileReplica {
                 .journal_seen
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, b)| b.clone());
+                .get(&key)
+                .cloned();
             if let Some(bytes) = seen {
                 return Ok(bytes.as_ref().clone());
             }

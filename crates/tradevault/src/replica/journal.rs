@@ -70,6 +70,11 @@ fn aligned(n: u64) -> u64 {
     n.div_ceil(8) * 8
 }
 
+/// Whether a journal of [`JOURNAL_BYTES`] takes a record of `bytes` LTX bytes at all.
+pub fn may_hold(bytes: u64) -> bool {
+    record_len(bytes) <= JOURNAL_BYTES / 4
+}
+
 /// The room a record of `bytes` LTX bytes takes in the journal.
 pub fn record_len(bytes: u64) -> u64 {
     aligned(HEAD as u64 + bytes)

@@ -521,7 +521,9 @@ impl Engine {
         let fed: Vec<Arc<super::journal::Handoff>> = handoffs.iter().flatten().cloned().collect();
         if !fed.is_empty() {
             replicator.on_encoded(Box::new(move |bytes, txid, listed| {
-                let bytes = Arc::new(bytes.to_vec());
+                // One copy for every journal, none for a shipment too large for them.
+                let bytes = crate::replica::journal::may_hold(bytes.len() as u64)
+                    .then(|| Arc::new(bytes.to_vec()));
                 for h in &fed {
                     h.push(super::journal::Shipment {
                         bytes: bytes.clone(),

@@ -31,7 +31,8 @@ pub(crate) fn journaled(db: &Db, replica: &Replica) -> bool {
 
 /// One shipment, as the shipper encoded it.
 pub(crate) struct Shipment {
-    pub(crate) bytes: Arc<Vec<u8>>,
+    /// Its LTX file; None when it is too large for a journal (its layout upload confirms it).
+    pub(crate) bytes: Option<Arc<Vec<u8>>>,
     pub(crate) min_txid: u64,
     pub(crate) max_txid: u64,
     /// Its listed time.
@@ -42,18 +43,36 @@ pub(crate) struct Shipment {
 /// gets a shipment while the shipper still writes it into the local log.
 #[derive(Default)]
 pub(crate) struct Handoff {
-    queue: Mutex<VecDeque<Shipment>>,
+    queue: Mutex<Queue>,
     ready: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    shipments: VecDeque<Shipment>,
+    bytes: u64,
+}
+
+impl Shipment {
+    fn len(&self) -> u64 {
+        self.bytes.as_ref().map_or(0, |b| b.len() as u64)
+    }
 }
 
 impl Handoff {
     /// Hands a shipment over (never blocks on the journal's writes).
+    /// The oldest go when more than [`QUEUE_MAX`] shipments or a journal's size wait (a gap the
+    /// layout then carries).
     pub(crate) fn push(&self, shipment: Shipment) {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() >= QUEUE_MAX {
-            q.pop_front();
+        while q.shipments.len() >= QUEUE_MAX || q.bytes + shipment.len() > JOURNAL_BYTES {
+            let Some(old) = q.shipments.pop_front() else {
+                break;
+            };
+            q.bytes -= old.len();
         }
-        q.push_back(shipment);
+        q.bytes += shipment.len();
+        q.shipments.push_back(shipment);
         drop(q);
         self.ready.notify_one();
     }
@@ -65,8 +84,9 @@ impl Handoff {
             if db.stopping() {
                 return None;
             }
-            if !q.is_empty() {
-                return Some(q.drain(..).collect());
+            if !q.shipments.is_empty() {
+                q.bytes = 0;
+                return Some(q.shipments.drain(..).collect());
             }
             q = self
                 .ready
@@ -145,6 +165,14 @@ impl Journal<'_> {
                 }
                 continue;
             }
+            if first.min_txid <= from {
+                // Overlapping what the journal holds (shipments are one TXID each, so never
+                // yet): the layout carries it.
+                if !self.wait_for_layout(first.max_txid) {
+                    return;
+                }
+                continue;
+            }
             let mut writer = match self.writer.take() {
                 Some(w) => w,
                 None => match Writer::open(self.root, JOURNAL_BYTES) {
@@ -158,7 +186,7 @@ impl Journal<'_> {
                     }
                 },
             };
-            if !writer.could_fit(first.bytes.len() as u64) {
+            if first.bytes.is_none() || !writer.could_fit(first.len()) {
                 // The layout carries it; the journal continues after it.
                 self.writer = Some(writer);
                 if !self.wait_for_layout(first.max_txid) {
@@ -171,9 +199,11 @@ impl Journal<'_> {
             let run = rest
                 .iter()
                 .take_while(|s| {
-                    let len = record_len(s.bytes.len() as u64);
-                    let ok =
-                        s.min_txid == next && writer.could_fit(s.bytes.len() as u64) && len <= room;
+                    let len = record_len(s.len());
+                    let ok = s.min_txid == next
+                        && s.bytes.is_some()
+                        && writer.could_fit(s.len())
+                        && len <= room;
                     if ok {
                         next = s.max_txid + 1;
                         room -= len;
@@ -196,7 +226,7 @@ impl Journal<'_> {
             }
             let records: Vec<(&[u8], i64)> = rest[..run]
                 .iter()
-                .map(|s| (s.bytes.as_slice(), s.created_at_ms))
+                .filter_map(|s| Some((s.bytes.as_deref()?.as_slice(), s.created_at_ms)))
                 .collect();
             if let Err(e) = writer.append(&records) {
                 // What it held may be lost with it: a new journal starts once the layout holds it.

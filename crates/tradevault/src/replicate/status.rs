@@ -94,8 +94,8 @@ pub struct ReplicaStatus {
     /// is uploaded (0: it does not): nothing is credited to it meanwhile.
     #[serde(skip)]
     pub foreign_to: u64,
-    /// The journal is full and waits for the layout: the next upload goes without waiting out
-    /// the sync interval.
+    /// The journal waits for the layout (to start a new lap, or past a gap): the next upload
+    /// goes without waiting out the sync interval.
     #[serde(skip)]
     pub layout_wanted: bool,
 }

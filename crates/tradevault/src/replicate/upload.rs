@@ -240,6 +240,11 @@ impl Uploader<'_> {
                 all.push(r.put(0, &bytes, Some(f.created_at_ms))?);
                 tracing::info!(replica = %self.spec.name, min_txid = f.min_txid, max_txid = f.max_txid, "journal record replayed into the replica's files");
             }
+            r.forget_journal();
+            // A new lap of the journal may overwrite what the layout now holds: every name in it
+            // must survive a machine crash first (a killed process may have renamed a file into
+            // it without the directory's fsync).
+            r.sync_dirs()?;
         }
         let mut newest: Option<&ReplicaFile> = None;
         for f in &all {
