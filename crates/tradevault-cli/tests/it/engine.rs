@@ -110,15 +110,7 @@ fn sync_mode_never_loses_an_acknowledged_write_across_sigkills() {
             continue;
         }
         // Every acknowledged write is on the replica, even though the server died a moment later.
-        let conn = restore(&url, &dir.path().join(format!("restored-{cycle}")));
-        let mut stmt = conn
-            .prepare("SELECT trade_id FROM trades")
-            .expect("prepare");
-        let present: HashSet<String> = stmt
-            .query_map([], |r| r.get(0))
-            .expect("query")
-            .map(|r| r.expect("row"))
-            .collect();
+        let present = restored_trades(&url, &dir.path().join(format!("restored-{cycle}")));
         let acked = acked.lock().expect("lock");
         let missing: Vec<_> = acked.difference(&present).take(5).collect();
         assert!(
@@ -126,8 +118,6 @@ fn sync_mode_never_loses_an_acknowledged_write_across_sigkills() {
             "cycle {cycle}: acknowledged but not on the replica: {missing:?} (of {} acknowledged)",
             acked.len()
         );
-        drop(stmt);
-        drop(conn);
         std::fs::remove_dir_all(dir.path().join(format!("restored-{cycle}"))).expect("clean");
     }
     let total = acked.lock().expect("lock").len();
@@ -137,9 +127,8 @@ fn sync_mode_never_loses_an_acknowledged_write_across_sigkills() {
     );
 }
 
-/// The trade ids of the database restored from `url` into `dir`.
-fn restored_trades(url: &str, dir: &Path) -> HashSet<String> {
-    let conn = restore(url, dir);
+/// The trade ids of a store.
+fn trade_ids(conn: &rusqlite::Connection) -> HashSet<String> {
     let mut stmt = conn
         .prepare("SELECT trade_id FROM trades")
         .expect("prepare");
@@ -147,6 +136,11 @@ fn restored_trades(url: &str, dir: &Path) -> HashSet<String> {
         .expect("query")
         .map(|r| r.expect("row"))
         .collect()
+}
+
+/// The trade ids of the database restored from `url` into `dir`.
+fn restored_trades(url: &str, dir: &Path) -> HashSet<String> {
+    trade_ids(&restore(url, dir))
 }
 
 #[test]
@@ -276,15 +270,7 @@ fn sync_mode_answers_from_the_replica_journal_which_restore_reads_and_a_restart_
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let conn = rusqlite::Connection::open(dir.path().join("r2.db")).expect("open");
-    let mut stmt = conn
-        .prepare("SELECT trade_id FROM trades")
-        .expect("prepare");
-    let present: HashSet<String> = stmt
-        .query_map([], |r| r.get(0))
-        .expect("query")
-        .map(|r| r.expect("row"))
-        .collect();
+    let present = trade_ids(&rusqlite::Connection::open(dir.path().join("r2.db")).expect("open"));
     let missing: Vec<_> = ids.difference(&present).collect();
     assert!(
         missing.is_empty(),

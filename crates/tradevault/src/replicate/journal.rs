@@ -16,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::engine::Db;
+use super::status::ReplicaStatus;
 use crate::replica::Replica;
 use crate::replica::journal::{JOURNAL_BYTES, Writer, record_len};
 
@@ -246,22 +247,7 @@ impl Journal<'_> {
     /// The newest TXID in the replica's layout, once the replica holds nothing of another
     /// history (waiting for that); None when the engine stops first.
     fn layout(&self) -> Option<u64> {
-        let mut st = self.db.lock();
-        loop {
-            let r = &st.status.replicas[self.index];
-            if r.foreign_to == 0 {
-                return Some(r.txid.unwrap_or(0));
-            }
-            if self.db.stopping() {
-                return None;
-            }
-            st = self
-                .db
-                .changed
-                .wait_timeout(st, TICK)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.wait_for(|r| (r.foreign_to == 0).then(|| r.txid.unwrap_or(0)))
     }
 
     /// Credits the replica with what the journal holds and sends the answers that releases.
@@ -297,18 +283,30 @@ impl Journal<'_> {
     /// Waits until the replica's layout holds `txid`, asking the uploader not to wait out its
     /// sync interval; false when the engine stops first.
     fn wait_for_layout(&self, txid: u64) -> bool {
-        let mut st = self.db.lock();
-        loop {
-            let r = &mut st.status.replicas[self.index];
+        let changed = &self.db.changed;
+        self.wait_for(|r| {
             if r.txid.unwrap_or(0) >= txid {
-                return true;
+                return Some(());
             }
             if !r.layout_wanted {
                 r.layout_wanted = true;
-                self.db.changed.notify_all();
+                changed.notify_all();
+            }
+            None
+        })
+        .is_some()
+    }
+
+    /// Waits (woken by `changed`) until `ready` finds what it needs in the replica's status;
+    /// None when the engine stops first.
+    fn wait_for<T>(&self, mut ready: impl FnMut(&mut ReplicaStatus) -> Option<T>) -> Option<T> {
+        let mut st = self.db.lock();
+        loop {
+            if let Some(found) = ready(&mut st.status.replicas[self.index]) {
+                return Some(found);
             }
             if self.db.stopping() {
-                return false;
+                return None;
             }
             st = self
                 .db
