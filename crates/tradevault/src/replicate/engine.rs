@@ -327,6 +327,19 @@ impl Db {
     }
 }
 
+/// The newest TXID a file replica holds in its files or its sync journal (0 when it cannot be
+/// read: its uploader then finds it).
+fn file_replica_newest(r: &FileReplica) -> u64 {
+    let files = Replica::File(r.clone())
+        .list_all()
+        .map(|all| all.iter().map(|f| f.max_txid).max().unwrap_or(0))
+        .unwrap_or(0);
+    let journal = crate::replica::journal::scan(r.root())
+        .map(|records| records.iter().map(|f| f.max_txid).max().unwrap_or(0))
+        .unwrap_or(0);
+    files.max(journal)
+}
+
 /// Connects the store's writer to the engine: hears each commit (so the shipper wakes at once)
 /// and, in sync mode, holds each commit's answers until enough replicas hold it.
 pub struct StoreLink {
@@ -450,6 +463,24 @@ impl Engine {
         // After a clean stop, the history goes on from where it was; else from a new snapshot.
         if replicator.load_saved(&local_dir) {
             tracing::info!(database = %spec.name, txid = replicator.txid(), "continuing the history from where the last clean stop left it");
+        }
+        // This history is numbered past every TXID a file replica holds (its files, and its sync
+        // journal, which may be ahead of the local log by the shipment a kill interrupted), before
+        // anything is shipped: a TXID reused with another content would let a later start
+        // continue the replica's file with this history's next one. (An S3 replica's newest TXID
+        // is found by its uploader, which raises the numbering then.)
+        let held = spec
+            .replicas
+            .iter()
+            .filter_map(|r| match &r.replica {
+                Replica::File(f) => Some(file_replica_newest(f)),
+                Replica::S3(_) => None,
+            })
+            .max()
+            .unwrap_or(0);
+        if held > replicator.txid() {
+            tracing::info!(database = %spec.name, txid = held, "a file replica holds TXIDs past the local log; numbering past them from a new snapshot");
+            replicator.raise_txid(held);
         }
         let replicas = spec
             .replicas
