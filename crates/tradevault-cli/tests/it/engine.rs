@@ -231,9 +231,27 @@ fn sync_mode_answers_from_the_replica_journal_which_restore_reads_and_a_restart_
             })
         },
     );
-    // This start's history is numbered past everything the replica holds, and the journal takes
-    // its commits only once its snapshot is there: more answers, then another SIGKILL, and the
-    // latest state has every trade of both starts.
+    // This start's history is numbered past everything the replica holds, from its very first
+    // file (the local log was empty: every file in it is this start's), so no TXID gets a second
+    // content; and the journal takes its commits only once its snapshot is there: more answers,
+    // then another SIGKILL, and the latest state has every trade of both starts.
+    let local = data.join(".tradevault.db-tradevault").join("ltx");
+    eventually("this start's snapshot", Duration::from_secs(20), || {
+        ["0", "9"]
+            .iter()
+            .any(|level| std::fs::read_dir(local.join(level)).is_ok_and(|mut d| d.next().is_some()))
+    });
+    for level in ["0", "9"] {
+        for e in std::fs::read_dir(local.join(level))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Some((_, max)) = e.file_name().to_str().and_then(ltx::parse_file_name) {
+                assert!(max > last, "this start wrote txid {max}, not past {last}");
+            }
+        }
+    }
     let more: HashSet<String> = (0..10).map(|n| format!("k{n}")).collect();
     let mut api = server.client();
     for id in &more {
