@@ -330,10 +330,7 @@ impl Db {
 /// The newest TXID a file replica holds in its files or its sync journal (0 when it cannot be
 /// read: its uploader then finds it).
 fn file_replica_newest(r: &FileReplica) -> u64 {
-    let files = Replica::File(r.clone())
-        .list_all()
-        .map(|all| all.iter().map(|f| f.max_txid).max().unwrap_or(0))
-        .unwrap_or(0);
+    let files = r.newest_txid();
     let journal = crate::replica::journal::scan(r.root())
         .map(|records| records.iter().map(|f| f.max_txid).max().unwrap_or(0))
         .unwrap_or(0);
