@@ -57,21 +57,37 @@ fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A store in sync mode with one file replica, `dir/replica`: its data directory, the replica's
+/// URL and the config file, with `replication` and `replica` added to their tables and `rest`
+/// after them.
+fn sync_store(
+    dir: &Path,
+    replication: &str,
+    replica: &str,
+    rest: &str,
+) -> (PathBuf, String, String) {
+    let url = format!("file://{}", dir.join("replica").display());
+    let config = write_config(
+        dir,
+        &format!(
+            "[replication]\nmode = \"sync\"\n{replication}[[replication.replica]]\nurl = \"{url}\"\n{replica}{rest}"
+        ),
+    );
+    let config = config.to_str().expect("utf8").to_owned();
+    (dir.join("data"), url, config)
+}
+
 #[test]
 fn sync_mode_never_loses_an_acknowledged_write_across_sigkills() {
     let cycles = cycles(30);
     let mut rng = Rng::from_env("sync_mode_never_loses_an_acknowledged_write_across_sigkills");
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let replica = dir.path().join("replica");
-    let url = format!("file://{}", replica.display());
-    let config = write_config(
+    let (data, url, config) = sync_store(
         dir.path(),
-        &format!(
-            "[replication]\nmode = \"sync\"\n[[replication.replica]]\nurl = \"{url}\"\n[store]\ncheckpoint_wal_bytes = 65536\n"
-        ),
+        "",
+        "",
+        "[store]\ncheckpoint_wal_bytes = 65536\n",
     );
-    let config = config.to_str().expect("utf8").to_owned();
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
     for cycle in 0..cycles {
         let mut server = Server::start_args(&data, &[], &["--config", &config]);
@@ -148,16 +164,13 @@ fn sync_mode_answers_from_the_replica_journal_which_restore_reads_and_a_restart_
     // The layout gets one upload every ten minutes: after the first, only the journal takes
     // the commits, so every answer below comes from it.
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let replica = dir.path().join("replica");
-    let url = format!("file://{}", replica.display());
-    let config = write_config(
+    let (data, url, config) = sync_store(
         dir.path(),
-        &format!(
-            "[replication]\nmode = \"sync\"\nsync_timeout_ms = 20000\n[[replication.replica]]\nurl = \"{url}\"\nsync_interval_ms = 600000\n"
-        ),
+        "sync_timeout_ms = 20000\n",
+        "sync_interval_ms = 600000\n",
+        "",
     );
-    let config = config.to_str().expect("utf8").to_owned();
+    let replica = dir.path().join("replica");
     // Servers register here, so that `status` knows when one is gone.
     let runtime = dir.path().join("run");
     std::fs::create_dir(&runtime).expect("runtime dir");

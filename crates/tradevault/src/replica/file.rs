@@ -440,7 +440,7 @@ impl FileReplica {
         &self,
         records: Vec<(journal::Record, Vec<u8>)>,
         newest: u64,
-    ) -> Vec<(ReplicaFile, Vec<u8>)> {
+    ) -> Vec<(ReplicaFile, Arc<Vec<u8>>)> {
         let mut tail = Vec::new();
         let mut current = newest;
         for (record, bytes) in records {
@@ -465,7 +465,7 @@ impl FileReplica {
                     size: record.len,
                     created_at_ms: record.created_at_ms,
                 },
-                bytes,
+                Arc::new(bytes),
             ));
         }
         let mut seen = self.journal_seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -474,7 +474,7 @@ impl FileReplica {
             seen.clear();
         }
         for (f, b) in &tail {
-            seen.insert((f.min_txid, f.max_txid), Arc::new(b.clone()));
+            seen.insert((f.min_txid, f.max_txid), b.clone());
         }
         drop(seen);
         tail
@@ -615,6 +615,8 @@ fn temp_name(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replica::Replica;
+    use std::os::unix::fs::FileExt;
 
     fn ltx_file(txid: u64) -> Vec<u8> {
         let header = ltx::Header::new(512, 1, txid, txid, 1_000 * txid as i64);
@@ -671,6 +673,45 @@ mod tests {
         assert_eq!(names(&level0).len(), 3, "a clone still holds the spare");
         drop(clone);
         assert_eq!(names(&level0), [ltx::file_name(1, 1), ltx::file_name(2, 2)]);
+    }
+
+    #[test]
+    fn the_journal_tail_continues_the_layout_and_ends_before_a_torn_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = FileReplica::new(dir.path());
+        r.put(0, &ltx_file(1), None).expect("put");
+        let mut w = journal::Writer::open(dir.path(), 64 << 10).expect("journal");
+        let files: Vec<Vec<u8>> = (1..=4).map(ltx_file).collect();
+        w.append(&files.iter().map(|f| (f.as_slice(), 0)).collect::<Vec<_>>())
+            .expect("append");
+        let tail = |r: &FileReplica| -> Vec<u64> {
+            let records = r.journal_records().expect("records");
+            let newest = r.newest_txid();
+            r.journal_tail(records, newest)
+                .iter()
+                .map(|(f, _)| f.max_txid)
+                .collect()
+        };
+        // TXID 1 is in the layout: the tail is what continues it.
+        assert_eq!(tail(&r), vec![2, 3, 4]);
+        // A bit of TXID 3's pages flipped (its head still checks): the tail ends before it.
+        let third = journal::scan(dir.path()).expect("scan")[2].clone();
+        let file = File::options()
+            .write(true)
+            .open(journal::path(dir.path()))
+            .expect("open");
+        file.write_all_at(&[0x5a], third.offset + third.len - 20)
+            .expect("flip");
+        assert_eq!(tail(&r), vec![2]);
+        assert_eq!(
+            Replica::File(r.clone())
+                .list_restorable()
+                .expect("list")
+                .iter()
+                .map(|f| (f.level, f.max_txid))
+                .collect::<Vec<_>>(),
+            vec![(0, 1), (journal::JOURNAL_LEVEL, 2)]
+        );
     }
 
     #[test]

@@ -88,8 +88,6 @@ pub struct Writer {
     size: u64,
     /// Where the next record goes.
     offset: u64,
-    /// The newest TXID written in this lap (0: none yet).
-    pub max_txid: u64,
     /// The file's inode: an append to a file no longer at `path` (the replica's directory removed
     /// or replaced) would be lost, so it fails instead.
     ino: u64,
@@ -136,7 +134,6 @@ impl Writer {
             path,
             size: meta.len(),
             offset: 0,
-            max_txid: 0,
             ino: meta.ino(),
         })
     }
@@ -155,7 +152,6 @@ impl Writer {
     /// Starts a new lap at offset 0: only once every record written is in the layout.
     pub fn rewind(&mut self) {
         self.offset = 0;
-        self.max_txid = 0;
     }
 
     /// Appends `records` (each an LTX file and its listed time) with one write and one
@@ -163,18 +159,18 @@ impl Writer {
     /// ([`record_len`] each).
     pub fn append(&mut self, records: &[(&[u8], i64)]) -> Result<()> {
         let mut buf = Vec::new();
-        let mut max_txid = self.max_txid;
         for (ltx, created_at_ms) in records {
             let header = ltx.get(..ltx::HEADER_SIZE).ok_or_else(|| Error::Ltx {
                 name: self.path.display().to_string(),
                 source: ltx::Error::Header("record shorter than an LTX header".into()),
             })?;
-            let decoded = ltx::Header::decode(header.try_into().unwrap_or(&[0; ltx::HEADER_SIZE]))
-                .map_err(|source| Error::Ltx {
+            // A record a reader cannot decode would hide every record after it.
+            ltx::Header::decode(header.try_into().unwrap_or(&[0; ltx::HEADER_SIZE])).map_err(
+                |source| Error::Ltx {
                     name: self.path.display().to_string(),
                     source,
-                })?;
-            max_txid = max_txid.max(decoded.max_txid);
+                },
+            )?;
             let mut head = [0u8; HEAD];
             head[..4].copy_from_slice(&MAGIC);
             let len = u32::try_from(ltx.len()).map_err(|_| Error::Internal {
@@ -216,7 +212,6 @@ impl Writer {
             .sync_data()
             .map_err(|e| Error::io("fdatasync journal", &self.path, e))?;
         self.offset += buf.len() as u64;
-        self.max_txid = max_txid;
         Ok(())
     }
 }
@@ -225,12 +220,7 @@ impl Writer {
 /// offset 0 to the first head that does not check; none when there is no journal. The file is
 /// read once, so the records are those of one moment. Their LTX bytes are not verified here.
 pub fn read_all(root: &Path) -> Result<Vec<(Record, Vec<u8>)>> {
-    let path = path(root);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("read journal", &path, e)),
-    };
+    let bytes = read(root)?;
     Ok(walk(&bytes)
         .into_iter()
         .map(|r| {
@@ -244,7 +234,17 @@ pub fn read_all(root: &Path) -> Result<Vec<(Record, Vec<u8>)>> {
 
 /// The records of the journal under `root` (see [`read_all`]), without their bytes.
 pub fn scan(root: &Path) -> Result<Vec<Record>> {
-    Ok(read_all(root)?.into_iter().map(|(r, _)| r).collect())
+    Ok(walk(&read(root)?))
+}
+
+/// The journal's bytes; none when there is no journal.
+fn read(root: &Path) -> Result<Vec<u8>> {
+    let path = path(root);
+    match fs::read(&path) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("read journal", &path, e)),
+    }
 }
 
 fn walk(bytes: &[u8]) -> Vec<Record> {
@@ -311,9 +311,8 @@ mod tests {
             .collect();
         assert_eq!(ranges, vec![(1, 1, 10), (2, 3, 20), (4, 4, 30)]);
         assert_eq!(read_all(dir.path()).unwrap()[1].1, b);
-        assert_eq!(w.max_txid, 4);
 
-        // A crash in the middle of the last append: its head is written, its bytes are not whole.
+        // A crash in the middle of the last append: its head does not check.
         let file = File::options().write(true).open(path(dir.path())).unwrap();
         file.write_all_at(&[0xff; 8], found[2].offset - 4).unwrap();
         let found = scan(dir.path()).unwrap();

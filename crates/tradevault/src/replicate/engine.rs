@@ -555,8 +555,7 @@ impl Engine {
                 for h in &fed {
                     h.push(super::journal::Shipment {
                         bytes: bytes.clone(),
-                        min_txid: txid,
-                        max_txid: txid,
+                        txid,
                         created_at_ms: listed,
                     });
                 }

@@ -5,7 +5,7 @@
 //! new file, its fsync and its directory's.
 //!
 //! The thread starts once the uploader has found the replica and replayed what the journal held
-//! into the layout; it journals only files that continue the layout or its own last record, so
+//! into the layout; it journals only shipments that continue the layout or its own last record, so
 //! the journal is always a continuation of the layout. It starts a new lap only when the layout
 //! holds everything the journal does. A shipment too large for the journal, or a failing write,
 //! is left to the uploader, whose upload releases the answers as in async replication.
@@ -34,8 +34,8 @@ pub(crate) fn journaled(db: &Db, replica: &Replica) -> bool {
 pub(crate) struct Shipment {
     /// Its LTX file; None when it is too large for a journal (its layout upload confirms it).
     pub(crate) bytes: Option<Arc<Vec<u8>>>,
-    pub(crate) min_txid: u64,
-    pub(crate) max_txid: u64,
+    /// Its TXID (a shipment of transactions is one).
+    pub(crate) txid: u64,
     /// Its listed time.
     pub(crate) created_at_ms: i64,
 }
@@ -100,20 +100,6 @@ impl Handoff {
 
 /// The body of the journal thread of replica `index`, rooted at `root`, fed by `handoff`.
 pub(crate) fn run(db: &Db, index: usize, name: &str, root: &Path, handoff: &Handoff) {
-    // The uploader replays the journal's records into the layout before anything overwrites them.
-    {
-        let mut st = db.lock();
-        while !st.status.replicas[index].discovered {
-            if db.stopping() {
-                return;
-            }
-            st = db
-                .changed
-                .wait_timeout(st, TICK)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
     let mut journal = Journal {
         db,
         index,
@@ -123,6 +109,10 @@ pub(crate) fn run(db: &Db, index: usize, name: &str, root: &Path, handoff: &Hand
         journaled: 0,
         failures: 0,
     };
+    // The uploader replays the journal's records into the layout before anything overwrites them.
+    if journal.wait_for(|r| r.discovered.then_some(())).is_none() {
+        return;
+    }
     while let Some(batch) = handoff.take(db) {
         journal.append(&batch);
     }
@@ -155,21 +145,13 @@ impl Journal<'_> {
                 return;
             };
             let from = self.journaled.max(layout);
-            let skip = rest.iter().take_while(|s| s.max_txid <= from).count();
+            let skip = rest.iter().take_while(|s| s.txid <= from).count();
             rest = &rest[skip..];
             let Some(first) = rest.first() else {
                 return;
             };
-            if first.min_txid > from + 1 {
-                if !self.wait_for_layout(first.min_txid - 1) {
-                    return;
-                }
-                continue;
-            }
-            if first.min_txid <= from {
-                // Overlapping what the journal holds (shipments are one TXID each, so never
-                // yet): the layout carries it.
-                if !self.wait_for_layout(first.max_txid) {
+            if first.txid > from + 1 {
+                if !self.wait_for_layout(first.txid - 1) {
                     return;
                 }
                 continue;
@@ -190,7 +172,7 @@ impl Journal<'_> {
             if first.bytes.is_none() || !writer.could_fit(first.len()) {
                 // The layout carries it; the journal continues after it.
                 self.writer = Some(writer);
-                if !self.wait_for_layout(first.max_txid) {
+                if !self.wait_for_layout(first.txid) {
                     return;
                 }
                 continue;
@@ -201,12 +183,12 @@ impl Journal<'_> {
                 .iter()
                 .take_while(|s| {
                     let len = record_len(s.len());
-                    let ok = s.min_txid == next
+                    let ok = s.txid == next
                         && s.bytes.is_some()
                         && writer.could_fit(s.len())
                         && len <= room;
                     if ok {
-                        next = s.max_txid + 1;
+                        next += 1;
                         room -= len;
                     }
                     ok
@@ -214,9 +196,8 @@ impl Journal<'_> {
                 .count();
             if run == 0 {
                 // A new lap overwrites the oldest records: only once the layout holds them all.
-                let held = self.journaled.max(writer.max_txid);
                 self.writer = Some(writer);
-                if !self.wait_for_layout(held) {
+                if !self.wait_for_layout(self.journaled) {
                     return;
                 }
                 if let Some(w) = &mut self.writer {
@@ -231,14 +212,13 @@ impl Journal<'_> {
                 .collect();
             if let Err(e) = writer.append(&records) {
                 // What it held may be lost with it: a new journal starts once the layout holds it.
-                let held = self.journaled.max(writer.max_txid);
                 self.failed(&e);
-                self.wait_for_layout(held);
+                self.wait_for_layout(self.journaled);
                 return;
             }
             self.failures = 0;
             self.writer = Some(writer);
-            self.journaled = rest[run - 1].max_txid;
+            self.journaled = rest[run - 1].txid;
             rest = &rest[run..];
             self.confirm();
         }
