@@ -88,6 +88,7 @@ pub enum Source {
 }
 
 /// One replica of a database.
+#[derive(Clone)]
 pub struct ReplicaSpec {
     /// Its name in status and metrics.
     pub name: String,
@@ -572,6 +573,10 @@ impl Engine {
                     super::journal::run(&db, index, &name, &root, &handoff)
                 })?;
             }
+            let (db2, spec) = (db.clone(), r.clone());
+            self.spawn(&format!("tv-maint-{}", r.name), move || {
+                super::maintain::run(&db2, index, spec)
+            })?;
             let db = db.clone();
             self.spawn(&format!("tv-upload-{}", r.name), move || {
                 upload::run(&db, index, r)

@@ -26,6 +26,7 @@ const SNAPSHOT_READ_BYTES: usize = 4 << 20;
 
 mod engine;
 mod journal;
+mod maintain;
 pub mod status;
 mod upload;
 

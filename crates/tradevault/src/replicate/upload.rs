@@ -3,9 +3,8 @@
 //! It continues from the replica's own newest TXID, so a replica that was down catches up with no
 //! gap, or from a snapshot when the local log no longer has what it missed.
 //!
-//! Once a minute it also maintains the replica: merges shipped points older than the fine window
-//! into one file per second (level 1), asks for a snapshot when the newest is older than the
-//! snapshot interval, and deletes what lies before the snapshot the point-in-time window starts from.
+//! Compaction, the snapshot schedule and retention run on another thread (`maintain`), so that
+//! they never hold up an upload.
 
 use std::time::{Duration, Instant};
 
@@ -19,14 +18,8 @@ const GRANULARITY_MS: i64 = 10;
 /// decoded and its output in memory, so the bytes are few: catching up takes more uploads.
 const MERGE_FILES_MAX: usize = 10_000;
 const MERGE_BYTES_MAX: u64 = 16 << 20;
-/// How often the replica is compacted and pruned, by the engine's clock (ms).
-const MAINTENANCE_MS: i64 = 60_000;
 /// The longest an idle uploader sleeps before looking at the clock again.
 const IDLE: Duration = Duration::from_secs(1);
-/// Most level-0 files one maintenance pass compacts (the rest wait for the next pass).
-const COMPACT_FILES_MAX: usize = 20_000;
-/// Level of the one-second compactions.
-const SECOND_LEVEL: u32 = 1;
 /// How long a stopping uploader keeps trying to deliver what is left.
 const DRAIN: Duration = Duration::from_secs(5);
 /// Least time between two uploads to a replica whose sync journal takes every shipment first
@@ -43,7 +36,6 @@ pub(crate) fn run(db: &Db, index: usize, spec: ReplicaSpec) {
         need_snapshot_above: None,
         failures: 0,
         last_upload: None,
-        next_maintenance_ms: db.now_ms() + 5_000,
         drain_until: None,
         link: true,
         journaled,
@@ -61,8 +53,6 @@ struct Uploader<'a> {
     need_snapshot_above: Option<u64>,
     failures: u32,
     last_upload: Option<Instant>,
-    /// When the next maintenance pass is due, by the engine's clock.
-    next_maintenance_ms: i64,
     drain_until: Option<Instant>,
     /// Whether local files may still be hard-linked into the replica (until a link fails).
     link: bool,
@@ -121,25 +111,16 @@ impl Uploader<'_> {
                     }
                 }
             }
-            if self.db.now_ms() >= self.next_maintenance_ms && !self.db.stopping() {
-                self.next_maintenance_ms = self.db.now_ms() + MAINTENANCE_MS;
-                if let Err(e) = self.maintain() {
-                    tracing::warn!(replica = %self.spec.name, error = %crate::store::writer::error_chain(&e), "replica maintenance failed; retrying in a minute");
-                }
-            }
         }
     }
 
-    /// Waits until the local log is ahead of `position`, maintenance is due, or the engine stops.
+    /// Waits until the local log is ahead of `position`, or the engine stops.
     /// Returns the local log's newest TXID.
     fn wait_for_work(&self, position: u64) -> u64 {
         let mut st = self.db.lock();
         loop {
             let local = st.status.txid;
-            if local > position
-                || self.db.shipper_done()
-                || self.db.now_ms() >= self.next_maintenance_ms
-            {
+            if local > position || self.db.shipper_done() {
                 return local;
             }
             if self.db.stopping() {
@@ -253,8 +234,8 @@ impl Uploader<'_> {
             }
         }
         let position = newest.map_or(0, |f| f.max_txid);
-        self.set_window(&all);
-        let made = newest.map(|f| self.made(&self.spec.replica, f));
+        super::maintain::set_window(self.db, self.index, &self.spec.replica, &all);
+        let made = newest.map(|f| super::maintain::made(&self.spec.replica, f));
         let mut st = self.db.lock();
         // A journal record that continues nothing still names TXIDs of another history.
         let held = position.max(journal_max);
@@ -335,7 +316,7 @@ impl Uploader<'_> {
                 (
                     Piece::Local(only.clone()),
                     only.created_at_ms,
-                    self.made(local, only),
+                    super::maintain::made(local, only),
                 )
             } else {
                 let inputs = run
@@ -369,7 +350,11 @@ impl Uploader<'_> {
                 self.db.changed.notify_all();
                 return Ok(false);
             };
-            let (max_txid, ts, made) = (s.max_txid, s.created_at_ms, self.made(local, &s));
+            let (max_txid, ts, made) = (
+                s.max_txid,
+                s.created_at_ms,
+                super::maintain::made(local, &s),
+            );
             (SNAPSHOT_LEVEL, Piece::Local(s), max_txid, ts, made, true)
         };
         let written = match piece {
@@ -481,147 +466,10 @@ impl Uploader<'_> {
             .replica
             .put_file(level, &path, Some(file.created_at_ms))
     }
-
-    /// Compaction, snapshot schedule and retention; updates the restorable window in status.
-    fn maintain(&mut self) -> Result<()> {
-        let now = self.db.now_ms();
-        let retention = self.spec.retention;
-        let replica = &self.spec.replica;
-        if self.spec.sync_interval < Duration::from_secs(1) {
-            self.compact_seconds(now - retention.fine_ms)?;
-        }
-        let mut files = replica.list_all()?;
-        // Snapshots are files that start at TXID 1.
-        let newest_snapshot = files
-            .iter()
-            .filter(|f| f.min_txid == 1)
-            .map(|f| f.created_at_ms)
-            .max();
-        if newest_snapshot.is_none_or(|t| t < now - retention.snapshot_ms) && !files.is_empty() {
-            self.db.lock().snapshot_wanted = true;
-            self.db.changed.notify_all();
-        }
-        // The window starts from the newest snapshot at or before its start; everything it
-        // supersedes goes.
-        let base = files
-            .iter()
-            .filter(|f| f.min_txid == 1 && f.created_at_ms <= now - retention.window_ms)
-            .max_by_key(|f| (f.max_txid, f.level))
-            .cloned();
-        if let Some(base) = &base {
-            for f in files
-                .iter()
-                .filter(|f| f.max_txid <= base.max_txid && *f != base)
-            {
-                replica.delete(f)?;
-            }
-            files.retain(|f| f.max_txid > base.max_txid || f == base);
-        }
-        self.set_window(&files);
-        Ok(())
-    }
-
-    /// When the point at the end of `f` (on `on`) was made: its header time, never before its
-    /// listed time (as `restore` counts it); the listed time when the header cannot be read.
-    fn made(&self, on: &Replica, f: &ReplicaFile) -> i64 {
-        on.header_time(f).map_or(f.created_at_ms, |h| f.made(h))
-    }
-
-    /// Status from a listing of every file the replica holds: its restorable window (from its
-    /// oldest snapshot to its newest point), files and bytes. Each upload then adds its file.
-    /// The window's ends are points, as `restore` names them: when the oldest snapshot and the
-    /// newest file were made (their header times; two header reads).
-    fn set_window(&self, files: &[ReplicaFile]) {
-        let replica = &self.spec.replica;
-        let start = files
-            .iter()
-            .filter(|f| f.min_txid == 1)
-            .min_by_key(|f| f.created_at_ms)
-            .map(|f| self.made(replica, f));
-        let end = files
-            .iter()
-            .max_by_key(|f| (f.created_at_ms, f.max_txid))
-            .map(|f| self.made(replica, f));
-        let mut st = self.db.lock();
-        let r = &mut st.status.replicas[self.index];
-        r.window_start_ms = start;
-        r.window_end_ms = end;
-        r.files = Some(files.len() as u64);
-        r.bytes = Some(files.iter().map(|f| f.size).sum());
-    }
-
-    /// Merges level-0 files created before `before` into one level-1 file per second, then
-    /// deletes them. A crash in between leaves both, which restores the same.
-    fn compact_seconds(&self, before: i64) -> Result<()> {
-        let replica = &self.spec.replica;
-        let old: Vec<ReplicaFile> = replica
-            .list(0)?
-            .into_iter()
-            .filter(|f| f.created_at_ms < before)
-            .take(COMPACT_FILES_MAX)
-            .collect();
-        let mut group: Vec<ReplicaFile> = Vec::new();
-        for f in old {
-            // A snapshot (the first file of a history) stays alone: it is as large as the
-            // database, and alone it moves up a level without being read.
-            let same_second = f.min_txid != 1
-                && group.last().is_some_and(|g| {
-                    g.min_txid != 1
-                        && g.max_txid + 1 == f.min_txid
-                        && g.created_at_ms.div_euclid(1000) == f.created_at_ms.div_euclid(1000)
-                });
-            if !same_second && !group.is_empty() {
-                self.merge_into_seconds(&std::mem::take(&mut group))?;
-            }
-            group.push(f);
-        }
-        if !group.is_empty() {
-            self.merge_into_seconds(&group)?;
-        }
-        Ok(())
-    }
-
-    fn merge_into_seconds(&self, group: &[ReplicaFile]) -> Result<()> {
-        let replica = &self.spec.replica;
-        if let (Replica::File(r), [only]) = (replica, group) {
-            // One file has nothing to merge: a directory links it to the next level (it was
-            // verified when it was put), or copies it from disk.
-            if r.put_link(SECOND_LEVEL, r, only)?.is_none() {
-                r.put_file(
-                    SECOND_LEVEL,
-                    &r.path_of(only.level, only.min_txid, only.max_txid),
-                    Some(only.created_at_ms),
-                )?;
-            }
-            return replica.delete(only);
-        }
-        let inputs = group
-            .iter()
-            .map(|f| replica.read(f))
-            .collect::<Result<Vec<_>>>()?;
-        let slices: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
-        let merged = ltx::compact(&slices).map_err(|source| Error::Ltx {
-            name: format!("compaction of {} files", group.len()),
-            source,
-        })?;
-        let headers: Vec<i64> = inputs
-            .iter()
-            .map(|b| header_ms(b).unwrap_or(i64::MIN))
-            .collect();
-        replica.put(
-            SECOND_LEVEL,
-            &merged,
-            Some(merged_listing(group, &headers, &merged)),
-        )?;
-        for f in group {
-            replica.delete(f)?;
-        }
-        Ok(())
-    }
 }
 
 /// The header time of the LTX file `bytes`, if its header decodes.
-fn header_ms(bytes: &[u8]) -> Option<i64> {
+pub(super) fn header_ms(bytes: &[u8]) -> Option<i64> {
     let head: &[u8; ltx::HEADER_SIZE] = bytes.get(..ltx::HEADER_SIZE)?.try_into().ok()?;
     ltx::Header::decode(head).ok().map(|h| h.timestamp_ms)
 }
@@ -631,7 +479,7 @@ fn header_ms(bytes: &[u8]) -> Option<i64> {
 /// (header after listed). An input with one time (Litestream's, or an older TradeVault's) bounds
 /// its commits from above only, so the merge is listed at its own header time and keeps one time:
 /// `restore` never takes its listed time for a lower bound (`plan::unbounded_next`).
-fn merged_listing(files: &[ReplicaFile], headers: &[i64], merged: &[u8]) -> i64 {
+pub(super) fn merged_listing(files: &[ReplicaFile], headers: &[i64], merged: &[u8]) -> i64 {
     let first = files.first().map_or(i64::MIN, |f| f.created_at_ms);
     let one_time = files.iter().zip(headers).any(|(f, &h)| f.one_time(h));
     match header_ms(merged) {

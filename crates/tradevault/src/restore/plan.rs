@@ -148,9 +148,7 @@ pub fn plan_files(
         && let Some(&over) = left_out
             .iter()
             .find(|f| f.min_txid <= current + 1 && f.max_txid > current)
-        && !all
-            .iter()
-            .any(|f| f.min_txid == current + 1 && f.created_at_ms > ms)
+        && !starts_after(all, current, ms, header_time)?
     {
         // Only that coarser file holds the commits after `current`, some made by then.
         return Err(inexact(
@@ -365,6 +363,25 @@ fn at_or_before(all: &[ReplicaFile], ms: i64, header_time: HeaderTime<'_>) -> Re
         time(ms),
         describe(&points[..points.len().min(1)])
     )))
+}
+
+/// Whether a file that starts right after `current` shows that no commit after it was made by
+/// `ms`: listed after `ms`, and with two times (listed before its first commit).
+fn starts_after(
+    all: &[ReplicaFile],
+    current: u64,
+    ms: i64,
+    header_time: HeaderTime<'_>,
+) -> Result<bool> {
+    for f in all
+        .iter()
+        .filter(|f| f.min_txid == current + 1 && f.created_at_ms > ms)
+    {
+        if !f.one_time(header_time(f)?) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Whether `f` merges the points of a period (a second, a minute, an hour): finer files may
@@ -695,7 +712,8 @@ mod tests {
 
     proptest::proptest! {
         /// Points 1..=n, each listed before its one commit and made after it; level-1 and level-2
-        /// files merging runs of them (listed at their first point's time, made at their last's),
+        /// files merging runs of them (made at their last point's time, listed at their first's
+        /// or, level 2, maybe when made),
         /// and the oldest points deleted where a level-1 file holds them (the fine window). Every
         /// time restores the state at that time or is refused, and with every point still there,
         /// exactly the times the points alone restore.
@@ -706,6 +724,7 @@ mod tests {
             cuts2 in proptest::collection::vec(proptest::bool::weighted(0.2), 40),
             pruned in 0usize..40,
             targets in proptest::collection::vec(0i64..1_500, 1..20),
+            minutes_when_made in proptest::bool::ANY,
         ) {
             // (txid, listed, commit, made); the snapshot is txid 1.
             let mut points = vec![(1u64, 0i64, 0i64, 1i64)];
@@ -735,7 +754,11 @@ mod tests {
             fine.extend(singles.iter().map(|&(t, _)| file(0, t, t, listed(t))));
             let mut all: Vec<ReplicaFile> = fine.iter().filter(|f| f.level == 9 || f.max_txid > prune_to).cloned().collect();
             all.extend(seconds.iter().map(|&(a, b)| file(1, a, b, listed(a))));
-            all.extend(minutes.iter().map(|&(a, b)| file(2, a, b, listed(a))));
+            // Level 2 listed at its first point's time, or when it was made (one time, as the
+            // maintenance thread lists them for Litestream's sake).
+            all.extend(minutes.iter().map(|&(a, b)| {
+                file(2, a, b, if minutes_when_made { made_at(b) } else { listed(a) })
+            }));
             let made = |f: &ReplicaFile| -> Result<i64> { Ok(made_at(f.max_txid)) };
             for ms in targets {
                 let ideal = points.iter().filter(|p| p.2 <= ms).map(|p| p.0).max();

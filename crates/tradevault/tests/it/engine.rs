@@ -1,5 +1,6 @@
 //! The engine's schedule, driven by a manual clock: shipped points are kept at full granularity
-//! for the fine window, then merged into one file per second; a snapshot is written when the
+//! for the fine window, merged into one file per 10 seconds beside them as soon as those have
+//! passed, and into one file per second past the fine window; a snapshot is written when the
 //! newest is too old; history before the snapshot the window starts from is deleted; and the
 //! replica restores to the latest state at every step.
 
@@ -97,6 +98,26 @@ fn compaction_snapshots_and_retention_follow_the_clock() {
         crate::rows(&db)
     );
 
+    // Once 10 seconds have passed, their points are merged into one file (level 2), beside them:
+    // the latest state takes the snapshot and that file, and every point is still there.
+    clock.set(at(30_000));
+    eventually("a level-2 file", || !files(&root, 2).is_empty());
+    assert_eq!(
+        files(&root, 0).len(),
+        shipped,
+        "the points stay for the fine window"
+    );
+    let latest = restore::plan(&replica, Target::Latest).expect("plan");
+    assert_eq!(
+        latest.files.len(),
+        2,
+        "the snapshot and the 10 s file: {latest:?}"
+    );
+    for point in replica.list(0).expect("list") {
+        let plan = restore::plan(&replica, Target::Txid(point.max_txid)).expect("a point");
+        assert_eq!(plan.txid, point.max_txid, "{plan:?}");
+    }
+
     // Past the fine window: points merge into one file per second (5 seconds of commits).
     clock.set(at(2 * MINUTE));
     eventually("level-1 compaction", || {
@@ -107,6 +128,22 @@ fn compaction_snapshots_and_retention_follow_the_clock() {
         (5..=6).contains(&seconds),
         "one file per second: {:?}",
         files(&root, 1)
+    );
+    // The snapshot moved up to level 1 is still one: no new snapshot is asked for before
+    // snapshot_ms (one more commit goes through the shipper, which would have shipped it).
+    let want = engine.status()[0].txid + 1;
+    conn.execute("INSERT INTO fills (id, qty) VALUES (100, '1.5')", [])
+        .expect("insert");
+    eventually("the commit on the replica", || {
+        let s = &engine.status()[0];
+        s.txid >= want && s.replicas[0].txid == Some(s.txid)
+    });
+    assert!(files(&root, 9).is_empty(), "{:?}", files(&root, 9));
+    // The 10 s file stays beside the seconds, and the latest state still takes it.
+    let latest = restore::plan(&replica, Target::Latest).expect("plan");
+    assert!(
+        latest.files.len() <= 3 && latest.files.iter().any(|f| f.0 == 2),
+        "{latest:?}"
     );
     assert_eq!(
         restored_rows(&replica, dir.path(), "b.db"),

@@ -891,3 +891,77 @@ async fn credentials_from_the_config_win_over_the_environment() {
         assert!(!shown.contains(ACCESS_KEY_ID), "{shown}");
     }
 }
+
+/// On an object store the minute's maintenance pass builds levels 2 and 3 from the listing it
+/// makes anyway (and no level 1: an S3 replica's points are a second or more apart already): a
+/// file per 10 seconds of points once they have passed, which the latest state takes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_merges_an_s3_replicas_points_into_coarser_files() {
+    use tradevault::clock::{Clock, ManualClock};
+    use tradevault::replicate::{DatabaseSpec, Engine, ReplicaSpec, Retention, Source};
+    let root = tempfile::tempdir().expect("tempdir");
+    let addr = serve(root.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = crate::fills_db(&db);
+    let t0 = jiff::Timestamp::from_second(1_795_000_020).expect("t0");
+    let clock = Arc::new(ManualClock::new(t0));
+    let at = |ms: i64| t0 + jiff::SignedDuration::from_millis(ms);
+    let s3 = replica(addr, "bot");
+    let engine = Engine::start(
+        vec![DatabaseSpec {
+            name: "bot".into(),
+            source: Source::External(db.clone()),
+            replicas: vec![ReplicaSpec {
+                name: "s3".into(),
+                replica: s3.clone(),
+                sync_interval: Duration::from_millis(1_000),
+                retention: Retention::default(),
+            }],
+            poll_interval: Duration::from_millis(2),
+            checkpoint_wal_bytes: 16 << 20,
+        }],
+        clock.clone() as Arc<dyn Clock>,
+    )
+    .expect("start");
+    let eventually = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // Four points in the first 10 seconds.
+    for i in 0..4i64 {
+        clock.set(at(i * 2_000));
+        let want = engine.status()[0].txid + 1;
+        conn.execute("INSERT INTO fills (id, qty) VALUES (?1, '1.5')", [i])
+            .expect("insert");
+        eventually("the commit on the replica", &|| {
+            let s = &engine.status()[0];
+            s.txid >= want && s.replicas[0].txid == Some(s.txid)
+        });
+    }
+    let points = s3.list(0).expect("list");
+    assert!(points.len() >= 4, "{points:?}");
+    clock.set(at(2 * 60_000));
+    eventually("a 10 s file", &|| !s3.list(2).expect("list").is_empty());
+    assert!(s3.list(1).expect("list").is_empty(), "no level 1 on S3");
+    let plan = restore::plan(&s3, Target::Latest).expect("plan");
+    assert!(plan.files.iter().any(|f| f.0 == 2), "{plan:?}");
+    assert!(plan.files.len() < points.len(), "{plan:?}");
+    let out = tempfile::tempdir().expect("tempdir");
+    assert_eq!(
+        restore_rows(&s3, Target::Latest, out.path(), "latest.db"),
+        rows(&db)
+    );
+    // Every point is still there to restore.
+    for p in points {
+        let plan = restore::plan(&s3, Target::Txid(p.max_txid)).expect("a point");
+        assert_eq!(plan.txid, p.max_txid);
+    }
+    engine.stop();
+}
