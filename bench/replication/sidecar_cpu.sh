@@ -2,6 +2,9 @@
 # The sidecar's CPU at 2,000 commits/s (goal P1: at most 10% of a core), with a file replica:
 # usage: sidecar_cpu.sh TRADEVAULT_BIN [SECONDS]. workload.py writes one row per commit; the
 # sidecar's user and system time is read from /proc over SECONDS (default 15) once both run.
+# The scratch directory is removed at the end, and the script then waits SETTLE seconds (120):
+# on this journal-less ext4 every new inode skips those freed in the last 1-2 minutes
+# (`recently_deleted`), which doubled the next run's system time (23-25% against 14-15%).
 set -euo pipefail
 B=$1; S=${2:-15}; HERE=$(cd "$(dirname "$0")" && pwd); W=$HERE/workload.py
 D=$(mktemp -d "${TMPDIR:-/tmp}/sidecar-cpu.XXXX")
@@ -17,3 +20,4 @@ kill "$WP"; kill "$RP"; wait "$RP" 2>/dev/null || true
 T=$(getconf CLK_TCK)
 python3 -c "w=$W1-$W0; u=($U1-$U0)/$T/w*100; s=($S1-$S0)/$T/w*100; print(f'cpu {u+s:.1f}% of a core (user {u:.1f}, system {s:.1f}); replica files: $(find "$D/replica" -name '*.ltx' | wc -l)')"
 rm -rf "$D"
+sleep "${SETTLE:-120}"

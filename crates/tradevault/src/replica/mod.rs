@@ -38,10 +38,11 @@ pub struct ReplicaFile {
     /// Its size in bytes.
     pub size: u64,
     /// Its time in listings, in milliseconds since the Unix epoch (a file replica's mtime, an S3
-    /// object's `litestream-timestamp`), which chooses the files a time restores. For the files
-    /// this engine writes, a lower bound of the commit times it holds, after every commit of the
-    /// files before it; its header time is an upper bound of them (see `restore`). For a file
-    /// written by Litestream, both are its header time.
+    /// object's `litestream-timestamp`), which chooses the files a time restores. For the points
+    /// this engine ships (and its per-second files), a lower bound of the commit times it holds,
+    /// after every commit of the files before it; its header time is an upper bound of them (see
+    /// `restore`). For a file written by Litestream, and for this engine's 10-second and hourly
+    /// merges (levels 2 and 3), both are its header time.
     pub created_at_ms: i64,
 }
 

@@ -16,7 +16,7 @@
 //! Litestream's own compactions are), since Litestream's restore to a time takes every file
 //! listed before it: listed at its first point's, a file merging an hour would bring up to an hour
 //! of later commits into that restore. A merge never spans a gap in TXIDs or a snapshot, so a
-//! coarser file always ends at a point a finer one ends at.
+//! coarser file always ends where a level-0 file ended (a point).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -64,7 +64,7 @@ pub(crate) fn run(db: &Db, index: usize, spec: ReplicaSpec) {
         if db.lock().status.replicas[index].discovered {
             break;
         }
-        db.sleep(Duration::from_millis(50));
+        nap(db, Duration::from_millis(50));
     }
     let start = db.now_ms();
     let (mut next_compact, mut next_full) = (start + FIRST_PASS_MS, start + FIRST_PASS_MS);
@@ -100,7 +100,7 @@ pub(crate) fn run(db: &Db, index: usize, spec: ReplicaSpec) {
             next_full
         } - db.now_ms();
         if due > 0 {
-            db.sleep(IDLE.min(Duration::from_millis(due.unsigned_abs())));
+            nap(db, IDLE.min(Duration::from_millis(due.unsigned_abs())));
         }
     }
 }
@@ -153,7 +153,20 @@ impl Maintainer<'_> {
             });
             for group in groups {
                 // Listed when made: every commit it holds was made by then.
-                self.merge(level, &group, true)?;
+                match self.merge(level, &group, true) {
+                    Ok(_) => {}
+                    // A file that does not decode stays where it is, as restore will find it;
+                    // the level goes on after it rather than stopping there for good.
+                    Err(e @ Error::Ltx { .. }) => {
+                        self.failed(
+                            "a file could not be merged into a coarser level; leaving it",
+                            &e,
+                        );
+                        let done = &mut self.done[level as usize];
+                        *done = (*done).max(group.last().map_or(0, |f| f.max_txid));
+                    }
+                    Err(e) => return Err(e),
+                }
                 if self.db.stopping() {
                     return Ok(());
                 }
@@ -232,7 +245,9 @@ impl Maintainer<'_> {
                         Some(only.created_at_ms),
                     )?),
                 },
-                Replica::S3(_) if only.size > GROUP_BYTES_MAX && level != SECOND_LEVEL => None,
+                // On an object store a copy is a request and the same bytes again, for no fewer
+                // files to restore: the level below serves that period.
+                Replica::S3(_) if level != SECOND_LEVEL => None,
                 Replica::S3(_) => {
                     let bytes = replica.read(only)?;
                     Some(replica.put(level, &bytes, Some(only.created_at_ms))?)
@@ -272,7 +287,13 @@ impl Maintainer<'_> {
         let mut files = self.spec.replica.list_all()?;
         self.note(&files);
         if !matches!(self.spec.replica, Replica::File(_)) {
-            self.compact(now, Some(&files))?;
+            // Its failure holds up neither retention nor the snapshot schedule.
+            if let Err(e) = self.compact(now, Some(&files)) {
+                self.failed("replica compaction failed; retrying in a minute", &e);
+            }
+        }
+        if self.db.stopping() {
+            return Ok(());
         }
         if self.spec.sync_interval < Duration::from_secs(1) {
             // The listing then holds the new files: a snapshot moved up is still one.
@@ -285,7 +306,16 @@ impl Maintainer<'_> {
             .filter(|f| f.min_txid == 1)
             .map(|f| f.created_at_ms)
             .max();
-        if newest_snapshot.is_none_or(|t| t < now - retention.snapshot_ms) && !files.is_empty() {
+        // Only while the replica is caught up: a snapshot still on its way (a large one to S3 can
+        // take minutes) would otherwise be asked for again at every pass.
+        let caught_up = {
+            let st = self.db.lock();
+            st.status.replicas[self.index].txid >= Some(st.status.txid)
+        };
+        if newest_snapshot.is_none_or(|t| t < now - retention.snapshot_ms)
+            && !files.is_empty()
+            && caught_up
+        {
             self.db.lock().snapshot_wanted = true;
             self.db.changed.notify_all();
         }
@@ -307,6 +337,19 @@ impl Maintainer<'_> {
         }
         set_window(self.db, self.index, replica, &files);
         Ok(())
+    }
+}
+
+/// Sleeps up to `d`, or until the engine stops, without waking for every shipment and upload
+/// (they notify `changed`, which a thread waiting on it would wake for: thousands a second).
+fn nap(db: &Db, d: Duration) {
+    let until = std::time::Instant::now() + d;
+    while !db.stopping() {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
 }
 

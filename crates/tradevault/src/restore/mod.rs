@@ -10,13 +10,19 @@
 //! across all levels, the file that continues the chain and reaches furthest. Files are applied in
 //! chain order, so a later file's page replaces an earlier one's.
 //!
-//! A time `T` restores exactly or is refused, never silently older or newer. Each file the
-//! engine writes has two times:
+//! A time `T` restores exactly or is refused, never silently older or newer. Each point the
+//! engine ships (level 0) and each per-second file (level 1) has two times:
 //! - its listed time (a file replica's mtime, an S3 object's `litestream-timestamp`, what
 //!   Litestream reads): a lower bound of the commit times of the transactions it holds, after
 //!   every commit of the files before it, so listed times increase along a chain;
 //! - its header time: when it was made, after every commit it holds (a merged file keeps the
-//!   latest of its inputs'). A file written by Litestream has one time for both.
+//!   latest of its inputs'). A file written by Litestream has one time for both, and so has a
+//!   merge of 10 seconds or an hour (levels 2 and 3), listed when it was made so that
+//!   Litestream's restore to a time never takes its later commits.
+//!
+//! A coarser file (levels 1 to 8) made after `T` is left out of the chain, so that the finer
+//! files it overlaps can still reach the points inside it; if only it continues the chain past a
+//! point made by `T`, `T` is refused as falling among its commits.
 //!
 //! The chain for `T` takes the files listed at or before `T` (Litestream: strictly before). The
 //! state after its last file, `last`, is the state at `T` exactly when `T` is at or after

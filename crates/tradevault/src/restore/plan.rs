@@ -237,15 +237,14 @@ pub fn plan_after_listed(
             "the backup is older than the replica's history: restore from the replica alone".into(),
         ));
     }
-    // Every commit up to the last file's listed time is in the target (later ones may be in the
-    // files after it): the backup must hold none after that.
-    let last_listed = full
-        .files
-        .last()
-        .and_then(|&(level, min, max, _)| {
-            all.iter()
-                .find(|f| (f.level, f.min_txid, f.max_txid) == (level, min, max))
-        })
+    // Every commit up to the listed time of the finest file ending at the target is in the
+    // target (later ones may be in the files after it): the backup must hold none after that.
+    // (A coarser file merging a period is listed when it was made, which bounds nothing from
+    // below: a commit after the target may come before it.)
+    let last_listed = all
+        .iter()
+        .filter(|f| f.max_txid == full.txid)
+        .max_by_key(|f| (f.min_txid, std::cmp::Reverse(f.level)))
         .map_or(full.point_ms, |f| f.created_at_ms);
     if state_max_ms > last_listed {
         return Err(impossible(format!(
@@ -774,5 +773,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_backup_holding_a_commit_after_the_target_is_refused_whatever_file_ends_there() {
+        // Points 2 and 3 (listed at 10 and 20 s, made at 12 and 25 s), point 4 listed at 23 s,
+        // before point 3 was made; a 10 s file merging 2..=3, listed when it was made (25 s).
+        let all = vec![
+            file(9, 1, 1, 0),
+            file(0, 2, 2, 10_000),
+            file(0, 3, 3, 20_000),
+            file(0, 4, 4, 23_000),
+            file(2, 2, 3, 25_000),
+        ];
+        let made = |f: &ReplicaFile| -> Result<i64> {
+            Ok(match f.max_txid {
+                1 => 1,
+                2 => 12_000,
+                3 => 25_000,
+                _ => 30_000,
+            })
+        };
+        let full = plan_files(&all, "r", Target::Txid(3), &made).expect("txid 3");
+        assert_eq!(full.files.last().map(|f| f.0), Some(2), "{full:?}");
+        // A backup made from 15 s to 24 s may hold commit 4: not under the state at txid 3.
+        let err = plan_after_listed(&all, &full, 15_000, 24_000, &made).expect_err("holds 4");
+        assert!(
+            err.to_string().contains("after the point asked for"),
+            "{err}"
+        );
+        // One that ended by 20 s holds nothing after point 3's first commit: it restores.
+        let p = plan_after_listed(&all, &full, 15_000, 20_000, &made).expect("before 3");
+        assert_eq!(p.txid, 3);
     }
 }
