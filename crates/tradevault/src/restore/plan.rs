@@ -93,7 +93,9 @@ pub fn plan_files(
     let points = restorable_points(all);
     if let Target::Time(ms) = target {
         let newest = all.iter().map(|f| f.created_at_ms).max().unwrap_or(0);
-        if ms > newest {
+        // At or after the newest listing: a file listed when made (one time) says nothing of
+        // commits made by then that have not reached the replica.
+        if ms >= newest {
             // Among the newest file's own commits: refused as any such time is.
             if let Some(&last) = chain.last()
                 && last.created_at_ms == newest
@@ -728,9 +730,12 @@ mod tests {
             // (txid, listed, commit, made); the snapshot is txid 1.
             let mut points = vec![(1u64, 0i64, 0i64, 1i64)];
             for (gap, c, m) in steps {
-                let (txid, _, _, made) = *points.last().unwrap();
-                let listed = made + gap;
-                points.push((txid + 1, listed, listed + c, listed + c + m + 1));
+                // Listed after the previous commit, maybe before the previous point was made
+                // (commits arriving faster than files are made); made times never go back.
+                let (txid, _, commit, made) = *points.last().unwrap();
+                let listed = commit + gap;
+                let made = (listed + c + m + 1).max(made + 1);
+                points.push((txid + 1, listed, listed + c, made));
             }
             let runs = |cuts: &[bool], items: &[(u64, u64)]| -> Vec<(u64, u64)> {
                 let mut out: Vec<(u64, u64)> = Vec::new();
