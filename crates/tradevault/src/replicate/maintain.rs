@@ -295,6 +295,12 @@ impl Maintainer<'_> {
     /// object store levels 2 and 3); updates the restorable window in status.
     fn maintain(&mut self, now: i64) -> Result<()> {
         let retention = self.spec.retention;
+        // Uploads go on while this pass runs: status adds those made after the listing.
+        let uploaded = {
+            let st = self.db.lock();
+            let r = &st.status.replicas[self.index];
+            (r.files_uploaded, r.bytes_uploaded)
+        };
         let mut files = self.spec.replica.list_all()?;
         self.note(&files);
         if !matches!(self.spec.replica, Replica::File(_)) {
@@ -346,7 +352,7 @@ impl Maintainer<'_> {
             }
             files.retain(|f| f.max_txid > base.max_txid || f == base);
         }
-        set_window(self.db, self.index, replica, &files);
+        set_window(self.db, self.index, replica, &files, Some(uploaded));
         Ok(())
     }
 }
@@ -427,8 +433,16 @@ pub(super) fn made(on: &Replica, f: &ReplicaFile) -> i64 {
 /// Status from a listing of every file replica `index` holds: its restorable window (from its
 /// oldest snapshot to its newest point), files and bytes; each upload then adds its file. The
 /// window's ends are points, as `restore` names them: when the oldest snapshot and the newest
-/// file were made (their header times; two header reads).
-pub(super) fn set_window(db: &Db, index: usize, replica: &Replica, files: &[ReplicaFile]) {
+/// file were made (their header times; two header reads). `uploaded`: the replica's upload
+/// counters (files, bytes) when the listing began, if uploads may have gone on since; the files
+/// uploaded since are added, and the window's end never moves back.
+pub(super) fn set_window(
+    db: &Db,
+    index: usize,
+    replica: &Replica,
+    files: &[ReplicaFile],
+    uploaded: Option<(u64, u64)>,
+) {
     let start = files
         .iter()
         .filter(|f| f.min_txid == 1)
@@ -440,8 +454,16 @@ pub(super) fn set_window(db: &Db, index: usize, replica: &Replica, files: &[Repl
         .map(|f| made(replica, f));
     let mut st = db.lock();
     let r = &mut st.status.replicas[index];
+    let (more_files, more_bytes, end) = match uploaded {
+        Some((files, bytes)) => (
+            r.files_uploaded.saturating_sub(files),
+            r.bytes_uploaded.saturating_sub(bytes),
+            end.max(r.window_end_ms),
+        ),
+        None => (0, 0, end),
+    };
     r.window_start_ms = start;
     r.window_end_ms = end;
-    r.files = Some(files.len() as u64);
-    r.bytes = Some(files.iter().map(|f| f.size).sum());
+    r.files = Some(files.len() as u64 + more_files);
+    r.bytes = Some(files.iter().map(|f| f.size).sum::<u64>() + more_bytes);
 }

@@ -234,7 +234,7 @@ impl Uploader<'_> {
             }
         }
         let position = newest.map_or(0, |f| f.max_txid);
-        super::maintain::set_window(self.db, self.index, &self.spec.replica, &all);
+        super::maintain::set_window(self.db, self.index, &self.spec.replica, &all, None);
         let made = newest.map(|f| super::maintain::made(&self.spec.replica, f));
         let mut st = self.db.lock();
         // A journal record that continues nothing still names TXIDs of another history.

@@ -139,6 +139,15 @@ fn compaction_snapshots_and_retention_follow_the_clock() {
         s.txid >= want && s.replicas[0].txid == Some(s.txid)
     });
     assert!(files(&root, 9).is_empty(), "{:?}", files(&root, 9));
+    // Status counts what the replica holds once a pass has listed it, uploads since included.
+    let on_disk = || {
+        (0..=9)
+            .map(|level| files(&root, level).len() as u64)
+            .sum::<u64>()
+    };
+    eventually("status to count the replica's files", || {
+        engine.status()[0].replicas[0].files == Some(on_disk())
+    });
     // The 10 s file stays beside the seconds, and the latest state still takes it.
     let latest = restore::plan(&replica, Target::Latest).expect("plan");
     assert!(
