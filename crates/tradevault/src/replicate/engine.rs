@@ -200,6 +200,9 @@ pub(crate) struct State {
     /// The level-0 files this process wrote into the local log and has not pruned, in TXID
     /// order: an uploader that keeps up takes its next file from here instead of a listing.
     pub(crate) recent: VecDeque<ReplicaFile>,
+    /// Per replica, the level-0 files its uploader put since its maintenance thread last took
+    /// them, once that thread asked for them (None: not asked, or too many: it lists instead).
+    pub(crate) put_points: Vec<Option<Vec<ReplicaFile>>>,
 }
 
 /// An answer to send, once the lock is released.
@@ -512,6 +515,7 @@ impl Engine {
                 held: VecDeque::new(),
                 sync_replicas: 0,
                 recent: VecDeque::new(),
+                put_points: vec![None; spec.replicas.len()],
             }),
             changed: Condvar::new(),
             gate_wake: Condvar::new(),
@@ -1491,6 +1495,7 @@ mod tests {
             held: VecDeque::new(),
             sync_replicas: 0,
             recent: VecDeque::new(),
+            put_points: vec![None; replicas],
         }
     }
 

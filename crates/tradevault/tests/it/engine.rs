@@ -148,6 +148,16 @@ fn compaction_snapshots_and_retention_follow_the_clock() {
     eventually("status to count the replica's files", || {
         engine.status()[0].replicas[0].files == Some(on_disk())
     });
+    // A point put after the maintenance thread's first pass reaches level 2 from what the
+    // uploader recorded for it (it lists the directory only once).
+    clock.set(at(2 * MINUTE + 20_000));
+    eventually("the new point in a 10 s file", || {
+        replica
+            .list(2)
+            .expect("list")
+            .iter()
+            .any(|f| f.max_txid == want)
+    });
     // The 10 s file stays beside the seconds, and the latest state still takes it.
     let latest = restore::plan(&replica, Target::Latest).expect("plan");
     assert!(
