@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::engine::{Db, ReplicaSpec};
-use super::upload::{header_ms, merged_listing};
+use super::upload::merge;
 use crate::error::{Error, Result};
 use crate::replica::{Replica, ReplicaFile};
 
@@ -307,25 +307,13 @@ impl Maintainer<'_> {
                 }
             }
         } else {
-            let inputs = group
-                .iter()
-                .map(|f| replica.read(f))
-                .collect::<Result<Vec<_>>>()?;
-            let slices: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
-            let merged = ltx::compact(&slices).map_err(|source| Error::Ltx {
-                name: format!("compaction of {} files", group.len()),
-                source,
-            })?;
-            let headers: Vec<i64> = inputs
-                .iter()
-                .map(|b| header_ms(b).unwrap_or(i64::MIN))
-                .collect();
-            let first = merged_listing(group, &headers, &merged);
-            let listed = match header_ms(&merged) {
-                Some(made) if when_made => made.max(first),
-                _ => first,
+            let merged = merge(replica, group, "replica files")?;
+            let listed = if when_made {
+                merged.made
+            } else {
+                merged.listed
             };
-            Some(replica.put(level, &merged, Some(listed))?)
+            Some(replica.put(level, &merged.bytes, Some(listed))?)
         };
         if let Some(done) = self.done.get_mut(level as usize) {
             *done = (*done).max(last);

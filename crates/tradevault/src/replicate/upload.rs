@@ -319,22 +319,8 @@ impl Uploader<'_> {
                     super::maintain::made(local, only),
                 )
             } else {
-                let inputs = run
-                    .iter()
-                    .map(|f| local.read(f))
-                    .collect::<Result<Vec<_>>>()?;
-                let slices: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
-                let merged = ltx::compact(&slices).map_err(|source| Error::Ltx {
-                    name: format!("merge of {} local files", run.len()),
-                    source,
-                })?;
-                let headers: Vec<i64> = inputs
-                    .iter()
-                    .map(|b| header_ms(b).unwrap_or(i64::MIN))
-                    .collect();
-                let listed = merged_listing(&run, &headers, &merged);
-                let made = header_ms(&merged).map_or(listed, |h| h.max(listed));
-                (Piece::Merged(merged), listed, made)
+                let merged = merge(local, &run, "local files")?;
+                (Piece::Merged(merged.bytes), merged.listed, merged.made)
             };
             let last = run.last().map_or(position, |f| f.max_txid);
             (0, piece, last, listed, made, run[0].min_txid == 1)
@@ -472,8 +458,41 @@ impl Uploader<'_> {
     }
 }
 
+/// A merge of contiguous files: its bytes, when it is listed (see [`merged_listing`]) and when
+/// its last point was made.
+pub(super) struct Merged {
+    pub(super) bytes: Vec<u8>,
+    pub(super) listed: i64,
+    pub(super) made: i64,
+}
+
+/// Reads `files` (contiguous, in TXID order) from `on` and merges them into one file; `what`
+/// names them in errors.
+pub(super) fn merge(on: &Replica, files: &[ReplicaFile], what: &str) -> Result<Merged> {
+    let inputs = files
+        .iter()
+        .map(|f| on.read(f))
+        .collect::<Result<Vec<_>>>()?;
+    let slices: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    let bytes = ltx::compact(&slices).map_err(|source| Error::Ltx {
+        name: format!("merge of {} {what}", files.len()),
+        source,
+    })?;
+    let headers: Vec<i64> = inputs
+        .iter()
+        .map(|b| header_ms(b).unwrap_or(i64::MIN))
+        .collect();
+    let listed = merged_listing(files, &headers, &bytes);
+    let made = header_ms(&bytes).map_or(listed, |h| h.max(listed));
+    Ok(Merged {
+        bytes,
+        listed,
+        made,
+    })
+}
+
 /// The header time of the LTX file `bytes`, if its header decodes.
-pub(super) fn header_ms(bytes: &[u8]) -> Option<i64> {
+fn header_ms(bytes: &[u8]) -> Option<i64> {
     let head: &[u8; ltx::HEADER_SIZE] = bytes.get(..ltx::HEADER_SIZE)?.try_into().ok()?;
     ltx::Header::decode(head).ok().map(|h| h.timestamp_ms)
 }
@@ -483,7 +502,7 @@ pub(super) fn header_ms(bytes: &[u8]) -> Option<i64> {
 /// (header after listed). An input with one time (Litestream's, or an older TradeVault's) bounds
 /// its commits from above only, so the merge is listed at its own header time and keeps one time:
 /// `restore` never takes its listed time for a lower bound (`plan::unbounded_next`).
-pub(super) fn merged_listing(files: &[ReplicaFile], headers: &[i64], merged: &[u8]) -> i64 {
+fn merged_listing(files: &[ReplicaFile], headers: &[i64], merged: &[u8]) -> i64 {
     let first = files.first().map_or(i64::MIN, |f| f.created_at_ms);
     let one_time = files.iter().zip(headers).any(|(f, &h)| f.one_time(h));
     match header_ms(merged) {
