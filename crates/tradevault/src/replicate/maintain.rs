@@ -56,6 +56,7 @@ pub(crate) fn run(db: &Db, index: usize, spec: ReplicaSpec) {
         index,
         spec,
         done: [0; 4],
+        listed: false,
         pending: Vec::new(),
     };
     // The uploader's discovery replays the sync journal into level 0 first.
@@ -73,30 +74,23 @@ pub(crate) fn run(db: &Db, index: usize, spec: ReplicaSpec) {
     // A directory is listed from a TXID on cheaply, every few seconds; an object store is listed
     // whole (a request per thousand files), so it compacts in the minute's pass, from its listing.
     let local = matches!(m.spec.replica, Replica::File(_));
-    let mut known = false;
     while !db.stopping() {
         let now = db.now_ms();
-        if local && now >= next_compact {
-            next_compact = now + COMPACT_MS;
-            // Where each level stands, once, from a listing; then from its own merges.
-            if !known {
-                known = m
-                    .learn()
-                    .inspect_err(|e| m.failed("replica listing failed; retrying", e))
-                    .is_ok();
-            }
-            if known && let Err(e) = m.compact(now, None) {
-                m.failed("replica compaction failed; retrying", &e);
-                // What it had noted may be gone (deleted past the fine window): list again.
-                m.pending.clear();
-                db.lock().put_points[index] = None;
-            }
-        }
-        // Level 1, retention and the snapshot schedule, from a whole listing.
+        // Level 1, retention and the snapshot schedule, from a whole listing, which also tells
+        // where each level stands (then their own merges do).
         if now >= next_full {
             next_full = now + MAINTENANCE_MS;
             if let Err(e) = m.maintain(now) {
                 m.failed("replica maintenance failed; retrying in a minute", &e);
+            }
+        }
+        if local && m.listed && now >= next_compact {
+            next_compact = now + COMPACT_MS;
+            if let Err(e) = m.compact(now, None) {
+                m.failed("replica compaction failed; retrying", &e);
+                // What it had noted may be gone (deleted past the fine window): list again.
+                m.pending.clear();
+                db.lock().put_points[index] = None;
             }
         }
         let due = if local {
@@ -116,6 +110,8 @@ struct Maintainer<'a> {
     spec: ReplicaSpec,
     /// The newest TXID each coarser level's files reach (from listings, then its own merges).
     done: [u64; 4],
+    /// `done` was read from a whole listing once.
+    listed: bool,
     /// Level-0 files past level 2's progress not merged yet (their period is still open).
     pending: Vec<ReplicaFile>,
 }
@@ -124,12 +120,6 @@ impl Maintainer<'_> {
     fn failed(&self, what: &str, e: &Error) {
         let error = crate::store::writer::error_chain(e);
         tracing::warn!(database = %self.db.name, replica = %self.spec.name, error = %error, "{what}");
-    }
-
-    /// Reads where each level stands from a listing of the replica.
-    fn learn(&mut self) -> Result<()> {
-        self.note(&self.spec.replica.list_all()?);
-        Ok(())
     }
 
     /// Raises each level's progress to the newest TXID its files in `files` reach.
@@ -163,7 +153,7 @@ impl Maintainer<'_> {
             for group in groups {
                 let started = std::time::Instant::now();
                 // Listed when made: every commit it holds was made by then.
-                match self.merge(level, &group, true) {
+                match self.put_group(level, &group, true) {
                     Ok(_) => {}
                     // A file that does not decode stays where it is, as restore will find it;
                     // the level goes on after it rather than stopping there for good.
@@ -259,7 +249,9 @@ impl Maintainer<'_> {
     /// Merges `group` into level 1, listed at its first point's time, then deletes it.
     fn merge_away(&mut self, group: &[ReplicaFile], moved: &mut Moved) -> Result<()> {
         let started = std::time::Instant::now();
-        moved.added.extend(self.merge(SECOND_LEVEL, group, false)?);
+        moved
+            .added
+            .extend(self.put_group(SECOND_LEVEL, group, false)?);
         for f in group {
             self.spec.replica.delete(f)?;
             moved.gone.insert((f.min_txid, f.max_txid));
@@ -277,7 +269,7 @@ impl Maintainer<'_> {
 
     /// Puts the merge of `group` (contiguous files of one period) at `level`: listed when it was
     /// made when `when_made`, else at its first file's time.
-    fn merge(
+    fn put_group(
         &mut self,
         level: u32,
         group: &[ReplicaFile],
@@ -287,8 +279,8 @@ impl Maintainer<'_> {
         let last = group.last().map_or(0, |f| f.max_txid);
         let put = if let [only] = group {
             // One file has nothing to merge, and keeps its times: a directory links it (it was
-            // verified when it was put), an object store copies it, unless it is too large to
-            // hold in memory (the level below serves that period).
+            // verified when it was put); an object store copies it only to level 1, which
+            // replaces the points.
             match replica {
                 Replica::File(r) => match r.put_link(level, r, only)? {
                     Some(linked) => Some(linked),
@@ -333,6 +325,7 @@ impl Maintainer<'_> {
         };
         let mut files = self.spec.replica.list_all()?;
         self.note(&files);
+        self.listed = true;
         if !matches!(self.spec.replica, Replica::File(_)) {
             // Its failure holds up neither retention nor the snapshot schedule.
             if let Err(e) = self.compact(now, Some(&files)) {
@@ -429,7 +422,7 @@ struct Moved {
 fn groups(
     sources: Vec<ReplicaFile>,
     period: i64,
-    mut done: u64,
+    done: u64,
     settled: impl Fn(&ReplicaFile) -> bool,
 ) -> Vec<Vec<ReplicaFile>> {
     let mut out: Vec<Vec<ReplicaFile>> = Vec::new();
@@ -439,9 +432,9 @@ fn groups(
             // The level's progress is one TXID: the later files wait for this one.
             break;
         }
-        if f.min_txid <= done {
-            // A snapshot, or a file overlapping what the level holds.
-            done = done.max(f.max_txid);
+        if f.min_txid == 1 || f.min_txid <= done {
+            // A snapshot (numbered past everything before it, so no group continues across
+            // it), or a file overlapping what the level holds.
             continue;
         }
         let joins = out.last().and_then(|g| g.last()).is_some_and(|g| {
@@ -449,12 +442,6 @@ fn groups(
                 && g.created_at_ms.div_euclid(period) == f.created_at_ms.div_euclid(period)
         }) && out.last().is_some_and(|g| g.len() < GROUP_FILES_MAX)
             && bytes + f.size <= GROUP_BYTES_MAX;
-        if f.min_txid == 1 {
-            done = f.max_txid;
-            bytes = 0;
-            out.push(Vec::new());
-            continue;
-        }
         if joins {
             bytes += f.size;
             if let Some(g) = out.last_mut() {
@@ -465,7 +452,6 @@ fn groups(
             out.push(vec![f]);
         }
     }
-    out.retain(|g| !g.is_empty());
     out
 }
 

@@ -363,6 +363,9 @@ impl Uploader<'_> {
         let mut st = self.db.lock();
         let local_txid = st.status.txid;
         let seq = Db::commit_seq_at(&st, max_txid);
+        if level == 0 {
+            super::maintain::record_point(&mut st.put_points[self.index], &written);
+        }
         let r = &mut st.status.replicas[self.index];
         r.txid = Some(max_txid);
         if snapshot {
@@ -372,10 +375,6 @@ impl Uploader<'_> {
         r.txid_time_ms = Some(made);
         r.bytes_uploaded += written.size;
         r.files_uploaded += 1;
-        if level == 0 {
-            super::maintain::record_point(&mut st.put_points[self.index], &written);
-        }
-        let r = &mut st.status.replicas[self.index];
         // The window and totals as of the last listing, plus this file (maintenance lists again).
         r.files = Some(r.files.unwrap_or(0) + 1);
         r.bytes = Some(r.bytes.unwrap_or(0) + written.size);

@@ -27,7 +27,8 @@ fn files(dir: &Path, level: u32) -> Vec<String> {
     names
 }
 
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+/// Waits up to 30 s for `f`, looking every 10 ms.
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

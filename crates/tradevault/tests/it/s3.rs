@@ -897,6 +897,7 @@ async fn credentials_from_the_config_win_over_the_environment() {
 /// file per 10 seconds of points once they have passed, which the latest state takes.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_engine_merges_an_s3_replicas_points_into_coarser_files() {
+    use crate::engine::eventually;
     use tradevault::clock::{Clock, ManualClock};
     use tradevault::replicate::{DatabaseSpec, Engine, ReplicaSpec, Retention, Source};
     let root = tempfile::tempdir().expect("tempdir");
@@ -924,23 +925,13 @@ async fn the_engine_merges_an_s3_replicas_points_into_coarser_files() {
         clock.clone() as Arc<dyn Clock>,
     )
     .expect("start");
-    let eventually = |what: &str, f: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !f() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
     // Four points in the first 10 seconds.
     for i in 0..4i64 {
         clock.set(at(i * 2_000));
         let want = engine.status()[0].txid + 1;
         conn.execute("INSERT INTO fills (id, qty) VALUES (?1, '1.5')", [i])
             .expect("insert");
-        eventually("the commit on the replica", &|| {
+        eventually("the commit on the replica", || {
             let s = &engine.status()[0];
             s.txid >= want && s.replicas[0].txid == Some(s.txid)
         });
@@ -948,7 +939,7 @@ async fn the_engine_merges_an_s3_replicas_points_into_coarser_files() {
     let points = s3.list(0).expect("list");
     assert!(points.len() >= 4, "{points:?}");
     clock.set(at(2 * 60_000));
-    eventually("a 10 s file", &|| !s3.list(2).expect("list").is_empty());
+    eventually("a 10 s file", || !s3.list(2).expect("list").is_empty());
     assert!(s3.list(1).expect("list").is_empty(), "no level 1 on S3");
     let plan = restore::plan(&s3, Target::Latest).expect("plan");
     assert!(plan.files.iter().any(|f| f.0 == 2), "{plan:?}");
