@@ -452,6 +452,111 @@ fn a_replica_that_was_down_catches_up_with_no_gap() {
     }
 }
 
+/// Another process holds the WAL's checkpoint lock (as a program's own checkpoint does, just
+/// after its commit): the sidecar keeps shipping, checkpoints once the lock is let go, and the
+/// replica holds every row.
+#[test]
+fn a_checkpoint_another_process_runs_delays_ours_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+         CREATE TABLE fills (id INTEGER PRIMARY KEY, body TEXT);",
+    )
+    .expect("schema");
+    let url = format!("file://{}", dir.path().join("replica").display());
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[database]]\nname = \"bot\"\npath = \"{}\"\npoll_interval_ms = 5\ncheckpoint_wal_bytes = 65536\n[[database.replica]]\nurl = \"{url}\"\n",
+            db.display()
+        ),
+    );
+    let mut child = command()
+        .args(["replicate", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sidecar");
+    let insert = |from: i64, to: i64| {
+        for i in from..to {
+            conn.execute(
+                "INSERT INTO fills (id, body) VALUES (?1, printf('%d %.2000c', ?1, 'x'))",
+                [i],
+            )
+            .expect("insert");
+        }
+    };
+    insert(0, 10);
+    eventually("the first shipment", Duration::from_secs(20), || {
+        let s = status_of(&db);
+        s["txid"].as_u64().is_some_and(|t| t >= 1) && s["replicas"][0]["txid"] == s["txid"]
+    });
+    // SQLite's checkpoint lock is byte 121 of the -shm file (WAL_CKPT_LOCK).
+    let shm = dir.path().join("bot.db-shm");
+    let mut holder = Command::new("python3")
+        .args([
+            "-c",
+            "import fcntl, os, sys\n\
+             fd = os.open(sys.argv[1], os.O_RDWR)\n\
+             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 121)\n\
+             print('locked', flush=True)\n\
+             sys.stdin.read()",
+        ])
+        .arg(&shm)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert_eq!(line.trim(), "locked", "the checkpoint lock is held");
+    let before = status_of(&db)["checkpoints"].as_u64().expect("checkpoints");
+    // Well past the checkpoint threshold: shipping goes on while no checkpoint can run.
+    let shipped = status_of(&db)["txid"].as_u64().expect("txid");
+    insert(10, 200);
+    eventually(
+        "shipments while the lock is held",
+        Duration::from_secs(20),
+        || {
+            let s = status_of(&db);
+            s["replicas"][0]["txid"] == s["txid"] && s["txid"].as_u64() > Some(shipped)
+        },
+    );
+    assert_eq!(
+        status_of(&db)["checkpoints"].as_u64(),
+        Some(before),
+        "no checkpoint while another holds the lock"
+    );
+    drop(holder.stdin.take());
+    holder.wait().expect("holder ends");
+    eventually(
+        "a checkpoint once the lock is free",
+        Duration::from_secs(20),
+        || status_of(&db)["checkpoints"].as_u64() > Some(before),
+    );
+    insert(200, 220);
+    let expected = table_rows(&conn);
+    let mut attempt = 0;
+    eventually(
+        "the replica to hold every row",
+        Duration::from_secs(20),
+        || {
+            attempt += 1;
+            let restored = restore(&url, &dir.path().join(format!("restored-{attempt}")));
+            table_rows(&restored) == expected
+        },
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A small tmpfs, mounted for one test and lazily unmounted after it.
 struct Tmpfs(PathBuf);
 

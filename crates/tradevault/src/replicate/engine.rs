@@ -47,6 +47,10 @@ const CHECKPOINT_RETRY: Duration = Duration::from_millis(500);
 /// How often the external checkpoint, holding the write lock, tries again to copy frames that a
 /// reader held back (a program's reader usually ends within microseconds).
 const HELD_BACK_TRIES: u32 = 20;
+/// How long the external checkpoint, holding the write lock, waits for a checkpoint the program
+/// runs after its commits (SQLite's automatic one, copying up to some MiB and syncing): that is
+/// when its write lock is free, so it is most often running then.
+const CHECKPOINTER_WAIT: Duration = Duration::from_millis(20);
 /// Most level-0 files the shipper remembers having written, so uploaders need no listing.
 const RECENT_MAX: usize = 4_096;
 
@@ -1233,9 +1237,18 @@ impl Shipper<'_> {
         // Nothing commits until `lock` ends.
         let started = Instant::now();
         let mut copied = false;
-        if self.pin_and_ship(pin, quiet_since) {
-            for _ in 0..HELD_BACK_TRIES {
-                match passive_checkpoint(&path) {
+        let mut checkpointing = false;
+        let checkpointer = open_plain(&path);
+        if let Err(e) = &checkpointer {
+            tracing::debug!(database = %db.name, error = %e, "checkpoint failed");
+        }
+        if let Ok(checkpointer) = &checkpointer
+            && self.pin_and_ship(pin, quiet_since)
+        {
+            let mut reader_tries = 0;
+            let until = Instant::now() + CHECKPOINTER_WAIT;
+            loop {
+                match passive_on(checkpointer) {
                     // Not busy (another checkpoint running): nothing left to copy. A WAL that is
                     // not open (nothing in it) reports -1 for both, and counts.
                     Ok((false, log, done)) if log == done => {
@@ -1245,16 +1258,30 @@ impl Shipper<'_> {
                         copied = true;
                         break;
                     }
+                    // The program's own checkpoint, run just after its commit (which is when
+                    // its write lock is free): it cannot commit until the lock ends, so waiting
+                    // for it costs the program nothing.
+                    Ok((true, _, _)) if Instant::now() < until => {
+                        checkpointing = true;
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
                     // A reader that began before the lock was taken: it ends soon.
-                    Ok(_) => std::thread::yield_now(),
+                    Ok((false, _, _)) if reader_tries < HELD_BACK_TRIES => {
+                        checkpointing = false;
+                        reader_tries += 1;
+                        std::thread::yield_now();
+                    }
+                    Ok((busy, log, done)) => {
+                        checkpointing = busy;
+                        tracing::debug!(database = %db.name, checkpointing = busy, frames = log, copied = done,
+                            "a reader or a checkpoint holds back the checkpoint; later");
+                        break;
+                    }
                     Err(e) => {
                         tracing::debug!(database = %db.name, error = %e, "checkpoint failed");
                         break;
                     }
                 }
-            }
-            if !copied {
-                tracing::debug!(database = %db.name, "a reader holds back the checkpoint; later");
             }
         }
         if let Err(e) = lock.execute_batch("ROLLBACK") {
@@ -1263,7 +1290,11 @@ impl Shipper<'_> {
         drop(lock);
         let held = started.elapsed();
         if !copied {
-            return Checkpointed::HeldBack;
+            return if checkpointing {
+                Checkpointed::WriterBusy
+            } else {
+                Checkpointed::HeldBack
+            };
         }
         // The program's next commit restarts the WAL from its start, reusing the file. Shrink
         // the file only after a burst left it much larger than the trigger: truncating costs a
@@ -1432,7 +1463,12 @@ impl Pin {
 /// `PRAGMA wal_checkpoint(PASSIVE)` on a fresh connection: (busy, frames in the WAL, frames
 /// copied).
 fn passive_checkpoint(path: &Path) -> rusqlite::Result<(bool, i64, i64)> {
-    open_plain(path)?.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+    passive_on(&open_plain(path)?)
+}
+
+/// [`passive_checkpoint`] on `conn`.
+fn passive_on(conn: &rusqlite::Connection) -> rusqlite::Result<(bool, i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
         Ok((row.get::<_, i64>(0)? != 0, row.get(1)?, row.get(2)?))
     })
 }
@@ -1441,7 +1477,7 @@ fn passive_checkpoint(path: &Path) -> rusqlite::Result<(bool, i64, i64)> {
 enum Checkpointed {
     /// Shipped, copied, and the pin moved onto the database alone.
     Done,
-    /// The program held its write lock throughout.
+    /// The program held its write lock throughout, or its own checkpoint ran on.
     WriterBusy,
     /// A reader kept frames from being copied (or the shipment failed).
     HeldBack,
