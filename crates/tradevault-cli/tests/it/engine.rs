@@ -517,6 +517,14 @@ fn a_checkpoint_another_process_runs_delays_ours_and_loses_nothing() {
     )
     .expect("read");
     assert_eq!(line.trim(), "locked", "the checkpoint lock is held");
+    // Counted from a status written after the lock was taken: every checkpoint before it.
+    let locked_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    eventually("a status written since", Duration::from_secs(20), || {
+        status_of(&db)["updated_at_ms"].as_i64() > Some(locked_ms)
+    });
     let before = status_of(&db)["checkpoints"].as_u64().expect("checkpoints");
     // Well past the checkpoint threshold: shipping goes on while no checkpoint can run.
     let shipped = status_of(&db)["txid"].as_u64().expect("txid");
