@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use super::recycle::Recycler;
 use super::{ReplicaFile, STREAM_BUFFER_BYTES, WriteLtx, journal, verify_ltx};
 use crate::error::{Error, Result};
 
@@ -26,6 +27,8 @@ pub struct FileReplica {
     durable: bool,
     /// A cache's empty file created ahead for its next `put` (shared by clones).
     spare: Arc<Mutex<Option<Spare>>>,
+    /// Where deleted files go to be reused, and a cache's new files come from.
+    recycler: Option<Arc<Recycler>>,
     /// The sync journal's records [`FileReplica::journal_tail`] found, by TXID range, with their
     /// bytes (shared by clones).
     journal_seen: Arc<Mutex<JournalSeen>>,
@@ -56,6 +59,7 @@ impl FileReplica {
             root: root.into(),
             durable: true,
             spare: Arc::default(),
+            recycler: None,
             journal_seen: Arc::default(),
         }
     }
@@ -68,7 +72,17 @@ impl FileReplica {
             root: root.into(),
             durable: false,
             spare: Arc::default(),
+            recycler: None,
             journal_seen: Arc::default(),
+        }
+    }
+
+    /// The same, deleting into `recycler` (see [`Recycler`]); a cache also takes its new files
+    /// from there.
+    pub fn with_recycler(self, recycler: Arc<Recycler>) -> FileReplica {
+        FileReplica {
+            recycler: Some(recycler),
+            ..self
         }
     }
 
@@ -114,20 +128,34 @@ impl FileReplica {
             return Ok(());
         }
         let dir = self.ensure_level_dir(level)?;
-        let path = temp_name(&dir.join("spare"));
-        // Readable too: a streamed file is read back to be verified.
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io("create replica file", &path, e))?;
+        let (path, file) = match self.recycled() {
+            Some(kept) => kept,
+            None => {
+                let path = temp_name(&dir.join("spare"));
+                // Readable too: a streamed file is read back to be verified.
+                let file = File::options()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| Error::io("create replica file", &path, e))?;
+                (path, file)
+            }
+        };
         *spare = Some(Spare {
             level,
             path,
             file: Some(file),
         });
         Ok(())
+    }
+
+    /// An emptied file for a cache's next file, if its recycler has one.
+    fn recycled(&self) -> Option<(PathBuf, File)> {
+        match &self.recycler {
+            Some(r) if !self.durable => r.take(),
+            _ => None,
+        }
     }
 
     /// The spare file for `level`, if one is ready: (temporary path, file).
@@ -247,7 +275,7 @@ impl FileReplica {
         let dir = self.ensure_level_dir(level)?;
         let path = self.path_of(level, min_txid, max_txid);
         let durable = self.durable;
-        let (tmp, file) = match self.take_spare(level) {
+        let (tmp, file) = match self.take_spare(level).or_else(|| self.recycled()) {
             Some((tmp, file)) => (tmp, Ok(file)),
             None => {
                 let tmp = temp_name(&path);
@@ -587,7 +615,11 @@ impl FileReplica {
     /// Removes a file; a file already gone is not an error.
     pub fn delete(&self, file: &ReplicaFile) -> Result<()> {
         let path = self.path_of(file.level, file.min_txid, file.max_txid);
-        match fs::remove_file(&path) {
+        let deleted = match &self.recycler {
+            Some(r) => r.give(&path),
+            None => fs::remove_file(&path),
+        };
+        match deleted {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("delete replica file", &path, e)),
@@ -632,6 +664,39 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    /// The engine's wiring: a file the replica still links to is deleted from the cache but
+    /// kept whole; once the replica deletes it too, its inode holds the cache's next file.
+    #[test]
+    fn deleted_files_come_back_as_the_caches_next_files_never_while_linked() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recycler = Arc::new(Recycler::open(dir.path().join("recycle")).expect("pool"));
+        let cache = FileReplica::cache(dir.path().join("local")).with_recycler(recycler.clone());
+        let replica = FileReplica::new(dir.path().join("replica")).with_recycler(recycler.clone());
+        let first = cache.put(0, &ltx_file(1), None).expect("put");
+        let linked = replica
+            .put_link(0, &cache, &first)
+            .expect("link")
+            .expect("same filesystem");
+        let ino = fs::metadata(cache.path_of(0, 1, 1)).expect("meta").ino();
+        cache.delete(&first).expect("delete");
+        assert!(recycler.is_empty(), "the replica still names it");
+        assert_eq!(replica.read(&linked).expect("read"), ltx_file(1));
+        replica.delete(&linked).expect("delete");
+        assert_eq!(recycler.len(), 1);
+        cache.prepare(0).expect("prepare");
+        let second = cache.put(0, &ltx_file(2), None).expect("put");
+        let path = cache.path_of(0, 2, 2);
+        assert_eq!(
+            fs::metadata(&path).expect("meta").ino(),
+            ino,
+            "the same inode"
+        );
+        assert_eq!(cache.read(&second).expect("read"), ltx_file(2));
+        assert!(replica.list(0).expect("list").is_empty());
+        assert!(recycler.is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod file;
 pub mod journal;
+pub mod recycle;
 pub mod s3;
 
 pub use file::FileReplica;

@@ -20,6 +20,7 @@ use super::status::{self, DatabaseStatus, ReplicaStatus};
 use super::{Replicator, Synced, upload};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::replica::recycle::Recycler;
 use crate::replica::{FileReplica, Replica, ReplicaFile, SNAPSHOT_LEVEL};
 use crate::store::writer::{Commit, CommitGate, CommitListener, Release};
 use crate::store::{Store, wal_path};
@@ -441,7 +442,7 @@ impl Engine {
         Ok(engine)
     }
 
-    fn start_one(&mut self, spec: DatabaseSpec, clock: Arc<dyn Clock>) -> Result<()> {
+    fn start_one(&mut self, mut spec: DatabaseSpec, clock: Arc<dyn Clock>) -> Result<()> {
         let path = match &spec.source {
             Source::Store { store, .. } => store.path().to_owned(),
             Source::External(p) => p.clone(),
@@ -459,9 +460,19 @@ impl Engine {
         // the first shipment is a snapshot numbered past what remains and past what any replica
         // holds (an uploader that finds a replica ahead asks for one), so no history has a gap;
         // only a clean stop's saved position, checked below, lets a start continue instead.
-        let cache = FileReplica::cache(&local_dir);
+        // Files the local log and the file replicas delete are reused for the local log's next
+        // ones (see `Recycler`): a replica deletes as many files as the local log makes.
+        let recycler = Recycler::open(local_dir.join("recycle"))
+            .map(Arc::new)
+            .map_err(|e| Error::io("create local log", &local_dir, e))?;
+        let cache = FileReplica::cache(&local_dir).with_recycler(recycler.clone());
         for f in cache.remove_unverified(&[0, SNAPSHOT_LEVEL])? {
             tracing::warn!(database = %spec.name, level = f.level, min_txid = f.min_txid, max_txid = f.max_txid, "local log file did not verify (a machine crash?); removed");
+        }
+        for r in &mut spec.replicas {
+            if let Replica::File(f) = &r.replica {
+                r.replica = Replica::File(f.clone().with_recycler(recycler.clone()));
+            }
         }
         let local = Replica::File(cache);
         let mut replicator = Replicator::new(&path, local.clone())?;
