@@ -5,9 +5,10 @@
 //! under a temporary name and renamed, but neither they nor their directory are fsynced (the
 //! engine verifies the cache at startup and always starts with a snapshot). A replica on the same
 //! filesystem receives a cache file by [`FileReplica::put_link`]: a hard link, fsync, rename,
-//! fsync of the directory, so a shipment costs one new inode and two fsyncs in all. A cache
-//! creates that inode ahead of time ([`FileReplica::prepare`]): on a busy ext4 without a journal
-//! creating a file took 0.3 to 0.8 ms, most of what a synchronous write waited for besides fsyncs.
+//! fsync of the directory, so a shipment costs one inode and two fsyncs in all. A cache gets
+//! that inode ahead of time ([`FileReplica::prepare`]): on a busy ext4 without a journal
+//! creating a file took 0.3 to 0.8 ms, most of what a synchronous write waited for besides fsyncs;
+//! it reuses one its replicas deleted when it can ([`super::recycle::Recycler`]).
 
 use std::fs::{self, File, FileTimes};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -77,8 +78,8 @@ impl FileReplica {
         }
     }
 
-    /// The same, deleting into `recycler` (see [`Recycler`]); a cache also takes its new files
-    /// from there.
+    /// The same, with `recycler` (see [`Recycler`]): a replica deletes into it, a cache takes its
+    /// new files from it.
     pub fn with_recycler(self, recycler: Arc<Recycler>) -> FileReplica {
         FileReplica {
             recycler: Some(recycler),
@@ -615,9 +616,10 @@ impl FileReplica {
     /// Removes a file; a file already gone is not an error.
     pub fn delete(&self, file: &ReplicaFile) -> Result<()> {
         let path = self.path_of(file.level, file.min_txid, file.max_txid);
+        // Never a cache's own files: an uploader may still be copying one (see `Recycler`).
         let deleted = match &self.recycler {
-            Some(r) => r.give(&path),
-            None => fs::remove_file(&path),
+            Some(r) if self.durable => r.give(&path),
+            _ => fs::remove_file(&path),
         };
         match deleted {
             Ok(()) => Ok(()),
@@ -672,7 +674,11 @@ mod tests {
     fn deleted_files_come_back_as_the_caches_next_files_never_while_linked() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().expect("tempdir");
-        let recycler = Arc::new(Recycler::open(dir.path().join("recycle")).expect("pool"));
+        let recycler = Arc::new(
+            Recycler::open(dir.path().join("recycle"))
+                .expect("pool")
+                .reusing_after(Duration::ZERO),
+        );
         let cache = FileReplica::cache(dir.path().join("local")).with_recycler(recycler.clone());
         let replica = FileReplica::new(dir.path().join("replica")).with_recycler(recycler.clone());
         let first = cache.put(0, &ltx_file(1), None).expect("put");
@@ -697,6 +703,10 @@ mod tests {
         assert_eq!(cache.read(&second).expect("read"), ltx_file(2));
         assert!(replica.list(0).expect("list").is_empty());
         assert!(recycler.is_empty());
+        // The cache's own deletions are never reused: an uploader may still be copying the file.
+        cache.delete(&second).expect("delete");
+        assert!(recycler.is_empty());
+        assert!(!path.exists());
     }
 
     #[test]
