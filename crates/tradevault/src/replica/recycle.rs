@@ -11,17 +11,18 @@
 //! - Only a durable replica's deletions come here, never the local log's own: an uploader may
 //!   still be copying a local file it pruned (a size-bound prune), and relies on an open file
 //!   keeping its bytes.
-//! - A file is renamed into the pool first, then checked on the open file to have no other name
-//!   (a local log file a replica links to stays whole), and only then emptied: no listing ever
-//!   sees an emptied file under an LTX name, and no check races a link.
-//! - It is handed out only after [`REUSE_AFTER`], and only once the directory it left was fsynced
-//!   since: after a machine crash no old name can still point at it (the guarantee ext4's own
-//!   delay gives). A reader that had it open sees it end early, well before it holds other
-//!   bytes, and its checksums fail: nothing is applied from it.
+//! - A file is renamed into the pool first, so no listing sees it again, and left whole.
+//!   Files are emptied in batches (past [`PENDING_MAX`] files or [`PENDING_BYTES`]), each only
+//!   once the directories they left were fsynced, and only if the open file has no other name (a
+//!   local log file a replica links to stays whole): after a machine crash, no old name can point
+//!   at an emptied or reused inode (the guarantee ext4's own delay gives).
+//! - An emptied file is handed out [`REUSE_AFTER`] later. A reader that had it open reads its
+//!   bytes until it is emptied, then sees it end early, and its checksums fail: nothing is applied
+//!   from it.
 //! - Files an earlier run left in the pool are deleted, not reused: where their old names went
 //!   is not known.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -32,10 +33,13 @@ use std::time::{Duration, Instant};
 /// once (at most about 7,500: they are at least 8 ms apart), which the local log takes back one
 /// by one.
 const POOL_MAX: usize = 16_384;
-/// How long a file stays in the pool before it is reused.
+/// Files renamed into the pool and not yet emptied: at most this many, or this many bytes.
+const PENDING_MAX: usize = 1_024;
+const PENDING_BYTES: u64 = 32 << 20;
+/// How long an emptied file stays in the pool before it is reused.
 pub const REUSE_AFTER: Duration = Duration::from_secs(10);
 
-/// A pool of empty files, named by number, in one directory, shared by a local log and its file
+/// A pool of files, named by number, in one directory, shared by a local log and its file
 /// replicas. Only one engine uses a database's local log at a time.
 #[derive(Debug)]
 pub struct Recycler {
@@ -46,19 +50,12 @@ pub struct Recycler {
 
 #[derive(Debug, Default)]
 struct Pool {
-    /// Oldest first.
-    kept: VecDeque<Kept>,
+    /// Emptied, oldest first: (number, when emptied).
+    kept: VecDeque<(u64, Instant)>,
+    /// Renamed in, not yet emptied: (number, the directory it left).
+    pending: Vec<(u64, PathBuf)>,
+    pending_bytes: u64,
     next: u64,
-    /// When each directory files left was last fsynced.
-    synced: HashMap<PathBuf, Instant>,
-}
-
-#[derive(Debug)]
-struct Kept {
-    number: u64,
-    given: Instant,
-    /// The directory it left.
-    from: PathBuf,
 }
 
 impl Recycler {
@@ -76,7 +73,7 @@ impl Recycler {
         })
     }
 
-    /// The same pool, reusing files `after` they were given (tests).
+    /// The same pool, reusing files `after` they were emptied (tests).
     #[cfg(test)]
     pub(crate) fn reusing_after(self, after: Duration) -> Recycler {
         Recycler {
@@ -85,12 +82,12 @@ impl Recycler {
         }
     }
 
-    /// Takes `path` in, emptied, or deletes it (it has another name, the pool is full, or it is
-    /// on another filesystem). Either way `path` is gone; a missing file is not an error.
+    /// Takes `path` in, or deletes it (the pool is full, or it is on another filesystem). Either
+    /// way `path` is gone; a missing file is not an error.
     pub fn give(&self, path: &Path) -> std::io::Result<()> {
         let number = {
             let mut pool = self.lock();
-            (pool.kept.len() < POOL_MAX).then(|| {
+            (pool.kept.len() + pool.pending.len() < POOL_MAX).then(|| {
                 pool.next += 1;
                 pool.next
             })
@@ -98,28 +95,16 @@ impl Recycler {
         if let Some(number) = number {
             let kept = self.dir.join(number.to_string());
             if fs::rename(path, &kept).is_ok() {
-                let alone = File::options()
-                    .write(true)
-                    .open(&kept)
-                    .and_then(|f| {
-                        let m = f.metadata()?;
-                        let alone = m.is_file() && m.nlink() == 1;
-                        if alone {
-                            f.set_len(0)?;
-                        }
-                        Ok(alone)
-                    })
-                    .unwrap_or(false);
-                if alone {
-                    let from = path.parent().map(Path::to_owned).unwrap_or_default();
-                    self.lock().kept.push_back(Kept {
-                        number,
-                        given: Instant::now(),
-                        from,
-                    });
-                } else {
-                    // Its other name keeps it whole.
-                    let _ = fs::remove_file(&kept);
+                let len = fs::symlink_metadata(&kept).map_or(0, |m| m.len());
+                let from = path.parent().map(Path::to_owned).unwrap_or_default();
+                let full = {
+                    let mut pool = self.lock();
+                    pool.pending.push((number, from));
+                    pool.pending_bytes += len;
+                    pool.pending.len() >= PENDING_MAX || pool.pending_bytes >= PENDING_BYTES
+                };
+                if full {
+                    self.empty_pending();
                 }
                 return Ok(());
             }
@@ -130,29 +115,63 @@ impl Recycler {
         }
     }
 
-    /// An empty file from the pool, given at least [`REUSE_AFTER`] ago, open for reading and
+    /// Fsyncs the directories the pending files left, then empties each that has no other name
+    /// (deletes the others' pool names).
+    fn empty_pending(&self) {
+        let pending = {
+            let mut pool = self.lock();
+            pool.pending_bytes = 0;
+            std::mem::take(&mut pool.pending)
+        };
+        let dirs: BTreeSet<&PathBuf> = pending.iter().map(|(_, from)| from).collect();
+        let synced: BTreeSet<&PathBuf> = dirs
+            .into_iter()
+            .filter(|d| File::open(d).and_then(|f| f.sync_all()).is_ok())
+            .collect();
+        for (number, from) in &pending {
+            let path = self.dir.join(number.to_string());
+            let emptied = synced.contains(from)
+                && File::options()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| {
+                        let m = f.metadata()?;
+                        if !(m.is_file() && m.nlink() == 1) {
+                            return Ok(false);
+                        }
+                        f.set_len(0)?;
+                        Ok(true)
+                    })
+                    .unwrap_or(false);
+            if emptied {
+                self.lock().kept.push_back((*number, Instant::now()));
+            } else {
+                // Another name keeps it whole; or its old name may still be on disk.
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// An emptied file from the pool, emptied at least [`REUSE_AFTER`] ago, open for reading and
     /// writing, with its path (in the pool's directory: rename it where it belongs).
     pub fn take(&self) -> Option<(PathBuf, File)> {
+        let (none_kept, some_pending) = {
+            let pool = self.lock();
+            (pool.kept.is_empty(), !pool.pending.is_empty())
+        };
+        if none_kept && some_pending {
+            self.empty_pending();
+        }
         let before = Instant::now().checked_sub(self.reuse_after)?;
         loop {
-            let kept = {
+            let number = {
                 let mut pool = self.lock();
-                if pool.kept.front().is_none_or(|k| k.given > before) {
+                if pool.kept.front().is_none_or(|(_, at)| *at > before) {
                     return None;
                 }
-                pool.kept.pop_front()?
+                pool.kept.pop_front()?.0
             };
-            // The directory it left must no longer name it, even after a machine crash.
-            let synced = self.lock().synced.get(&kept.from).copied();
-            if synced.is_none_or(|at| at < kept.given) {
-                let at = Instant::now();
-                if File::open(&kept.from).and_then(|d| d.sync_all()).is_err() {
-                    let _ = fs::remove_file(self.dir.join(kept.number.to_string()));
-                    continue;
-                }
-                self.lock().synced.insert(kept.from.clone(), at);
-            }
-            let path = self.dir.join(kept.number.to_string());
+            let path = self.dir.join(number.to_string());
             match File::options().read(true).write(true).open(&path) {
                 Ok(file)
                     if file
@@ -168,9 +187,10 @@ impl Recycler {
         }
     }
 
-    /// Files in the pool.
+    /// Files in the pool, emptied or not.
     pub fn len(&self) -> usize {
-        self.lock().kept.len()
+        let pool = self.lock();
+        pool.kept.len() + pool.pending.len()
     }
 
     /// Whether the pool is empty.
@@ -196,7 +216,6 @@ mod tests {
         let ino = fs::metadata(&alone).expect("meta").ino();
         pool.give(&alone).expect("give");
         assert!(!alone.exists(), "its name is gone");
-        assert_eq!(pool.len(), 1);
 
         let linked = dir.path().join("b.ltx");
         let other = dir.path().join("b-link.ltx");
@@ -204,23 +223,42 @@ mod tests {
         fs::hard_link(&linked, &other).expect("link");
         pool.give(&linked).expect("give");
         assert!(!linked.exists());
+        assert_eq!(pool.len(), 2, "both renamed in, neither emptied yet");
+
+        pool.give(&dir.path().join("missing.ltx"))
+            .expect("a missing file is no error");
+
+        // The first take empties the pending files, which are reused only REUSE_AFTER later.
+        assert!(pool.take().is_none(), "not before REUSE_AFTER");
         assert_eq!(
             fs::read(&other).expect("read"),
             b"still needed",
             "a file with another name is left whole"
         );
-        assert_eq!(pool.len(), 1, "and not taken in");
-
-        pool.give(&dir.path().join("missing.ltx"))
-            .expect("a missing file is no error");
-
-        assert!(pool.take().is_none(), "not before REUSE_AFTER");
+        assert_eq!(pool.len(), 1, "and let go of");
         let pool = pool.reusing_after(Duration::ZERO);
         let (path, file) = pool.take().expect("one kept");
         assert_eq!(file.metadata().expect("meta").ino(), ino, "the same inode");
         assert_eq!(file.metadata().expect("meta").len(), 0, "emptied");
         assert!(path.starts_with(dir.path().join("pool")));
         assert!(pool.take().is_none());
+    }
+
+    #[test]
+    fn files_are_emptied_in_batches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Recycler::open(dir.path().join("pool"))
+            .expect("pool")
+            .reusing_after(Duration::ZERO);
+        for i in 0..PENDING_MAX {
+            let f = dir.path().join(format!("{i}.ltx"));
+            fs::write(&f, b"bytes").expect("write");
+            pool.give(&f).expect("give");
+        }
+        assert_eq!(pool.lock().pending.len(), 0, "the batch was emptied");
+        assert_eq!(pool.lock().kept.len(), PENDING_MAX);
+        let (_, file) = pool.take().expect("one");
+        assert_eq!(file.metadata().expect("meta").len(), 0);
     }
 
     #[test]
