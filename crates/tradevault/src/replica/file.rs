@@ -129,7 +129,7 @@ impl FileReplica {
             return Ok(());
         }
         let dir = self.ensure_level_dir(level)?;
-        let (path, file) = match self.recycled() {
+        let (path, file) = match self.recycled(true) {
             Some(kept) => kept,
             None => {
                 let path = temp_name(&dir.join("spare"));
@@ -151,10 +151,11 @@ impl FileReplica {
         Ok(())
     }
 
-    /// An emptied file for a cache's next file, if its recycler has one.
-    fn recycled(&self) -> Option<(PathBuf, File)> {
+    /// An emptied file for a cache's next file, if its recycler has one; `settle` when nothing
+    /// waits (see [`Recycler::take`]).
+    fn recycled(&self, settle: bool) -> Option<(PathBuf, File)> {
         match &self.recycler {
-            Some(r) if !self.durable => r.take(),
+            Some(r) if !self.durable => r.take(settle),
             _ => None,
         }
     }
@@ -244,6 +245,9 @@ impl FileReplica {
         created_at_ms: Option<i64>,
     ) -> Result<ReplicaFile> {
         let mut from = File::open(source).map_err(|e| Error::io("open ltx file", source, e))?;
+        let before = from
+            .metadata()
+            .map_err(|e| Error::io("read ltx file size", source, e))?;
         let header = verify_ltx(&from, || source.display().to_string())?;
         from.seek(SeekFrom::Start(0))
             .map_err(|e| Error::io("read ltx file", source, e))?;
@@ -253,8 +257,11 @@ impl FileReplica {
             header.max_txid,
             created_at_ms,
             |f, tmp| {
-                std::io::copy(&mut from, f)
+                let copied = std::io::copy(&mut from, f)
                     .map_err(|e| Error::io("copy into replica file", tmp, e))?;
+                // A file a replica deleted may be emptied and reused (see `Recycler`): what was
+                // verified must be what was copied.
+                unchanged(&from, &before, copied, source)?;
                 Ok(header)
             },
         )
@@ -276,7 +283,7 @@ impl FileReplica {
         let dir = self.ensure_level_dir(level)?;
         let path = self.path_of(level, min_txid, max_txid);
         let durable = self.durable;
-        let (tmp, file) = match self.take_spare(level).or_else(|| self.recycled()) {
+        let (tmp, file) = match self.take_spare(level).or_else(|| self.recycled(false)) {
             Some((tmp, file)) => (tmp, Ok(file)),
             None => {
                 let tmp = temp_name(&path);
@@ -572,7 +579,8 @@ impl FileReplica {
     }
 
     /// Opens a file to read it at offsets (verify it before applying anything). An open file
-    /// stays readable if pruning removes its name meanwhile.
+    /// stays readable if pruning removes its name meanwhile, until the pool it went to empties
+    /// it (see `Recycler`): the checksums then fail.
     pub fn open(&self, file: &ReplicaFile) -> Result<File> {
         let path = self.path_of(file.level, file.min_txid, file.max_txid);
         File::open(&path).map_err(|e| Error::io("open replica file", &path, e))
@@ -629,6 +637,27 @@ impl FileReplica {
     }
 }
 
+/// Fails unless `file` still has the size and change time of `before`, and `read` bytes of it
+/// were read.
+pub(crate) fn unchanged(file: &File, before: &fs::Metadata, read: u64, path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let after = file
+        .metadata()
+        .map_err(|e| Error::io("read ltx file size", path, e))?;
+    let same = read == before.len()
+        && after.len() == before.len()
+        && (after.ctime(), after.ctime_nsec()) == (before.ctime(), before.ctime_nsec());
+    if same {
+        Ok(())
+    } else {
+        Err(Error::io(
+            "copy ltx file",
+            path,
+            std::io::Error::other("the file changed while it was read"),
+        ))
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -668,6 +697,29 @@ mod tests {
         names
     }
 
+    #[test]
+    fn a_copy_of_a_file_that_changed_while_it_was_read_fails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.ltx");
+        fs::write(&path, ltx_file(1)).expect("write");
+        let file = File::open(&path).expect("open");
+        let before = file.metadata().expect("meta");
+        unchanged(&file, &before, before.len(), &path).expect("unchanged");
+        assert!(
+            unchanged(&file, &before, before.len() - 1, &path).is_err(),
+            "read short"
+        );
+        File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(0))
+            .expect("empty it");
+        assert!(
+            unchanged(&file, &before, before.len(), &path).is_err(),
+            "emptied"
+        );
+    }
+
     /// The engine's wiring: a file the replica still links to is deleted from the cache but
     /// kept whole; once the replica deletes it too, its inode holds the cache's next file.
     #[test]
@@ -688,7 +740,10 @@ mod tests {
             .expect("same filesystem");
         let ino = fs::metadata(cache.path_of(0, 1, 1)).expect("meta").ino();
         cache.delete(&first).expect("delete");
-        assert!(recycler.is_empty(), "the replica still names it");
+        assert!(
+            recycler.is_empty(),
+            "a cache's deletions never go to the pool"
+        );
         assert_eq!(replica.read(&linked).expect("read"), ltx_file(1));
         replica.delete(&linked).expect("delete");
         assert_eq!(recycler.len(), 1);

@@ -18,15 +18,22 @@
 //!   at an emptied or reused inode (the guarantee ext4's own delay gives).
 //! - An emptied file is handed out [`REUSE_AFTER`] later. A reader that had it open reads its
 //!   bytes until it is emptied, then sees it end early, and its checksums fail: nothing is applied
-//!   from it.
+//!   from it. Our own copies to another filesystem or S3 check that the file did not change
+//!   while they read it (`FileReplica::put_file`, `S3Replica::put_file`).
 //! - Files an earlier run left in the pool are deleted, not reused: where their old names went
-//!   is not known.
+//!   is not known. Names carry the process and the pool's instance, so two pools never share one.
+//! - Only regular files are taken in (a symbolic link is deleted, not followed).
+//!
+//! The local log's own names are not fsynced when it deletes them; after a crash one may name a
+//! reused inode, and the engine's startup check (`FileReplica::remove_unverified`: the header
+//! must match the name) removes it.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Most files kept: beyond, they are deleted. A replica deletes about a minute of shipments at
@@ -44,6 +51,8 @@ pub const REUSE_AFTER: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Recycler {
     dir: PathBuf,
+    /// The start of its files' names: `<pid>.<instance>.`.
+    prefix: String,
     reuse_after: Duration,
     state: Mutex<Pool>,
 }
@@ -66,8 +75,11 @@ impl Recycler {
         for entry in fs::read_dir(&dir)?.flatten() {
             let _ = fs::remove_file(entry.path());
         }
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
+        let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
         Ok(Recycler {
             dir,
+            prefix: format!("{}.{instance}.", std::process::id()),
             reuse_after: REUSE_AFTER,
             state: Mutex::default(),
         })
@@ -92,8 +104,9 @@ impl Recycler {
                 pool.next
             })
         };
-        if let Some(number) = number {
-            let kept = self.dir.join(number.to_string());
+        let regular = fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
+        if let Some(number) = number.filter(|_| regular) {
+            let kept = self.path_of(number);
             if fs::rename(path, &kept).is_ok() {
                 let len = fs::symlink_metadata(&kept).map_or(0, |m| m.len());
                 let from = path.parent().map(Path::to_owned).unwrap_or_default();
@@ -129,8 +142,10 @@ impl Recycler {
             .filter(|d| File::open(d).and_then(|f| f.sync_all()).is_ok())
             .collect();
         for (number, from) in &pending {
-            let path = self.dir.join(number.to_string());
+            let path = self.path_of(*number);
+            // Only this pool names files so: still the regular file it took in.
             let emptied = synced.contains(from)
+                && fs::symlink_metadata(&path).is_ok_and(|m| m.is_file())
                 && File::options()
                     .write(true)
                     .open(&path)
@@ -153,14 +168,17 @@ impl Recycler {
     }
 
     /// An emptied file from the pool, emptied at least [`REUSE_AFTER`] ago, open for reading and
-    /// writing, with its path (in the pool's directory: rename it where it belongs).
-    pub fn take(&self) -> Option<(PathBuf, File)> {
-        let (none_kept, some_pending) = {
-            let pool = self.lock();
-            (pool.kept.is_empty(), !pool.pending.is_empty())
-        };
-        if none_kept && some_pending {
-            self.empty_pending();
+    /// writing, with its path (in the pool's directory: rename it where it belongs). With
+    /// `settle` (when nothing waits), first empties the files still pending if none is emptied.
+    pub fn take(&self, settle: bool) -> Option<(PathBuf, File)> {
+        if settle {
+            let (none_kept, some_pending) = {
+                let pool = self.lock();
+                (pool.kept.is_empty(), !pool.pending.is_empty())
+            };
+            if none_kept && some_pending {
+                self.empty_pending();
+            }
         }
         let before = Instant::now().checked_sub(self.reuse_after)?;
         loop {
@@ -171,7 +189,7 @@ impl Recycler {
                 }
                 pool.kept.pop_front()?.0
             };
-            let path = self.dir.join(number.to_string());
+            let path = self.path_of(number);
             match File::options().read(true).write(true).open(&path) {
                 Ok(file)
                     if file
@@ -196,6 +214,10 @@ impl Recycler {
     /// Whether the pool is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn path_of(&self, number: u64) -> PathBuf {
+        self.dir.join(format!("{}{number}", self.prefix))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
@@ -229,7 +251,7 @@ mod tests {
             .expect("a missing file is no error");
 
         // The first take empties the pending files, which are reused only REUSE_AFTER later.
-        assert!(pool.take().is_none(), "not before REUSE_AFTER");
+        assert!(pool.take(true).is_none(), "not before REUSE_AFTER");
         assert_eq!(
             fs::read(&other).expect("read"),
             b"still needed",
@@ -237,11 +259,25 @@ mod tests {
         );
         assert_eq!(pool.len(), 1, "and let go of");
         let pool = pool.reusing_after(Duration::ZERO);
-        let (path, file) = pool.take().expect("one kept");
+        let (path, file) = pool.take(false).expect("one kept");
         assert_eq!(file.metadata().expect("meta").ino(), ino, "the same inode");
         assert_eq!(file.metadata().expect("meta").len(), 0, "emptied");
         assert!(path.starts_with(dir.path().join("pool")));
-        assert!(pool.take().is_none());
+        assert!(pool.take(true).is_none());
+    }
+
+    #[test]
+    fn a_symbolic_link_is_deleted_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Recycler::open(dir.path().join("pool")).expect("pool");
+        let target = dir.path().join("target");
+        fs::write(&target, b"someone's bytes").expect("write");
+        let link = dir.path().join("a.ltx");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        pool.give(&link).expect("give");
+        assert!(fs::symlink_metadata(&link).is_err(), "the link is gone");
+        assert!(pool.is_empty());
+        assert_eq!(fs::read(&target).expect("read"), b"someone's bytes");
     }
 
     #[test]
@@ -257,7 +293,7 @@ mod tests {
         }
         assert_eq!(pool.lock().pending.len(), 0, "the batch was emptied");
         assert_eq!(pool.lock().kept.len(), PENDING_MAX);
-        let (_, file) = pool.take().expect("one");
+        let (_, file) = pool.take(false).expect("one");
         assert_eq!(file.metadata().expect("meta").len(), 0);
     }
 

@@ -273,8 +273,9 @@ impl S3Replica {
         Ok(file)
     }
 
-    /// Verifies the LTX file at `path` (read once, streamed), then uploads it: with one PUT up to
-    /// the part size, else in parts read from the file one at a time (aborted on any failure).
+    /// Uploads the LTX file at `path`, verified: up to the part size, read once and sent in one
+    /// PUT; above, verified as streamed, then sent in parts read from the file one at a time,
+    /// and completed only if the file did not change meanwhile (aborted on any failure).
     pub fn put_file(
         &self,
         level: u32,
@@ -282,23 +283,33 @@ impl S3Replica {
         created_at_ms: Option<i64>,
     ) -> Result<ReplicaFile> {
         let from = File::open(path).map_err(|e| Error::io("open ltx file", path, e))?;
-        let size = from
+        let before = from
             .metadata()
-            .map_err(|e| Error::io("read ltx file size", path, e))?
-            .len();
-        // Read and uploaded through the same handle: the file cannot change in between (the
-        // local log only ever renames complete files into place), nor vanish.
+            .map_err(|e| Error::io("read ltx file size", path, e))?;
+        let size = before.len();
+        // Read and uploaded through the same handle (the local log only ever renames complete
+        // files into place, and an open file keeps its bytes if its name goes), unless a file
+        // replica deleted it into its pool, which may empty and reuse it (see `Recycler`): a
+        // small file is verified as read, a large one checked unchanged before it is completed.
+        if size <= self.part_bytes {
+            let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(usize::MAX)];
+            from.read_exact_at(&mut bytes, 0)
+                .map_err(|e| Error::io("read ltx file", path, e))?;
+            let header = verify_ltx(bytes.as_slice(), || path.display().to_string())?;
+            let file = self.file_of(level, &header, size, created_at_ms);
+            let key = self.key_of(level, file.min_txid, file.max_txid);
+            let e_tag = self.put_whole(&key, bytes, timestamp_attributes(file.created_at_ms))?;
+            self.client
+                .remember(&key, file.size, e_tag, file.created_at_ms);
+            return Ok(file);
+        }
         let header = verify_ltx(&from, || path.display().to_string())?;
         let file = self.file_of(level, &header, size, created_at_ms);
         let key = self.key_of(level, file.min_txid, file.max_txid);
         let attributes = timestamp_attributes(file.created_at_ms);
-        let e_tag = if size <= self.part_bytes {
-            let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(usize::MAX)];
-            from.read_exact_at(&mut bytes, 0)
-                .map_err(|e| Error::io("read ltx file", path, e))?;
-            self.put_whole(&key, bytes, attributes)?
-        } else {
-            self.put_parts(&key, &from, size, attributes)
+        let e_tag = {
+            let unchanged = || super::file::unchanged(&from, &before, size, path);
+            self.put_parts(&key, &from, size, attributes, &unchanged)
                 .map_err(|e| match e {
                     Error::Io { action, source, .. } => Error::io(action, path, source),
                     other => other,
@@ -357,6 +368,7 @@ impl S3Replica {
         from: &File,
         size: u64,
         attributes: Attributes,
+        unchanged: &dyn Fn() -> Result<()>,
     ) -> Result<PutResult> {
         let client = self.client.clone();
         let path = Key::from(key);
@@ -369,7 +381,9 @@ impl S3Replica {
             let start = client.store.put_multipart_opts(&path, options);
             client.within(&action, OPERATION_TIMEOUT, start).await
         })?;
-        let sent = self.send_parts(key, &mut upload, from, size);
+        let sent = self
+            .send_parts(key, &mut upload, from, size)
+            .and_then(|()| unchanged());
         let (upload, result) = match sent {
             Ok(()) => {
                 let client = self.client.clone();

@@ -460,8 +460,8 @@ impl Engine {
         // the first shipment is a snapshot numbered past what remains and past what any replica
         // holds (an uploader that finds a replica ahead asks for one), so no history has a gap;
         // only a clean stop's saved position, checked below, lets a start continue instead.
-        // Files the local log and the file replicas delete are reused for the local log's next
-        // ones (see `Recycler`): a replica deletes as many files as the local log makes.
+        // Files the file replicas delete are reused for the local log's next ones (see
+        // `Recycler`): a replica an hour old deletes as many files as the local log makes.
         let recycler = Recycler::open(local_dir.join("recycle"))
             .map(Arc::new)
             .map_err(|e| Error::io("create local log", &local_dir, e))?;
