@@ -234,6 +234,18 @@ pub fn open_db(dir: &Path) -> rusqlite::Connection {
     conn
 }
 
+/// Waits (bounded) until `f` holds, polling.
+pub fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A metric's value from a `/metrics` text, 0 when absent.
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()

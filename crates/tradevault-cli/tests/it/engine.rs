@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Rng, Server, command};
+use crate::common::{Rng, Server, command, eventually};
 
 fn cycles(default: u64) -> u64 {
     std::env::var("TRADEVAULT_CRASH_CYCLES")
@@ -46,15 +46,6 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("tradevault.toml");
     std::fs::write(&path, text).expect("config");
     path
-}
-
-/// Waits (bounded) until `f` holds, polling.
-fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A store in sync mode with one file replica, `dir/replica`: its data directory, the replica's

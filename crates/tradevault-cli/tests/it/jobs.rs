@@ -361,18 +361,16 @@ fn a_backup_drill_applies_the_replica_files_after_the_backup() {
     (0..3).for_each(&mut trade);
     // The backup must come after the replica's first snapshot, or only the backup alone can
     // restore it (the drill says so): wait (bounded) until the replica holds one.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while crate::common::metric(
-        &server.client().0.get("/metrics").expect("metrics").text(),
-        "tradevault_replication_txid",
-    ) < 1.0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replica never got its snapshot"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    crate::common::eventually(
+        "the replica's first snapshot",
+        std::time::Duration::from_secs(20),
+        || {
+            crate::common::metric(
+                &server.client().0.get("/metrics").expect("metrics").text(),
+                "tradevault_replication_txid",
+            ) >= 1.0
+        },
+    );
     let run = run_job(&mut server.client(), "backup");
     assert_eq!(run["status"], "ok", "{run}");
     (3..5).for_each(&mut trade);

@@ -104,11 +104,11 @@ impl Recycler {
                 pool.next
             })
         };
-        let regular = fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
-        if let Some(number) = number.filter(|_| regular) {
+        let regular = fs::symlink_metadata(path).ok().filter(|m| m.is_file());
+        if let (Some(number), Some(meta)) = (number, regular) {
             let kept = self.path_of(number);
             if fs::rename(path, &kept).is_ok() {
-                let len = fs::symlink_metadata(&kept).map_or(0, |m| m.len());
+                let len = meta.len();
                 let from = path.parent().map(Path::to_owned).unwrap_or_default();
                 let full = {
                     let mut pool = self.lock();

@@ -1230,8 +1230,14 @@ impl Shipper<'_> {
     ) -> Checkpointed {
         let db = self.db;
         let path = db.path.clone();
-        if let Err(e) = passive_checkpoint(&path) {
-            tracing::debug!(database = %db.name, error = %e, "passive checkpoint failed");
+        // One connection copies, before the lock and under it.
+        let checkpointer = open_plain(&path);
+        match checkpointer.as_ref().map(passive_on) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(database = %db.name, error = %e, "passive checkpoint failed")
+            }
+            Err(e) => tracing::debug!(database = %db.name, error = %e, "passive checkpoint failed"),
         }
         let lock = open_plain(&path).and_then(|mut c| {
             c.busy_handler(Some(poll_write_lock))?;
@@ -1249,10 +1255,6 @@ impl Shipper<'_> {
         let started = Instant::now();
         let mut copied = false;
         let mut checkpointing = false;
-        let checkpointer = open_plain(&path);
-        if let Err(e) = &checkpointer {
-            tracing::debug!(database = %db.name, error = %e, "checkpoint failed");
-        }
         if let Ok(checkpointer) = &checkpointer
             && self.pin_and_ship(pin, quiet_since)
         {
