@@ -101,6 +101,9 @@ pub fn check(path: &Path, check: Check, count_rows: bool) -> Result<Checked> {
     match &planned {
         Ok(plan) if !plan.whole => match walk(path, plan, check) {
             Ok(walked) => {
+                if !walked.handed.is_empty() {
+                    tracing::debug!(handed = ?walked.handed, "SQLite checked tables the walk could not");
+                }
                 let mut rows = walked.rows;
                 rows.retain(|name, _| count_rows && plan.counted.iter().any(|(n, _)| n == name));
                 return Ok(Checked {
@@ -319,18 +322,15 @@ fn plan(conn: &Connection, path: &Path, check: Check) -> Result<Plan> {
         indexes: Vec::new(),
     });
     // Every table with a b-tree, SQLite's own (`sqlite_sequence`, `sqlite_stat1`) included.
-    let all: Vec<(String, u32, Option<String>)> = conn
+    let all: Vec<(String, u32)> = conn
         .prepare(
-            "SELECT name, rootpage, sql FROM sqlite_schema WHERE type = 'table' AND rootpage > 0 \
+            "SELECT name, rootpage FROM sqlite_schema WHERE type = 'table' AND rootpage > 0 \
              ORDER BY name",
         )
-        .and_then(|mut s| {
-            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect()
-        })
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .map_err(q)?;
-    for (name, root, sql) in all {
-        let table = table_plan(conn, &name, root, sql.as_deref(), check).map_err(q)?;
+    for (name, root) in all {
+        let table = table_plan(conn, &name, root, check).map_err(q)?;
         plan.tables.push(table);
     }
     // Every b-tree the schema names is walked, once: else SQLite checks the whole file.
@@ -353,13 +353,7 @@ fn plan(conn: &Connection, path: &Path, check: Check) -> Result<Plan> {
 }
 
 /// The plan for one table.
-fn table_plan(
-    conn: &Connection,
-    name: &str,
-    root: u32,
-    sql: Option<&str>,
-    check: Check,
-) -> rusqlite::Result<Table> {
+fn table_plan(conn: &Connection, name: &str, root: u32, check: Check) -> rusqlite::Result<Table> {
     let quoted = quote(name);
     let columns: Vec<Column> = conn
         .prepare(&format!("PRAGMA table_xinfo({quoted})"))?
@@ -804,16 +798,7 @@ where
                     if i >= jobs.len() || stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let t0 = std::time::Instant::now();
                     let d = work(jobs[i], &mut conn);
-                    if std::env::var_os("TV_TRACE").is_some() {
-                        eprintln!(
-                            "job {:?}: {:.3}s {:?}",
-                            jobs[i],
-                            t0.elapsed().as_secs_f64(),
-                            std::thread::current().id()
-                        );
-                    }
                     if matches!(
                         d,
                         Done::Tree(Err(_), ..) | Done::Freelist(Err(_)) | Done::Sqlite(Err(_))

@@ -255,10 +255,11 @@ impl Walker<'_, '_> {
             self.gathered = gathered;
             &self.gathered
         };
-        if wanted && let Some(visit) = self.visit.as_mut() {
-            if let Err(why) = visit(cell.key, payload) {
-                self.walked.refused = Some(why);
-            }
+        if wanted
+            && let Some(visit) = self.visit.as_mut()
+            && let Err(why) = visit(cell.key, payload)
+        {
+            self.walked.refused = Some(why);
         }
         Ok(())
     }
