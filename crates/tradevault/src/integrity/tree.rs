@@ -187,13 +187,18 @@ struct Walker<'p, 'v> {
 
 impl Walker<'_, '_> {
     fn page(&mut self, pgno: u32, level: usize) -> Result<(), Why> {
+        let mut page = vec![0u8; self.pages.page_size];
+        self.pages.read(pgno, &mut page)?;
+        self.page_in(pgno, level, &page)
+    }
+
+    /// Checks page `pgno`, already read into `page`, and the subtree below it.
+    fn page_in(&mut self, pgno: u32, level: usize, page: &[u8]) -> Result<(), Why> {
         self.claims.claim(pgno)?;
         if level >= MAX_LEVELS {
             return Err("a b-tree is deeper than SQLite allows");
         }
-        let mut page = vec![0u8; self.pages.page_size];
-        self.pages.read(pgno, &mut page)?;
-        let (leaf, right, cells) = self.parse(&page, pgno)?;
+        let (leaf, right, cells) = self.parse(page, pgno)?;
         if leaf {
             // SQLite never leaves a page below the root empty; a tree that has one is SQLite's
             // to judge.
@@ -208,9 +213,20 @@ impl Walker<'_, '_> {
         } else if cells.is_empty() {
             return Err("an interior page without cells");
         }
-        for cell in &cells {
+        // Leaves are read a run of consecutive pages at a time: one read for what a bulk load
+        // wrote in order.
+        let children = if !leaf && self.leaf_level == Some(level + 1) {
+            Some(self.read_children(&cells, right)?)
+        } else {
+            None
+        };
+        let size = self.pages.page_size;
+        for (k, cell) in cells.iter().enumerate() {
             if !leaf {
-                self.page(cell.child, level + 1)?;
+                match &children {
+                    Some(c) => self.page_in(cell.child, level + 1, &c[k * size..(k + 1) * size])?,
+                    None => self.page(cell.child, level + 1)?,
+                }
             }
             match self.kind {
                 Kind::Table if !leaf => {
@@ -231,12 +247,41 @@ impl Walker<'_, '_> {
                 Kind::Index => {}
             }
             self.walked.cells += 1;
-            self.content(&page, cell)?;
+            self.content(page, cell)?;
         }
         if !leaf {
-            self.page(right, level + 1)?;
+            let k = cells.len();
+            match &children {
+                Some(c) => self.page_in(right, level + 1, &c[k * size..(k + 1) * size])?,
+                None => self.page(right, level + 1)?,
+            }
         }
         Ok(())
+    }
+
+    /// The pages of an interior page's children (its cells' left children, then its right
+    /// child), one after another, each run of consecutive page numbers read at once.
+    fn read_children(&self, cells: &[Cell], right: u32) -> Result<Vec<u8>, Why> {
+        let size = self.pages.page_size;
+        let numbers: Vec<u32> = cells.iter().map(|c| c.child).chain([right]).collect();
+        let mut pages = vec![0u8; numbers.len() * size];
+        let mut start = 0;
+        while start < numbers.len() {
+            let mut end = start + 1;
+            while end < numbers.len() && numbers[end] == numbers[end - 1].wrapping_add(1) {
+                end += 1;
+            }
+            let first = numbers[start];
+            if first == 0
+                || u64::from(first) + (end - start) as u64 - 1 > u64::from(self.pages.count)
+            {
+                return Err("a page number is out of range");
+            }
+            self.pages
+                .read_at(first, 0, &mut pages[start * size..end * size])?;
+            start = end;
+        }
+        Ok(pages)
     }
 
     /// Claims a cell's overflow chain and hands its payload to the reader, if there is one.
