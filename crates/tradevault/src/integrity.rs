@@ -1185,15 +1185,16 @@ fn compare(a: &Value<'_>, b: &Value<'_>, collation: Collation) -> std::cmp::Orde
         (Value::Real(r), Value::Int(i)) => int_real(*i, *r).reverse(),
         (Value::Text(x), Value::Text(y)) => match collation {
             Collation::Binary => x.cmp(y),
+            // `sqlite3StrNICmp` over the shorter length, which stops at a NUL in the first
+            // text; the lengths decide a tie.
             Collation::NoCase => {
-                let n = x.len().min(y.len());
-                let fold = |s: &[u8]| {
-                    s[..n]
-                        .iter()
-                        .map(u8::to_ascii_lowercase)
-                        .collect::<Vec<_>>()
-                };
-                fold(x).cmp(&fold(y)).then(x.len().cmp(&y.len()))
+                for (a, b) in x.iter().zip(y.iter()) {
+                    let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+                    if a == 0 || a != b {
+                        return a.cmp(&b).then(x.len().cmp(&y.len()));
+                    }
+                }
+                x.len().cmp(&y.len())
             }
             Collation::RTrim => {
                 let trim = |s: &[u8]| {
@@ -1249,7 +1250,9 @@ impl Hasher {
 
     #[inline]
     fn word(&mut self, w: u64, multiplier: u64) {
-        let r = u128::from(self.0 ^ w) * u128::from(multiplier);
+        // The multiplier enters the operand too: a zero operand would make every multiplier,
+        // so every kind, give the same product (a review found an integer and a real that met).
+        let r = u128::from(self.0 ^ w ^ multiplier) * u128::from(multiplier);
         self.0 = (r as u64) ^ ((r >> 64) as u64);
     }
 
@@ -1499,6 +1502,50 @@ mod tests {
 
     fn plan_of(path: &Path) -> Plan {
         plan(&open(path).unwrap(), path, Check::Integrity).unwrap()
+    }
+
+    /// Files a review crafted where the walk's first version said `ok` and SQLite did not
+    /// (`testdata/README.md`).
+    #[test]
+    fn crafted_files_get_sqlite_s_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in [
+            (
+                "A",
+                &include_bytes!("integrity/testdata/A_9byte_payload_varint.db")[..],
+            ),
+            (
+                "A2",
+                include_bytes!("integrity/testdata/A2_9byte_payload_varint_index.db"),
+            ),
+            (
+                "B1",
+                include_bytes!("integrity/testdata/B1_nocase_nul_unique.db"),
+            ),
+            (
+                "B2",
+                include_bytes!("integrity/testdata/B2_nocase_nul_order.db"),
+            ),
+            (
+                "C",
+                include_bytes!("integrity/testdata/C_index_trailing_byte.db"),
+            ),
+            (
+                "E",
+                include_bytes!("integrity/testdata/E_hash_zeroing_int_vs_real.db"),
+            ),
+        ] {
+            let path = dir.path().join(format!("{name}.db"));
+            std::fs::write(&path, bytes).unwrap();
+            let mut found = false;
+            for mode in [Check::Quick, Check::Integrity] {
+                let sqlite = pragma_lines(&open(&path).unwrap(), mode.pragma(), None).unwrap();
+                found |= !sqlite.is_empty();
+                let ours = check(&path, mode, false).unwrap();
+                assert_eq!(ours.problems, sqlite, "{name} {mode:?}");
+            }
+            assert!(found, "{name}: SQLite finds nothing wrong");
+        }
     }
 
     /// SQLite drops CHECK constraints from a read-only database's schema (its check of one never
@@ -1887,6 +1934,13 @@ mod tests {
             .wrapping_sub(0xbf58_476d_1ce4_e5b9) as i64;
         assert_ne!(hash(Value::Int(real_as_int)), hash(Value::Real(0.5)));
         assert_ne!(hash(Value::Int(0)), hash(Value::Null));
+        // A zero operand once made every kind's product zero: the integer equal to the seed met
+        // the real with the same bits (a review found it).
+        let seed = Hasher::SEED;
+        assert_ne!(
+            hash(Value::Int(seed as i64)),
+            hash(Value::Real(f64::from_bits(seed)))
+        );
         assert_ne!(hash(Value::Int(3)), hash(Value::Text(b"")));
 
         assert_eq!(

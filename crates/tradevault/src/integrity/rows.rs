@@ -239,7 +239,10 @@ impl<'a> IndexCheck<'a> {
     }
 
     pub(super) fn entry(&mut self, payload: &[u8]) -> Result<(), Why> {
-        record(payload, &mut self.fields, usize::MAX)?;
+        // SQLite reads the rowid from the payload's last bytes: they must be the last field's.
+        if record(payload, &mut self.fields, usize::MAX)? != payload.len() {
+            return Err("an index entry has bytes past its rowid");
+        }
         let keys = &self.index.keys;
         if self.fields.len() != keys.len() + 1 {
             return Err("an index entry has the wrong number of columns");

@@ -401,6 +401,11 @@ impl Walker<'_, '_> {
                 )
             } else {
                 let (payload, n) = varint(page, pos)?;
+                // SQLite reads a payload size's ninth byte as 7 bits, not 8, and keeps 32 bits:
+                // no size it writes needs more than 5 bytes, and a longer one is its to judge.
+                if n > 5 {
+                    return Err("a payload size is longer than SQLite writes");
+                }
                 pos += n;
                 let key = if self.kind == Kind::Table {
                     let (key, n) = varint(page, pos)?;
