@@ -1100,6 +1100,21 @@ impl Value<'_> {
 }
 
 impl Field {
+    /// The field's bytes in the record.
+    #[inline]
+    fn raw<'a>(&self, payload: &'a [u8]) -> std::result::Result<&'a [u8], Why> {
+        let len = match self.serial {
+            0 | 8..=11 => 0,
+            1..=4 => self.serial as usize,
+            5 => 6,
+            6 | 7 => 8,
+            n => ((n - 12) / 2) as usize,
+        };
+        payload
+            .get(self.at..self.at + len)
+            .ok_or("a field runs off its record")
+    }
+
     /// The bytes of a text or blob field.
     fn bytes<'a>(&self, payload: &'a [u8]) -> std::result::Result<&'a [u8], Why> {
         let len = if self.serial >= 12 {
@@ -1119,11 +1134,12 @@ impl Field {
             let b = payload
                 .get(at..at + n)
                 .ok_or("a field runs off its record")?;
-            // Sign-extend big-endian two's complement of n bytes.
-            let mut word = [0u8; 8];
-            word[8 - n..].copy_from_slice(b);
-            // Shifted up and back down: the sign spreads over the bytes the field lacks.
-            Ok(i64::from_be_bytes(word) << (8 * (8 - n)) >> (8 * (8 - n)))
+            // Big-endian two's complement of n bytes: the first byte carries the sign.
+            let mut v = i64::from(b[0] as i8);
+            for x in &b[1..] {
+                v = (v << 8) | i64::from(*x);
+            }
+            Ok(v)
         };
         Ok(match self.serial {
             0 => Value::Null,

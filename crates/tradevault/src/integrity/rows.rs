@@ -254,8 +254,15 @@ impl<'a> IndexCheck<'a> {
             let mut order = std::cmp::Ordering::Equal;
             let mut null = false;
             for (i, k) in keys.iter().enumerate() {
-                let a = self.previous_fields[i].value(&self.previous)?;
-                let b = self.fields[i].value(payload)?;
+                let (pa, pb) = (self.previous_fields[i], self.fields[i]);
+                // The same bytes of the same kind: equal under any collation (the common case
+                // of consecutive entries), without decoding either.
+                if pa.serial == pb.serial && pa.raw(&self.previous)? == pb.raw(payload)? {
+                    null |= pb.serial == 0 || (pb.serial == 7 && pb.value(payload)?.is_null());
+                    continue;
+                }
+                let a = pa.value(&self.previous)?;
+                let b = pb.value(payload)?;
                 null |= matches!(b, Value::Null);
                 let o = compare(&a, &b, k.collation);
                 if o != std::cmp::Ordering::Equal {
