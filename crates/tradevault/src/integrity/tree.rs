@@ -115,6 +115,7 @@ pub(super) fn walk(
         last_key: None,
         gathered: Vec::new(),
         spans: Vec::new(),
+        batch: Vec::new(),
     };
     w.page(root, 0)?;
     Ok(w.walked)
@@ -183,6 +184,8 @@ struct Walker<'p, 'v> {
     gathered: Vec<u8>,
     /// The spans of a page's cells and free blocks (start << 16 | end).
     spans: Vec<u32>,
+    /// The pages of the leaves under one interior page.
+    batch: Vec<u8>,
 }
 
 impl Walker<'_, '_> {
@@ -216,7 +219,9 @@ impl Walker<'_, '_> {
         // Leaves are read a run of consecutive pages at a time: one read for what a bulk load
         // wrote in order.
         let children = if !leaf && self.leaf_level == Some(level + 1) {
-            Some(self.read_children(&cells, right)?)
+            let mut batch = std::mem::take(&mut self.batch);
+            self.read_children(&cells, right, &mut batch)?;
+            Some(batch)
         } else {
             None
         };
@@ -256,15 +261,21 @@ impl Walker<'_, '_> {
                 None => self.page(right, level + 1)?,
             }
         }
+        // The buffer is kept: growing it once saves zeroing a gigabyte for a gigabyte of leaves.
+        if let Some(batch) = children {
+            self.batch = batch;
+        }
         Ok(())
     }
 
     /// The pages of an interior page's children (its cells' left children, then its right
     /// child), one after another, each run of consecutive page numbers read at once.
-    fn read_children(&self, cells: &[Cell], right: u32) -> Result<Vec<u8>, Why> {
+    fn read_children(&self, cells: &[Cell], right: u32, pages: &mut Vec<u8>) -> Result<(), Why> {
         let size = self.pages.page_size;
         let numbers: Vec<u32> = cells.iter().map(|c| c.child).chain([right]).collect();
-        let mut pages = vec![0u8; numbers.len() * size];
+        if pages.len() < numbers.len() * size {
+            pages.resize(numbers.len() * size, 0);
+        }
         let mut start = 0;
         while start < numbers.len() {
             let mut end = start + 1;
@@ -281,7 +292,7 @@ impl Walker<'_, '_> {
                 .read_at(first, 0, &mut pages[start * size..end * size])?;
             start = end;
         }
-        Ok(pages)
+        Ok(())
     }
 
     /// Claims a cell's overflow chain and hands its payload to the reader, if there is one.
