@@ -1520,6 +1520,56 @@ mod tests {
         plan(&open(path).unwrap(), path, Check::Integrity).unwrap()
     }
 
+    /// 64 KiB pages: an interior page's leaves are read 16 at a time (`tree::BATCH_BYTES`), and
+    /// damage in any window is found.
+    #[test]
+    fn leaves_are_read_a_window_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big-pages.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA page_size = 65536;
+             CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT NOT NULL, b INT);
+             CREATE INDEX t_a ON t(a);
+             WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < 60000)
+             INSERT INTO t(a, b) SELECT printf('%040d', k * 7919 % 60000), k FROM n;",
+        )
+        .unwrap();
+        drop(conn);
+        let plan = plan_of(&path);
+        let walked = walk(&path, &plan, Check::Integrity).unwrap();
+        assert_eq!(walked.problems, Vec::<String>::new());
+        assert!(walked.handed.is_empty());
+        assert_eq!(walked.rows["t"], 60_000);
+        // The table's root is interior, with more leaves than one window holds.
+        let bytes = std::fs::read(&path).unwrap();
+        let root = plan.tables.iter().find(|t| t.name == "t").unwrap().root as usize;
+        let at = (root - 1) * 65_536;
+        assert_eq!(bytes[at], INTERIOR_TABLE);
+        let children = usize::from(u16::from_be_bytes([bytes[at + 3], bytes[at + 4]])) + 1;
+        assert!(children > 2 * 16, "{children} children");
+        // A damaged cell pointer in a leaf of the last window, then of the first.
+        for child in [children - 2, 1] {
+            // Cell `child`'s pointer, then its left child's page number.
+            let ptr_at = at + 12 + 2 * child;
+            let offset = usize::from(u16::from_be_bytes([bytes[ptr_at], bytes[ptr_at + 1]]));
+            let child_pgno =
+                u32::from_be_bytes(bytes[at + offset..at + offset + 4].try_into().unwrap())
+                    as usize;
+            let mut damaged = bytes.clone();
+            // The leaf's first cell pointer.
+            let leaf_at = (child_pgno - 1) * 65_536;
+            damaged[leaf_at + 8] ^= 0x10;
+            let copy = dir.path().join(format!("damaged-{child}.db"));
+            std::fs::write(&copy, &damaged).unwrap();
+            for mode in [Check::Quick, Check::Integrity] {
+                let sqlite = pragma_lines(&open(&copy).unwrap(), mode.pragma(), None).unwrap();
+                assert!(!sqlite.is_empty(), "child {child} {mode:?}");
+                assert_eq!(check(&copy, mode, false).unwrap().problems, sqlite);
+            }
+        }
+    }
+
     /// Files a review crafted where the walk's first version said `ok` and SQLite did not
     /// (`testdata/README.md`).
     #[test]

@@ -17,6 +17,18 @@ use super::{INTERIOR_INDEX, INTERIOR_TABLE, LEAF_INDEX, LEAF_TABLE, Pages, Why, 
 /// SQLite's deepest b-tree (`BTCURSOR_MAX_DEPTH`).
 const MAX_LEVELS: usize = 20;
 
+/// The most leaf bytes read at once (a 64 KiB-page interior page can have 13,000 children).
+const BATCH_BYTES: usize = 1 << 20;
+
+/// The leaves under one interior page, read a window at a time.
+struct Children {
+    /// Their page numbers; empty when they are read one by one.
+    numbers: Vec<u32>,
+    buf: Vec<u8>,
+    /// The children whose pages `buf` holds.
+    loaded: std::ops::Range<usize>,
+}
+
 /// The byte SQLite locks at 1 GiB: the page that holds it is never used.
 const PENDING_BYTE: u64 = 0x4000_0000;
 
@@ -216,22 +228,37 @@ impl Walker<'_, '_> {
         } else if cells.is_empty() {
             return Err("an interior page without cells");
         }
-        // Leaves are read a run of consecutive pages at a time: one read for what a bulk load
-        // wrote in order.
-        let children = if !leaf && self.leaf_level == Some(level + 1) {
-            let mut batch = std::mem::take(&mut self.batch);
-            self.read_children(&cells, right, &mut batch)?;
-            Some(batch)
-        } else {
-            None
+        // Leaves are read a run of consecutive pages at a time (one read for what a bulk load
+        // wrote in order), at most BATCH_BYTES at once.
+        let batched = !leaf && self.leaf_level == Some(level + 1);
+        let mut children = Children {
+            numbers: if batched {
+                cells.iter().map(|c| c.child).chain([right]).collect()
+            } else {
+                Vec::new()
+            },
+            buf: std::mem::take(&mut self.batch),
+            loaded: 0..0,
         };
-        let size = self.pages.page_size;
+        let result = self.cells_in(page, level, leaf, right, &cells, &mut children);
+        // The buffer is kept: growing it once saves zeroing a gigabyte for a gigabyte of leaves.
+        self.batch = children.buf;
+        result
+    }
+
+    /// Walks a page's cells in key order, with its children's subtrees between them.
+    fn cells_in(
+        &mut self,
+        page: &[u8],
+        level: usize,
+        leaf: bool,
+        right: u32,
+        cells: &[Cell],
+        children: &mut Children,
+    ) -> Result<(), Why> {
         for (k, cell) in cells.iter().enumerate() {
             if !leaf {
-                match &children {
-                    Some(c) => self.page_in(cell.child, level + 1, &c[k * size..(k + 1) * size])?,
-                    None => self.page(cell.child, level + 1)?,
-                }
+                self.child(children, k, cell.child, level + 1)?;
             }
             match self.kind {
                 Kind::Table if !leaf => {
@@ -255,24 +282,41 @@ impl Walker<'_, '_> {
             self.content(page, cell)?;
         }
         if !leaf {
-            let k = cells.len();
-            match &children {
-                Some(c) => self.page_in(right, level + 1, &c[k * size..(k + 1) * size])?,
-                None => self.page(right, level + 1)?,
-            }
-        }
-        // The buffer is kept: growing it once saves zeroing a gigabyte for a gigabyte of leaves.
-        if let Some(batch) = children {
-            self.batch = batch;
+            self.child(children, cells.len(), right, level + 1)?;
         }
         Ok(())
     }
 
-    /// The pages of an interior page's children (its cells' left children, then its right
-    /// child), one after another, each run of consecutive page numbers read at once.
-    fn read_children(&self, cells: &[Cell], right: u32, pages: &mut Vec<u8>) -> Result<(), Why> {
+    /// Walks child `k` of an interior page (page `pgno`): from the batch if the children are
+    /// batched (reading the next window of them first if needed), else read alone.
+    fn child(
+        &mut self,
+        children: &mut Children,
+        k: usize,
+        pgno: u32,
+        level: usize,
+    ) -> Result<(), Why> {
+        if children.numbers.is_empty() {
+            return self.page(pgno, level);
+        }
         let size = self.pages.page_size;
-        let numbers: Vec<u32> = cells.iter().map(|c| c.child).chain([right]).collect();
+        if !children.loaded.contains(&k) {
+            let window = (BATCH_BYTES / size).max(1);
+            let end = (k + window).min(children.numbers.len());
+            self.read_run(&children.numbers[k..end], &mut children.buf)?;
+            children.loaded = k..end;
+        }
+        let at = (k - children.loaded.start) * size;
+        let buf = std::mem::take(&mut children.buf);
+        let result = self.page_in(pgno, level, &buf[at..at + size]);
+        children.buf = buf;
+        result
+    }
+
+    /// Reads the pages `numbers` one after another into `pages`, each run of consecutive page
+    /// numbers at once.
+    fn read_run(&self, numbers: &[u32], pages: &mut Vec<u8>) -> Result<(), Why> {
+        let size = self.pages.page_size;
         if pages.len() < numbers.len() * size {
             pages.resize(numbers.len() * size, 0);
         }
