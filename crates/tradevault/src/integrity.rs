@@ -1571,34 +1571,36 @@ mod tests {
     }
 
     /// Files a review crafted where the walk's first version said `ok` and SQLite did not
-    /// (`testdata/README.md`).
+    /// (`testdata/integrity-crafted/README.md`).
     #[test]
     fn crafted_files_get_sqlite_s_verdict() {
         let dir = tempfile::tempdir().unwrap();
         for (name, bytes) in [
             (
                 "A",
-                &include_bytes!("integrity/testdata/A_9byte_payload_varint.db")[..],
+                &include_bytes!("../../../testdata/integrity-crafted/A_9byte_payload_varint.db")[..],
             ),
             (
                 "A2",
-                include_bytes!("integrity/testdata/A2_9byte_payload_varint_index.db"),
+                include_bytes!(
+                    "../../../testdata/integrity-crafted/A2_9byte_payload_varint_index.db"
+                ),
             ),
             (
                 "B1",
-                include_bytes!("integrity/testdata/B1_nocase_nul_unique.db"),
+                include_bytes!("../../../testdata/integrity-crafted/B1_nocase_nul_unique.db"),
             ),
             (
                 "B2",
-                include_bytes!("integrity/testdata/B2_nocase_nul_order.db"),
+                include_bytes!("../../../testdata/integrity-crafted/B2_nocase_nul_order.db"),
             ),
             (
                 "C",
-                include_bytes!("integrity/testdata/C_index_trailing_byte.db"),
+                include_bytes!("../../../testdata/integrity-crafted/C_index_trailing_byte.db"),
             ),
             (
                 "E",
-                include_bytes!("integrity/testdata/E_hash_zeroing_int_vs_real.db"),
+                include_bytes!("../../../testdata/integrity-crafted/E_hash_zeroing_int_vs_real.db"),
             ),
         ] {
             let path = dir.path().join(format!("{name}.db"));
