@@ -238,6 +238,7 @@ fn walk(path: &Path, plan: &Plan, check: Check) -> std::result::Result<Walk, Why
     let pages = Pages::open(path).map_err(|_| "the file cannot be read")?;
     let (free_first, free_total) = pages.modelled()?;
     let claims = Claims::new(pages.count, pages.page_size);
+    let seed = Hasher::random_seed();
     // The biggest jobs first (longest first shares two threads best): a tree's size is guessed
     // from its leftmost path, SQLite's check of a table costs about twice the walk's.
     let mut jobs = Vec::new();
@@ -254,8 +255,8 @@ fn walk(path: &Path, plan: &Plan, check: Check) -> std::result::Result<Walk, Why
     jobs.sort_by_key(|(size, _)| std::cmp::Reverse(*size));
     let jobs: Vec<Job> = jobs.into_iter().map(|(_, job)| job).collect();
     let done = run(path, &jobs, |job, conn| match job {
-        Job::Table(t) => table_job(&pages, &claims, &plan.tables[t], check),
-        Job::Index(t, i) => index_job(&pages, &claims, &plan.tables[t], i, check),
+        Job::Table(t) => table_job(&pages, &claims, &plan.tables[t], check, seed),
+        Job::Index(t, i) => index_job(&pages, &claims, &plan.tables[t], i, check, seed),
         Job::Freelist => Done::Freelist(tree::freelist(&pages, &claims, free_first, free_total)),
         Job::Sqlite(t, c) => Done::Sqlite(
             conn.get()
@@ -376,12 +377,20 @@ where
             });
         }
     });
+    let done: Vec<Option<Done>> = done
+        .into_iter()
+        .map(|d| d.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .collect();
+    // The fault that stopped the others, rather than the jobs it left undone.
+    for d in done.iter().flatten() {
+        match d {
+            Done::Tree(Err(why), ..) | Done::Freelist(Err(why)) => return Err(why),
+            Done::Sqlite(Err(_)) => return Err("SQLite could not check a table"),
+            _ => {}
+        }
+    }
     done.into_iter()
-        .map(|d| {
-            d.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .ok_or("a job did not run")
-        })
+        .map(|d| d.ok_or("a job did not run"))
         .collect()
 }
 
@@ -401,7 +410,7 @@ impl Lazy<'_> {
 }
 
 /// Walks a table's tree: its rows checked and its indexes' keys summed when the walk judges it.
-fn table_job(pages: &Pages, claims: &Claims, table: &Table, check: Check) -> Done {
+fn table_job(pages: &Pages, claims: &Claims, table: &Table, check: Check, seed: u64) -> Done {
     let kind = if table.rowid {
         tree::Kind::Table
     } else {
@@ -424,7 +433,7 @@ fn table_job(pages: &Pages, claims: &Claims, table: &Table, check: Check) -> Don
             Vec::new(),
         );
     }
-    let mut rows = RowCheck::new(rules, &models);
+    let mut rows = RowCheck::new(rules, &models, seed);
     let walked = tree::walk(
         pages,
         claims,
@@ -436,7 +445,14 @@ fn table_job(pages: &Pages, claims: &Claims, table: &Table, check: Check) -> Don
 }
 
 /// Walks an index's tree, its entries checked and summed when the walk judges its table.
-fn index_job(pages: &Pages, claims: &Claims, table: &Table, i: usize, check: Check) -> Done {
+fn index_job(
+    pages: &Pages,
+    claims: &Claims,
+    table: &Table,
+    i: usize,
+    check: Check,
+    seed: u64,
+) -> Done {
     let index = &table.indexes[i];
     let model = match check {
         Check::Integrity if table.walked(check) => index.model.as_ref(),
@@ -449,7 +465,7 @@ fn index_job(pages: &Pages, claims: &Claims, table: &Table, i: usize, check: Che
             Vec::new(),
         );
     };
-    let mut entries = IndexCheck::new(model);
+    let mut entries = IndexCheck::new(model, seed);
     let walked = tree::walk(
         pages,
         claims,

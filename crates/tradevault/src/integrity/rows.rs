@@ -99,15 +99,18 @@ fn kind_bit(serial: u64) -> u8 {
 pub(super) struct RowCheck<'a> {
     /// `None`: SQLite tests the rows; the walk only sums index keys.
     rows: Option<&'a Rows>,
+    /// The check's hash seed.
+    seed: u64,
     indexes: &'a [&'a Index],
     pub(super) sums: Vec<Sum>,
     fields: Vec<Field>,
 }
 
 impl<'a> RowCheck<'a> {
-    pub(super) fn new(rows: Option<&'a Rows>, indexes: &'a [&'a Index]) -> RowCheck<'a> {
+    pub(super) fn new(rows: Option<&'a Rows>, indexes: &'a [&'a Index], seed: u64) -> RowCheck<'a> {
         RowCheck {
             rows,
+            seed,
             indexes,
             sums: vec![Sum::default(); indexes.len()],
             fields: Vec::new(),
@@ -140,7 +143,7 @@ impl<'a> RowCheck<'a> {
             {
                 continue;
             }
-            let mut key = Hasher::new();
+            let mut key = Hasher::new(self.seed);
             for column in &index.keys {
                 let v = match column.field {
                     None => Value::Int(rowid),
@@ -210,6 +213,28 @@ fn may_be_number(text: &[u8]) -> bool {
             .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E'))
 }
 
+/// Every varint of a record's header is in its fewest bytes: none starts with a byte that adds
+/// only a continuation (0x80).
+fn canonical_header(payload: &[u8]) -> bool {
+    let Ok((header, _)) = super::varint(payload, 0) else {
+        return false;
+    };
+    let header = usize::try_from(header)
+        .unwrap_or(usize::MAX)
+        .min(payload.len());
+    let mut at = 0;
+    while at < header {
+        if payload[at] == 0x80 {
+            return false;
+        }
+        match super::varint(payload, at) {
+            Ok((_, n)) => at += n,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 /// A record header no longer than SQLite reads (98,307 bytes).
 fn short_header(payload: &[u8]) -> bool {
     super::varint(payload, 0).is_ok_and(|(n, _)| n <= 98_307)
@@ -220,6 +245,8 @@ fn short_header(payload: &[u8]) -> bool {
 /// end the record; each entry is added to the index's sum.
 pub(super) struct IndexCheck<'a> {
     index: &'a Index,
+    /// The check's hash seed.
+    seed: u64,
     pub(super) sum: Sum,
     /// The previous entry's record and its fields.
     previous: Vec<u8>,
@@ -228,9 +255,10 @@ pub(super) struct IndexCheck<'a> {
 }
 
 impl<'a> IndexCheck<'a> {
-    pub(super) fn new(index: &'a Index) -> IndexCheck<'a> {
+    pub(super) fn new(index: &'a Index, seed: u64) -> IndexCheck<'a> {
         IndexCheck {
             index,
+            seed,
             sum: Sum::default(),
             previous: Vec::new(),
             previous_fields: Vec::new(),
@@ -242,6 +270,12 @@ impl<'a> IndexCheck<'a> {
         // SQLite reads the rowid from the payload's last bytes: they must be the last field's.
         if record(payload, &mut self.fields, usize::MAX)? != payload.len() {
             return Err("an index entry has bytes past its rowid");
+        }
+        // SQLite's lookups read a header's varints as SQLite writes them, in fewest bytes (a
+        // type from its first byte, the next field at the usual distance): a longer one that
+        // decodes to the same value misleads them (a review found it).
+        if !canonical_header(payload) {
+            return Err("an index entry's header has a varint longer than it needs");
         }
         let keys = &self.index.keys;
         if self.fields.len() != keys.len() + 1 {
@@ -282,7 +316,7 @@ impl<'a> IndexCheck<'a> {
                 return Err("index entries out of order");
             }
         }
-        let mut key = Hasher::new();
+        let mut key = Hasher::new(self.seed);
         for f in &self.fields {
             key.value(&f.value(payload)?);
         }

@@ -237,12 +237,18 @@ impl Walker<'_, '_> {
             } else {
                 Vec::new()
             },
-            buf: std::mem::take(&mut self.batch),
+            buf: if batched {
+                std::mem::take(&mut self.batch)
+            } else {
+                Vec::new()
+            },
             loaded: 0..0,
         };
         let result = self.cells_in(page, level, leaf, right, &cells, &mut children);
         // The buffer is kept: growing it once saves zeroing a gigabyte for a gigabyte of leaves.
-        self.batch = children.buf;
+        if batched {
+            self.batch = children.buf;
+        }
         result
     }
 

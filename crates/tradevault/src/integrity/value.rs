@@ -252,16 +252,27 @@ impl Hasher {
     pub(super) const TEXT: u64 = 0xff51_afd7_ed55_8ccd;
     pub(super) const BLOB: u64 = 0xc4ce_b9fe_1a85_ec53;
 
-    pub(super) fn new() -> Hasher {
-        Hasher(Self::SEED)
+    /// A hasher keyed by `seed`: one seed, drawn at random, for every key of one check, so that
+    /// no value can be chosen in advance to meet another.
+    pub(super) fn new(seed: u64) -> Hasher {
+        Hasher(seed ^ Self::SEED)
+    }
+
+    /// A seed no one can know in advance (the standard library's per-process random keys).
+    pub(super) fn random_seed() -> u64 {
+        use std::hash::{BuildHasher, Hasher as _};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(Self::SEED);
+        h.finish()
     }
 
     #[inline]
     pub(super) fn word(&mut self, w: u64, multiplier: u64) {
-        // The multiplier enters the operand too: a zero operand would make every multiplier,
-        // so every kind, give the same product (a review found an integer and a real that met).
+        // The multiplier enters before and after the product: a zero operand gives every
+        // multiplier the same product, and a value that zeroes it would let an integer meet a
+        // real (two reviews found such pairs); the state it leaves still tells the kinds apart.
         let r = u128::from(self.0 ^ w ^ multiplier) * u128::from(multiplier);
-        self.0 = (r as u64) ^ ((r >> 64) as u64);
+        self.0 = (r as u64) ^ ((r >> 64) as u64) ^ multiplier;
     }
 
     #[inline(always)]
