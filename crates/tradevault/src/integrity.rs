@@ -17,7 +17,9 @@
 //!   `quick_check`, only the counts of indexes that are not partial.
 //!
 //! Values are hashed as SQLite compares them in a lookup: an integer and a real of equal value
-//! hash alike (a REAL column stores 3.0 as the integer 3), text and blobs byte for byte.
+//! hash alike (a REAL column stores 3.0 as the integer 3), text and blobs byte for byte. The hash
+//! is keyed by a seed drawn at random for each check, so that no value can be crafted to meet
+//! another.
 //!
 //! The walk never has the last word. Whatever it cannot model and whatever it finds wrong goes
 //! to SQLite, whose output is the result:
