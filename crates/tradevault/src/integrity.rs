@@ -102,10 +102,6 @@ pub struct Checked {
 pub fn check(path: &Path, check: Check, count_rows: bool) -> Result<Checked> {
     let conn = open(path)?;
     let planned = plan(&conn, path, check);
-    let counted = match &planned {
-        Ok(plan) => plan.counted.clone(),
-        Err(_) => crate::snapshot::tables(&conn, path).unwrap_or_default(),
-    };
     match &planned {
         Ok(plan) if !plan.whole => match walk(path, plan, check) {
             Ok(walked) => {
@@ -126,6 +122,10 @@ pub fn check(path: &Path, check: Check, count_rows: bool) -> Result<Checked> {
         Ok(_) => tracing::debug!("the walk cannot model this file; SQLite checks it"),
         Err(e) => tracing::debug!(error = %e, "schema unreadable; SQLite checks the whole file"),
     }
+    let counted = match planned {
+        Ok(plan) => plan.counted,
+        Err(_) => crate::snapshot::tables(&conn, path).unwrap_or_default(),
+    };
     whole(path, &conn, check, count_rows.then_some(counted.as_slice()))
 }
 
@@ -245,12 +245,13 @@ fn walk(path: &Path, plan: &Plan, check: Check) -> std::result::Result<Walk, Why
     // from its leftmost path, SQLite's check of a table costs about twice the walk's.
     let mut jobs = Vec::new();
     for (t, table) in plan.tables.iter().enumerate() {
-        jobs.push((tree::guess(&pages, table.root), Job::Table(t)));
+        let size = tree::guess(&pages, table.root);
+        jobs.push((size, Job::Table(t)));
         for (i, index) in table.indexes.iter().enumerate() {
             jobs.push((tree::guess(&pages, index.root), Job::Index(t, i)));
         }
         if let Some(c) = table.sqlite(check) {
-            jobs.push((2 * tree::guess(&pages, table.root), Job::Sqlite(t, c)));
+            jobs.push((2 * size, Job::Sqlite(t, c)));
         }
     }
     jobs.push((0, Job::Freelist));
@@ -260,10 +261,7 @@ fn walk(path: &Path, plan: &Plan, check: Check) -> std::result::Result<Walk, Why
         Job::Table(t) => table_job(&pages, &claims, &plan.tables[t], check, seed),
         Job::Index(t, i) => index_job(&pages, &claims, &plan.tables[t], i, check, seed),
         Job::Freelist => Done::Freelist(tree::freelist(&pages, &claims, free_first, free_total)),
-        Job::Sqlite(t, c) => Done::Sqlite(
-            conn.get()
-                .and_then(|conn| pragma_lines(conn, c.pragma(), Some(&plan.tables[t].name))),
-        ),
+        Job::Sqlite(t, c) => sqlite_job(conn, &plan.tables[t], c),
     })?;
 
     // Any fault in the structure, or a page nobody owns: SQLite describes the file.
@@ -325,10 +323,7 @@ fn walk(path: &Path, plan: &Plan, check: Check) -> std::result::Result<Walk, Why
     }
     let jobs: Vec<Job> = again.into_iter().map(|t| Job::Sqlite(t, check)).collect();
     let done = run(path, &jobs, |job, conn| match job {
-        Job::Sqlite(t, c) => Done::Sqlite(
-            conn.get()
-                .and_then(|conn| pragma_lines(conn, c.pragma(), Some(&plan.tables[t].name))),
-        ),
+        Job::Sqlite(t, c) => sqlite_job(conn, &plan.tables[t], c),
         _ => Done::Freelist(Err("only SQLite's jobs run again")),
     })?;
     for (job, done) in jobs.iter().zip(done) {
@@ -409,6 +404,14 @@ impl Lazy<'_> {
         }
         Ok(self.conn.as_ref().expect("just opened"))
     }
+}
+
+/// SQLite's check of one table.
+fn sqlite_job(conn: &mut Lazy<'_>, table: &Table, check: Check) -> Done {
+    Done::Sqlite(
+        conn.get()
+            .and_then(|conn| pragma_lines(conn, check.pragma(), Some(&table.name))),
+    )
 }
 
 /// Walks a table's tree: its rows checked and its indexes' keys summed when the walk judges it.
@@ -493,6 +496,8 @@ struct Pages {
     page_size: usize,
     usable: usize,
     count: u32,
+    /// The file's length in bytes.
+    len: u64,
     header: [u8; 100],
 }
 
@@ -530,6 +535,7 @@ impl Pages {
             page_size,
             usable,
             count: u32::try_from(len / page_size.max(1) as u64).unwrap_or(u32::MAX),
+            len,
             header,
         })
     }
@@ -546,12 +552,7 @@ impl Pages {
         {
             return Err("a page size SQLite does not allow");
         }
-        let len = self
-            .file
-            .metadata()
-            .map_err(|_| "the file cannot be read")?
-            .len();
-        if len % self.page_size as u64 != 0 || self.count == 0 {
+        if !self.len.is_multiple_of(self.page_size as u64) || self.count == 0 {
             return Err("the file is not a whole number of pages");
         }
         // Auto-vacuum's pointer maps are SQLite's to check.
@@ -567,19 +568,17 @@ impl Pages {
 
     fn read(&self, pgno: u32, buf: &mut Vec<u8>) -> std::result::Result<(), Why> {
         buf.resize(self.page_size, 0);
-        self.read_at(pgno, 0, buf)
+        self.read_at(pgno, buf)
     }
 
-    /// Reads `buf.len()` bytes of page `pgno` from `offset`.
-    fn read_at(&self, pgno: u32, offset: usize, buf: &mut [u8]) -> std::result::Result<(), Why> {
+    /// Reads `buf.len()` bytes from the start of page `pgno` (a page's first bytes, or a run of
+    /// pages).
+    fn read_at(&self, pgno: u32, buf: &mut [u8]) -> std::result::Result<(), Why> {
         if pgno == 0 || pgno > self.count {
             return Err("page number out of range");
         }
         self.file
-            .read_exact_at(
-                buf,
-                u64::from(pgno - 1) * self.page_size as u64 + offset as u64,
-            )
+            .read_exact_at(buf, u64::from(pgno - 1) * self.page_size as u64)
             .map_err(|_| "page unreadable")
     }
 

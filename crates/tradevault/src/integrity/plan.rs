@@ -46,8 +46,9 @@ pub(super) struct IndexTree {
 }
 
 impl Table {
-    /// What SQLite must check of this table alone: nothing, its rows (`quick_check`: a table
-    /// with CHECK constraints), or everything (the check asked for).
+    /// What SQLite must check of this table alone: nothing, its rows (`quick_check`: rows whose
+    /// column rules the walk cannot read, such as an unknown STRICT type), or everything (the
+    /// check asked for).
     pub(super) fn sqlite(&self, check: Check) -> Option<Check> {
         if !self.modelled
             || (check == Check::Integrity && self.indexes.iter().any(|i| i.model.is_none()))
@@ -166,12 +167,7 @@ pub(super) fn plan(conn: &Connection, path: &Path, check: Check) -> Result<Plan>
 }
 
 /// The plan for one table.
-pub(super) fn table_plan(
-    conn: &Connection,
-    name: &str,
-    root: u32,
-    check: Check,
-) -> rusqlite::Result<Table> {
+fn table_plan(conn: &Connection, name: &str, root: u32, check: Check) -> rusqlite::Result<Table> {
     let quoted = quote(name);
     let columns: Vec<Column> = conn
         .prepare(&format!("PRAGMA table_xinfo({quoted})"))?
@@ -259,7 +255,7 @@ pub(super) fn table_plan(
 }
 
 /// The tests of each column of a table's rows, `None` when SQLite must run them.
-pub(super) fn row_rules(columns: &[Column], strict: bool, alias: Option<i64>) -> Option<Rows> {
+fn row_rules(columns: &[Column], strict: bool, alias: Option<i64>) -> Option<Rows> {
     let mut rules = Vec::with_capacity(columns.len());
     for (j, c) in columns.iter().enumerate() {
         // Stored in column order: without generated columns, field j is column j.
@@ -285,7 +281,7 @@ pub(super) fn row_rules(columns: &[Column], strict: bool, alias: Option<i64>) ->
 
 /// How the walk checks one index of a table, `None` when SQLite must.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn index_model(
+fn index_model(
     conn: &Connection,
     table: &str,
     columns: &[Column],
@@ -362,23 +358,23 @@ pub(super) fn index_model(
 }
 
 /// A column of a table, as `PRAGMA table_xinfo` lists it.
-pub(super) struct Column {
-    pub(super) cid: i64,
-    pub(super) name: String,
+struct Column {
+    cid: i64,
+    name: String,
     /// Its declared type, `""` for none.
-    pub(super) declared: String,
-    pub(super) not_null: bool,
+    declared: String,
+    not_null: bool,
     /// It has a DEFAULT clause.
-    pub(super) default: bool,
+    default: bool,
     /// Part of the primary key.
-    pub(super) pk: bool,
+    pk: bool,
     /// Generated (or a virtual table's hidden column).
-    pub(super) hidden: bool,
+    hidden: bool,
 }
 
 /// The column that is the rowid (an `INTEGER PRIMARY KEY`), asked of SQLite itself: reading it
 /// compiles to the `Rowid` opcode instead of `Column`.
-pub(super) fn rowid_alias(
+fn rowid_alias(
     conn: &Connection,
     table: &str,
     columns: &[Column],

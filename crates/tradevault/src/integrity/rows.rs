@@ -133,7 +133,7 @@ impl<'a> RowCheck<'a> {
     }
 
     pub(super) fn row(&mut self, rowid: i64, payload: &[u8]) -> Result<(), Why> {
-        let end = record(payload, &mut self.fields, usize::MAX)?;
+        let end = record(payload, &mut self.fields)?;
         if let Some(rows) = self.rows {
             self.test(rows, payload, end)?;
         }
@@ -178,7 +178,7 @@ impl<'a> RowCheck<'a> {
             let typed = match rule.kind {
                 Kind::Any => true,
                 Kind::NoNumber => bit & 0x03 == 0,
-                Kind::NoText => bit != 0x04 || !may_be_number(field.bytes(payload)?),
+                Kind::NoText => bit != 0x04 || !may_be_number(field.raw(payload)?),
                 Kind::Strict(mask) => bit & mask != 0,
             };
             if !typed {
@@ -268,7 +268,7 @@ impl<'a> IndexCheck<'a> {
 
     pub(super) fn entry(&mut self, payload: &[u8]) -> Result<(), Why> {
         // SQLite reads the rowid from the payload's last bytes: they must be the last field's.
-        if record(payload, &mut self.fields, usize::MAX)? != payload.len() {
+        if record(payload, &mut self.fields)? != payload.len() {
             return Err("an index entry has bytes past its rowid");
         }
         // SQLite's lookups read a header's varints as SQLite writes them, in fewest bytes (a

@@ -339,7 +339,7 @@ impl Walker<'_, '_> {
                 return Err("a page number is out of range");
             }
             self.pages
-                .read_at(first, 0, &mut pages[start * size..end * size])?;
+                .read_at(first, &mut pages[start * size..end * size])?;
             start = end;
         }
         Ok(())
@@ -395,7 +395,7 @@ impl Walker<'_, '_> {
                 into.extend_from_slice(&buf[4..4 + take]);
                 left -= take as u64;
             } else {
-                self.pages.read_at(next, 0, &mut buf)?;
+                self.pages.read_at(next, &mut buf)?;
             }
             next = be32(&buf, 0)?;
         }

@@ -40,14 +40,22 @@ pub(super) struct Field {
     pub(super) at: usize,
 }
 
-/// Parses a record's header into `fields`, at most `limit` of them; the fields' bytes must lie
-/// within the payload. Returns where the last field's bytes end.
+/// The length of a field of serial type `serial` (0 for the reserved types 10 and 11).
 #[inline]
-pub(super) fn record(
-    payload: &[u8],
-    fields: &mut Vec<Field>,
-    limit: usize,
-) -> std::result::Result<usize, Why> {
+fn serial_len(serial: u64) -> usize {
+    match serial {
+        0 | 8..=11 => 0,
+        1..=4 => serial as usize,
+        5 => 6,
+        6 | 7 => 8,
+        n => ((n - 12) / 2) as usize,
+    }
+}
+
+/// Parses a record's header into `fields`; the fields' bytes must lie within the payload.
+/// Returns where the last field's bytes end.
+#[inline]
+pub(super) fn record(payload: &[u8], fields: &mut Vec<Field>) -> std::result::Result<usize, Why> {
     fields.clear();
     let (header, mut pos) = varint(payload, 0)?;
     let header = usize::try_from(header).map_err(|_| "a record header is too long")?;
@@ -55,21 +63,16 @@ pub(super) fn record(
         return Err("a record header runs off its payload");
     }
     let mut body = header;
-    while pos < header && fields.len() < limit {
+    while pos < header {
         let (serial, n) = varint(payload, pos)?;
         pos += n;
-        let len = match serial {
-            0 | 8 | 9 => 0,
-            1..=4 => serial as usize,
-            5 => 6,
-            6 | 7 => 8,
-            10 | 11 => return Err("a record uses a reserved serial type"),
-            n => ((n - 12) / 2) as usize,
-        };
+        if matches!(serial, 10 | 11) {
+            return Err("a record uses a reserved serial type");
+        }
         fields.push(Field { serial, at: body });
-        body = body.saturating_add(len);
+        body = body.saturating_add(serial_len(serial));
     }
-    if (fields.len() < limit && pos != header) || body > payload.len() {
+    if pos != header || body > payload.len() {
         return Err("a record's fields run off its payload");
     }
     Ok(body)
@@ -95,27 +98,8 @@ impl Field {
     /// The field's bytes in the record.
     #[inline]
     pub(super) fn raw<'a>(&self, payload: &'a [u8]) -> std::result::Result<&'a [u8], Why> {
-        let len = match self.serial {
-            0 | 8..=11 => 0,
-            1..=4 => self.serial as usize,
-            5 => 6,
-            6 | 7 => 8,
-            n => ((n - 12) / 2) as usize,
-        };
         payload
-            .get(self.at..self.at + len)
-            .ok_or("a field runs off its record")
-    }
-
-    /// The bytes of a text or blob field.
-    pub(super) fn bytes<'a>(&self, payload: &'a [u8]) -> std::result::Result<&'a [u8], Why> {
-        let len = if self.serial >= 12 {
-            ((self.serial - 12) / 2) as usize
-        } else {
-            0
-        };
-        payload
-            .get(self.at..self.at + len)
+            .get(self.at..self.at + serial_len(self.serial))
             .ok_or("a field runs off its record")
     }
 
