@@ -720,8 +720,8 @@ impl Client {
         Ok(files)
     }
 
-    /// The header time of an object: its `litestream-timestamp` metadata (one HEAD), or its
-    /// LastModified when it has none.
+    /// The header time of an object: its `litestream-timestamp` metadata (one HEAD, remembered),
+    /// or its LastModified when it has none (asked again by each listing).
     async fn header_time(&self, meta: &ObjectMeta) -> Result<i64> {
         let action = format!("look up {}", meta.location);
         let head = self.store.get_opts(
@@ -737,7 +737,11 @@ impl Client {
             .get(&Attribute::Metadata(TIMESTAMP_METADATA.into()))
             .and_then(|v| v.parse::<jiff::Timestamp>().ok())
             .map(|t| t.as_millisecond());
-        let created_at_ms = stamped.unwrap_or_else(|| got.meta.last_modified.timestamp_millis());
+        let Some(created_at_ms) = stamped else {
+            // Not remembered: some servers (s3s-fs) show a new object before its metadata, so
+            // a missing stamp may only be early, and the next listing asks again.
+            return Ok(got.meta.last_modified.timestamp_millis());
+        };
         self.remember(
             meta.location.as_ref(),
             got.meta.size,
