@@ -24,13 +24,15 @@
 //! The walk never has the last word. Whatever it cannot model and whatever it finds wrong goes
 //! to SQLite, whose output is the result:
 //!
-//! - a table whose rows or indexes the walk cannot judge (CHECK constraints, expression
-//!   indexes, partial ones other than `WHERE column IS NOT NULL`, generated columns, `WITHOUT
-//!   ROWID`, other collations, a row it refuses) gets `PRAGMA integrity_check(TABLE)` (or
-//!   `quick_check`), while the walk still accounts for its pages;
+//! - a table whose rows or indexes the walk cannot judge (expression indexes, partial ones
+//!   other than `WHERE column IS NOT NULL`, generated columns, `WITHOUT ROWID`, other
+//!   collations, a row it refuses) gets `PRAGMA integrity_check(TABLE)` (or `quick_check`),
+//!   while the walk still accounts for its pages;
+//! - a table's CHECK constraints, which SQLite drops from a read-only schema, are read from its
+//!   definition and evaluated by a query over its rows ([`checks_job`]);
 //! - a file the walk cannot model (auto-vacuum, another text encoding, virtual tables, a header
 //!   that disagrees with the file's length) or finds a fault in gets SQLite's check of the whole
-//!   file.
+//!   file (on a connection that can write when a table has CHECK constraints).
 //!
 //! So every finding comes from SQLite, and the walk's `ok` must be as strong as SQLite's: it is
 //! stricter wherever that is simpler, and the tests compare its verdicts with SQLite's on many
@@ -46,7 +48,7 @@ mod value;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -55,7 +57,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-use self::plan::{Collation, Index, Plan, Table, plan, quote};
+use self::plan::{Collation, Constraints, Index, Plan, Table, plan, quote};
 use self::rows::{IndexCheck, RowCheck};
 use self::tree::{Claims, Walked};
 use self::value::{Field, Hasher, Value, be32, compare, record, varint};
@@ -157,7 +159,19 @@ fn whole(
             }
             Ok((rows, problems))
         });
-        (pragma_lines(conn, check.pragma(), None), rows.join())
+        // CHECK constraints need a connection that can write; if SQLite cannot evaluate them
+        // there (a function only the program that wrote the file defines), its read-only
+        // check, which skips them, is the verdict.
+        let mut lines = None;
+        if schema_has_checks(conn)
+            && let Ok(writable) = open_for_checks(path, wal_beside(path))
+        {
+            lines = pragma_lines(&writable, check.pragma(), None)
+                .ok()
+                .filter(|l| !failed(l, check));
+        }
+        let lines = lines.map_or_else(|| pragma_lines(conn, check.pragma(), None), Ok);
+        (lines, rows.join())
     });
     let mut problems = checked?;
     let (rows, more) = rows.map_err(|_| Error::Internal {
@@ -171,20 +185,78 @@ fn whole(
 /// Opens the file read-only and immutable (no `-wal` or `-shm` beside it), mapped: SQLite reads
 /// pages in place from the page cache instead of one `pread` per page.
 fn open(path: &Path) -> Result<Connection> {
-    let escaped = path
-        .display()
-        .to_string()
-        .replace('%', "%25")
-        .replace('?', "%3f")
-        .replace('#', "%23");
-    let uri = format!("file:{escaped}?immutable=1");
+    let uri = format!("file:{}?immutable=1", uri_path(path));
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(&uri, flags)
         .map_err(|e| Error::sqlite("open database to check", e))?;
-    let len = std::fs::metadata(path).map_or(0, |m| i64::try_from(m.len()).unwrap_or(i64::MAX));
-    conn.pragma_update(None, "mmap_size", len)
+    conn.pragma_update(None, "mmap_size", file_len(path))
         .map_err(|e| Error::sqlite("map database to check", e))?;
     Ok(conn)
+}
+
+/// `path` as the path of a `file:` URI.
+fn uri_path(path: &Path) -> String {
+    path.display()
+        .to_string()
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23")
+}
+
+fn file_len(path: &Path) -> i64 {
+    std::fs::metadata(path).map_or(0, |m| i64::try_from(m.len()).unwrap_or(i64::MAX))
+}
+
+/// A connection whose checks run CHECK constraints: SQLite drops them from the schema of a
+/// database it cannot write, so this one opens the file for writing, though nothing writes
+/// (`query_only`). A database in WAL mode gets a `-wal` and `-shm` beside it while the connection
+/// is open, removed when it closes (the file itself is left as it was). A WAL already there would
+/// be read as part of the database: then, or if the file cannot be opened for writing, the
+/// read-only connection is used and CHECK constraints go untested (as `PRAGMA integrity_check`
+/// leaves them on a read-only file).
+fn open_for_checks(path: &Path, wal_beside: bool) -> Result<Connection> {
+    let writable = if wal_beside {
+        Err("a WAL is beside it".to_owned())
+    } else {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI;
+        Connection::open_with_flags(format!("file:{}", uri_path(path)), flags)
+            .and_then(|c| {
+                c.pragma_update(None, "query_only", true)?;
+                c.pragma_update(None, "mmap_size", file_len(path))?;
+                // SQLite opens the file, and a WAL-mode file's `-wal`, at the first read.
+                c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+                Ok(c)
+            })
+            .map_err(|e| e.to_string())
+    };
+    writable.or_else(|why| {
+        tracing::warn!(path = %path.display(), why, "CHECK constraints not tested: the file cannot be opened for writing");
+        open(path)
+    })
+}
+
+/// Whether a WAL lies beside the file, before the check's own connections make one.
+fn wal_beside(path: &Path) -> bool {
+    PathBuf::from(format!("{}-wal", path.display())).exists()
+}
+
+/// Whether any table of the schema has CHECK constraints.
+fn schema_has_checks(conn: &Connection) -> bool {
+    conn.prepare("SELECT sql FROM sqlite_schema WHERE type = 'table'")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get::<_, Option<String>>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .is_ok_and(|sqls| {
+            sqls.iter()
+                .flatten()
+                .any(|sql| plan::check_constraints(sql) != Constraints::None)
+        })
+}
+
+/// Whether `lines` are [`pragma_lines`]'s account of a pragma that could not run.
+fn failed(lines: &[String], check: Check) -> bool {
+    matches!(lines, [line] if line.starts_with(&format!("{} failed: ", check.pragma())))
 }
 
 /// The lines of `PRAGMA <pragma>`, or of `PRAGMA <pragma>('table')`; empty for `ok`. A database
@@ -214,6 +286,8 @@ enum Job {
     Freelist,
     /// SQLite's check of a table.
     Sqlite(usize, Check),
+    /// A table's CHECK constraints.
+    Checks(usize),
 }
 
 /// What a job found; `Err` is a fault in the file's structure.
@@ -222,6 +296,7 @@ enum Done {
     Tree(std::result::Result<Walked, Why>, Option<Sum>, Vec<Sum>),
     Freelist(std::result::Result<(), Why>),
     Sqlite(Result<Vec<String>>),
+    Checks(Result<Vec<String>>),
 }
 
 /// What the walk of a whole file found.
@@ -253,6 +328,9 @@ fn walk(path: &Path, plan: &Plan, check: Check) -> std::result::Result<Walk, Why
         if let Some(c) = table.sqlite(check) {
             jobs.push((2 * size, Job::Sqlite(t, c)));
         }
+        if matches!(table.constraints, Constraints::Checks(_)) {
+            jobs.push((size, Job::Checks(t)));
+        }
     }
     jobs.push((0, Job::Freelist));
     jobs.sort_by_key(|(size, _)| std::cmp::Reverse(*size));
@@ -262,13 +340,15 @@ fn walk(path: &Path, plan: &Plan, check: Check) -> std::result::Result<Walk, Why
         Job::Index(t, i) => index_job(&pages, &claims, &plan.tables[t], i, check, seed),
         Job::Freelist => Done::Freelist(tree::freelist(&pages, &claims, free_first, free_total)),
         Job::Sqlite(t, c) => sqlite_job(conn, &plan.tables[t], c),
+        Job::Checks(t) => checks_job(conn, &plan.tables[t]),
     })?;
 
     // Any fault in the structure, or a page nobody owns: SQLite describes the file.
     let mut trees: BTreeMap<(usize, Option<usize>), (Walked, Option<Sum>, Vec<Sum>)> =
         BTreeMap::new();
-    // SQLite's lines, by table.
+    // SQLite's lines, by table, and for CHECK constraints.
     let mut said = BTreeMap::new();
+    let mut constraints = Vec::new();
     for (job, done) in jobs.iter().zip(done) {
         match (job, done) {
             (Job::Table(t), Done::Tree(walked, sum, sums)) => {
@@ -280,6 +360,9 @@ fn walk(path: &Path, plan: &Plan, check: Check) -> std::result::Result<Walk, Why
             (Job::Freelist, Done::Freelist(freed)) => freed?,
             (Job::Sqlite(t, _), Done::Sqlite(lines)) => {
                 said.insert(*t, lines.map_err(|_| "SQLite could not check a table")?);
+            }
+            (Job::Checks(_), Done::Checks(lines)) => {
+                constraints.extend(lines.map_err(|_| "SQLite could not check a table")?);
             }
             _ => return Err("a job's result went astray"),
         }
@@ -336,6 +419,7 @@ fn walk(path: &Path, plan: &Plan, check: Check) -> std::result::Result<Walk, Why
         }
     }
     let mut problems: Vec<String> = said.into_values().flatten().collect();
+    problems.extend(constraints);
     problems.truncate(MAX_PROBLEMS);
     Ok(Walk {
         problems,
@@ -352,11 +436,17 @@ where
 {
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
+    let wal_beside = wal_beside(path);
     let done: Vec<Mutex<Option<Done>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|s| {
         for _ in 0..THREADS.min(jobs.len()) {
             s.spawn(|| {
-                let mut conn = Lazy { path, conn: None };
+                let mut conn = Lazy {
+                    path,
+                    conn: None,
+                    writable: None,
+                    wal_beside,
+                };
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= jobs.len() || stop.load(Ordering::Relaxed) {
@@ -365,7 +455,10 @@ where
                     let d = work(jobs[i], &mut conn);
                     if matches!(
                         d,
-                        Done::Tree(Err(_), ..) | Done::Freelist(Err(_)) | Done::Sqlite(Err(_))
+                        Done::Tree(Err(_), ..)
+                            | Done::Freelist(Err(_))
+                            | Done::Sqlite(Err(_))
+                            | Done::Checks(Err(_))
                     ) {
                         stop.store(true, Ordering::Relaxed);
                     }
@@ -382,7 +475,9 @@ where
     for d in done.iter().flatten() {
         match d {
             Done::Tree(Err(why), ..) | Done::Freelist(Err(why)) => return Err(why),
-            Done::Sqlite(Err(_)) => return Err("SQLite could not check a table"),
+            Done::Sqlite(Err(_)) | Done::Checks(Err(_)) => {
+                return Err("SQLite could not check a table");
+            }
             _ => {}
         }
     }
@@ -391,14 +486,24 @@ where
         .collect()
 }
 
-/// A thread's connection for SQLite's checks, opened when first needed.
+/// A thread's connections for SQLite's checks, each opened when first needed.
 struct Lazy<'p> {
     path: &'p Path,
     conn: Option<Connection>,
+    /// For tables with CHECK constraints (see [`open_for_checks`]).
+    writable: Option<Connection>,
+    /// A WAL was beside the file before the check began.
+    wal_beside: bool,
 }
 
 impl Lazy<'_> {
-    fn get(&mut self) -> Result<&Connection> {
+    fn get(&mut self, checks: bool) -> Result<&Connection> {
+        if checks {
+            if self.writable.is_none() {
+                self.writable = Some(open_for_checks(self.path, self.wal_beside)?);
+            }
+            return Ok(self.writable.as_ref().expect("just opened"));
+        }
         if self.conn.is_none() {
             self.conn = Some(open(self.path)?);
         }
@@ -408,10 +513,50 @@ impl Lazy<'_> {
 
 /// SQLite's check of one table.
 fn sqlite_job(conn: &mut Lazy<'_>, table: &Table, check: Check) -> Done {
-    Done::Sqlite(
-        conn.get()
-            .and_then(|conn| pragma_lines(conn, check.pragma(), Some(&table.name))),
-    )
+    let lines = |conn: &mut Lazy<'_>, writable| {
+        conn.get(writable)
+            .and_then(|conn| pragma_lines(conn, check.pragma(), Some(&table.name)))
+    };
+    if table.constraints == Constraints::Unreadable {
+        // As in [`whole`]: constraints SQLite cannot evaluate go untested.
+        match lines(conn, true) {
+            Ok(l) if failed(&l, check) => {}
+            done => return Done::Sqlite(done),
+        }
+    }
+    Done::Sqlite(lines(conn, false))
+}
+
+/// A table's CHECK constraints, evaluated over its rows: SQLite's line for each row where one is
+/// false. Constraints SQLite cannot evaluate (a function only the program that wrote the file
+/// defines) go untested, as on a read-only file.
+fn checks_job(conn: &mut Lazy<'_>, table: &Table) -> Done {
+    let Constraints::Checks(exprs) = &table.constraints else {
+        return Done::Checks(Ok(Vec::new()));
+    };
+    let failing: Vec<String> = exprs.iter().map(|e| format!("NOT ({e})")).collect();
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE {}",
+        quote(&table.name),
+        failing.join(" OR ")
+    );
+    let conn = match conn.get(false) {
+        Ok(c) => c,
+        Err(e) => return Done::Checks(Err(e)),
+    };
+    match conn.query_row(&sql, [], |r| r.get::<_, i64>(0)) {
+        Ok(n) => {
+            let line = format!("CHECK constraint failed in {}", table.name);
+            Done::Checks(Ok(vec![
+                line;
+                usize::try_from(n).unwrap_or(0).min(MAX_PROBLEMS)
+            ]))
+        }
+        Err(e) => {
+            tracing::warn!(table = %table.name, error = %e, "CHECK constraints not tested: SQLite cannot evaluate them");
+            Done::Checks(Ok(Vec::new()))
+        }
+    }
 }
 
 /// Walks a table's tree: its rows checked and its indexes' keys summed when the walk judges it.

@@ -33,6 +33,19 @@ pub(super) struct Table {
     /// How its rows are checked; `None`: SQLite checks them.
     pub(super) rows: Option<Rows>,
     pub(super) indexes: Vec<IndexTree>,
+    /// Its CHECK constraints (SQLite drops them from a read-only database's schema).
+    pub(super) constraints: Constraints,
+}
+
+/// A table's CHECK constraints, read from its definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Constraints {
+    None,
+    /// Their expressions, evaluated by a query over the table.
+    Checks(Vec<String>),
+    /// A definition the scan cannot read to its end: SQLite checks the table on a connection
+    /// that can write.
+    Unreadable,
 }
 
 /// An index's b-tree.
@@ -47,14 +60,14 @@ pub(super) struct IndexTree {
 
 impl Table {
     /// What SQLite must check of this table alone: nothing, its rows (`quick_check`: rows whose
-    /// column rules the walk cannot read, such as an unknown STRICT type), or everything (the
-    /// check asked for).
+    /// column rules the walk cannot read, such as an unknown STRICT type, or CHECK constraints),
+    /// or everything (the check asked for).
     pub(super) fn sqlite(&self, check: Check) -> Option<Check> {
         if !self.modelled
             || (check == Check::Integrity && self.indexes.iter().any(|i| i.model.is_none()))
         {
             Some(check)
-        } else if self.rows.is_none() {
+        } else if self.rows.is_none() || self.constraints == Constraints::Unreadable {
             Some(Check::Quick)
         } else {
             None
@@ -134,6 +147,7 @@ pub(super) fn plan(conn: &Connection, path: &Path, check: Check) -> Result<Plan>
             rowid: None,
         }),
         indexes: Vec::new(),
+        constraints: Constraints::None,
     });
     // Every table with a b-tree, SQLite's own (`sqlite_sequence`, `sqlite_stat1`) included.
     let all: Vec<(String, u32)> = conn
@@ -200,8 +214,6 @@ fn table_plan(conn: &Connection, name: &str, root: u32, check: Check) -> rusqlit
     };
     // Generated columns are not stored where the walk would look for them.
     let modelled = !without_rowid && !columns.iter().any(|c| c.hidden);
-    // CHECK constraints need no test: SQLite drops them from the schema of a read-only
-    // database, so its own check of one never runs them either.
     let rows = if modelled {
         row_rules(&columns, strict, alias)
     } else {
@@ -244,6 +256,14 @@ fn table_plan(conn: &Connection, name: &str, root: u32, check: Check) -> rusqlit
             model,
         });
     }
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
     Ok(Table {
         name: name.to_owned(),
         root,
@@ -251,7 +271,121 @@ fn table_plan(conn: &Connection, name: &str, root: u32, check: Check) -> rusqlit
         modelled,
         rows,
         indexes,
+        constraints: sql.as_deref().map_or(Constraints::None, check_constraints),
     })
+}
+
+/// The CHECK constraints of a `CREATE TABLE` statement: the parenthesized expression after each
+/// `CHECK` keyword outside quotes and comments (the keyword is reserved: never a bare name).
+pub(super) fn check_constraints(sql: &str) -> Constraints {
+    let b = sql.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    let mut exprs = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match opaque(b, i) {
+            Some(Some(end)) => {
+                i = end;
+                continue;
+            }
+            Some(None) => return Constraints::Unreadable,
+            None => {}
+        }
+        if !word(b[i]) {
+            i += 1;
+            continue;
+        }
+        let end = b[i..]
+            .iter()
+            .position(|c| !word(*c))
+            .map_or(b.len(), |n| i + n);
+        let keyword = b[i..end].eq_ignore_ascii_case(b"check");
+        i = end;
+        if !keyword {
+            continue;
+        }
+        // Its expression: between the parenthesis after it (past spaces and comments) and the
+        // one that closes it.
+        let mut j = end;
+        while j < b.len() {
+            if b[j].is_ascii_whitespace() {
+                j += 1;
+            } else if b[j..].starts_with(b"--") || b[j..].starts_with(b"/*") {
+                j = opaque(b, j).flatten().unwrap_or(b.len());
+            } else {
+                break;
+            }
+        }
+        if b.get(j) != Some(&b'(') {
+            return Constraints::Unreadable;
+        }
+        let (open, mut depth) = (j, 0usize);
+        loop {
+            match opaque(b, j) {
+                Some(Some(next)) => {
+                    j = next;
+                    continue;
+                }
+                Some(None) => return Constraints::Unreadable,
+                None => {}
+            }
+            match b.get(j) {
+                None => return Constraints::Unreadable,
+                Some(b'(') => depth += 1,
+                Some(b')') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                Some(_) => {}
+            }
+            j += 1;
+        }
+        exprs.push(sql[open + 1..j].to_owned());
+        i = j + 1;
+    }
+    if exprs.is_empty() {
+        Constraints::None
+    } else {
+        Constraints::Checks(exprs)
+    }
+}
+
+/// Where the quoted text or comment that starts at `i` ends (`Some(None)`: it never does),
+/// `None` if none starts there. A doubled quote inside quoted text is read as two texts.
+fn opaque(b: &[u8], i: usize) -> Option<Option<usize>> {
+    let close = match b.get(i)? {
+        b'\'' => b'\'',
+        b'"' => b'"',
+        b'`' => b'`',
+        b'[' => b']',
+        b'-' if b.get(i + 1) == Some(&b'-') => {
+            // To the end of the line, or of the text.
+            return Some(Some(
+                b[i..]
+                    .iter()
+                    .position(|c| *c == b'\n')
+                    .map_or(b.len(), |n| i + n + 1),
+            ));
+        }
+        b'/' if b.get(i + 1) == Some(&b'*') => {
+            // SQLite ends an unterminated comment at the end of the text.
+            return Some(Some(
+                b[i + 2..]
+                    .windows(2)
+                    .position(|w| w == b"*/")
+                    .map_or(b.len(), |n| i + n + 4),
+            ));
+        }
+        _ => return None,
+    };
+    Some(
+        b[i + 1..]
+            .iter()
+            .position(|c| *c == close)
+            .map(|n| i + n + 2),
+    )
 }
 
 /// The tests of each column of a table's rows, `None` when SQLite must run them.

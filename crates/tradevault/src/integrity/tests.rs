@@ -1,13 +1,18 @@
 //! The check against SQLite's own verdicts.
 
-use super::plan::{Plan, not_null_column, plan};
+use super::plan::{Constraints, Plan, not_null_column, plan};
 use super::value::{Hasher, Value, compare, int_real};
 use super::*;
 
-/// SQLite's own `integrity_check`, lines, empty for `ok`.
+/// SQLite's own `integrity_check`, lines, empty for `ok`, on a connection that can write (one
+/// that cannot skips CHECK constraints).
 fn sqlite_says(path: &Path) -> Vec<String> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    pragma_lines(&conn, "integrity_check", None).unwrap()
+    pragma_lines(&writable(path), "integrity_check", None).unwrap()
+}
+
+/// A connection to an existing file that can write, as `sqlite3 FILE` opens it.
+fn writable(path: &Path) -> Connection {
+    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap()
 }
 
 /// What the walk says of each table whose indexes it judges, by name: its rows, or why it
@@ -328,33 +333,150 @@ fn crafted_files_get_sqlite_s_verdict() {
     }
 }
 
-/// SQLite drops CHECK constraints from a read-only database's schema (its check of one never
-/// runs them), and the walk, which checks files nothing writes, agrees.
+/// SQLite drops CHECK constraints from the schema of a database it cannot write, so its check
+/// of a read-only file never runs them; the check runs them as `sqlite3 FILE` would, on a
+/// connection that can write, and leaves the file and its directory as they were.
 #[test]
-fn check_constraints_are_judged_as_sqlite_judges_a_read_only_file() {
+fn check_constraints_are_tested_as_a_writable_connection_tests_them() {
+    for wal in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let conn = Connection::open(&path).unwrap();
+        if wal {
+            conn.pragma_update(None, "journal_mode", "wal").unwrap();
+        }
+        conn.execute_batch(
+            "CREATE TABLE t(a TEXT, b INT); CREATE INDEX i ON t(b);
+             CREATE TABLE u(id INTEGER PRIMARY KEY, side TEXT NOT NULL);
+             INSERT INTO t VALUES ('x', 5), ('y', 50), ('z', 70), ('w', NULL);
+             INSERT INTO u(side) VALUES ('B'), ('S'), ('X');",
+        )
+        .unwrap();
+        conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+            .unwrap();
+        drop(conn);
+        redefine(&path, "t", "CREATE TABLE t(a TEXT, b INT CHECK (b < 10))");
+        // A table constraint, with the keyword in other cases, a quoted name and a comment.
+        redefine(
+            &path,
+            "u",
+            "CREATE TABLE u(id INTEGER PRIMARY KEY, \"side\" TEXT NOT NULL, -- 'B' or 'S'\n \
+             constraint side_known cHeCk (side IN ('B', 'S')))",
+        );
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+            .unwrap();
+        drop(conn);
+        std::fs::remove_file(dir.path().join("c.db-wal")).ok();
+        std::fs::remove_file(dir.path().join("c.db-shm")).ok();
+        let before = std::fs::read(&path).unwrap();
+        let read_only = pragma_lines(&open(&path).unwrap(), "quick_check", None).unwrap();
+        assert_eq!(
+            read_only,
+            Vec::<String>::new(),
+            "read-only SQLite skips them"
+        );
+        for mode in [Check::Quick, Check::Integrity] {
+            let mut sqlite = pragma_lines(&writable(&path), mode.pragma(), None).unwrap();
+            sqlite.sort();
+            assert_eq!(
+                sqlite,
+                [
+                    "CHECK constraint failed in t",
+                    "CHECK constraint failed in t",
+                    "CHECK constraint failed in u"
+                ]
+            );
+            let mut ours = check(&path, mode, false).unwrap().problems;
+            ours.sort();
+            assert_eq!(ours, sqlite, "wal {wal} {mode:?}");
+            // SQLite's whole check, where the walk cannot go, runs them too.
+            let conn = open(&path).unwrap();
+            let mut whole = whole(&path, &conn, mode, None).unwrap().problems;
+            whole.sort();
+            assert_eq!(whole, sqlite, "wal {wal} {mode:?}");
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the file is unchanged"
+        );
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["c.db"], "wal {wal}");
+    }
+}
+
+#[test]
+fn check_constraints_are_read_from_a_definition() {
+    use super::plan::check_constraints;
+    let checks = |e: &[&str]| Constraints::Checks(e.iter().map(|s| s.to_string()).collect());
+    for (sql, found) in [
+        ("CREATE TABLE t(a INT CHECK (a > 0))", checks(&["a > 0"])),
+        (
+            "CREATE TABLE t(a INT, CONSTRAINT c check(a IN (1, (2))), b CHECK/**/(b))",
+            checks(&["a IN (1, (2))", "b"]),
+        ),
+        ("CREATE TABLE t(a INT,CHECK(a>0))", checks(&["a>0"])),
+        (
+            "CREATE TABLE t(a TEXT CHECK (a <> ')' -- )\n AND a <> \"(\"))",
+            checks(&["a <> ')' -- )\n AND a <> \"(\""]),
+        ),
+        (
+            "CREATE TABLE checked(checks INT, \"check\" TEXT, [check] INT, `check` INT)",
+            Constraints::None,
+        ),
+        (
+            "CREATE TABLE t(a TEXT DEFAULT 'check (a)') -- check (a)",
+            Constraints::None,
+        ),
+        (
+            "CREATE TABLE t(a TEXT DEFAULT 'it''s' /* check (a) */, b)",
+            Constraints::None,
+        ),
+        (
+            "CREATE TABLE t(a TEXT DEFAULT 'it''s', b CHECK (b))",
+            checks(&["b"]),
+        ),
+        // Text the scan cannot read to its end: SQLite checks the table.
+        (
+            "CREATE TABLE t(a TEXT DEFAULT 'open",
+            Constraints::Unreadable,
+        ),
+        ("CREATE TABLE t(a CHECK (a > (0)", Constraints::Unreadable),
+        ("CREATE TABLE t(a CHECK a > 0)", Constraints::Unreadable),
+    ] {
+        assert_eq!(check_constraints(sql), found, "{sql}");
+    }
+}
+
+/// A CHECK constraint calling a function only the program that wrote the file defines: SQLite
+/// cannot evaluate it, and it goes untested (as on a read-only file) rather than refusing a
+/// sound file.
+#[test]
+fn check_constraints_sqlite_cannot_evaluate_go_untested() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.db");
     let conn = Connection::open(&path).unwrap();
-    conn.execute_batch(
-        "CREATE TABLE t(a TEXT, b INT); CREATE INDEX i ON t(b);
-         INSERT INTO t VALUES ('x', 5), ('y', 50);",
-    )
-    .unwrap();
+    conn.execute_batch("CREATE TABLE t(a TEXT, b INT); INSERT INTO t VALUES ('x', 5);")
+        .unwrap();
     drop(conn);
-    redefine(&path, "t", "CREATE TABLE t(a TEXT, b INT CHECK (b < 10))");
-    let writable = Connection::open(&path).unwrap();
-    assert_eq!(
-        pragma_lines(&writable, "quick_check", None).unwrap(),
-        ["CHECK constraint failed in t"]
+    redefine(
+        &path,
+        "t",
+        "CREATE TABLE t(a TEXT, b INT CHECK (app_rule(b)))",
     );
-    drop(writable);
     for mode in [Check::Quick, Check::Integrity] {
         assert_eq!(
-            pragma_lines(&open(&path).unwrap(), mode.pragma(), None).unwrap(),
+            check(&path, mode, false).unwrap().problems,
             Vec::<String>::new()
         );
+        let conn = open(&path).unwrap();
         assert_eq!(
-            check(&path, mode, false).unwrap().problems,
+            whole(&path, &conn, mode, None).unwrap().problems,
             Vec::<String>::new()
         );
     }
@@ -666,9 +788,7 @@ fn random_damage_gets_the_same_verdict_as_sqlite() {
         let path = dir.path().join(format!("d{round}.db"));
         std::fs::write(&path, &damaged).unwrap();
         for mode in [Check::Integrity, Check::Quick] {
-            let conn =
-                Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-            let sqlite = pragma_lines(&conn, mode.pragma(), None).unwrap();
+            let sqlite = pragma_lines(&writable(&path), mode.pragma(), None).unwrap();
             let ours = check(&path, mode, false).unwrap();
             assert_eq!(
                 ours.problems.is_empty(),

@@ -101,6 +101,10 @@ pub fn create_staging(
                 Ok(()) => {
                     tracing::info!(path = %staging.display(), "taking over the staging file of a restore that stopped");
                     f.set_len(0).map_err(io)?;
+                    // What the check's SQLite connections leave when killed (empty: they never write).
+                    for suffix in ["-wal", "-shm"] {
+                        let _ = std::fs::remove_file(format!("{}{suffix}", staging.display()));
+                    }
                     return Ok((staging, f));
                 }
                 Err(TryLockError::WouldBlock) => {
