@@ -160,15 +160,15 @@ fn whole(
             Ok((rows, problems))
         });
         // CHECK constraints need a connection that can write; if SQLite cannot evaluate them
-        // there (a function only the program that wrote the file defines), its read-only
-        // check, which skips them, is the verdict.
+        // there for want of a function (one only the program that wrote the file defines), its
+        // read-only check, which skips them, is the verdict.
         let mut lines = None;
         if schema_has_checks(conn)
-            && let Ok(writable) = open_for_checks(path, wal_beside(path))
+            && let Ok(writable) = open_for_checks(path, beside(path))
         {
             lines = pragma_lines(&writable, check.pragma(), None)
                 .ok()
-                .filter(|l| !failed(l, check));
+                .filter(|l| !unknown_function(l, check));
         }
         let lines = lines.map_or_else(|| pragma_lines(conn, check.pragma(), None), Ok);
         (lines, rows.join())
@@ -210,22 +210,39 @@ fn file_len(path: &Path) -> i64 {
 /// A connection whose checks run CHECK constraints: SQLite drops them from the schema of a
 /// database it cannot write, so this one opens the file for writing, though nothing writes
 /// (`query_only`). A database in WAL mode gets a `-wal` and `-shm` beside it while the connection
-/// is open, removed when it closes (the file itself is left as it was). A WAL already there would
-/// be read as part of the database: then, or if the file cannot be opened for writing, the
-/// read-only connection is used and CHECK constraints go untested (as `PRAGMA integrity_check`
-/// leaves them on a read-only file).
-fn open_for_checks(path: &Path, wal_beside: bool) -> Result<Connection> {
-    let writable = if wal_beside {
-        Err("a WAL is beside it".to_owned())
+/// is open, removed when it closes (the file itself is left as it was). A `-wal` or `-shm`
+/// already there would be read as part of the database, a `-journal` rolled back into it: then
+/// (`beside`), or if the file cannot be opened for writing, the read-only connection is used
+/// and CHECK constraints go untested (as `PRAGMA integrity_check` leaves them on a read-only
+/// file).
+fn open_for_checks(path: &Path, beside: Option<PathBuf>) -> Result<Connection> {
+    let writable = if let Some(file) = beside {
+        Err(format!("{} is beside it", file.display()))
     } else {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI;
         Connection::open_with_flags(format!("file:{}", uri_path(path)), flags)
             .and_then(|c| {
                 c.pragma_update(None, "query_only", true)?;
                 c.pragma_update(None, "mmap_size", file_len(path))?;
-                // SQLite opens the file, and a WAL-mode file's `-wal`, at the first read.
-                c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
-                Ok(c)
+                // SQLite opens the file, and a WAL-mode file's `-wal`, at the first read. A
+                // schema it cannot read now (a CHECK naming no column) is for the check to
+                // report, on this connection.
+                match c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
+                    Err(e)
+                        if matches!(
+                            e.sqlite_error_code(),
+                            Some(
+                                rusqlite::ErrorCode::CannotOpen
+                                    | rusqlite::ErrorCode::ReadOnly
+                                    | rusqlite::ErrorCode::PermissionDenied
+                                    | rusqlite::ErrorCode::SystemIoFailure
+                            )
+                        ) =>
+                    {
+                        Err(e)
+                    }
+                    _ => Ok(c),
+                }
             })
             .map_err(|e| e.to_string())
     };
@@ -235,9 +252,13 @@ fn open_for_checks(path: &Path, wal_beside: bool) -> Result<Connection> {
     })
 }
 
-/// Whether a WAL lies beside the file, before the check's own connections make one.
-fn wal_beside(path: &Path) -> bool {
-    PathBuf::from(format!("{}-wal", path.display())).exists()
+/// A file SQLite would read or roll back with the database if opened for writing (`-wal`,
+/// `-shm`, `-journal`), looked for before the check's own connections make any.
+fn beside(path: &Path) -> Option<PathBuf> {
+    ["-wal", "-shm", "-journal"]
+        .iter()
+        .map(|suffix| PathBuf::from(format!("{}{suffix}", path.display())))
+        .find(|p| p.exists())
 }
 
 /// Whether any table of the schema has CHECK constraints.
@@ -254,9 +275,16 @@ fn schema_has_checks(conn: &Connection) -> bool {
         })
 }
 
-/// Whether `lines` are [`pragma_lines`]'s account of a pragma that could not run.
-fn failed(lines: &[String], check: Check) -> bool {
-    matches!(lines, [line] if line.starts_with(&format!("{} failed: ", check.pragma())))
+/// Whether `lines` are [`pragma_lines`]'s account of a pragma that could not run for want of a
+/// function (one only the program that wrote the file defines, in a CHECK constraint).
+fn unknown_function(lines: &[String], check: Check) -> bool {
+    matches!(lines, [line] if line.starts_with(&format!("{} failed: ", check.pragma()))
+        && missing_function(line))
+}
+
+/// SQLite's message for a function it does not know (older and newer wordings).
+fn missing_function(message: &str) -> bool {
+    message.contains("no such function") || message.contains("unknown function")
 }
 
 /// The lines of `PRAGMA <pragma>`, or of `PRAGMA <pragma>('table')`; empty for `ok`. A database
@@ -436,7 +464,7 @@ where
 {
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
-    let wal_beside = wal_beside(path);
+    let beside = beside(path);
     let done: Vec<Mutex<Option<Done>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|s| {
         for _ in 0..THREADS.min(jobs.len()) {
@@ -445,7 +473,7 @@ where
                     path,
                     conn: None,
                     writable: None,
-                    wal_beside,
+                    beside: beside.clone(),
                 };
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -493,14 +521,14 @@ struct Lazy<'p> {
     /// For tables with CHECK constraints (see [`open_for_checks`]).
     writable: Option<Connection>,
     /// A WAL was beside the file before the check began.
-    wal_beside: bool,
+    beside: Option<PathBuf>,
 }
 
 impl Lazy<'_> {
     fn get(&mut self, checks: bool) -> Result<&Connection> {
         if checks {
             if self.writable.is_none() {
-                self.writable = Some(open_for_checks(self.path, self.wal_beside)?);
+                self.writable = Some(open_for_checks(self.path, self.beside.clone())?);
             }
             return Ok(self.writable.as_ref().expect("just opened"));
         }
@@ -520,23 +548,26 @@ fn sqlite_job(conn: &mut Lazy<'_>, table: &Table, check: Check) -> Done {
     if table.constraints == Constraints::Unreadable {
         // As in [`whole`]: constraints SQLite cannot evaluate go untested.
         match lines(conn, true) {
-            Ok(l) if failed(&l, check) => {}
+            Ok(l) if unknown_function(&l, check) => {}
             done => return Done::Sqlite(done),
         }
     }
     Done::Sqlite(lines(conn, false))
 }
 
-/// A table's CHECK constraints, evaluated over its rows: SQLite's line for each row where one is
-/// false. Constraints SQLite cannot evaluate (a function only the program that wrote the file
-/// defines) go untested, as on a read-only file.
+/// A table's CHECK constraints, evaluated over its rows (read from the table itself, never from
+/// an index `quick_check` did not compare with it): SQLite's line for each row where one is
+/// false. An expression SQLite cannot prepare, or that fails on a row (an integer overflow,
+/// malformed JSON), is a problem as it is for SQLite's own check; only constraints calling a
+/// function SQLite does not know (one only the program that wrote the file defines) go
+/// untested, as on a read-only file.
 fn checks_job(conn: &mut Lazy<'_>, table: &Table) -> Done {
     let Constraints::Checks(exprs) = &table.constraints else {
         return Done::Checks(Ok(Vec::new()));
     };
     let failing: Vec<String> = exprs.iter().map(|e| format!("NOT ({e})")).collect();
     let sql = format!(
-        "SELECT count(*) FROM {} WHERE {}",
+        "SELECT count(*) FROM {} NOT INDEXED WHERE {}",
         quote(&table.name),
         failing.join(" OR ")
     );
@@ -544,19 +575,29 @@ fn checks_job(conn: &mut Lazy<'_>, table: &Table) -> Done {
         Ok(c) => c,
         Err(e) => return Done::Checks(Err(e)),
     };
-    match conn.query_row(&sql, [], |r| r.get::<_, i64>(0)) {
-        Ok(n) => {
-            let line = format!("CHECK constraint failed in {}", table.name);
-            Done::Checks(Ok(vec![
-                line;
-                usize::try_from(n).unwrap_or(0).min(MAX_PROBLEMS)
-            ]))
+    let mut statement = match conn.prepare(&sql) {
+        Ok(s) => s,
+        Err(e) if missing_function(&e.to_string()) => {
+            tracing::warn!(table = %table.name, error = %e, "CHECK constraints not tested: SQLite does not know a function they call");
+            return Done::Checks(Ok(Vec::new()));
         }
         Err(e) => {
-            tracing::warn!(table = %table.name, error = %e, "CHECK constraints not tested: SQLite cannot evaluate them");
-            Done::Checks(Ok(Vec::new()))
+            return Done::Checks(Ok(vec![format!(
+                "CHECK constraints of {} cannot be read: {e}",
+                table.name
+            )]));
         }
-    }
+    };
+    Done::Checks(Ok(match statement.query_row([], |r| r.get::<_, i64>(0)) {
+        Ok(n) => vec![
+            format!("CHECK constraint failed in {}", table.name);
+            usize::try_from(n).unwrap_or(0).min(MAX_PROBLEMS)
+        ],
+        Err(e) => vec![format!(
+            "CHECK constraints of {} failed to run: {e}",
+            table.name
+        )],
+    }))
 }
 
 /// Walks a table's tree: its rows checked and its indexes' keys summed when the walk judges it.

@@ -278,6 +278,8 @@ fn table_plan(conn: &Connection, name: &str, root: u32, check: Check) -> rusqlit
 /// The CHECK constraints of a `CREATE TABLE` statement: the parenthesized expression after each
 /// `CHECK` keyword outside quotes and comments (the keyword is reserved: never a bare name).
 pub(super) fn check_constraints(sql: &str) -> Constraints {
+    // SQLite reads a statement up to a NUL.
+    let sql = sql.split('\0').next().unwrap_or_default();
     let b = sql.as_bytes();
     let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
     let mut exprs = Vec::new();

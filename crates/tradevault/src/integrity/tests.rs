@@ -448,6 +448,8 @@ fn check_constraints_are_read_from_a_definition() {
         ),
         ("CREATE TABLE t(a CHECK (a > (0)", Constraints::Unreadable),
         ("CREATE TABLE t(a CHECK a > 0)", Constraints::Unreadable),
+        // SQLite reads a statement up to a NUL.
+        ("CREATE TABLE t(a)\0CHECK (a > 0)", Constraints::None),
     ] {
         assert_eq!(check_constraints(sql), found, "{sql}");
     }
@@ -890,4 +892,83 @@ fn values_compare_and_hash_as_sqlite_looks_them_up() {
         compare(&Value::Text(b"ab "), &Value::Text(b"ab"), Collation::Binary),
         Greater
     );
+}
+
+/// A review's files where the first version said ok and `sqlite3 FILE` did not: a CHECK that
+/// fails on a row (an integer overflow, malformed JSON), one naming a column the table lacks
+/// (SQLite calls the schema malformed), one `quick_check` would read through an index that
+/// contradicts its table; each in the walk and in the whole-file fallback (auto-vacuum).
+#[test]
+fn check_constraints_that_cannot_run_are_problems() {
+    let cases = [
+        (
+            "CREATE TABLE t(a INTEGER); INSERT INTO t VALUES (-9223372036854775808);",
+            vec![("t", "CREATE TABLE t(a INTEGER CHECK (abs(a) >= 0))")],
+        ),
+        (
+            "CREATE TABLE t(a TEXT); INSERT INTO t VALUES ('{bad');",
+            vec![(
+                "t",
+                "CREATE TABLE t(a TEXT CHECK (json_extract(a, '$.x') IS NULL))",
+            )],
+        ),
+        (
+            "CREATE TABLE t(a); INSERT INTO t VALUES (1);",
+            vec![("t", "CREATE TABLE t(a CHECK (nosuch > 0))")],
+        ),
+        (
+            "CREATE TABLE t(a, b, pad); CREATE INDEX i ON t(b);
+             INSERT INTO t VALUES (-1, 1, zeroblob(3000));",
+            vec![
+                ("t", "CREATE TABLE t(a CHECK (a > 0), b, pad)"),
+                ("i", "CREATE INDEX i ON t(a)"),
+            ],
+        ),
+    ];
+    for (k, (setup, redefined)) in cases.iter().enumerate() {
+        for vacuum in ["NONE", "FULL"] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.db");
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!("PRAGMA auto_vacuum = {vacuum}; {setup}"))
+                .unwrap();
+            drop(conn);
+            for (name, sql) in redefined {
+                redefine(&path, name, sql);
+            }
+            // Auto-vacuum: the walk hands the file to SQLite's whole check.
+            let walked = walk(&path, &plan_of(&path), Check::Quick);
+            assert_eq!(walked.is_err(), vacuum == "FULL", "case {k}");
+            for mode in [Check::Quick, Check::Integrity] {
+                let ours = check(&path, mode, false).unwrap().problems;
+                assert!(!ours.is_empty(), "case {k} {vacuum} {mode:?}");
+            }
+        }
+    }
+}
+
+/// The whole-file fallback opens a file with CHECK constraints for writing only when nothing
+/// SQLite would read or roll back with it lies beside it (here a `-journal`, which a connection
+/// that can write would play back into the file, or delete).
+#[test]
+fn nothing_beside_the_file_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "PRAGMA auto_vacuum = FULL; CREATE TABLE t(a CHECK (a > 0)); INSERT INTO t VALUES (1);",
+    )
+    .unwrap();
+    drop(conn);
+    let journal = dir.path().join("c.db-journal");
+    std::fs::write(&journal, [0xd9u8; 1024]).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    for mode in [Check::Quick, Check::Integrity] {
+        assert_eq!(
+            check(&path, mode, false).unwrap().problems,
+            Vec::<String>::new()
+        );
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(std::fs::read(&journal).unwrap(), [0xd9u8; 1024]);
 }
