@@ -55,6 +55,14 @@ pub enum Error {
         /// The first lines SQLite reported.
         detail: String,
     },
+    /// A restored copy failed its check and was discarded.
+    #[error("the restored database {path} is corrupt: {detail}")]
+    RestoreCorrupt {
+        /// The staged or restored file.
+        path: PathBuf,
+        /// The first lines SQLite reported.
+        detail: String,
+    },
     /// The database does not exist.
     #[error("no database at {path}")]
     NotInitialized {
@@ -275,6 +283,9 @@ impl Error {
         match self {
             Error::Corrupt { .. } => Some(
                 "the file was not opened for writing; restore it from a backup or replica, or run 'tradevault check --full' for details",
+            ),
+            Error::RestoreCorrupt { .. } => Some(
+                "the copy was discarded and nothing else was changed; restore an earlier point (--timestamp or --txid), from another replica or from a backup; the source database may hold the same damage (sqlite3 FILE 'PRAGMA integrity_check' tells)",
             ),
             Error::NotInitialized { .. } => {
                 Some("run 'tradevault init' or 'tradevault serve' to create it, or pass --data-dir")

@@ -74,7 +74,7 @@ pub fn error_json(err: &anyhow::Error) -> serde_json::Value {
         Some(e) if e.code().is_some() => e.code().unwrap_or("failed"),
         Some(E::Replica { .. }) => "replica_failed",
         Some(E::Ltx { .. }) => "ltx_invalid",
-        Some(E::Corrupt { .. }) => "corrupt",
+        Some(E::Corrupt { .. } | E::RestoreCorrupt { .. }) => "corrupt",
         Some(E::Io { .. }) => "io_error",
         Some(E::NotFound { .. }) => "not_found",
         Some(E::NotInitialized { .. }) => "no_database",

@@ -208,3 +208,47 @@ fn ids_in(path: &Path) -> std::collections::BTreeSet<i64> {
         .map(|r| r.expect("row"))
         .collect()
 }
+
+/// A database whose rows break a CHECK constraint (written by a program that turned them off) is
+/// refused as `sqlite3 FILE 'PRAGMA integrity_check'` refuses it: nothing under the output's name,
+/// no staging file left, and a hint that fits a restore.
+#[test]
+fn a_restore_that_fails_its_check_leaves_nothing_and_says_what_to_try() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE fills(id INTEGER PRIMARY KEY, side TEXT NOT NULL CHECK (side IN ('buy', 'sell')));
+         INSERT INTO fills(side) VALUES ('buy'), ('sell');
+         PRAGMA ignore_check_constraints = ON;
+         INSERT INTO fills(side) VALUES ('hold');",
+    )
+    .expect("fills");
+    drop(conn);
+    let url = format!("file://{}", dir.path().join("replica").display());
+    crate::common::succeed(command().arg("replicate").arg(&db).arg(&url).arg("--once"));
+    let out = dir.path().join("out.db");
+    let done = command()
+        .args(["restore", "--replica", &url, "--json", "--output"])
+        .arg(&out)
+        .output()
+        .expect("run restore");
+    assert!(!done.status.success());
+    let result: Value = serde_json::from_slice(&done.stdout).expect("one JSON object");
+    assert_eq!(result["error"]["code"], "corrupt", "{result}");
+    let message = result["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("CHECK constraint failed in fills"),
+        "{message}"
+    );
+    let hint = result["error"]["hint"].as_str().expect("hint");
+    assert!(hint.contains("--timestamp"), "{hint}");
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("out.db"))
+        .collect();
+    left.sort();
+    assert_eq!(left, Vec::<String>::new());
+}

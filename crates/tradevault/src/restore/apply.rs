@@ -373,7 +373,7 @@ fn write_at(file: &File, mut buf: &[u8], mut offset: u64) -> std::io::Result<()>
 fn check_database(path: &Path, check: Check) -> Result<()> {
     let checked = crate::integrity::check(path, check, false)?;
     if !checked.problems.is_empty() {
-        return Err(Error::Corrupt {
+        return Err(Error::RestoreCorrupt {
             path: path.to_owned(),
             detail: checked.problems.join("; "),
         });

@@ -328,7 +328,7 @@ pub fn replace_checked(
 pub fn check_file(file: &Path) -> Result<BTreeMap<String, u64>> {
     let checked = crate::integrity::check(file, crate::integrity::Check::Integrity, true)?;
     if !checked.problems.is_empty() {
-        return Err(Error::Corrupt {
+        return Err(Error::RestoreCorrupt {
             path: file.to_owned(),
             detail: format!("integrity_check: {}", checked.problems.join("; ")),
         });
