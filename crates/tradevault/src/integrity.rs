@@ -520,7 +520,7 @@ struct Lazy<'p> {
     conn: Option<Connection>,
     /// For tables with CHECK constraints (see [`open_for_checks`]).
     writable: Option<Connection>,
-    /// A WAL was beside the file before the check began.
+    /// What lay beside the file before the check began (see [`beside`]).
     beside: Option<PathBuf>,
 }
 

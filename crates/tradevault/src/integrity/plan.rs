@@ -150,15 +150,18 @@ pub(super) fn plan(conn: &Connection, path: &Path, check: Check) -> Result<Plan>
         constraints: Constraints::None,
     });
     // Every table with a b-tree, SQLite's own (`sqlite_sequence`, `sqlite_stat1`) included.
-    let all: Vec<(String, u32)> = conn
+    let all: Vec<(String, u32, Option<String>)> = conn
         .prepare(
-            "SELECT name, rootpage FROM sqlite_schema WHERE type = 'table' AND rootpage > 0 \
+            "SELECT name, rootpage, sql FROM sqlite_schema WHERE type = 'table' AND rootpage > 0 \
              ORDER BY name",
         )
-        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
         .map_err(q)?;
-    for (name, root) in all {
-        let table = table_plan(conn, &name, root, check).map_err(q)?;
+    for (name, root, sql) in all {
+        let table = table_plan(conn, &name, root, sql.as_deref(), check).map_err(q)?;
         plan.tables.push(table);
     }
     // Every b-tree the schema names is walked, once: else SQLite checks the whole file.
@@ -180,8 +183,14 @@ pub(super) fn plan(conn: &Connection, path: &Path, check: Check) -> Result<Plan>
     Ok(plan)
 }
 
-/// The plan for one table.
-fn table_plan(conn: &Connection, name: &str, root: u32, check: Check) -> rusqlite::Result<Table> {
+/// The plan for one table, defined by `sql`.
+fn table_plan(
+    conn: &Connection,
+    name: &str,
+    root: u32,
+    sql: Option<&str>,
+    check: Check,
+) -> rusqlite::Result<Table> {
     let quoted = quote(name);
     let columns: Vec<Column> = conn
         .prepare(&format!("PRAGMA table_xinfo({quoted})"))?
@@ -256,14 +265,6 @@ fn table_plan(conn: &Connection, name: &str, root: u32, check: Check) -> rusqlit
             model,
         });
     }
-    let sql: Option<String> = conn
-        .query_row(
-            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-            [name],
-            |r| r.get(0),
-        )
-        .optional()?
-        .flatten();
     Ok(Table {
         name: name.to_owned(),
         root,
@@ -271,7 +272,7 @@ fn table_plan(conn: &Connection, name: &str, root: u32, check: Check) -> rusqlit
         modelled,
         rows,
         indexes,
-        constraints: sql.as_deref().map_or(Constraints::None, check_constraints),
+        constraints: sql.map_or(Constraints::None, check_constraints),
     })
 }
 
