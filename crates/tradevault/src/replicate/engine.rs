@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -183,6 +183,10 @@ pub(crate) struct Db {
     stop: AtomicBool,
     /// Set once the shipper made its last shipment after a stop: uploaders drain up to it.
     shipper_done: AtomicBool,
+    /// The last store commit the shipment being encoded holds (or an earlier one does): set
+    /// before each read of the WAL, handed with the shipment to the journals, which credit it
+    /// as soon as it is durable there, without waiting for the local log's file.
+    shipping_seq: Arc<AtomicU64>,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -245,21 +249,25 @@ impl State {
         released
     }
 
-    /// Records that the local log's files up to `txid` hold every store commit up to `seq`, and
-    /// credits the replicas that already hold `txid` with them. Returns the answers that releases
+    /// Records that the files up to `txid` (in the local log, or in a sync journal before the
+    /// shipper has written it there) hold every store commit up to `seq`, and credits the
+    /// replicas that already hold `txid` with them. Returns the answers that releases
     /// (no other thread is woken to do it).
     ///
     /// `seq` is read before the WAL is, and a commit is in the WAL before its listener call, so a
     /// sync can ship a commit that only a later `seq` names; that later sync then finds nothing
     /// new, and without this record the commit's answers would wait for the next commit.
-    fn record_shipped(&mut self, txid: u64, seq: u64) -> Vec<Released> {
+    pub(crate) fn record_shipped(&mut self, txid: u64, seq: u64) -> Vec<Released> {
         if seq == 0 {
-            return Vec::new();
+            return self.take_released(Instant::now());
         }
         // Each entry holds the last commit of its file or any before it, so the entries are
         // sorted by both fields and a lookup is a binary search.
         match self.shipped.back_mut() {
             Some((t, s)) if *t == txid => *s = (*s).max(seq),
+            // A journal's record of a file the shipper has recorded since (it records each
+            // file after writing it into the local log; a journal may get there first).
+            Some((t, _)) if *t > txid => {}
             Some((_, s)) => {
                 let seq = seq.max(*s);
                 self.shipped.push_back((txid, seq));
@@ -536,6 +544,7 @@ impl Engine {
             gate_wake: Condvar::new(),
             stop: AtomicBool::new(false),
             shipper_done: AtomicBool::new(false),
+            shipping_seq: Arc::default(),
             clock,
         });
         crate::metrics::replication_started(
@@ -568,7 +577,9 @@ impl Engine {
             .collect();
         let fed: Vec<Arc<super::journal::Handoff>> = handoffs.iter().flatten().cloned().collect();
         if !fed.is_empty() {
+            let seq = db.shipping_seq.clone();
             replicator.on_encoded(Box::new(move |bytes, txid, listed| {
+                let seq = seq.load(Ordering::Acquire);
                 // One copy for every journal, none for a shipment too large for them.
                 let bytes = crate::replica::journal::may_hold(bytes.len() as u64)
                     .then(|| Arc::new(bytes.to_vec()));
@@ -577,6 +588,7 @@ impl Engine {
                         bytes: bytes.clone(),
                         txid,
                         created_at_ms: listed,
+                        seq,
                     });
                 }
             }));
@@ -1035,6 +1047,7 @@ impl Shipper<'_> {
         if wanted {
             r.force_snapshot();
         }
+        db.shipping_seq.store(seq, Ordering::Release);
         // The clock counts whole milliseconds: one more is strictly after every commit read.
         let result = r.sync_with(first_ms, &|| db.now_ms() + 1);
         self.last_ship = Instant::now();
@@ -1163,9 +1176,11 @@ impl Shipper<'_> {
         let first = link.lock().first_unshipped_ms.take();
         let clock = db.clock.clone();
         let link_inside = link.clone();
+        let shipping_seq = db.shipping_seq.clone();
         let result = store.exclusive_blocking(move |conn| {
             // Nothing commits while this runs: every commit up to `seq` is in the WAL.
             let seq = link_inside.lock().seq;
+            shipping_seq.store(seq, Ordering::Release);
             let mut r = replicator.lock().unwrap_or_else(|p| p.into_inner());
             r.set_wal_pinned(pinned_since_sync);
             // Ship the tail, then truncate.
@@ -1569,5 +1584,37 @@ mod tests {
             st.status.replicas[0].commit_seq, 11,
             "file 6 is not on replica 0"
         );
+    }
+
+    #[test]
+    fn a_journal_credits_its_record_before_the_shipper_records_the_file() {
+        let mut st = state(2);
+        st.sync_replicas = 1;
+        st.record_shipped(5, 10);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let release: Release = Box::new(move |r| tx.send(r).expect("send"));
+        st.held
+            .push_back((11, Instant::now() + Duration::from_secs(60), release));
+        // Replica 1's journal holds file 6 (commit 11) while the shipper still writes it into
+        // the local log.
+        st.status.replicas[1].journal_txid = 6;
+        let released = st.record_shipped(6, 11);
+        assert_eq!(st.status.replicas[1].commit_seq, 11);
+        assert_eq!(st.status.replicas[0].commit_seq, 0);
+        assert_eq!(
+            released.len(),
+            1,
+            "the answer goes as soon as the journal holds it"
+        );
+        for (release, result) in released {
+            release(result);
+        }
+        assert_eq!(rx.try_recv().expect("released"), Ok(()));
+        // The shipper has shipped file 7 since; the journal then records file 6 again (another
+        // replica's journal, say): nothing moves backwards.
+        st.record_shipped(7, 12);
+        st.record_shipped(6, 11);
+        assert_eq!(st.shipped, VecDeque::from([(5, 10), (6, 11), (7, 12)]));
+        assert_eq!(Db::commit_seq_at(&st, 6), 11);
     }
 }

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::engine::Db;
 use super::status::ReplicaStatus;
@@ -38,6 +38,8 @@ pub(crate) struct Shipment {
     pub(crate) txid: u64,
     /// Its listed time.
     pub(crate) created_at_ms: i64,
+    /// The last store commit it (or a shipment before it) holds; 0 for another program's database.
+    pub(crate) seq: u64,
 }
 
 /// Shipments handed from the shipper to one replica's journal thread, in memory: the journal
@@ -219,8 +221,9 @@ impl Journal<'_> {
             self.failures = 0;
             self.writer = Some(writer);
             self.journaled = rest[run - 1].txid;
+            let seq = rest[run - 1].seq;
             rest = &rest[run..];
-            self.confirm();
+            self.confirm(seq);
         }
     }
 
@@ -230,15 +233,20 @@ impl Journal<'_> {
         self.wait_for(|r| (r.foreign_to == 0).then(|| r.txid.unwrap_or(0)))
     }
 
-    /// Credits the replica with what the journal holds and sends the answers that releases.
-    fn confirm(&self) {
+    /// Credits the replica with what the journal holds (its newest record holds the store's
+    /// commits up to `seq`) and sends the answers that releases. The record is durable here
+    /// before the shipper has written it into the local log, let alone recorded it: the
+    /// shipment's own `seq` credits it without waiting for that.
+    fn confirm(&self, seq: u64) {
         let released = {
             let mut st = self.db.lock();
-            let seq = Db::commit_seq_at(&st, self.journaled);
+            let seq = Db::commit_seq_at(&st, self.journaled).max(seq);
             let r = &mut st.status.replicas[self.index];
             r.journal_txid = self.journaled;
             r.commit_seq = r.commit_seq.max(seq);
-            st.take_released(Instant::now())
+            // Records the file for the gate (unless the shipper did) and credits every replica
+            // that holds it, this one included.
+            st.record_shipped(self.journaled, seq)
         };
         let answered = !released.is_empty();
         for (release, result) in released {

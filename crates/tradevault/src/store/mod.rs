@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 
 use self::model::*;
 pub use self::stats::{Check, CheckReport, Stats, recompute_positions};
-use self::writer::{CheckpointOwner, CommitGate, CommitListener, Writer, WriterOptions};
+use self::writer::{CheckpointOwner, CommitGate, CommitListener, WalSync, Writer, WriterOptions};
 pub use self::writer::{Commit, Tx};
 use crate::clock::Clock;
 use crate::config::StoreConfig;
@@ -111,8 +111,13 @@ impl Store {
                 }
             })?;
         schema::migrate(&conn, &path)?;
+        // In synchronous mode the writer flushes the WAL itself, beside the shipper (`WalSync`).
+        let sync_wal = hooks.gate.is_some();
         let pragmas = [
-            ("synchronous", "FULL".to_owned()),
+            (
+                "synchronous",
+                if sync_wal { "NORMAL" } else { "FULL" }.to_owned(),
+            ),
             ("foreign_keys", "ON".to_owned()),
             ("wal_autocheckpoint", "0".to_owned()),
             (
@@ -154,6 +159,7 @@ impl Store {
                     .max(1),
                 listeners: hooks.listeners,
                 gate: hooks.gate,
+                wal_sync: sync_wal.then(|| WalSync::new(&path)),
             },
         )?;
         let now = clock.now();

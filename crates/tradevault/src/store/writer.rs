@@ -55,7 +55,9 @@ pub struct Commit {
     pub wal_frames: u64,
 }
 
-/// Told about every commit, on the writer thread, right after it is durable. Must be quick.
+/// Told about every commit, on the writer thread, right after it committed. Must be quick. The
+/// commit is durable by then, except in synchronous mode, where the writer makes the WAL durable
+/// right after telling the listeners (see [`WalSync`]); either way before anyone is answered.
 pub trait CommitListener: Send + Sync + 'static {
     /// Called once per commit, in commit order.
     fn committed(&self, commit: &Commit);
@@ -258,6 +260,57 @@ pub(crate) struct WriterOptions {
     pub listeners: Vec<Arc<dyn CommitListener>>,
     /// Holds each commit's answers until it is replicated (synchronous mode).
     pub gate: Option<Arc<dyn CommitGate>>,
+    /// The WAL the writer makes durable itself after each commit, when the connection commits
+    /// with `synchronous=NORMAL` (synchronous mode).
+    pub wal_sync: Option<WalSync>,
+}
+
+/// In synchronous mode a write waits for its commit to be durable twice: in the local WAL and on
+/// the replicas. With `synchronous=FULL` the two waits come one after the other (SQLite's fsync
+/// inside COMMIT, then the shipper's read of the WAL and the replica's fsync). Instead the
+/// connection commits with `synchronous=NORMAL` (the WAL written, not flushed), the writer tells
+/// the listeners, so the shipper reads and ships the commit while the disk flushes, and then
+/// `fdatasync`s the WAL itself, before the commit's answers go to the gate. No answer is sent
+/// before both, so an acknowledged write is as durable locally as with `FULL`; a machine crash in
+/// between may leave a replica holding a commit the local WAL lost, which was never acknowledged
+/// and which the engine's start-up (a snapshot numbered past what replicas hold) never reuses.
+pub struct WalSync {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl WalSync {
+    /// Syncs `database`'s WAL (`<database>-wal`) after each commit.
+    pub fn new(database: &std::path::Path) -> WalSync {
+        let mut path = database.as_os_str().to_owned();
+        path.push("-wal");
+        WalSync {
+            path: path.into(),
+            file: None,
+        }
+    }
+
+    /// Makes everything written to the WAL so far durable. The WAL is opened at the first call
+    /// (and its directory synced then, as its name may be new); SQLite never deletes the WAL
+    /// while the writer's connection is open, so the same file serves every later call.
+    fn sync(&mut self) -> std::io::Result<()> {
+        let file = match &mut self.file {
+            Some(f) => f,
+            slot => {
+                let f = std::fs::File::open(&self.path)?;
+                if let Some(dir) = self.path.parent() {
+                    let dir = if dir.as_os_str().is_empty() {
+                        std::path::Path::new(".")
+                    } else {
+                        dir
+                    };
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                slot.insert(f)
+            }
+        };
+        file.sync_data()
+    }
 }
 
 /// Handle to the writer thread (and the checkpointer); dropping it stops them after they drain.
@@ -374,7 +427,7 @@ fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Box<dyn Job>>,
     clock: Arc<dyn Clock>,
-    opts: WriterOptions,
+    mut opts: WriterOptions,
     health: Arc<WriterHealth>,
 ) {
     let mut seq = 0u64;
@@ -423,7 +476,7 @@ fn run(
         let now = clock.now();
         let now_text = format_timestamp(now);
         let started = std::time::Instant::now();
-        let (mut dones, failure) = run_group(&conn, &mut group, now, &now_text);
+        let (mut dones, mut failure) = run_group(&conn, &mut group, now, &now_text);
         if let Some(cause) = &failure {
             health.poison(cause.clone());
         }
@@ -431,35 +484,49 @@ fn run(
         // Everything that describes a commit (metrics, listeners) happens before anyone is
         // answered: a client that sees its 201 sees the commit counted, and a listener (the
         // replication engine) always hears of a commit before it is acknowledged.
-        let committed = failure.is_none() && succeeded > 0;
-        let mut wal_frames = 0;
-        if committed {
+        let mut commit = None;
+        if failure.is_none() && succeeded > 0 {
             seq += 1;
+            let c = Commit {
+                seq,
+                requests: succeeded,
+                at: now,
+                wal_frames: opts.wal_frames.load(Ordering::Relaxed),
+            };
+            for l in &opts.listeners {
+                l.committed(&c);
+            }
+            let synced = opts.wal_sync.as_mut().map(|w| {
+                w.sync()
+                    .map_err(|e| format!("sync {} after a commit: {e}", w.path.display()))
+            });
+            match synced {
+                // Like a failed COMMIT: nobody is told it committed, and the fsync is not retried.
+                Some(Err(cause)) => {
+                    health.poison(cause.clone());
+                    failure = Some(cause);
+                }
+                _ => commit = Some(c),
+            }
+        }
+        let committed = commit.is_some();
+        let wal_frames = commit.as_ref().map_or(0, |c| c.wal_frames);
+        if let Some(commit) = &commit {
             for done in dones.iter().filter(|d| d.ok) {
                 for (table, n) in &done.rows {
                     m::rows_written(table, *n);
                 }
             }
             m::commit(started.elapsed(), succeeded);
-            wal_frames = opts.wal_frames.load(Ordering::Relaxed);
             wal_peak = wal_peak.max(wal_frames);
             m::wal_frames(wal_frames, wal_peak);
-            let commit = Commit {
-                seq,
-                requests: succeeded,
-                at: now,
-                wal_frames,
-            };
-            for l in &opts.listeners {
-                l.committed(&commit);
-            }
             if let Some(gate) = &opts.gate {
                 let finishes: Vec<Finish> = std::mem::take(&mut dones)
                     .into_iter()
                     .map(|d| d.finish)
                     .collect();
                 gate.hold(
-                    &commit,
+                    commit,
                     Box::new(move |replicated| {
                         let outcome = match &replicated {
                             Ok(()) => Outcome::Committed,

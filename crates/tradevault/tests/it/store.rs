@@ -79,3 +79,59 @@ async fn a_panicking_write_poisons_the_writer_and_commits_nothing() {
         .expect("read");
     assert_eq!(logs, 0, "the panicking request's row was rolled back");
 }
+
+/// Holds nothing: answers go at once, and each commit it saw is counted.
+struct CountingGate(std::sync::atomic::AtomicU64);
+
+impl tradevault::store::writer::CommitGate for CountingGate {
+    fn hold(
+        &self,
+        _commit: &tradevault::store::Commit,
+        release: tradevault::store::writer::Release,
+    ) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        release(Ok(()));
+    }
+}
+
+/// In synchronous mode the writer commits without SQLite's fsync and makes the WAL durable
+/// itself, beside the replication engine: a commit whose WAL it cannot sync is answered as a
+/// failed commit (the writer poisons itself), and never reaches the gate that would acknowledge it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_sync_mode_a_commit_whose_wal_cannot_be_synced_is_not_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = Arc::new(CountingGate(Default::default()));
+    let config = StoreConfig {
+        data_dir: dir.path().to_owned(),
+        read_connections: 1,
+        ..Default::default()
+    };
+    let hooks = tradevault::store::Hooks {
+        gate: Some(gate.clone()),
+        ..Default::default()
+    };
+    let store = Store::open_with(&config, Arc::new(SystemClock), hooks).expect("open store");
+    // SQLite keeps writing the WAL it has open; the name the writer syncs by now leads nowhere.
+    let wal = store.path().with_extension("db-wal");
+    assert!(wal.exists(), "{} exists", wal.display());
+    std::fs::rename(&wal, dir.path().join("moved-wal")).expect("move the wal");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &wal).expect("dangling link");
+    let result = store
+        .write(|tx| {
+            tx.conn
+                .execute("INSERT INTO logs (ts, level, source, message, created_at) VALUES ('t', 'info', 's', 'm', 't')", [])
+                .map_err(|e| Error::sqlite("insert", e))?;
+            Ok(())
+        })
+        .await;
+    assert!(matches!(result, Err(Error::Poisoned { .. })), "{result:?}");
+    assert_eq!(
+        gate.0.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the gate never saw the commit"
+    );
+    let cause = store
+        .unavailable()
+        .expect("the store says it is unavailable");
+    assert!(cause.contains("after a commit"), "{cause}");
+}
