@@ -180,6 +180,11 @@ pub(crate) struct Db {
     /// Signalled for the gate thread alone: the first answer held (its deadline), or stop. Not
     /// `changed`, so that holding an answer wakes no uploader for nothing.
     gate_wake: Condvar,
+    /// Signalled only for what a thread sleeping out a delay (a backoff, an uploader's interval)
+    /// must not sleep through: stop, and a journal asking for the layout. Not `changed`, which
+    /// every shipment signals: in sync mode an uploader waiting out its interval woke at every
+    /// commit to sleep again.
+    pub(crate) quiet: Condvar,
     stop: AtomicBool,
     /// Set once the shipper made its last shipment after a stop: uploaders drain up to it.
     shipper_done: AtomicBool,
@@ -309,8 +314,8 @@ impl Db {
         self.clock.now().as_millisecond()
     }
 
-    /// Sleeps for `d`, or until the engine stops. Unlike a single wait on `changed`, no
-    /// shipment, upload or failure elsewhere ends it early: this is what a backoff waits with.
+    /// Sleeps for `d`, or until the engine stops. No shipment, upload or failure elsewhere ends
+    /// it early, nor even wakes the thread (it waits on `quiet`): this is what a backoff waits with.
     pub(crate) fn sleep(&self, d: Duration) {
         let deadline = Instant::now() + d;
         let mut st = self.lock();
@@ -320,7 +325,7 @@ impl Db {
                 return;
             }
             st = self
-                .changed
+                .quiet
                 .wait_timeout(st, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
@@ -423,8 +428,10 @@ impl CommitGate for StoreLink {
         // here, and an uploader then finds nothing held to release.
         let released = st.take_released(now);
         drop(st);
-        if first {
-            // The gate thread sleeps until the first held answer's deadline; later ones come after it.
+        // The gate thread sleeps until the first held answer's deadline, later ones come after
+        // it, and with none held it looks again every HOUSEKEEPING: it need not be woken (a
+        // thread switch per commit) unless this deadline comes sooner than that.
+        if first && timeout < HOUSEKEEPING {
             db.gate_wake.notify_one();
         }
         for (release, result) in released {
@@ -542,6 +549,7 @@ impl Engine {
             }),
             changed: Condvar::new(),
             gate_wake: Condvar::new(),
+            quiet: Condvar::new(),
             stop: AtomicBool::new(false),
             shipper_done: AtomicBool::new(false),
             shipping_seq: Arc::default(),
@@ -742,6 +750,7 @@ impl Engine {
             let _guard = db.lock();
             db.changed.notify_all();
             db.gate_wake.notify_all();
+            db.quiet.notify_all();
         }
         for link in &self.links {
             let _guard = link.lock();

@@ -271,7 +271,7 @@ impl Journal<'_> {
     /// Waits until the replica's layout holds `txid`, asking the uploader not to wait out its
     /// sync interval; false when the engine stops first.
     fn wait_for_layout(&self, txid: u64) -> bool {
-        let changed = &self.db.changed;
+        let (changed, quiet) = (&self.db.changed, &self.db.quiet);
         self.wait_for(|r| {
             if r.txid.unwrap_or(0) >= txid {
                 return Some(());
@@ -279,6 +279,7 @@ impl Journal<'_> {
             if !r.layout_wanted {
                 r.layout_wanted = true;
                 changed.notify_all();
+                quiet.notify_all();
             }
             None
         })

@@ -142,7 +142,7 @@ impl Uploader<'_> {
         }
     }
 
-    /// Sleeps up to `d`, waking early on stop.
+    /// Sleeps up to `d`, waking early on any change (a shipment, say) or on stop.
     fn wait(&self, d: Duration) {
         let st = self.db.lock();
         if !self.db.stopping() {
@@ -163,18 +163,24 @@ impl Uploader<'_> {
         }
     }
 
+    /// Waits until the interval since the last upload has passed, the engine stops or a journal
+    /// wants the layout; not woken by each shipment (see `Db::quiet`).
     fn respect_interval(&self) {
         let Some(last) = self.last_upload else { return };
         let deadline = last + self.interval();
+        let mut st = self.db.lock();
         loop {
             let now = Instant::now();
-            if now >= deadline
-                || self.db.stopping()
-                || self.db.lock().status.replicas[self.index].layout_wanted
+            if now >= deadline || self.db.stopping() || st.status.replicas[self.index].layout_wanted
             {
                 return;
             }
-            self.wait(deadline - now);
+            st = self
+                .db
+                .quiet
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
