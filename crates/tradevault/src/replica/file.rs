@@ -623,10 +623,20 @@ impl FileReplica {
 
     /// Removes a file; a file already gone is not an error.
     pub fn delete(&self, file: &ReplicaFile) -> Result<()> {
+        // A cache's files only through `retire`: an uploader may still be copying one.
+        self.remove(file, self.durable)
+    }
+
+    /// Removes a cache's file that every replica already holds, so that no uploader reads it
+    /// again, into the pool when there is one (see `Recycler`).
+    pub fn retire(&self, file: &ReplicaFile) -> Result<()> {
+        self.remove(file, true)
+    }
+
+    fn remove(&self, file: &ReplicaFile, into_pool: bool) -> Result<()> {
         let path = self.path_of(file.level, file.min_txid, file.max_txid);
-        // Never a cache's own files: an uploader may still be copying one (see `Recycler`).
         let deleted = match &self.recycler {
-            Some(r) if self.durable => r.give(&path),
+            Some(r) if into_pool => r.give(&path),
             _ => fs::remove_file(&path),
         };
         match deleted {
@@ -762,6 +772,47 @@ mod tests {
         cache.delete(&second).expect("delete");
         assert!(recycler.is_empty());
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_cache_file_every_replica_holds_is_retired_into_the_pool_unless_linked() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recycler = Arc::new(
+            Recycler::open(dir.path().join("recycle"))
+                .expect("pool")
+                .reusing_after(Duration::ZERO),
+        );
+        let cache = FileReplica::cache(dir.path().join("local")).with_recycler(recycler.clone());
+        let replica = FileReplica::new(dir.path().join("replica")).with_recycler(recycler.clone());
+        let first = cache.put(0, &ltx_file(1), None).expect("put");
+        let ino = fs::metadata(cache.path_of(0, 1, 1)).expect("meta").ino();
+        cache.retire(&first).expect("retire");
+        assert!(!cache.path_of(0, 1, 1).exists());
+        assert_eq!(recycler.len(), 1);
+        cache.prepare(0).expect("prepare");
+        let second = cache.put(0, &ltx_file(2), None).expect("put");
+        assert_eq!(
+            fs::metadata(cache.path_of(0, 2, 2)).expect("meta").ino(),
+            ino,
+            "the retired file's inode holds the next file"
+        );
+        assert_eq!(cache.read(&second).expect("read"), ltx_file(2));
+        // A file a replica links to keeps its bytes under the replica's name.
+        let linked = replica
+            .put_link(0, &cache, &second)
+            .expect("link")
+            .expect("same filesystem");
+        cache.retire(&second).expect("retire");
+        cache.prepare(0).expect("prepare");
+        let third = cache.put(0, &ltx_file(3), None).expect("put");
+        assert_ne!(
+            fs::metadata(cache.path_of(0, 3, 3)).expect("meta").ino(),
+            ino,
+            "a linked file is never reused"
+        );
+        assert_eq!(cache.read(&third).expect("read"), ltx_file(3));
+        assert_eq!(replica.read(&linked).expect("read"), ltx_file(2));
     }
 
     #[test]

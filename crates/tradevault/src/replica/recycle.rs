@@ -1,4 +1,5 @@
-//! Files a database's file replicas delete, kept emptied for its local log's next files.
+//! Files a database's file replicas delete (and its local log's files every replica holds), kept
+//! emptied for its local log's next files.
 //!
 //! On ext4 without a journal (this project's benchmark machine), a new inode is never one freed
 //! in the last 60 s (6 minutes while its inode-table block is dirty): each create steps over
@@ -8,9 +9,9 @@
 //! all of it in those steps. Reusing the inodes allocates none.
 //!
 //! What keeps a reused inode from ever showing wrong bytes under an LTX name:
-//! - Only a durable replica's deletions come here, never the local log's own: an uploader may
-//!   still be copying a local file it pruned (a size-bound prune), and relies on an open file
-//!   keeping its bytes.
+//! - A durable replica's deletions come here, and of the local log's own only the files every
+//!   replica already holds (no uploader reads those again), never a size-bound prune's: an
+//!   uploader may still be copying such a file, and relies on an open file keeping its bytes.
 //! - A file is renamed into the pool first, so no listing sees it again, and left whole.
 //!   Files are emptied in batches (past [`PENDING_MAX`] files or [`PENDING_BYTES`]), each only
 //!   once the directories they left were fsynced, and only if the open file has no other name (a
@@ -37,9 +38,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Most files kept: beyond, they are deleted. A replica deletes about a minute of shipments at
-/// once (at most about 7,500: they are at least 8 ms apart), which the local log takes back one
-/// by one.
-const POOL_MAX: usize = 16_384;
+/// once (at most about 7,500: they are at least 8 ms apart), and in sync mode the local log
+/// retires up to a file per commit, each kept [`REUSE_AFTER`] before it comes back: 20,000 at
+/// 2,000 commits/s.
+const POOL_MAX: usize = 32_768;
 /// Files renamed into the pool and not yet emptied: at most this many, or this many bytes.
 const PENDING_MAX: usize = 1_024;
 const PENDING_BYTES: u64 = 32 << 20;

@@ -1421,7 +1421,11 @@ fn prune_local(db: &Db, status: &DatabaseStatus) -> Result<()> {
         if f.max_txid > everyone_has && total <= LOCAL_LOG_BYTES_MAX {
             break;
         }
-        if let Err(e) = db.local.delete(f) {
+        let removed = match &db.local {
+            Replica::File(cache) if f.max_txid <= everyone_has => cache.retire(f),
+            local => local.delete(f),
+        };
+        if let Err(e) = removed {
             result = Err(e);
             break;
         }
