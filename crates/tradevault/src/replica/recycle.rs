@@ -96,8 +96,8 @@ impl Recycler {
         }
     }
 
-    /// Takes `path` in, or deletes it (the pool is full, or it is on another filesystem). Either
-    /// way `path` is gone; a missing file is not an error.
+    /// Takes `path` in, or deletes it (the pool is full, it has another name, or it is on another
+    /// filesystem). Either way `path` is gone; a missing file is not an error.
     pub fn give(&self, path: &Path) -> std::io::Result<()> {
         let number = {
             let mut pool = self.lock();
@@ -106,7 +106,11 @@ impl Recycler {
                 pool.next
             })
         };
-        let regular = fs::symlink_metadata(path).ok().filter(|m| m.is_file());
+        // A file with another name (a local log file a replica links to) would only be deleted
+        // from the pool later: delete it now, without the rename.
+        let regular = fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.is_file() && m.nlink() == 1);
         if let (Some(number), Some(meta)) = (number, regular) {
             let kept = self.path_of(number);
             if fs::rename(path, &kept).is_ok() {
@@ -247,6 +251,19 @@ mod tests {
         fs::hard_link(&linked, &other).expect("link");
         pool.give(&linked).expect("give");
         assert!(!linked.exists());
+        assert_eq!(
+            pool.len(),
+            1,
+            "a file with another name is deleted, not taken in"
+        );
+
+        // One that gains another name while it waits to be emptied is let go of then.
+        let late = dir.path().join("c.ltx");
+        let late_other = dir.path().join("c-link.ltx");
+        fs::write(&late, b"needed later").expect("write");
+        pool.give(&late).expect("give");
+        let number = pool.lock().pending.last().expect("pending").0;
+        fs::hard_link(pool.path_of(number), &late_other).expect("link");
         assert_eq!(pool.len(), 2, "both renamed in, neither emptied yet");
 
         pool.give(&dir.path().join("missing.ltx"))
@@ -254,9 +271,10 @@ mod tests {
 
         // The first take empties the pending files, which are reused only REUSE_AFTER later.
         assert!(pool.take(true).is_none(), "not before REUSE_AFTER");
+        assert_eq!(fs::read(&other).expect("read"), b"still needed");
         assert_eq!(
-            fs::read(&other).expect("read"),
-            b"still needed",
+            fs::read(&late_other).expect("read"),
+            b"needed later",
             "a file with another name is left whole"
         );
         assert_eq!(pool.len(), 1, "and let go of");
