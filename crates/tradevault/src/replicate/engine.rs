@@ -1189,8 +1189,9 @@ impl Shipper<'_> {
         let result = store.exclusive_blocking(move |conn| {
             // Nothing commits while this runs: every commit up to `seq` is in the WAL.
             let seq = link_inside.lock().seq;
-            shipping_seq.store(seq, Ordering::Release);
             let mut r = replicator.lock().unwrap_or_else(|p| p.into_inner());
+            // Under the replicator's lock, as the shipper's own reads are.
+            shipping_seq.store(seq, Ordering::Release);
             r.set_wal_pinned(pinned_since_sync);
             // Ship the tail, then truncate.
             let synced = r.sync_with(first, &|| clock.now().as_millisecond() + 1)?;

@@ -140,8 +140,13 @@ trait Job: Send {
     fn exclusive(&self) -> bool {
         false
     }
-    /// Runs an exclusive job; returns the cause if it failed in a way that poisons the writer.
-    fn run_exclusive(self: Box<Self>, _conn: &mut Connection) -> Option<String> {
+    /// Runs an exclusive job, then syncs `wal` if given (what it committed is durable before its
+    /// answer); returns the cause if it failed in a way that poisons the writer.
+    fn run_exclusive(
+        self: Box<Self>,
+        _conn: &mut Connection,
+        _wal: Option<&mut WalSync>,
+    ) -> Option<String> {
         None
     }
 }
@@ -171,14 +176,27 @@ where
         true
     }
 
-    fn run_exclusive(self: Box<Self>, conn: &mut Connection) -> Option<String> {
+    fn run_exclusive(
+        self: Box<Self>,
+        conn: &mut Connection,
+        wal: Option<&mut WalSync>,
+    ) -> Option<String> {
         let ExclusiveJob { f, reply } = *self;
-        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
+        let mut result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
             Ok(r) => r,
             Err(_) => Err(Error::Internal {
                 message: "an exclusive writer job panicked".into(),
             }),
         };
+        // A job may commit (an in-place restore's copy does): with synchronous=NORMAL, that is
+        // durable only once the WAL is synced.
+        if let Some(wal) = wal
+            && let Err(e) = wal.sync()
+        {
+            result = Err(Error::Internal {
+                message: wal.failed(&e),
+            });
+        }
         let fatal = match &result {
             Err(e @ Error::Internal { .. }) => Some(error_chain(e)),
             Err(e) if e.is_fatal() => Some(error_chain(e)),
@@ -291,25 +309,46 @@ impl WalSync {
     }
 
     /// Makes everything written to the WAL so far durable. The WAL is opened at the first call
-    /// (and its directory synced then, as its name may be new); SQLite never deletes the WAL
-    /// while the writer's connection is open, so the same file serves every later call.
+    /// (and its directory synced then, as its name may be new). SQLite deletes a WAL only when its
+    /// last connection closes or the journal mode changes, neither of which the store does while
+    /// the writer runs; should the file synced have lost its name even so, the one now at the
+    /// path is opened and synced instead.
     fn sync(&mut self) -> std::io::Result<()> {
-        let file = match &mut self.file {
-            Some(f) => f,
-            slot => {
-                let f = std::fs::File::open(&self.path)?;
-                if let Some(dir) = self.path.parent() {
-                    let dir = if dir.as_os_str().is_empty() {
-                        std::path::Path::new(".")
-                    } else {
-                        dir
-                    };
-                    std::fs::File::open(dir)?.sync_all()?;
+        use std::os::unix::fs::MetadataExt;
+        for _ in 0..2 {
+            let file = match &mut self.file {
+                Some(f) => f,
+                slot => {
+                    let f = std::fs::File::open(&self.path)?;
+                    if let Some(dir) = self.path.parent() {
+                        let dir = if dir.as_os_str().is_empty() {
+                            std::path::Path::new(".")
+                        } else {
+                            dir
+                        };
+                        std::fs::File::open(dir)?.sync_all()?;
+                    }
+                    slot.insert(f)
                 }
-                slot.insert(f)
+            };
+            file.sync_data()?;
+            if file.metadata()?.nlink() > 0 {
+                return Ok(());
             }
-        };
-        file.sync_data()
+            self.file = None;
+        }
+        Err(std::io::Error::other(
+            "the WAL was replaced twice while it was synced",
+        ))
+    }
+
+    /// The cause to poison the writer with after `sync` failed.
+    fn failed(&self, e: &std::io::Error) -> String {
+        format!(
+            "sync {} after a commit: {e} (the commit may be in the database and on replicas \
+             even so: look before writing it again)",
+            self.path.display()
+        )
     }
 }
 
@@ -446,7 +485,7 @@ fn run(
             match health.poisoned() {
                 Some(cause) => first.refuse(Error::Poisoned { cause }),
                 None => {
-                    if let Some(cause) = first.run_exclusive(&mut conn) {
+                    if let Some(cause) = first.run_exclusive(&mut conn, opts.wal_sync.as_mut()) {
                         health.poison(cause);
                     }
                 }
@@ -496,12 +535,14 @@ fn run(
             for l in &opts.listeners {
                 l.committed(&c);
             }
-            let synced = opts.wal_sync.as_mut().map(|w| {
-                w.sync()
-                    .map_err(|e| format!("sync {} after a commit: {e}", w.path.display()))
-            });
+            let synced = opts
+                .wal_sync
+                .as_mut()
+                .map(|w| w.sync().map_err(|e| w.failed(&e)));
             match synced {
-                // Like a failed COMMIT: nobody is told it committed, and the fsync is not retried.
+                // The group is answered as failed and the writer poisons itself (an fsync is never
+                // retried); but the commit is in the WAL, readers may have seen it and the shipper
+                // may have shipped it: the cause says its outcome is unknown.
                 Some(Err(cause)) => {
                     health.poison(cause.clone());
                     failure = Some(cause);
@@ -720,5 +761,58 @@ fn checkpoint(conn: &Connection, health: &WriterHealth) -> Option<(i64, u64, u64
             }
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An exclusive job that commits is followed by the WAL's sync before its answer, as a group
+    /// is: when the sync fails, the job is answered with the failure and the writer poisons itself.
+    #[test]
+    fn an_exclusive_job_is_answered_only_after_the_wal_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("t.db");
+        let conn = Connection::open(&db).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; CREATE TABLE t(x INTEGER);",
+        )
+        .expect("setup");
+        let opts = |wal_sync| WriterOptions {
+            group_commit_max: 8,
+            queue_max: 8,
+            wal_frames: Arc::default(),
+            wal_backfilled: Arc::default(),
+            checkpoint_request: None,
+            checkpoint_wal_frames: 1 << 20,
+            listeners: Vec::new(),
+            gate: None,
+            wal_sync,
+        };
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+        let writer =
+            Writer::start(conn, None, clock.clone(), opts(Some(WalSync::new(&db)))).expect("start");
+        let insert = |c: &mut Connection| {
+            c.execute("INSERT INTO t VALUES (1)", [])
+                .map_err(|e| Error::sqlite("insert", e))
+        };
+        assert_eq!(writer.exclusive_blocking(insert).expect("synced"), 1);
+        writer.shutdown();
+
+        // The same, with a WAL name that leads nowhere.
+        let conn = Connection::open(&db).expect("open");
+        conn.execute_batch("PRAGMA synchronous=NORMAL; SELECT count(*) FROM t;")
+            .expect("reopen");
+        let nowhere = dir.path().join("nowhere").join("t.db");
+        let writer =
+            Writer::start(conn, None, clock, opts(Some(WalSync::new(&nowhere)))).expect("start");
+        let answer = writer.exclusive_blocking(insert);
+        assert!(
+            matches!(&answer, Err(Error::Internal { message }) if message.contains("after a commit")),
+            "{answer:?}"
+        );
+        assert!(writer.health.poisoned().is_some(), "the writer is poisoned");
+        writer.shutdown();
     }
 }
