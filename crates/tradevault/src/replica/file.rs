@@ -730,11 +730,8 @@ mod tests {
         );
     }
 
-    /// The engine's wiring: a file the replica still links to is deleted from the cache but
-    /// kept whole; once the replica deletes it too, its inode holds the cache's next file.
-    #[test]
-    fn deleted_files_come_back_as_the_caches_next_files_never_while_linked() {
-        use std::os::unix::fs::MetadataExt;
+    /// A cache and a replica sharing a pool that reuses at once, as the engine wires them.
+    fn wired() -> (tempfile::TempDir, Arc<Recycler>, FileReplica, FileReplica) {
         let dir = tempfile::tempdir().expect("tempdir");
         let recycler = Arc::new(
             Recycler::open(dir.path().join("recycle"))
@@ -743,6 +740,15 @@ mod tests {
         );
         let cache = FileReplica::cache(dir.path().join("local")).with_recycler(recycler.clone());
         let replica = FileReplica::new(dir.path().join("replica")).with_recycler(recycler.clone());
+        (dir, recycler, cache, replica)
+    }
+
+    /// The engine's wiring: a file the replica still links to is deleted from the cache but
+    /// kept whole; once the replica deletes it too, its inode holds the cache's next file.
+    #[test]
+    fn deleted_files_come_back_as_the_caches_next_files_never_while_linked() {
+        use std::os::unix::fs::MetadataExt;
+        let (_dir, recycler, cache, replica) = wired();
         let first = cache.put(0, &ltx_file(1), None).expect("put");
         let linked = replica
             .put_link(0, &cache, &first)
@@ -777,14 +783,7 @@ mod tests {
     #[test]
     fn a_cache_file_every_replica_holds_is_retired_into_the_pool_unless_linked() {
         use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let recycler = Arc::new(
-            Recycler::open(dir.path().join("recycle"))
-                .expect("pool")
-                .reusing_after(Duration::ZERO),
-        );
-        let cache = FileReplica::cache(dir.path().join("local")).with_recycler(recycler.clone());
-        let replica = FileReplica::new(dir.path().join("replica")).with_recycler(recycler.clone());
+        let (_dir, recycler, cache, replica) = wired();
         let first = cache.put(0, &ltx_file(1), None).expect("put");
         let ino = fs::metadata(cache.path_of(0, 1, 1)).expect("meta").ino();
         cache.retire(&first).expect("retire");

@@ -289,9 +289,11 @@ pub(crate) struct WriterOptions {
 /// connection commits with `synchronous=NORMAL` (the WAL written, not flushed), the writer tells
 /// the listeners, so the shipper reads and ships the commit while the disk flushes, and then
 /// `fdatasync`s the WAL itself, before the commit's answers go to the gate. No answer is sent
-/// before both, so an acknowledged write is as durable locally as with `FULL`; a machine crash in
-/// between may leave a replica holding a commit the local WAL lost, which was never acknowledged
-/// and which the engine's start-up (a snapshot numbered past what replicas hold) never reuses.
+/// before both, so an acknowledged write is as durable locally as with `FULL`. A machine crash in
+/// between may leave a replica holding a commit the local WAL lost, which was never acknowledged;
+/// the engine's next start numbers its snapshot past what file replicas hold and continues an S3
+/// replica found holding that TXID or later from a new snapshot, so no replica's history goes on
+/// from it. Readers may see a commit before the sync (SQLite publishes it at COMMIT).
 pub struct WalSync {
     path: std::path::PathBuf,
     file: Option<std::fs::File>,
