@@ -480,7 +480,9 @@ where
                     if i >= jobs.len() || stop.load(Ordering::Relaxed) {
                         break;
                     }
+                    let started = std::time::Instant::now();
                     let d = work(jobs[i], &mut conn);
+                    tracing::debug!(job = ?jobs[i], seconds = started.elapsed().as_secs_f64(), "check job done");
                     if matches!(
                         d,
                         Done::Tree(Err(_), ..)
