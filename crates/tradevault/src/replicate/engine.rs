@@ -54,6 +54,8 @@ const HELD_BACK_TRIES: u32 = 20;
 const CHECKPOINTER_WAIT: Duration = Duration::from_millis(20);
 /// Most level-0 files the shipper remembers having written, so uploaders need no listing.
 const RECENT_MAX: usize = 4_096;
+/// Most bytes of pages a deferred local log holds in memory before writing them.
+const PENDING_BYTES_MAX: usize = 4 << 20;
 
 /// Replicates databases until stopped.
 pub struct Engine {
@@ -192,6 +194,9 @@ pub(crate) struct Db {
     /// before each read of the WAL, handed with the shipment to the journals, which credit it
     /// as soon as it is durable there, without waiting for the local log's file.
     shipping_seq: Arc<AtomicU64>,
+    /// The shipper writes the local log merged, at most one file per [`MIN_GAP`] (see
+    /// [`Replicator::defer_local`]): uploaders then link its files rather than merge them.
+    deferred_local: AtomicBool,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -205,6 +210,9 @@ pub(crate) struct State {
     pub(crate) snapshot_wanted: bool,
     /// A replica holds files up to this TXID from a history we do not know: number past it.
     pub(crate) raise_txid: u64,
+    /// The newest TXID shipped, in the local log or still waiting for it (see
+    /// [`Replicator::defer_local`]).
+    shipped_txid: u64,
     /// (TXID, last store commit in it or in an earlier file), for the sync gate: sorted by both.
     shipped: VecDeque<(u64, u64)>,
     /// Answers held until enough replicas have their commit: (commit, deadline, release).
@@ -334,6 +342,11 @@ impl Db {
 
     /// Creates the local log's next file ahead (see [`FileReplica::prepare`]): call it when no
     /// answer waits for this thread, since creating a file is the slow part of a shipment.
+    /// Whether the local log is written merged (see [`Db::deferred_local`]).
+    pub(crate) fn local_deferred(&self) -> bool {
+        self.deferred_local.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn prepare_local(&self) {
         if let Replica::File(cache) = &self.local
             && let Err(e) = cache.prepare(0)
@@ -541,6 +554,7 @@ impl Engine {
                 synced_once: false,
                 snapshot_wanted: false,
                 raise_txid: 0,
+                shipped_txid: replicator.txid(),
                 shipped: VecDeque::new(),
                 held: VecDeque::new(),
                 sync_replicas: 0,
@@ -553,6 +567,7 @@ impl Engine {
             stop: AtomicBool::new(false),
             shipper_done: AtomicBool::new(false),
             shipping_seq: Arc::default(),
+            deferred_local: AtomicBool::new(false),
             clock,
         });
         crate::metrics::replication_started(
@@ -584,6 +599,16 @@ impl Engine {
             .map(|r| super::journal::journaled(&db, &r.replica).then(Arc::default))
             .collect();
         let fed: Vec<Arc<super::journal::Handoff>> = handoffs.iter().flatten().cloned().collect();
+        // When the journals alone can answer the writer, nothing waits for the local log: it is
+        // written merged rather than a file per commit. (A sync mode counting an S3 replica
+        // waits for its upload from the local log, and keeps the file per commit.)
+        if let Some((_, needed)) = gate
+            && !fed.is_empty()
+            && fed.len() >= needed
+        {
+            replicator.defer_local(true);
+            db.deferred_local.store(true, Ordering::Relaxed);
+        }
         if !fed.is_empty() {
             let seq = db.shipping_seq.clone();
             replicator.on_encoded(Box::new(move |bytes, txid, listed| {
@@ -709,7 +734,7 @@ impl Engine {
                     });
                 }
                 let shipped = st.synced_once;
-                let local = st.status.txid;
+                let local = st.status.txid.max(st.shipped_txid);
                 if shipped
                     && st
                         .status
@@ -868,6 +893,11 @@ impl Shipper<'_> {
         self.checkpoint_store(store, &link, busy_timeout_ms, Some(pin));
         let mut next_checkpoint = Instant::now();
         loop {
+            // Shipments waiting for the local log (sync mode) go in by this time at the latest.
+            let flush_at = {
+                let r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
+                r.pending_since().map(|t| t + MIN_GAP)
+            };
             let (seq, first) = {
                 let mut l = link.lock();
                 while l.first_unshipped_ms.is_none()
@@ -875,14 +905,26 @@ impl Shipper<'_> {
                     && !db.lock().snapshot_wanted
                     && self.last_housekeeping.elapsed() < HOUSEKEEPING
                 {
+                    let wait = match flush_at {
+                        Some(at) => match at.checked_duration_since(Instant::now()) {
+                            Some(left) if !left.is_zero() => left.min(HOUSEKEEPING),
+                            _ => break,
+                        },
+                        None => HOUSEKEEPING,
+                    };
                     l = link
                         .wake
-                        .wait_timeout(l, HOUSEKEEPING)
+                        .wait_timeout(l, wait)
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                 }
                 (l.seq, l.first_unshipped_ms)
             };
+            if first.is_none() && flush_at.is_some_and(|at| Instant::now() >= at) {
+                // Nothing new to ship with it: a failure is retried by the next shipment, a
+                // snapshot past it.
+                self.flush_local();
+            }
             let stopping = db.stopping();
             if first.is_some() || db.lock().snapshot_wanted {
                 if !sync_mode && !stopping {
@@ -1060,15 +1102,33 @@ impl Shipper<'_> {
         // The clock counts whole milliseconds: one more is strictly after every commit read.
         let result = r.sync_with(first_ms, &|| db.now_ms() + 1);
         self.last_ship = Instant::now();
+        // What waits for the local log goes in once the oldest of it waited MIN_GAP (as async
+        // mode's shipments do), or once it is large.
+        let result = result.and_then(|synced| {
+            if r.pending_since().is_some_and(|t| t.elapsed() >= MIN_GAP)
+                || r.pending_bytes() >= PENDING_BYTES_MAX
+            {
+                r.flush_local()?;
+            }
+            Ok(synced)
+        });
+        let flushed = r.take_flushed();
+        let (txid, ts, made) = (r.txid(), r.last_ts(), r.last_made());
+        drop(r);
+        self.publish(flushed);
         match result {
             Ok(synced) => {
                 self.failures = 0;
-                let (txid, ts, made) = (r.txid(), r.last_ts(), r.last_made());
-                drop(r);
                 let mut st = db.lock();
                 st.status.last_error = None;
                 st.synced_once = true;
-                if synced != Synced::Nothing {
+                if let Synced::Deferred { txid } = synced {
+                    st.shipped_txid = st.shipped_txid.max(txid);
+                }
+                if matches!(
+                    synced,
+                    Synced::Transactions { .. } | Synced::Snapshot { .. }
+                ) {
                     st.status.txid = txid;
                     st.status.txid_time_ms = Some(made);
                     if let Synced::Transactions { bytes, .. } = synced {
@@ -1104,7 +1164,6 @@ impl Shipper<'_> {
                 true
             }
             Err(e) => {
-                drop(r);
                 if wanted {
                     db.lock().snapshot_wanted = true;
                 }
@@ -1123,11 +1182,50 @@ impl Shipper<'_> {
         }
     }
 
+    /// Writes what waits for the local log (see [`Replicator::defer_local`]) and tells the
+    /// uploaders; false if that failed (the next shipment is then a snapshot past it).
+    fn flush_local(&mut self) -> bool {
+        let mut r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
+        let result = r.flush_local();
+        let flushed = r.take_flushed();
+        drop(r);
+        self.publish(flushed);
+        if let Err(e) = result {
+            let message = crate::store::writer::error_chain(&e);
+            tracing::warn!(database = %self.db.name, error = %message, "could not write the waiting shipments into the local log; a snapshot follows");
+            self.db.lock().status.last_error = Some(message);
+            crate::metrics::replication_failed(&self.db.name, "local");
+            return false;
+        }
+        true
+    }
+
+    /// Makes files the replicator wrote into the local log known to the uploaders: the newest
+    /// position, and the files themselves in `recent`.
+    fn publish(&self, flushed: Vec<(ReplicaFile, i64)>) {
+        if flushed.is_empty() {
+            return;
+        }
+        let mut st = self.db.lock();
+        for (f, made) in flushed {
+            st.status.txid = st.status.txid.max(f.max_txid);
+            st.status.txid_time_ms = Some(made);
+            if st.recent.len() >= RECENT_MAX {
+                st.recent.pop_front();
+            }
+            st.recent.push_back(f);
+        }
+        drop(st);
+        self.db.changed.notify_all();
+    }
+
     /// Saves where the history stands for the next start (`Replicator::save`): called last, once
     /// nothing will be shipped any more, and for another program's database while its pin is
     /// still held, so that no checkpoint (a program's last connection closing, say) folds a
     /// commit into the file between the last look and the file's checksum.
-    fn save_position(&self) {
+    fn save_position(&mut self) {
+        // What waits for the local log goes in first, and to the uploaders draining it.
+        self.flush_local();
         let saved = self
             .replicator
             .lock()
@@ -1193,21 +1291,27 @@ impl Shipper<'_> {
             // Under the replicator's lock, as the shipper's own reads are.
             shipping_seq.store(seq, Ordering::Release);
             r.set_wal_pinned(pinned_since_sync);
-            // Ship the tail, then truncate.
+            // Ship the tail, then truncate. The local log holds every commit of a WAL
+            // generation before the WAL restarts: what waits goes in first.
             let synced = r.sync_with(first, &|| clock.now().as_millisecond() + 1)?;
+            r.flush_local()?;
             drop(pin);
             let salt1 = WalReader::open(&wal)?.map(|w| w.header().salt1);
             let done = truncate(conn, busy_timeout_ms)?;
             if done && let Some(salt1) = salt1 {
                 r.wal_truncated(salt1);
             }
-            Ok((synced, r.txid(), r.last_made(), done, seq))
+            Ok((synced, r.txid(), r.last_made(), done, seq, r.take_flushed()))
         });
         match result {
-            Ok((synced, txid, made, done, seq)) => {
+            Ok((synced, txid, made, done, seq, flushed)) => {
+                self.publish(flushed);
                 let mut st = db.lock();
                 st.synced_once = true;
-                if synced != Synced::Nothing {
+                if matches!(
+                    synced,
+                    Synced::Transactions { .. } | Synced::Snapshot { .. }
+                ) {
                     st.status.txid = txid;
                     st.status.txid_time_ms = Some(made);
                 }
@@ -1569,6 +1673,7 @@ mod tests {
             synced_once: false,
             snapshot_wanted: false,
             raise_txid: 0,
+            shipped_txid: 0,
             shipped: VecDeque::new(),
             held: VecDeque::new(),
             sync_replicas: 0,

@@ -46,6 +46,13 @@ pub enum Synced {
         /// Bytes written.
         bytes: u64,
     },
+    /// The transactions committed since the last sync were read and handed to `on_encoded`; they
+    /// go into the local log with the next [`Replicator::flush_local`] (see
+    /// [`Replicator::defer_local`]).
+    Deferred {
+        /// Their TXID.
+        txid: u64,
+    },
     /// The transactions committed since the last sync were written as one file.
     Transactions {
         /// Its TXID.
@@ -168,6 +175,27 @@ pub struct Replicator {
     looked: bool,
     /// Told about each shipment of transactions once encoded, before it is in the local log.
     on_encoded: Option<OnEncoded>,
+    /// Whether shipments of transactions wait in `pending` for [`Replicator::flush_local`].
+    defer: bool,
+    pending: Option<Pending>,
+    /// Files `flush_local` wrote, with their header times, for [`Replicator::take_flushed`].
+    flushed: Vec<(crate::replica::ReplicaFile, i64)>,
+}
+
+/// Shipments of transactions read but not yet in the local log, merged: the newest version of
+/// each page, and the TXIDs and times of the file they will make.
+struct Pending {
+    page_size: u32,
+    pages: std::collections::BTreeMap<u32, Vec<u8>>,
+    min_txid: u64,
+    max_txid: u64,
+    /// The database's size in pages after the newest of them.
+    commit: u32,
+    /// The first one's listed time, the newest one's header time.
+    listed: i64,
+    made: i64,
+    /// When the first one was read.
+    since: std::time::Instant,
 }
 
 /// See [`Replicator::on_encoded`]: the LTX bytes, their TXID and listed time.
@@ -191,7 +219,72 @@ impl Replicator {
             wal_pinned: false,
             looked: false,
             on_encoded: None,
+            defer: false,
+            pending: None,
+            flushed: Vec::new(),
         })
+    }
+
+    /// Keeps shipments of transactions out of the local log until [`Replicator::flush_local`],
+    /// which writes them as one file. For sync mode, where each commit is its own shipment and
+    /// the replicas' journals (fed by `on_encoded`) answer the writer: one local file per commit
+    /// cost a new inode each, on the CPU the next commit waits for. A snapshot, [`save`] and a
+    /// failed flush flush first or start a new history, so the local log never has a gap.
+    ///
+    /// [`save`]: Replicator::save
+    pub fn defer_local(&mut self, defer: bool) {
+        self.defer = defer;
+    }
+
+    /// When the shipments waiting for [`Replicator::flush_local`] were first read, if any wait.
+    pub fn pending_since(&self) -> Option<std::time::Instant> {
+        self.pending.as_ref().map(|p| p.since)
+    }
+
+    /// Bytes of pages waiting for [`Replicator::flush_local`].
+    pub fn pending_bytes(&self) -> usize {
+        self.pending
+            .as_ref()
+            .map_or(0, |p| p.pages.len() * p.page_size as usize)
+    }
+
+    /// Writes the shipments waiting since [`Replicator::defer_local`] into the local log as one
+    /// level-0 file (listed at the first one's time, made at the last one's), to be taken with
+    /// [`Replicator::take_flushed`]. If that fails, their TXIDs may already be in journals: the
+    /// next sync writes a snapshot numbered past them.
+    pub fn flush_local(&mut self) -> Result<()> {
+        let Some(mut p) = self.pending.take() else {
+            return Ok(());
+        };
+        // Pages past the final size belong to a shrink: they are not part of the database.
+        let commit = p.commit;
+        p.pages.retain(|pgno, _| *pgno <= commit);
+        let header = ltx::Header::new(p.page_size, p.commit, p.min_txid, p.max_txid, p.made);
+        let written = encode(header, p.pages.iter().map(|(n, d)| (*n, d.as_slice())))
+            .and_then(|bytes| self.replica.put_encoded(0, &header, &bytes, Some(p.listed)));
+        match written {
+            Ok(written) => {
+                let file = crate::replica::ReplicaFile {
+                    level: 0,
+                    min_txid: p.min_txid,
+                    max_txid: p.max_txid,
+                    size: written.size,
+                    created_at_ms: p.listed,
+                };
+                self.flushed.push((file, p.made));
+                Ok(())
+            }
+            Err(e) => {
+                self.resume = Resume::Snapshot;
+                Err(e)
+            }
+        }
+    }
+
+    /// The files [`Replicator::flush_local`] wrote since the last call, oldest first, with the
+    /// time each was made.
+    pub fn take_flushed(&mut self) -> Vec<(crate::replica::ReplicaFile, i64)> {
+        std::mem::take(&mut self.flushed)
     }
 
     /// Calls `hook` with each shipment of transactions as soon as it is encoded, before it is
@@ -229,8 +322,11 @@ impl Replicator {
     /// start continues the history rather than shipping a new snapshot. Call only once nothing
     /// will be shipped any more (a clean stop); a replicator that must write a snapshot next saves
     /// nothing.
-    pub fn save(&self, dir: &Path) -> Result<()> {
+    pub fn save(&mut self, dir: &Path) -> Result<()> {
         let path = dir.join(SAVED_FILE);
+        // A position past commits the local log lacks would continue a history with a gap.
+        // (A failed flush makes the next start write a snapshot: nothing is saved below.)
+        let _ = self.flush_local();
         let at = match self.resume {
             // Nothing committed since the WAL was truncated or restarted is in the database file:
             // while the file stays as it is, the WAL read from its start continues the history,
@@ -412,6 +508,11 @@ impl Replicator {
             },
             Resume::NoWal(..) | Resume::Snapshot => {}
         }
+        // The local log's files stay in TXID order: what waits goes in before the snapshot. If
+        // it cannot, the snapshot is still written, numbered past it.
+        if let Err(e) = self.flush_local() {
+            tracing::warn!(db = %self.db.display(), error = %e, "could not write the waiting shipments into the local log; a snapshot follows");
+        }
         self.ship_snapshot(listed, now)
     }
 
@@ -422,6 +523,14 @@ impl Replicator {
         now: &dyn Fn() -> i64,
     ) -> Result<Synced> {
         let page_size = reader.header().page_size;
+        // One file holds one page size (a WAL generation keeps it; this is for safety's sake).
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.page_size != page_size)
+        {
+            self.flush_local()?;
+        }
         let mut pages = std::collections::BTreeMap::new();
         let (mut commit, mut transactions) = (0, 0u32);
         while let Some(t) = reader.next_transaction()? {
@@ -440,6 +549,25 @@ impl Replicator {
         let bytes = encode(header, pages.iter().map(|(p, d)| (*p, d.as_slice())))?;
         if let Some(hook) = &self.on_encoded {
             hook(&bytes, txid, listed);
+        }
+        if self.defer {
+            let p = self.pending.get_or_insert_with(|| Pending {
+                page_size,
+                pages: std::collections::BTreeMap::new(),
+                min_txid: txid,
+                max_txid: txid,
+                commit,
+                listed,
+                made: ts,
+                since: std::time::Instant::now(),
+            });
+            p.pages.extend(pages);
+            (p.max_txid, p.commit, p.made) = (txid, commit, ts);
+            self.txid = txid;
+            self.last_ts = listed;
+            self.last_made = ts;
+            self.resume = Resume::Wal(reader.position());
+            return Ok(Synced::Deferred { txid });
         }
         let written = match self.replica.put_encoded(0, &header, &bytes, Some(listed)) {
             Ok(w) => w,

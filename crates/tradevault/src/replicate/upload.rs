@@ -281,13 +281,16 @@ impl Uploader<'_> {
                 i64::MAX
             };
             // Files a replica can link cost no copy and no inode each, where a merge costs a
-            // decode, an encode and a new file: with no interval, they go one by one.
-            let files_max =
-                if self.spec.sync_interval.is_zero() && self.can_link() && !self.journaled {
-                    1
-                } else {
-                    MERGE_FILES_MAX
-                };
+            // decode, an encode and a new file: with no interval, they go one by one. (Not the
+            // file per commit that sync mode's local log makes unless it is written merged.)
+            let files_max = if self.spec.sync_interval.is_zero()
+                && self.can_link()
+                && (!self.journaled || self.db.local_deferred())
+            {
+                1
+            } else {
+                MERGE_FILES_MAX
+            };
             let mut next = position + 1;
             let mut bytes = 0;
             for f in self.local_after(position)? {

@@ -128,3 +128,113 @@ fn each_sync_ships_what_was_committed_and_a_reset_starts_a_new_snapshot() {
         assert_eq!(&rows(&out_path), want, "the state at txid {}", i + 1);
     }
 }
+
+/// Sync mode's merged local log (`Replicator::defer_local`): each shipment goes to `on_encoded`
+/// at once, and into the replica only with `flush_local`, as one file; a snapshot and a saved
+/// position write what waits first, so the replica never has a gap and every state restores.
+#[test]
+fn deferred_shipments_reach_the_replica_as_one_file_before_a_snapshot_or_a_saved_position() {
+    use std::sync::{Arc, Mutex};
+    use tradevault::restore::{self, Target};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE fills (id INTEGER PRIMARY KEY, qty TEXT);")
+        .expect("schema");
+    insert(&conn, 0, 100);
+    let replica = Replica::from(FileReplica::new(dir.path().join("replica")));
+    let mut r = Replicator::new(&db, replica.clone()).expect("replicator");
+    let encoded = Arc::new(Mutex::new(Vec::new()));
+    let seen = encoded.clone();
+    r.on_encoded(Box::new(move |_, txid, _| seen.lock().unwrap().push(txid)));
+    r.defer_local(true);
+    let level0 = || -> Vec<(u64, u64)> {
+        let mut files: Vec<(u64, u64)> = replica
+            .list(0)
+            .expect("list")
+            .iter()
+            .map(|f| (f.min_txid, f.max_txid))
+            .collect();
+        files.sort_unstable();
+        files
+    };
+    let latest = |name: &str| {
+        let out = dir.path().join(name);
+        let plan = restore::plan(&replica, Target::Latest).expect("plan");
+        restore::apply(&replica, &plan, &out).expect("restore");
+        rows(&out)
+    };
+
+    assert!(matches!(
+        r.sync(1_000).expect("sync"),
+        Synced::Snapshot { txid: 1, .. }
+    ));
+    assert_eq!(r.pending_since(), None, "a snapshot is never deferred");
+    insert(&conn, 100, 5);
+    assert_eq!(r.sync(2_000).expect("sync"), Synced::Deferred { txid: 2 });
+    // The same rows again: the merged file keeps each page's newest version.
+    conn.execute("UPDATE fills SET qty = qty || '0' WHERE id >= 100", [])
+        .expect("update");
+    insert(&conn, 105, 3);
+    assert_eq!(r.sync(3_000).expect("sync"), Synced::Deferred { txid: 3 });
+    assert_eq!(
+        *encoded.lock().unwrap(),
+        vec![2, 3],
+        "each shipment is handed over at once"
+    );
+    assert_eq!(
+        level0(),
+        vec![(1, 1)],
+        "nothing reaches the replica before the flush"
+    );
+    assert!(r.pending_since().is_some() && r.pending_bytes() > 0);
+
+    r.flush_local().expect("flush");
+    assert_eq!(
+        level0(),
+        vec![(1, 1), (2, 3)],
+        "one file for both shipments"
+    );
+    let flushed = r.take_flushed();
+    assert_eq!(flushed.len(), 1);
+    assert_eq!((flushed[0].0.min_txid, flushed[0].0.max_txid), (2, 3));
+    assert_eq!(
+        flushed[0].0.created_at_ms, 2_000,
+        "listed at the first shipment's time"
+    );
+    assert_eq!(flushed[0].1, 3_001, "made at the last one's");
+    assert_eq!(latest("a.db"), rows(&db));
+    r.flush_local().expect("nothing to flush");
+    assert_eq!(level0(), vec![(1, 1), (2, 3)]);
+
+    // A reset: the snapshot that follows is numbered after what waited, which goes in first.
+    insert(&conn, 108, 2);
+    assert_eq!(r.sync(4_000).expect("sync"), Synced::Deferred { txid: 4 });
+    conn.execute_batch("PRAGMA wal_checkpoint(RESTART)")
+        .expect("checkpoint");
+    insert(&conn, 110, 1);
+    assert!(matches!(
+        r.sync(5_000).expect("sync"),
+        Synced::Snapshot { txid: 5, .. }
+    ));
+    assert_eq!(level0(), vec![(1, 1), (2, 3), (4, 4)]);
+    assert_eq!(r.take_flushed().len(), 1);
+    assert_eq!(latest("b.db"), rows(&db));
+
+    // A clean stop saves a position only after what waits is in.
+    insert(&conn, 111, 2);
+    assert_eq!(r.sync(6_000).expect("sync"), Synced::Deferred { txid: 6 });
+    let saved = dir.path().join("saved");
+    std::fs::create_dir(&saved).expect("dir");
+    r.save(&saved).expect("save");
+    assert_eq!(level0(), vec![(1, 1), (2, 3), (4, 4), (6, 6)]);
+    assert!(saved.join("position.json").exists());
+    assert_eq!(latest("c.db"), rows(&db));
+    let mut again = Replicator::new(&db, replica.clone()).expect("again");
+    assert!(
+        again.load_saved(&saved),
+        "the saved position continues the history"
+    );
+    assert_eq!(again.txid(), 6);
+}

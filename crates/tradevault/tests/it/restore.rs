@@ -228,6 +228,9 @@ fn random_points_in_time_restore_exactly_what_was_recorded() {
         let at = step * 1_000;
         let txid = match r.sync(at).expect("sync") {
             tradevault::replicate::Synced::Nothing => continue,
+            tradevault::replicate::Synced::Deferred { .. } => {
+                panic!("this replicator defers nothing")
+            }
             tradevault::replicate::Synced::Snapshot { txid, .. }
             | tradevault::replicate::Synced::Transactions { txid, .. } => txid,
         };
