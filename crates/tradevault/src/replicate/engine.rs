@@ -1103,19 +1103,23 @@ impl Shipper<'_> {
         let result = r.sync_with(first_ms, &|| db.now_ms() + 1);
         self.last_ship = Instant::now();
         // What waits for the local log goes in once the oldest of it waited MIN_GAP (as async
-        // mode's shipments do), or once it is large.
-        let result = result.and_then(|synced| {
-            if r.pending_since().is_some_and(|t| t.elapsed() >= MIN_GAP)
-                || r.pending_bytes() >= PENDING_BYTES_MAX
-            {
-                r.flush_local()?;
-            }
-            Ok(synced)
-        });
+        // mode's shipments do), or once it is large; even if this read failed.
+        let flushed = if r.pending_since().is_some_and(|t| t.elapsed() >= MIN_GAP)
+            || r.pending_bytes() >= PENDING_BYTES_MAX
+        {
+            r.flush_local()
+        } else {
+            Ok(())
+        };
+        let result = flushed.and(result);
         let flushed = r.take_flushed();
+        let flush_failed = r.take_flush_failed();
         let (txid, ts, made) = (r.txid(), r.last_ts(), r.last_made());
         drop(r);
         self.publish(flushed);
+        if flush_failed {
+            self.want_snapshot();
+        }
         match result {
             Ok(synced) => {
                 self.failures = 0;
@@ -1188,6 +1192,7 @@ impl Shipper<'_> {
         let mut r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
         let result = r.flush_local();
         let flushed = r.take_flushed();
+        let flush_failed = r.take_flush_failed();
         drop(r);
         self.publish(flushed);
         if let Err(e) = result {
@@ -1195,9 +1200,19 @@ impl Shipper<'_> {
             tracing::warn!(database = %self.db.name, error = %message, "could not write the waiting shipments into the local log; a snapshot follows");
             self.db.lock().status.last_error = Some(message);
             crate::metrics::replication_failed(&self.db.name, "local");
-            return false;
         }
-        true
+        if flush_failed {
+            self.want_snapshot();
+        }
+        !flush_failed
+    }
+
+    /// Asks for the snapshot that follows a failed write of the deferred local log now, not at
+    /// the next commit: replicas without a journal, and a journal waiting for the layout, need
+    /// what it held.
+    fn want_snapshot(&self) {
+        self.db.lock().snapshot_wanted = true;
+        self.db.changed.notify_all();
     }
 
     /// Makes files the replicator wrote into the local log known to the uploaders: the newest
@@ -1331,6 +1346,15 @@ impl Shipper<'_> {
                 done
             }
             Err(e) => {
+                // A flush in the job may have worked before a later step failed, or failed.
+                let (flushed, flush_failed) = {
+                    let mut r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
+                    (r.take_flushed(), r.take_flush_failed())
+                };
+                self.publish(flushed);
+                if flush_failed {
+                    self.want_snapshot();
+                }
                 // The commits are still unshipped: keep their time for the next attempt.
                 let mut l = link.lock();
                 l.first_unshipped_ms = match (l.first_unshipped_ms, first) {

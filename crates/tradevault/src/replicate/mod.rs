@@ -180,6 +180,8 @@ pub struct Replicator {
     pending: Option<Pending>,
     /// Files `flush_local` wrote, with their header times, for [`Replicator::take_flushed`].
     flushed: Vec<(crate::replica::ReplicaFile, i64)>,
+    /// A flush failed since [`Replicator::take_flush_failed`] was last called.
+    flush_failed: bool,
 }
 
 /// Shipments of transactions read but not yet in the local log, merged: the newest version of
@@ -222,6 +224,7 @@ impl Replicator {
             defer: false,
             pending: None,
             flushed: Vec::new(),
+            flush_failed: false,
         })
     }
 
@@ -276,9 +279,16 @@ impl Replicator {
             }
             Err(e) => {
                 self.resume = Resume::Snapshot;
+                self.flush_failed = true;
                 Err(e)
             }
         }
+    }
+
+    /// Whether a [`Replicator::flush_local`] failed since the last call: the snapshot that
+    /// follows is wanted even if nothing else is committed.
+    pub fn take_flush_failed(&mut self) -> bool {
+        std::mem::take(&mut self.flush_failed)
     }
 
     /// The files [`Replicator::flush_local`] wrote since the last call, oldest first, with the
@@ -512,6 +522,8 @@ impl Replicator {
         // it cannot, the snapshot is still written, numbered past it.
         if let Err(e) = self.flush_local() {
             tracing::warn!(db = %self.db.display(), error = %e, "could not write the waiting shipments into the local log; a snapshot follows");
+            // The snapshot it asks for is this one.
+            self.flush_failed = false;
         }
         self.ship_snapshot(listed, now)
     }
@@ -561,6 +573,8 @@ impl Replicator {
                 made: ts,
                 since: std::time::Instant::now(),
             });
+            // Pages past this commit's size were cut by a shrink: a later growth rewrites them.
+            p.pages.retain(|pgno, _| *pgno <= commit);
             p.pages.extend(pages);
             (p.max_txid, p.commit, p.made) = (txid, commit, ts);
             self.txid = txid;

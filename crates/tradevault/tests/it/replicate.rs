@@ -237,4 +237,28 @@ fn deferred_shipments_reach_the_replica_as_one_file_before_a_snapshot_or_a_saved
         "the saved position continues the history"
     );
     assert_eq!(again.txid(), 6);
+
+    // A flush that fails: its TXID is never used again, and a snapshot past it follows.
+    insert(&conn, 113, 2);
+    assert_eq!(r.sync(7_000).expect("sync"), Synced::Deferred { txid: 7 });
+    let level_dir = dir.path().join("replica/ltx/0");
+    let moved = dir.path().join("replica/ltx/0.moved");
+    std::fs::rename(&level_dir, &moved).expect("move the level away");
+    std::fs::write(&level_dir, b"not a directory").expect("block it");
+    assert!(r.flush_local().is_err());
+    assert!(r.take_flush_failed(), "the failure is told once");
+    assert!(!r.take_flush_failed());
+    std::fs::remove_file(&level_dir).expect("unblock");
+    std::fs::rename(&moved, &level_dir).expect("move back");
+    insert(&conn, 115, 1);
+    assert!(matches!(
+        r.sync(8_000).expect("sync"),
+        Synced::Snapshot { txid: 8, .. }
+    ));
+    assert_eq!(
+        level0(),
+        vec![(1, 1), (2, 3), (4, 4), (6, 6)],
+        "TXID 7 never appears"
+    );
+    assert_eq!(latest("d.db"), rows(&db));
 }
