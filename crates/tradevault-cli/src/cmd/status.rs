@@ -4,7 +4,8 @@
 //! the database's local log every second): position, lag, last error, bytes, files, restorable
 //! window per replica; and the latest runs of `serve`'s scheduled jobs, from the store's
 //! `job_runs` table. A report older than a few seconds, or from a process that is gone, is shown
-//! as not running.
+//! as not running; the registration of a process that is gone, for a database file that is gone
+//! too, is removed.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -88,7 +89,13 @@ pub fn run(
         for d in &config.database {
             add(d.name.clone(), d.path.clone(), "config", None);
         }
-        for (_, r) in super::registrations() {
+        for (file, r) in super::registrations() {
+            // A killed process's registration stays, so that `status` says it is not running;
+            // once its database is gone too, there is nothing left to say: forget it.
+            if !super::process_alive(r.pid) && !r.path.exists() {
+                let _ = std::fs::remove_file(&file);
+                continue;
+            }
             add(r.database, r.path, "registry", Some(r.pid));
         }
     } else {

@@ -971,6 +971,30 @@ fn status_finds_a_sidecar_started_without_a_config() {
     assert!(sidecar.wait().expect("wait").success());
     let (listed, _) = status(&[]);
     assert!(bot(&listed).is_none(), "{listed}");
+
+    // Killed, and its database deleted since: nothing left to report, and forgotten.
+    let mut sidecar = spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while bot(&status(&[]).0).is_none_or(|e| e["registered_pid"] != sidecar.id()) {
+        assert!(std::time::Instant::now() < deadline, "not registered again");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    sidecar.kill().expect("kill");
+    sidecar.wait().expect("wait");
+    assert!(
+        bot(&status(&[]).0).is_some(),
+        "listed while its file exists"
+    );
+    let registry = runtime.join("tradevault");
+    let registered = || std::fs::read_dir(&registry).map_or(0, |d| d.count());
+    assert!(registered() > 0);
+    drop(conn);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(work.join(format!("bot.db{suffix}")));
+    }
+    let (listed, _) = status(&[]);
+    assert!(bot(&listed).is_none(), "{listed}");
+    assert_eq!(registered(), 0, "its registration was removed");
 }
 
 /// A sidecar serves its replication metrics for Prometheus with `--metrics-listen`.
