@@ -447,6 +447,7 @@ impl Registered {
                 database: name.to_owned(),
                 path: absolute(path),
                 pid: std::process::id(),
+                pid_ns: tradevault::replicate::status::pid_namespace(),
             };
             match registration.write(&dir) {
                 Ok(file) => files.push(file),

@@ -57,6 +57,26 @@ impl Entry {
     }
 }
 
+/// Removes `file`, the registration `r`, if its process is known to be gone (a pid of this pid
+/// namespace) and its database file is known not to exist (not merely unreadable); true if it
+/// did. The file is read again first: a process that registered the same database since keeps
+/// its registration.
+fn forgotten(file: &Path, r: &status::Registration) -> bool {
+    let here = r.pid_ns.is_some() && r.pid_ns == status::pid_namespace();
+    if !here
+        || super::process_alive(r.pid)
+        || !r.path.is_absolute()
+        || !matches!(r.path.try_exists(), Ok(false))
+    {
+        return false;
+    }
+    let same = std::fs::read(file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<status::Registration>(&b).ok())
+        .is_some_and(|now| now == *r);
+    same && std::fs::remove_file(file).is_ok()
+}
+
 pub fn run(
     config_file: Option<&Path>,
     data_dir: Option<PathBuf>,
@@ -92,8 +112,7 @@ pub fn run(
         for (file, r) in super::registrations() {
             // A killed process's registration stays, so that `status` says it is not running;
             // once its database is gone too, there is nothing left to say: forget it.
-            if !super::process_alive(r.pid) && !r.path.exists() {
-                let _ = std::fs::remove_file(&file);
+            if forgotten(&file, &r) {
                 continue;
             }
             add(r.database, r.path, "registry", Some(r.pid));

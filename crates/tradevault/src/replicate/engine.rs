@@ -1104,19 +1104,26 @@ impl Shipper<'_> {
         self.last_ship = Instant::now();
         // What waits for the local log goes in once the oldest of it waited MIN_GAP (as async
         // mode's shipments do), or once it is large; even if this read failed.
-        let flushed = if r.pending_since().is_some_and(|t| t.elapsed() >= MIN_GAP)
+        let flush = if r.pending_since().is_some_and(|t| t.elapsed() >= MIN_GAP)
             || r.pending_bytes() >= PENDING_BYTES_MAX
         {
             r.flush_local()
         } else {
             Ok(())
         };
-        let result = flushed.and(result);
         let flushed = r.take_flushed();
         let flush_failed = r.take_flush_failed();
         let (txid, ts, made) = (r.txid(), r.last_ts(), r.last_made());
         drop(r);
         self.publish(flushed);
+        // A failed flush is not this read's failure: what was read is recorded below, and the
+        // snapshot that follows it is asked for now, with no backoff.
+        let flush_error = flush.err().map(|e| {
+            let message = crate::store::writer::error_chain(&e);
+            tracing::warn!(database = %db.name, error = %message, "could not write the waiting shipments into the local log; a snapshot follows");
+            crate::metrics::replication_failed(&db.name, "local");
+            message
+        });
         if flush_failed {
             self.want_snapshot();
         }
@@ -1124,7 +1131,7 @@ impl Shipper<'_> {
             Ok(synced) => {
                 self.failures = 0;
                 let mut st = db.lock();
-                st.status.last_error = None;
+                st.status.last_error = flush_error;
                 st.synced_once = true;
                 if let Synced::Deferred { txid } = synced {
                     st.shipped_txid = st.shipped_txid.max(txid);

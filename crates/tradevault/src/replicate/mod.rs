@@ -520,12 +520,16 @@ impl Replicator {
         }
         // The local log's files stay in TXID order: what waits goes in before the snapshot. If
         // it cannot, the snapshot is still written, numbered past it.
-        if let Err(e) = self.flush_local() {
+        let flush = self.flush_local();
+        if let Err(e) = &flush {
             tracing::warn!(db = %self.db.display(), error = %e, "could not write the waiting shipments into the local log; a snapshot follows");
-            // The snapshot it asks for is this one.
+        }
+        let shipped = self.ship_snapshot(listed, now);
+        // The snapshot the failed flush asks for is this one, if it was written.
+        if flush.is_err() && shipped.is_ok() {
             self.flush_failed = false;
         }
-        self.ship_snapshot(listed, now)
+        shipped
     }
 
     fn ship_transactions(

@@ -145,6 +145,17 @@ pub struct Registration {
     pub path: PathBuf,
     /// The process replicating it.
     pub pid: u32,
+    /// Its pid namespace (`/proc/self/ns/pid`'s link), where `pid` means something: a
+    /// registry shared with a container holds pids of another namespace. None from older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<String>,
+}
+
+/// This process's pid namespace, as [`Registration::pid_ns`] records it.
+pub fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|l| l.to_string_lossy().into_owned())
 }
 
 impl Registration {
@@ -202,6 +213,7 @@ mod tests {
             database: "bot".into(),
             path: "/srv/bot.db".into(),
             pid: 10,
+            pid_ns: None,
         };
         let file = first.write(dir.path()).expect("write");
         let second = Registration { pid: 11, ..first };
@@ -210,6 +222,7 @@ mod tests {
             database: "other".into(),
             path: "/srv/other.db".into(),
             pid: 12,
+            pid_ns: pid_namespace(),
         };
         other.write(dir.path()).expect("write");
         std::fs::write(dir.path().join("junk.json"), "not json").expect("junk");
