@@ -340,13 +340,13 @@ impl Db {
         }
     }
 
-    /// Creates the local log's next file ahead (see [`FileReplica::prepare`]): call it when no
-    /// answer waits for this thread, since creating a file is the slow part of a shipment.
     /// Whether the local log is written merged (see [`Db::deferred_local`]).
     pub(crate) fn local_deferred(&self) -> bool {
         self.deferred_local.load(Ordering::Relaxed)
     }
 
+    /// Creates the local log's next file ahead (see [`FileReplica::prepare`]): call it when no
+    /// answer waits for this thread, since creating a file is the slow part of a shipment.
     pub(crate) fn prepare_local(&self) {
         if let Replica::File(cache) = &self.local
             && let Err(e) = cache.prepare(0)
@@ -894,9 +894,11 @@ impl Shipper<'_> {
         let mut next_checkpoint = Instant::now();
         loop {
             // Shipments waiting for the local log (sync mode) go in by this time at the latest.
-            let flush_at = {
+            let flush_at = if db.local_deferred() {
                 let r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
                 r.pending_since().map(|t| t + MIN_GAP)
+            } else {
+                None
             };
             let (seq, first) = {
                 let mut l = link.lock();
@@ -1111,22 +1113,12 @@ impl Shipper<'_> {
         } else {
             Ok(())
         };
-        let flushed = r.take_flushed();
-        let flush_failed = r.take_flush_failed();
+        let (flushed, flush_failed) = (r.take_flushed(), r.take_flush_failed());
         let (txid, ts, made) = (r.txid(), r.last_ts(), r.last_made());
         drop(r);
-        self.publish(flushed);
         // A failed flush is not this read's failure: what was read is recorded below, and the
         // snapshot that follows it is asked for now, with no backoff.
-        let flush_error = flush.err().map(|e| {
-            let message = crate::store::writer::error_chain(&e);
-            tracing::warn!(database = %db.name, error = %message, "could not write the waiting shipments into the local log; a snapshot follows");
-            crate::metrics::replication_failed(&db.name, "local");
-            message
-        });
-        if flush_failed {
-            self.want_snapshot();
-        }
+        let flush_error = self.settle_flush(flush, flushed, flush_failed);
         match result {
             Ok(synced) => {
                 self.failures = 0;
@@ -1194,32 +1186,40 @@ impl Shipper<'_> {
     }
 
     /// Writes what waits for the local log (see [`Replicator::defer_local`]) and tells the
-    /// uploaders; false if that failed (the next shipment is then a snapshot past it).
-    fn flush_local(&mut self) -> bool {
-        let mut r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
-        let result = r.flush_local();
-        let flushed = r.take_flushed();
-        let flush_failed = r.take_flush_failed();
-        drop(r);
-        self.publish(flushed);
-        if let Err(e) = result {
-            let message = crate::store::writer::error_chain(&e);
-            tracing::warn!(database = %self.db.name, error = %message, "could not write the waiting shipments into the local log; a snapshot follows");
+    /// uploaders; a failure is the replica's last error, and the next shipment a snapshot past it.
+    fn flush_local(&self) {
+        let (result, flushed, failed) = {
+            let mut r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
+            (r.flush_local(), r.take_flushed(), r.take_flush_failed())
+        };
+        if let Some(message) = self.settle_flush(result, flushed, failed) {
             self.db.lock().status.last_error = Some(message);
-            crate::metrics::replication_failed(&self.db.name, "local");
         }
-        if flush_failed {
-            self.want_snapshot();
-        }
-        !flush_failed
     }
 
-    /// Asks for the snapshot that follows a failed write of the deferred local log now, not at
-    /// the next commit: replicas without a journal, and a journal waiting for the layout, need
-    /// what it held.
-    fn want_snapshot(&self) {
-        self.db.lock().snapshot_wanted = true;
-        self.db.changed.notify_all();
+    /// Settles what the replicator's flushes of the deferred local log did, taken with its lock
+    /// released: `flushed` is published to the uploaders; a failed flush (`failed`) asks for the
+    /// snapshot that follows it now, not at the next commit, since replicas without a journal,
+    /// and a journal waiting for the layout, need what it held. Returns `result`'s error message,
+    /// logged and counted.
+    fn settle_flush(
+        &self,
+        result: Result<()>,
+        flushed: Vec<(ReplicaFile, i64)>,
+        failed: bool,
+    ) -> Option<String> {
+        self.publish(flushed);
+        let message = result.err().map(|e| {
+            let message = crate::store::writer::error_chain(&e);
+            tracing::warn!(database = %self.db.name, error = %message, "could not write the waiting shipments into the local log; a snapshot follows");
+            crate::metrics::replication_failed(&self.db.name, "local");
+            message
+        });
+        if failed {
+            self.db.lock().snapshot_wanted = true;
+            self.db.changed.notify_all();
+        }
+        message
     }
 
     /// Makes files the replicator wrote into the local log known to the uploaders: the newest
@@ -1245,7 +1245,7 @@ impl Shipper<'_> {
     /// nothing will be shipped any more, and for another program's database while its pin is
     /// still held, so that no checkpoint (a program's last connection closing, say) folds a
     /// commit into the file between the last look and the file's checksum.
-    fn save_position(&mut self) {
+    fn save_position(&self) {
         // What waits for the local log goes in first, and to the uploaders draining it.
         self.flush_local();
         let saved = self
@@ -1358,10 +1358,8 @@ impl Shipper<'_> {
                     let mut r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
                     (r.take_flushed(), r.take_flush_failed())
                 };
-                self.publish(flushed);
-                if flush_failed {
-                    self.want_snapshot();
-                }
+                // The job's own error is told below.
+                self.settle_flush(Ok(()), flushed, flush_failed);
                 // The commits are still unshipped: keep their time for the next attempt.
                 let mut l = link.lock();
                 l.first_unshipped_ms = match (l.first_unshipped_ms, first) {

@@ -18,8 +18,14 @@ fn insert(conn: &rusqlite::Connection, from: u32, n: u32) {
     }
 }
 
-#[test]
-fn each_sync_ships_what_was_committed_and_a_reset_starts_a_new_snapshot() {
+/// A bot's database in WAL mode with no automatic checkpoint, 100 fills in it, and an empty file
+/// replica beside it, all in a temporary directory.
+fn bot() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    rusqlite::Connection,
+    Replica,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("bot.db");
     let conn = rusqlite::Connection::open(&db).expect("open");
@@ -27,6 +33,12 @@ fn each_sync_ships_what_was_committed_and_a_reset_starts_a_new_snapshot() {
         .expect("schema");
     insert(&conn, 0, 100);
     let replica = Replica::from(FileReplica::new(dir.path().join("replica")));
+    (dir, db, conn, replica)
+}
+
+#[test]
+fn each_sync_ships_what_was_committed_and_a_reset_starts_a_new_snapshot() {
+    let (dir, db, conn, replica) = bot();
     let mut r = Replicator::new(&db, replica.clone()).expect("replicator");
     let mut states = Vec::new();
     assert!(matches!(
@@ -137,13 +149,7 @@ fn deferred_shipments_reach_the_replica_as_one_file_before_a_snapshot_or_a_saved
     use std::sync::{Arc, Mutex};
     use tradevault::restore::{self, Target};
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("bot.db");
-    let conn = rusqlite::Connection::open(&db).expect("open");
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE fills (id INTEGER PRIMARY KEY, qty TEXT);")
-        .expect("schema");
-    insert(&conn, 0, 100);
-    let replica = Replica::from(FileReplica::new(dir.path().join("replica")));
+    let (dir, db, conn, replica) = bot();
     let mut r = Replicator::new(&db, replica.clone()).expect("replicator");
     let encoded = Arc::new(Mutex::new(Vec::new()));
     let seen = encoded.clone();
