@@ -150,6 +150,140 @@ fn restored_trades(url: &str, dir: &Path) -> HashSet<String> {
     trade_ids(&restore(url, dir))
 }
 
+/// A full sync journal is archived as a segment and a new lap starts at once, without waiting
+/// for the layout: with the layout frozen, the answers keep coming, restore reads every lap (the
+/// latest state, and a TXID inside the first lap), and a restart lays the segments out and
+/// removes them.
+#[test]
+fn sync_mode_keeps_full_journal_laps_as_segments_that_restore_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, url, config) = sync_store(
+        dir.path(),
+        "sync_timeout_ms = 20000\n",
+        "sync_interval_ms = 600000\n",
+        "",
+    );
+    let replica = dir.path().join("replica");
+    let segments = || -> Vec<(u64, u64)> {
+        let mut found: Vec<(u64, u64)> = std::fs::read_dir(replica.join("tradevault-segments"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let (a, b) = name.strip_suffix(".tvj")?.split_once('-')?;
+                Some((
+                    u64::from_str_radix(a, 16).ok()?,
+                    u64::from_str_radix(b, 16).ok()?,
+                ))
+            })
+            .collect();
+        found.sort_unstable();
+        found
+    };
+    let mut server = Server::start_args(&data, &[], &["--config", &config]);
+    eventually(
+        "the snapshot on the replica",
+        Duration::from_secs(20),
+        || std::fs::read_dir(replica.join("ltx/0")).is_ok_and(|mut d| d.next().is_some()),
+    );
+    // 60 signals of 400 KB that LZ4 cannot shrink: about 24 MiB of records, more than a lap.
+    let mut rng = Rng::from_env("sync_mode_keeps_full_journal_laps_as_segments_that_restore_reads");
+    let mut api = server.client();
+    let n: u32 = 60;
+    for i in 0..n {
+        let blob: String = (0..25_000)
+            .map(|_| format!("{:016x}", rng.next()))
+            .collect();
+        let signal = json!({ "signal_id": format!("big{i}"), "symbol": "BTC", "price": "1",
+            "final_signal": "buy", "confidence": "0.5", "strategies": { "blob": blob } });
+        let (status, body) = api.post("/v1/signals", &signal);
+        assert_eq!(status, 201, "{body}");
+    }
+    let archived = segments();
+    assert!(!archived.is_empty(), "a full lap is archived");
+    let plan = |args: &[&str]| -> Value {
+        let out = command()
+            .args(["restore", "--dry-run", "--json", "--replica", &url])
+            .args(args)
+            .arg("--output")
+            .arg(dir.path().join("dry.db"))
+            .output()
+            .expect("dry run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("plan")
+    };
+    // The layout was not hurried: the first lap's commits are read from its segment.
+    let (first, last) = archived[0];
+    let latest = plan(&[]);
+    let from_segment = latest["files"].as_array().is_some_and(|f| {
+        f.iter()
+            .any(|f| f[0] == 100 && f[1].as_u64() == Some(first))
+    });
+    assert!(from_segment, "{latest}");
+    server.kill();
+
+    let signals = |conn: &rusqlite::Connection| -> i64 {
+        conn.query_row(
+            "SELECT count(*) FROM signals WHERE signal_id LIKE 'big%'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count")
+    };
+    assert_eq!(
+        signals(&restore(&url, &dir.path().join("r1"))),
+        i64::from(n),
+        "every answered write"
+    );
+    // A point inside the first lap: a TXID only its segment ends at.
+    let out = command()
+        .args([
+            "restore",
+            "--replica",
+            &url,
+            "--txid",
+            &last.to_string(),
+            "--output",
+        ])
+        .arg(dir.path().join("r2.db"))
+        .output()
+        .expect("restore to a txid");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let at = rusqlite::Connection::open(dir.path().join("r2.db")).expect("open");
+    let count = signals(&at);
+    assert!(
+        count > 0 && count < i64::from(n),
+        "the first lap ends mid-run: {count} of {n}"
+    );
+
+    // A restart lays out what the journal and its segments hold, then removes the segments.
+    let server = Server::start_args(&data, &[], &["--config", &config]);
+    let newest = latest["txid"].as_u64().expect("txid");
+    eventually("the journal laid out", Duration::from_secs(30), || {
+        std::fs::read_dir(replica.join("ltx/0")).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(ltx::parse_file_name)
+                    .is_some_and(|(_, max)| max == newest)
+            })
+        })
+    });
+    eventually("the segments removed", Duration::from_secs(30), || {
+        segments().is_empty()
+    });
+    drop(server);
+}
+
 #[test]
 fn sync_mode_answers_from_the_replica_journal_which_restore_reads_and_a_restart_lays_out() {
     // The layout gets one upload every ten minutes: after the first, only the journal takes

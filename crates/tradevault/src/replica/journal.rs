@@ -10,10 +10,16 @@
 //! Layout: records from offset 0, each a 24-byte head (`TVJ1`, the LTX length as u32, the listed
 //! time in ms as i64, and 8 bytes of blake3 over those 16 bytes and the LTX header) then the LTX
 //! bytes, the next record at the next multiple of 8. The file is filled with zeros when created,
-//! so no append changes its size or allocates a block. When the next record does not fit, the
-//! writer starts again from offset 0 (a new lap), but only once every record of the journal is in
-//! the layout. A reader walks the records from offset 0 and stops at the first head that does not
-//! check (zeros, the torn end of an append a crash cut, or the middle of an older lap's record).
+//! so no append changes its size or allocates a block. When the next record does not fit (or a
+//! new writer opens a journal that holds records), the journal is *archived*: renamed whole into
+//! `<root>/tradevault-segments/` as `<first TXID>-<last TXID>.tvj` (16 hex digits each), and a new
+//! lap starts in a zero-filled file (the spare, `tradevault-journal.spare`, made ahead off the
+//! hot path by [`make_spare`], or made then). So a new lap never waits for the layout, and no
+//! record is overwritten: a segment is deleted once the layout holds it (see
+//! `replicate::journal`). A reader walks the segments in name order, then the journal, each from
+//! offset 0 to the first head that does not check (zeros, or the torn end of an append a crash
+//! cut) or whose TXIDs do not follow the record before (the older lap a ring journal of an
+//! earlier build left).
 //! Whatever a walk finds is an LTX file verified by its own checksum before use; records of an
 //! older lap that a walk may still reach are older than the layout's newest file, so they never
 //! extend a chain (see [`FileReplica::journal_tail`](super::FileReplica::journal_tail)).
@@ -28,6 +34,10 @@ use crate::error::{Error, Result};
 
 /// The file's name under a replica's root.
 pub const JOURNAL_NAME: &str = "tradevault-journal";
+/// The directory of archived laps under a replica's root.
+pub const SEGMENTS_DIR: &str = "tradevault-segments";
+/// The zero-filled file the next lap starts in, under a replica's root.
+pub const SPARE_NAME: &str = "tradevault-journal.spare";
 /// The level the journal's records are listed at, so that they are told apart from the layout's
 /// files (Litestream's levels are 0 to 9).
 pub const JOURNAL_LEVEL: u32 = 100;
@@ -91,35 +101,28 @@ pub struct Writer {
     /// The file's inode: an append to a file no longer at `path` (the replica's directory removed
     /// or replaced) would be lost, so it fails instead.
     ino: u64,
+    root: PathBuf,
+    /// The first and last TXIDs of this lap's records, which name its segment.
+    first_txid: u64,
+    last_txid: u64,
 }
 
 impl Writer {
-    /// Opens the journal under `root` for a new lap from offset 0, creating it (`size` bytes of
-    /// zeros, fsynced, with its directory) when it is missing or shorter. Call it only once the
-    /// journal's records are in the layout (the uploader's startup replays them first).
+    /// Opens the journal under `root` for a new lap from offset 0, in a new file of `size` bytes
+    /// of zeros: the records a journal there holds are archived first (see the module doc).
     pub fn open(root: &Path, size: u64) -> Result<Writer> {
         let path = path(root);
-        let current = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if current < size {
-            fs::create_dir_all(root).map_err(|e| Error::io("create replica directory", root, e))?;
-            let temp = root.join(format!("{JOURNAL_NAME}.tmp"));
-            let file = File::create(&temp).map_err(|e| Error::io("create journal", &temp, e))?;
-            let zeros = vec![0u8; 1 << 20];
-            let mut at = 0;
-            while at < size {
-                let n = zeros
-                    .len()
-                    .min(usize::try_from(size - at).unwrap_or(usize::MAX));
-                file.write_all_at(&zeros[..n], at)
-                    .map_err(|e| Error::io("fill journal", &temp, e))?;
-                at += n as u64;
-            }
-            file.sync_all()
-                .map_err(|e| Error::io("fsync journal", &temp, e))?;
-            fs::rename(&temp, &path).map_err(|e| Error::io("rename journal", &path, e))?;
-            File::open(root)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| Error::io("fsync replica directory", root, e))?;
+        fs::create_dir_all(root).map_err(|e| Error::io("create replica directory", root, e))?;
+        let held = walk_file(&path)?;
+        if let (Some(first), Some(last)) = (held.first(), held.last()) {
+            archive(root, first.min_txid, last.max_txid)?;
+        }
+        if fs::metadata(&path).is_ok_and(|m| m.len() < size) {
+            // Too short for this size (another build's): its records, if any, were archived.
+            fs::remove_file(&path).map_err(|e| Error::io("remove journal", &path, e))?;
+        }
+        if !path.exists() {
+            fresh(root, size)?;
         }
         let file = File::options()
             .read(true)
@@ -135,7 +138,27 @@ impl Writer {
             size: meta.len(),
             offset: 0,
             ino: meta.ino(),
+            root: root.to_owned(),
+            first_txid: 0,
+            last_txid: 0,
         })
+    }
+
+    /// Archives this lap's records as a segment and starts a new lap in a zero-filled file. An
+    /// empty lap starts again where it is.
+    pub fn new_lap(&mut self) -> Result<()> {
+        if self.offset == 0 {
+            return Ok(());
+        }
+        let size = self.size;
+        archive(&self.root, self.first_txid, self.last_txid)?;
+        *self = Writer::open(&self.root, size)?;
+        Ok(())
+    }
+
+    /// The first and last TXIDs this lap holds; None before its first record.
+    pub fn lap(&self) -> Option<(u64, u64)> {
+        (self.offset > 0).then_some((self.first_txid, self.last_txid))
     }
 
     /// Bytes left in this lap.
@@ -149,28 +172,36 @@ impl Writer {
         record_len(bytes) <= self.size / 4
     }
 
-    /// Starts a new lap at offset 0: only once every record written is in the layout.
-    pub fn rewind(&mut self) {
-        self.offset = 0;
-    }
-
     /// Appends `records` (each an LTX file and its listed time) with one write and one
     /// `fdatasync`: when this returns, they are durable. They must fit in [`Writer::room`]
     /// ([`record_len`] each).
     pub fn append(&mut self, records: &[(&[u8], i64)]) -> Result<()> {
         let mut buf = Vec::new();
+        let (mut first, mut last) = (self.first_txid, self.last_txid);
         for (ltx, created_at_ms) in records {
             let header = ltx.get(..ltx::HEADER_SIZE).ok_or_else(|| Error::Ltx {
                 name: self.path.display().to_string(),
                 source: ltx::Error::Header("record shorter than an LTX header".into()),
             })?;
             // A record a reader cannot decode would hide every record after it.
-            ltx::Header::decode(header.try_into().unwrap_or(&[0; ltx::HEADER_SIZE])).map_err(
-                |source| Error::Ltx {
+            let decoded = ltx::Header::decode(header.try_into().unwrap_or(&[0; ltx::HEADER_SIZE]))
+                .map_err(|source| Error::Ltx {
                     name: self.path.display().to_string(),
                     source,
-                },
-            )?;
+                })?;
+            // Nor would a reader go past a record that does not follow the one before.
+            if (self.offset > 0 || !buf.is_empty()) && decoded.min_txid <= last {
+                return Err(Error::Internal {
+                    message: format!(
+                        "journal record of txids {}-{} after txid {last}",
+                        decoded.min_txid, decoded.max_txid
+                    ),
+                });
+            }
+            if self.offset == 0 && buf.is_empty() {
+                first = decoded.min_txid;
+            }
+            last = decoded.max_txid;
             let mut head = [0u8; HEAD];
             head[..4].copy_from_slice(&MAGIC);
             let len = u32::try_from(ltx.len()).map_err(|_| Error::Internal {
@@ -212,16 +243,149 @@ impl Writer {
             .sync_data()
             .map_err(|e| Error::io("fdatasync journal", &self.path, e))?;
         self.offset += buf.len() as u64;
+        (self.first_txid, self.last_txid) = (first, last);
         Ok(())
     }
 }
 
-/// The records of the journal under `root` with their LTX bytes, in the order written, from
-/// offset 0 to the first head that does not check; none when there is no journal. The file is
-/// read once, so the records are those of one moment. Their LTX bytes are not verified here.
+/// Writes a zero-filled file of `size` bytes at `to` (through a temporary name, fsynced, with
+/// its directory).
+fn zeros(root: &Path, to: &Path, size: u64) -> Result<()> {
+    let mut temp = to.as_os_str().to_owned();
+    temp.push(".tmp");
+    let temp = PathBuf::from(temp);
+    let file = File::create(&temp).map_err(|e| Error::io("create journal", &temp, e))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < size {
+        let n = zeros
+            .len()
+            .min(usize::try_from(size - at).unwrap_or(usize::MAX));
+        file.write_all_at(&zeros[..n], at)
+            .map_err(|e| Error::io("fill journal", &temp, e))?;
+        at += n as u64;
+    }
+    file.sync_all()
+        .map_err(|e| Error::io("fsync journal", &temp, e))?;
+    fs::rename(&temp, to).map_err(|e| Error::io("rename journal", to, e))?;
+    sync_dir(root)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync replica directory", dir, e))
+}
+
+/// Puts a new journal of `size` bytes in place: the spare if it has that size, else a new file.
+fn fresh(root: &Path, size: u64) -> Result<()> {
+    let (spare, to) = (root.join(SPARE_NAME), path(root));
+    if fs::metadata(&spare).is_ok_and(|m| m.len() == size) {
+        fs::rename(&spare, &to).map_err(|e| Error::io("rename journal", &to, e))?;
+        return sync_dir(root);
+    }
+    zeros(root, &to, size)
+}
+
+/// Makes the zero-filled file the next lap starts in, if there is none: call it off the hot
+/// path (the replica's maintenance does). True if it made one.
+pub fn make_spare(root: &Path, size: u64) -> Result<bool> {
+    let spare = root.join(SPARE_NAME);
+    if fs::metadata(&spare).is_ok_and(|m| m.len() == size) || !path(root).exists() {
+        return Ok(false);
+    }
+    zeros(root, &spare, size)?;
+    Ok(true)
+}
+
+/// Renames the journal under `root`, whose records run from `first` to `last`, into the
+/// segments, durably.
+fn archive(root: &Path, first: u64, last: u64) -> Result<()> {
+    let dir = root.join(SEGMENTS_DIR);
+    if !dir.is_dir() {
+        fs::create_dir_all(&dir).map_err(|e| Error::io("create journal segments", &dir, e))?;
+        sync_dir(root)?;
+    }
+    let to = dir.join(segment_name(first, last));
+    let from = path(root);
+    fs::rename(&from, &to).map_err(|e| Error::io("archive journal", &to, e))?;
+    sync_dir(&dir)?;
+    sync_dir(root)
+}
+
+/// A segment's file name.
+pub fn segment_name(first: u64, last: u64) -> String {
+    format!("{first:016x}-{last:016x}.tvj")
+}
+
+/// The segments under `root`: (first TXID, last TXID, path), in TXID order.
+pub fn segments(root: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
+    let dir = root.join(SEGMENTS_DIR);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list journal segments", &dir, e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((a, b)) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".tvj"))
+            .and_then(|n| n.split_once('-'))
+        else {
+            continue;
+        };
+        if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+            found.push((a, b, entry.path()));
+        }
+    }
+    found.sort_by_key(|(a, b, _)| (*a, *b));
+    Ok(found)
+}
+
+/// Removes the segments under `root` whose records all end at or before `txid` (the layout
+/// holds them); returns how many.
+pub fn remove_segments_through(root: &Path, txid: u64) -> Result<usize> {
+    let mut removed = 0;
+    for (_, last, path) in segments(root)? {
+        if last <= txid {
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove journal segment", &path, e)),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// The records of the segments and then the journal under `root`, with their LTX bytes, in the
+/// order written (each file from offset 0 to the first head that does not check or does not
+/// follow the record before); none when there are none. The journal is read first and whole, the
+/// segments after it: a lap archived meanwhile is found in its segment, so the records are those
+/// of one moment or later, never fewer. Their LTX bytes are not verified here.
 pub fn read_all(root: &Path) -> Result<Vec<(Record, Vec<u8>)>> {
-    let bytes = read(root)?;
-    Ok(walk(&bytes)
+    let journal = read(&path(root))?;
+    let mut all = Vec::new();
+    for (_, _, segment) in segments(root)? {
+        // One removed meanwhile reads as empty: the layout holds it.
+        all.extend(with_bytes(&read(&segment)?));
+    }
+    let newest = all
+        .last()
+        .map_or(0, |(r, _): &(Record, Vec<u8>)| r.max_txid);
+    // A lap archived after the journal was read is in both: its records once.
+    all.extend(
+        with_bytes(&journal)
+            .into_iter()
+            .filter(|(r, _)| r.min_txid > newest),
+    );
+    Ok(all)
+}
+
+fn with_bytes(bytes: &[u8]) -> Vec<(Record, Vec<u8>)> {
+    walk(bytes)
         .into_iter()
         .map(|r| {
             let at = usize::try_from(r.offset).unwrap_or(0);
@@ -229,26 +393,31 @@ pub fn read_all(root: &Path) -> Result<Vec<(Record, Vec<u8>)>> {
             let ltx = bytes[at..at + len].to_vec();
             (r, ltx)
         })
-        .collect())
+        .collect()
 }
 
-/// The records of the journal under `root` (see [`read_all`]), without their bytes.
+/// The records of the segments and the journal under `root` (see [`read_all`]), without their
+/// bytes.
 pub fn scan(root: &Path) -> Result<Vec<Record>> {
-    Ok(walk(&read(root)?))
+    Ok(read_all(root)?.into_iter().map(|(r, _)| r).collect())
 }
 
-/// The journal's bytes; none when there is no journal.
-fn read(root: &Path) -> Result<Vec<u8>> {
-    let path = path(root);
-    match fs::read(&path) {
+/// The records of one journal or segment file, without their bytes; none when it is missing.
+fn walk_file(path: &Path) -> Result<Vec<Record>> {
+    Ok(walk(&read(path)?))
+}
+
+/// A journal's or segment's bytes; none when it is missing.
+fn read(path: &Path) -> Result<Vec<u8>> {
+    match fs::read(path) {
         Ok(b) => Ok(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(Error::io("read journal", &path, e)),
+        Err(e) => Err(Error::io("read journal", path, e)),
     }
 }
 
 fn walk(bytes: &[u8]) -> Vec<Record> {
-    let mut records = Vec::new();
+    let mut records: Vec<Record> = Vec::new();
     let mut at = 0usize;
     while let Some(head) = bytes.get(at..at + HEAD) {
         if head[..4] != MAGIC {
@@ -270,6 +439,13 @@ fn walk(bytes: &[u8]) -> Vec<Record> {
         else {
             break;
         };
+        // An older lap's record, left by a ring journal of an earlier build.
+        if records
+            .last()
+            .is_some_and(|r| decoded.min_txid <= r.max_txid)
+        {
+            break;
+        }
         records.push(Record {
             offset: start as u64,
             len: len as u64,
@@ -324,24 +500,90 @@ mod tests {
     }
 
     #[test]
-    fn a_new_lap_hides_the_older_records_it_overwrote_and_reopening_starts_one() {
+    fn a_new_lap_archives_the_last_as_a_segment_and_nothing_is_overwritten() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = Writer::open(dir.path(), 64 << 10).unwrap();
+        let root = dir.path();
+        let mut w = Writer::open(root, 64 << 10).unwrap();
+        assert!(
+            w.new_lap().is_ok() && segments(root).unwrap().is_empty(),
+            "an empty lap is not archived"
+        );
         let mut txid = 0;
         while w.room() >= record_len(5_000) {
             txid += 1;
             w.append(&[(&ltx_file(txid, txid), txid as i64)]).unwrap();
         }
         assert!(txid > 3, "several records fit");
-        w.rewind();
-        w.append(&[(&ltx_file(txid + 1, txid + 1), 0)]).unwrap();
-        let found = scan(dir.path()).unwrap();
-        assert_eq!(found[0].min_txid, txid + 1, "the new lap comes first");
-        // Whatever follows is older than what the new lap holds, never newer.
-        assert!(found[1..].iter().all(|r| r.max_txid <= txid), "{found:?}");
+        assert_eq!(w.lap(), Some((1, txid)));
+        assert!(
+            w.append(&[(&ltx_file(txid, txid), 0)]).is_err(),
+            "a record must follow the one before"
+        );
+        assert!(make_spare(root, 64 << 10).unwrap(), "a spare is made");
+        assert!(!make_spare(root, 64 << 10).unwrap(), "and only one");
+        w.new_lap().unwrap();
+        assert!(
+            !root.join(SPARE_NAME).exists(),
+            "the new lap took the spare"
+        );
+        let first_lap = txid;
+        for _ in 0..2 {
+            txid += 1;
+            w.append(&[(&ltx_file(txid, txid), txid as i64)]).unwrap();
+        }
+        let listed: Vec<_> = segments(root)
+            .unwrap()
+            .into_iter()
+            .map(|(a, b, _)| (a, b))
+            .collect();
+        assert_eq!(listed, vec![(1, first_lap)]);
+        let found: Vec<u64> = scan(root).unwrap().iter().map(|r| r.max_txid).collect();
+        assert_eq!(
+            found,
+            (1..=txid).collect::<Vec<_>>(),
+            "every record, in order"
+        );
+        let all = read_all(root).unwrap();
+        assert_eq!(all[0].1, ltx_file(1, 1), "a segment's record reads back");
 
-        let mut again = Writer::open(dir.path(), 64 << 10).unwrap();
-        again.append(&[(&ltx_file(txid + 2, txid + 2), 0)]).unwrap();
-        assert_eq!(scan(dir.path()).unwrap()[0].min_txid, txid + 2);
+        // Reopening archives what the journal held, and starts empty.
+        let mut again = Writer::open(root, 64 << 10).unwrap();
+        assert_eq!(again.lap(), None);
+        assert_eq!(segments(root).unwrap().len(), 2);
+        again.append(&[(&ltx_file(txid + 1, txid + 1), 0)]).unwrap();
+        assert_eq!(scan(root).unwrap().len() as u64, txid + 1);
+
+        // Segments go once the layout holds them.
+        assert_eq!(remove_segments_through(root, first_lap).unwrap(), 1);
+        let found: Vec<u64> = scan(root).unwrap().iter().map(|r| r.max_txid).collect();
+        assert_eq!(found, (first_lap + 1..=txid + 1).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_older_lap_left_by_a_ring_journal_ends_the_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut w = Writer::open(root, 64 << 10).unwrap();
+        w.append(&[(&ltx_file(5, 5), 0), (&ltx_file(6, 6), 0)])
+            .unwrap();
+        // What an earlier build's rewound lap left behind the newer records: older TXIDs.
+        let found = scan(root).unwrap();
+        let end = aligned(found[1].offset + found[1].len);
+        let mut stale = Vec::new();
+        for t in [3, 4] {
+            let ltx = ltx_file(t, t);
+            let mut head = [0u8; HEAD];
+            head[..4].copy_from_slice(&MAGIC);
+            head[4..8].copy_from_slice(&(ltx.len() as u32).to_le_bytes());
+            let sum = check(&head, &ltx[..ltx::HEADER_SIZE]);
+            head[16..24].copy_from_slice(&sum);
+            stale.extend_from_slice(&head);
+            stale.extend_from_slice(&ltx);
+            stale.resize(aligned(stale.len() as u64) as usize, 0);
+        }
+        let file = File::options().write(true).open(path(root)).unwrap();
+        file.write_all_at(&stale, end).unwrap();
+        let found: Vec<u64> = scan(root).unwrap().iter().map(|r| r.max_txid).collect();
+        assert_eq!(found, vec![5, 6]);
     }
 }

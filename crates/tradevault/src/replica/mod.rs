@@ -188,11 +188,12 @@ impl Replica {
     }
 
     /// What a restore may use: [`Replica::list_all`], and on a file replica the records of its
-    /// sync journal that continue past the layout's newest file (level
+    /// sync journal and its segments that continue past the layout's newest file (level
     /// [`journal::JOURNAL_LEVEL`], verified, up to the first that does not verify).
     ///
-    /// The journal is read before the layout is listed: what a new lap overwrote by then is in
-    /// the layout, so the records past the layout's newest file continue it with no gap.
+    /// The journal and its segments are read before the layout is listed: a segment removed by
+    /// then is in the layout, so the records past the layout's newest file continue it with no
+    /// gap.
     pub fn list_restorable(&self) -> Result<Vec<ReplicaFile>> {
         let journal = match self {
             Replica::File(r) => r.journal_records()?,

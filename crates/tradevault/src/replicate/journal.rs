@@ -127,7 +127,7 @@ struct Journal<'a> {
     root: &'a Path,
     /// None until opened, and after a failed append until the layout holds what it held.
     writer: Option<Writer>,
-    /// The newest TXID the journal holds in this lap (0: none yet).
+    /// The newest TXID the journal holds since it was opened (0: none yet).
     journaled: u64,
     failures: u32,
 }
@@ -162,6 +162,8 @@ impl Journal<'_> {
                 Some(w) => w,
                 None => match Writer::open(self.root, JOURNAL_BYTES) {
                     Ok(w) => {
+                        // What it held is archived: a segment the layout holds already goes.
+                        self.remove_segments(layout);
                         self.journaled = 0;
                         w
                     }
@@ -197,15 +199,15 @@ impl Journal<'_> {
                 })
                 .count();
             if run == 0 {
-                // A new lap overwrites the oldest records: only once the layout holds them all.
-                self.writer = Some(writer);
-                if !self.wait_for_layout(self.journaled) {
+                // A new lap: this one's records stay readable in a segment, so it never waits
+                // for the layout. The next lap continues the last record.
+                if let Err(e) = writer.new_lap() {
+                    self.failed(&e);
+                    self.wait_for_layout(self.journaled);
                     return;
                 }
-                if let Some(w) = &mut self.writer {
-                    w.rewind();
-                }
-                self.journaled = 0;
+                self.writer = Some(writer);
+                self.remove_segments(layout);
                 continue;
             }
             let records: Vec<(&[u8], i64)> = rest[..run]
@@ -224,6 +226,13 @@ impl Journal<'_> {
             let seq = rest[run - 1].seq;
             rest = &rest[run..];
             self.confirm(seq);
+        }
+    }
+
+    /// Removes the segments whose records the layout holds (`layout`: its newest TXID).
+    fn remove_segments(&self, layout: u64) {
+        if let Err(e) = crate::replica::journal::remove_segments_through(self.root, layout) {
+            tracing::warn!(replica = %self.name, error = %crate::store::writer::error_chain(&e), "could not remove the journal segments the layout holds; retrying at the next lap");
         }
     }
 

@@ -74,8 +74,24 @@ pub(crate) fn run(db: &Db, index: usize, spec: ReplicaSpec) {
     // A directory is listed from a TXID on cheaply, every few seconds; an object store is listed
     // whole (a request per thousand files), so it compacts in the minute's pass, from its listing.
     let local = matches!(m.spec.replica, Replica::File(_));
+    let journal_root = match &m.spec.replica {
+        Replica::File(r) if super::journal::journaled(db, &m.spec.replica) => {
+            Some(r.root().to_owned())
+        }
+        _ => None,
+    };
     while !db.stopping() {
         let now = db.now_ms();
+        // The sync journal's next lap starts in a file made here, not on the commits' path.
+        if let Some(root) = &journal_root
+            && let Err(e) =
+                crate::replica::journal::make_spare(root, crate::replica::journal::JOURNAL_BYTES)
+        {
+            m.failed(
+                "could not make the sync journal's spare file; the next lap makes it",
+                &e,
+            );
+        }
         // Level 1, retention and the snapshot schedule, from a whole listing, which also tells
         // where each level stands (then their own merges do).
         if now >= next_full {

@@ -228,10 +228,14 @@ impl Uploader<'_> {
                 tracing::info!(replica = %self.spec.name, min_txid = f.min_txid, max_txid = f.max_txid, "journal record replayed into the replica's files");
             }
             r.forget_journal();
-            // A new lap of the journal may overwrite what the layout now holds: every name in it
-            // must survive a machine crash first (a killed process may have renamed a file into
-            // it without the directory's fsync).
+            // The journal's segments may go once the layout holds them: every name in it must
+            // survive a machine crash first (a killed process may have renamed a file into it
+            // without the directory's fsync).
             r.sync_dirs()?;
+            let newest = all.iter().map(|f| f.max_txid).max().unwrap_or(0);
+            if let Err(e) = crate::replica::journal::remove_segments_through(r.root(), newest) {
+                tracing::warn!(replica = %self.spec.name, error = %crate::store::writer::error_chain(&e), "could not remove the journal segments the layout holds; the journal's next lap retries");
+            }
         }
         let mut newest: Option<&ReplicaFile> = None;
         for f in &all {
