@@ -225,8 +225,6 @@ fn sync_mode_keeps_full_journal_laps_as_segments_that_restore_reads() {
             .any(|f| f[0] == 100 && f[1].as_u64() == Some(first))
     });
     assert!(from_segment, "{latest}");
-    server.kill();
-
     let signals = |conn: &rusqlite::Connection| -> i64 {
         conn.query_row(
             "SELECT count(*) FROM signals WHERE signal_id LIKE 'big%'",
@@ -235,11 +233,6 @@ fn sync_mode_keeps_full_journal_laps_as_segments_that_restore_reads() {
         )
         .expect("count")
     };
-    assert_eq!(
-        signals(&restore(&url, &dir.path().join("r1"))),
-        i64::from(n),
-        "every answered write"
-    );
     // A point inside the first lap: a TXID only its segment ends at.
     let out = command()
         .args([
@@ -265,9 +258,33 @@ fn sync_mode_keeps_full_journal_laps_as_segments_that_restore_reads() {
         "the first lap ends mid-run: {count} of {n}"
     );
 
+    // Two laps more: the second segment the layout would lack makes the journal hurry the
+    // layout and wait for it, so segments never pile up behind a slow layout.
+    let more: u32 = 80;
+    for i in n..n + more {
+        let blob: String = (0..25_000)
+            .map(|_| format!("{:016x}", rng.next()))
+            .collect();
+        let signal = json!({ "signal_id": format!("big{i}"), "symbol": "BTC", "price": "1",
+            "final_signal": "buy", "confidence": "0.5", "strategies": { "blob": blob } });
+        let (status, body) = api.post("/v1/signals", &signal);
+        assert_eq!(status, 201, "{body}");
+    }
+    let now = segments();
+    assert!(
+        now.len() <= 2 && now.iter().all(|(a, _)| *a > first),
+        "the first lap's segment went once the layout held it: {now:?}"
+    );
+    let newest = plan(&[])["txid"].as_u64().expect("txid");
+    server.kill();
+    assert_eq!(
+        signals(&restore(&url, &dir.path().join("r1"))),
+        i64::from(n + more),
+        "every answered write"
+    );
+
     // A restart lays out what the journal and its segments hold, then removes the segments.
     let server = Server::start_args(&data, &[], &["--config", &config]);
-    let newest = latest["txid"].as_u64().expect("txid");
     eventually("the journal laid out", Duration::from_secs(30), || {
         std::fs::read_dir(replica.join("ltx/0")).is_ok_and(|d| {
             d.flatten().any(|e| {

@@ -567,7 +567,7 @@ impl FileReplica {
                         std::io::Error::new(
                             std::io::ErrorKind::NotFound,
                             format!(
-                                "no record of txids {}-{} (overwritten by a new lap?)",
+                                "no record of txids {}-{} (its segment removed once the layout held it?)",
                                 file.min_txid, file.max_txid
                             ),
                         ),

@@ -20,9 +20,9 @@
 //! offset 0 to the first head that does not check (zeros, or the torn end of an append a crash
 //! cut) or whose TXIDs do not follow the record before (the older lap a ring journal of an
 //! earlier build left).
-//! Whatever a walk finds is an LTX file verified by its own checksum before use; records of an
-//! older lap that a walk may still reach are older than the layout's newest file, so they never
-//! extend a chain (see [`FileReplica::journal_tail`](super::FileReplica::journal_tail)).
+//! Whatever a walk finds is an LTX file verified by its own checksum before use, and used only
+//! where it continues the chain from the layout's newest file (see
+//! [`FileReplica::journal_tail`](super::FileReplica::journal_tail)).
 //!
 //! Litestream ignores the file: its restore reads `ltx/` only.
 
@@ -108,22 +108,20 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Opens the journal under `root` for a new lap from offset 0, in a new file of `size` bytes
-    /// of zeros: the records a journal there holds are archived first (see the module doc).
+    /// Opens the journal under `root` for a new lap from offset 0, always in a new file of `size`
+    /// bytes of zeros: the records a journal there holds are archived first (see the module doc),
+    /// and a file with none readable is removed (what a torn first append left in it must never
+    /// follow a new record).
     pub fn open(root: &Path, size: u64) -> Result<Writer> {
         let path = path(root);
         fs::create_dir_all(root).map_err(|e| Error::io("create replica directory", root, e))?;
         let held = walk_file(&path)?;
         if let (Some(first), Some(last)) = (held.first(), held.last()) {
             archive(root, first.min_txid, last.max_txid)?;
-        }
-        if fs::metadata(&path).is_ok_and(|m| m.len() < size) {
-            // Too short for this size (another build's): its records, if any, were archived.
+        } else if path.exists() {
             fs::remove_file(&path).map_err(|e| Error::io("remove journal", &path, e))?;
         }
-        if !path.exists() {
-            fresh(root, size)?;
-        }
+        fresh(root, size)?;
         let file = File::options()
             .read(true)
             .write(true)
@@ -557,6 +555,23 @@ mod tests {
         assert_eq!(remove_segments_through(root, first_lap).unwrap(), 1);
         let found: Vec<u64> = scan(root).unwrap().iter().map(|r| r.max_txid).collect();
         assert_eq!(found, (first_lap + 1..=txid + 1).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn opening_a_journal_with_no_readable_record_starts_a_zeroed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        Writer::open(root, 64 << 10).unwrap();
+        // A torn first append: its head is lost, bytes after it survive.
+        let file = File::options().write(true).open(path(root)).unwrap();
+        file.write_all_at(&[0xaa; 4096], 4096).unwrap();
+        drop(file);
+        let mut w = Writer::open(root, 64 << 10).unwrap();
+        let bytes = fs::read(path(root)).unwrap();
+        assert!(bytes.iter().all(|b| *b == 0), "the new lap starts in zeros");
+        assert!(segments(root).unwrap().is_empty(), "nothing to archive");
+        w.append(&[(&ltx_file(1, 1), 0)]).unwrap();
+        assert_eq!(scan(root).unwrap().len(), 1);
     }
 
     #[test]

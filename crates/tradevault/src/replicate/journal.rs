@@ -6,9 +6,12 @@
 //!
 //! The thread starts once the uploader has found the replica and replayed what the journal held
 //! into the layout; it journals only shipments that continue the layout or its own last record, so
-//! the journal is always a continuation of the layout. It starts a new lap only when the layout
-//! holds everything the journal does. A shipment too large for the journal, or a failing write,
-//! is left to the uploader, whose upload releases the answers as in async replication.
+//! the journal is always a continuation of the layout. A full journal is archived as a segment and
+//! the next lap starts at once; segments the layout holds are removed at each lap. At most one
+//! segment the layout lacks is kept: a lap that would make a second waits for the layout (and
+//! hurries it), so the journal and its segments stay within a few laps on disk and in a reader's
+//! memory. A shipment too large for the journal, or a failing write, is left to the uploader,
+//! whose upload releases the answers as in async replication.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -111,7 +114,7 @@ pub(crate) fn run(db: &Db, index: usize, name: &str, root: &Path, handoff: &Hand
         journaled: 0,
         failures: 0,
     };
-    // The uploader replays the journal's records into the layout before anything overwrites them.
+    // The uploader replays the journal's records into the layout before the journal goes on.
     if journal.wait_for(|r| r.discovered.then_some(())).is_none() {
         return;
     }
@@ -199,8 +202,17 @@ impl Journal<'_> {
                 })
                 .count();
             if run == 0 {
-                // A new lap: this one's records stay readable in a segment, so it never waits
-                // for the layout. The next lap continues the last record.
+                // A new lap: this one's records stay readable in a segment, so it waits for the
+                // layout only if an older segment still holds records the layout lacks. The next
+                // lap continues the last record.
+                self.remove_segments(layout);
+                if let Some(older) = self.unheld_segment(layout) {
+                    if !self.wait_for_layout(older) {
+                        self.writer = Some(writer);
+                        return;
+                    }
+                    self.remove_segments(older);
+                }
                 if let Err(e) = writer.new_lap() {
                     self.failed(&e);
                     self.wait_for_layout(self.journaled);
@@ -227,6 +239,17 @@ impl Journal<'_> {
             rest = &rest[run..];
             self.confirm(seq);
         }
+    }
+
+    /// The last TXID of the newest segment the layout does not hold yet (`layout`: its newest
+    /// TXID), if any.
+    fn unheld_segment(&self, layout: u64) -> Option<u64> {
+        crate::replica::journal::segments(self.root)
+            .ok()?
+            .iter()
+            .map(|(_, last, _)| *last)
+            .filter(|last| *last > layout)
+            .max()
     }
 
     /// Removes the segments whose records the layout holds (`layout`: its newest TXID).
