@@ -42,6 +42,40 @@ fn restore(url: &str, dir: &Path) -> rusqlite::Connection {
     conn
 }
 
+/// Restores `url` at `txid` into `out` with the binary, and opens it.
+fn restore_txid(url: &str, txid: u64, out: &Path) -> rusqlite::Connection {
+    let done = command()
+        .args([
+            "restore",
+            "--replica",
+            url,
+            "--txid",
+            &txid.to_string(),
+            "--output",
+        ])
+        .arg(out)
+        .output()
+        .expect("restore to a txid");
+    assert!(
+        done.status.success(),
+        "restore of {url} at txid {txid}: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    rusqlite::Connection::open(out).expect("open restored")
+}
+
+/// Whether the level-0 files of the replica at `replica` include one ending at `txid`.
+fn layout_ends_at(replica: &Path, txid: u64) -> bool {
+    std::fs::read_dir(replica.join("ltx/0")).is_ok_and(|d| {
+        d.flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(ltx::parse_file_name)
+                .is_some_and(|(_, max)| max == txid)
+        })
+    })
+}
+
 fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("tradevault.toml");
     std::fs::write(&path, text).expect("config");
@@ -190,16 +224,19 @@ fn sync_mode_keeps_full_journal_laps_as_segments_that_restore_reads() {
     // 60 signals of 400 KB that LZ4 cannot shrink: about 24 MiB of records, more than a lap.
     let mut rng = Rng::from_env("sync_mode_keeps_full_journal_laps_as_segments_that_restore_reads");
     let mut api = server.client();
+    let mut big_signals = |ids: std::ops::Range<u32>| {
+        for i in ids {
+            let blob: String = (0..25_000)
+                .map(|_| format!("{:016x}", rng.next()))
+                .collect();
+            let signal = json!({ "signal_id": format!("big{i}"), "symbol": "BTC", "price": "1",
+                "final_signal": "buy", "confidence": "0.5", "strategies": { "blob": blob } });
+            let (status, body) = api.post("/v1/signals", &signal);
+            assert_eq!(status, 201, "{body}");
+        }
+    };
     let n: u32 = 60;
-    for i in 0..n {
-        let blob: String = (0..25_000)
-            .map(|_| format!("{:016x}", rng.next()))
-            .collect();
-        let signal = json!({ "signal_id": format!("big{i}"), "symbol": "BTC", "price": "1",
-            "final_signal": "buy", "confidence": "0.5", "strategies": { "blob": blob } });
-        let (status, body) = api.post("/v1/signals", &signal);
-        assert_eq!(status, 201, "{body}");
-    }
+    big_signals(0..n);
     let archived = segments();
     assert!(!archived.is_empty(), "a full lap is archived");
     let plan = |args: &[&str]| -> Value {
@@ -234,25 +271,7 @@ fn sync_mode_keeps_full_journal_laps_as_segments_that_restore_reads() {
         .expect("count")
     };
     // A point inside the first lap: a TXID only its segment ends at.
-    let out = command()
-        .args([
-            "restore",
-            "--replica",
-            &url,
-            "--txid",
-            &last.to_string(),
-            "--output",
-        ])
-        .arg(dir.path().join("r2.db"))
-        .output()
-        .expect("restore to a txid");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let at = rusqlite::Connection::open(dir.path().join("r2.db")).expect("open");
-    let count = signals(&at);
+    let count = signals(&restore_txid(&url, last, &dir.path().join("r2.db")));
     assert!(
         count > 0 && count < i64::from(n),
         "the first lap ends mid-run: {count} of {n}"
@@ -261,15 +280,7 @@ fn sync_mode_keeps_full_journal_laps_as_segments_that_restore_reads() {
     // Two laps more: the second segment the layout would lack makes the journal hurry the
     // layout and wait for it, so segments never pile up behind a slow layout.
     let more: u32 = 80;
-    for i in n..n + more {
-        let blob: String = (0..25_000)
-            .map(|_| format!("{:016x}", rng.next()))
-            .collect();
-        let signal = json!({ "signal_id": format!("big{i}"), "symbol": "BTC", "price": "1",
-            "final_signal": "buy", "confidence": "0.5", "strategies": { "blob": blob } });
-        let (status, body) = api.post("/v1/signals", &signal);
-        assert_eq!(status, 201, "{body}");
-    }
+    big_signals(n..n + more);
     let now = segments();
     assert!(
         now.len() <= 2 && now.iter().all(|(a, _)| *a > first),
@@ -286,14 +297,7 @@ fn sync_mode_keeps_full_journal_laps_as_segments_that_restore_reads() {
     // A restart lays out what the journal and its segments hold, then removes the segments.
     let server = Server::start_args(&data, &[], &["--config", &config]);
     eventually("the journal laid out", Duration::from_secs(30), || {
-        std::fs::read_dir(replica.join("ltx/0")).is_ok_and(|d| {
-            d.flatten().any(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(ltx::parse_file_name)
-                    .is_some_and(|(_, max)| max == newest)
-            })
-        })
+        layout_ends_at(&replica, newest)
     });
     eventually("the segments removed", Duration::from_secs(30), || {
         segments().is_empty()
@@ -375,16 +379,7 @@ fn sync_mode_answers_from_the_replica_journal_which_restore_reads_and_a_restart_
     eventually(
         "the journal replayed into the layout",
         Duration::from_secs(20),
-        || {
-            std::fs::read_dir(replica.join("ltx/0")).is_ok_and(|d| {
-                d.flatten().any(|e| {
-                    e.file_name()
-                        .to_str()
-                        .and_then(ltx::parse_file_name)
-                        .is_some_and(|(_, max)| max == last)
-                })
-            })
-        },
+        || layout_ends_at(&replica, last),
     );
     // This start's history is numbered past everything the replica holds, from its very first
     // file (the local log was empty: every file in it is this start's), so no TXID gets a second
@@ -426,24 +421,7 @@ fn sync_mode_answers_from_the_replica_journal_which_restore_reads_and_a_restart_
         "missing after the second SIGKILL: {missing:?}"
     );
     std::fs::remove_file(replica.join("tradevault-journal")).expect("remove journal");
-    let out = command()
-        .args([
-            "restore",
-            "--replica",
-            &url,
-            "--txid",
-            &last.to_string(),
-            "--output",
-        ])
-        .arg(dir.path().join("r2.db"))
-        .output()
-        .expect("restore");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let present = trade_ids(&rusqlite::Connection::open(dir.path().join("r2.db")).expect("open"));
+    let present = trade_ids(&restore_txid(&url, last, &dir.path().join("r2.db")));
     let missing: Vec<_> = ids.difference(&present).collect();
     assert!(
         missing.is_empty(),

@@ -668,7 +668,7 @@ pub(crate) fn unchanged(file: &File, before: &fs::Metadata, read: u64, path: &Pa
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("fsync replica directory", dir, e))

@@ -30,6 +30,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use super::file::sync_dir;
 use crate::error::{Error, Result};
 
 /// The file's name under a replica's root.
@@ -267,12 +268,6 @@ fn zeros(root: &Path, to: &Path, size: u64) -> Result<()> {
         .map_err(|e| Error::io("fsync journal", &temp, e))?;
     fs::rename(&temp, to).map_err(|e| Error::io("rename journal", to, e))?;
     sync_dir(root)
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync replica directory", dir, e))
 }
 
 /// Puts a new journal of `size` bytes in place: the spare if it has that size, else a new file.
