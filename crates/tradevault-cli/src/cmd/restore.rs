@@ -159,7 +159,7 @@ fn restore(
     // compaction deleted a file before its header was read).
     let mut attempts = 0;
     let (files, mut plan) = loop {
-        let files = replica.list_restorable()?;
+        let files = replica.list_restorable_for(target)?;
         // A configured replica that holds nothing yet (a new one, or one emptied) cannot reach
         // the latest state, and the newest backup is the newest state known: restore that, and
         // say so.

@@ -246,7 +246,11 @@ fn print_entry(e: &Entry, now: i64) {
         };
         t.add_row(vec![
             r.name.clone(),
-            r.txid.map_or("?".into(), |t| t.to_string()),
+            match r.txid {
+                Some(t) if r.journal_txid > t => format!("{t} (journal {})", r.journal_txid),
+                Some(t) => t.to_string(),
+                None => "?".into(),
+            },
             time(r.txid_time_ms),
             format!("{:.3} s", r.lag_seconds),
             super::human_bytes(r.bytes_uploaded),

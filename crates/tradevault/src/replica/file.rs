@@ -33,9 +33,30 @@ pub struct FileReplica {
     /// The sync journal's records [`FileReplica::journal_tail`] found, by TXID range, with their
     /// bytes (shared by clones).
     journal_seen: Arc<Mutex<JournalSeen>>,
+    /// Where the records [`FileReplica::segment_points`] listed are, by TXID range (shared by
+    /// clones): a segment never changes until it is removed.
+    segment_seen: Arc<Mutex<SegmentSeen>>,
 }
 
 type JournalSeen = std::collections::BTreeMap<(u64, u64), Arc<Vec<u8>>>;
+type SegmentSeen = std::collections::HashMap<(u64, u64), (PathBuf, journal::Record)>;
+
+/// Most record locations a replica keeps from its listings of segments (an hour at 2,000 commits/s
+/// is about 450,000 records; a restore lists the few segments around its target).
+const SEGMENT_SEEN_MAX: usize = 100_000;
+
+/// A segment of a file replica's journal (see `replica::journal`), as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Its first TXID.
+    pub first: u64,
+    /// Its last TXID.
+    pub last: u64,
+    /// Its first record's listed time (ms since the epoch); None when it holds no readable record.
+    pub first_ms: Option<i64>,
+    /// Its file.
+    pub path: PathBuf,
+}
 
 /// An empty file under a temporary name, created before it is needed. Removed if never used.
 #[derive(Debug)]
@@ -62,6 +83,7 @@ impl FileReplica {
             spare: Arc::default(),
             recycler: None,
             journal_seen: Arc::default(),
+            segment_seen: Arc::default(),
         }
     }
 
@@ -75,6 +97,7 @@ impl FileReplica {
             spare: Arc::default(),
             recycler: None,
             journal_seen: Arc::default(),
+            segment_seen: Arc::default(),
         }
     }
 
@@ -462,9 +485,52 @@ impl FileReplica {
         Ok(files)
     }
 
-    /// The sync journal's records as of now, with their bytes (see [`journal::read_all`]).
-    pub fn journal_records(&self) -> Result<Vec<(journal::Record, Vec<u8>)>> {
-        journal::read_all(&self.root)
+    /// The journal's records as of now, and those of the segments holding a TXID after `after`,
+    /// with their bytes (see [`journal::read_after`]).
+    pub fn journal_records(&self, after: u64) -> Result<Vec<(journal::Record, Vec<u8>)>> {
+        journal::read_after(&self.root, after)
+    }
+
+    /// The journal's segments, oldest first, each with its first record's time (one small read
+    /// each).
+    pub fn segments(&self) -> Result<Vec<Segment>> {
+        journal::segments(&self.root)?
+            .into_iter()
+            .map(|(first, last, path)| {
+                let first_ms = journal::first_record(&path)?.map(|r| r.created_at_ms);
+                Ok(Segment {
+                    first,
+                    last,
+                    first_ms,
+                    path,
+                })
+            })
+            .collect()
+    }
+
+    /// The records of `segment` as files of level [`journal::JOURNAL_LEVEL`], read by head (not
+    /// verified here: [`FileReplica::read`] returns their bytes, which the restore verifies
+    /// before applying anything). A segment removed meanwhile holds none.
+    pub fn segment_points(&self, segment: &Segment) -> Result<Vec<ReplicaFile>> {
+        let records = journal::segment_records(&segment.path)?;
+        let mut seen = self.segment_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() + records.len() > SEGMENT_SEEN_MAX {
+            seen.clear();
+        }
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                let file = ReplicaFile {
+                    level: journal::JOURNAL_LEVEL,
+                    min_txid: r.min_txid,
+                    max_txid: r.max_txid,
+                    size: r.len,
+                    created_at_ms: r.created_at_ms,
+                };
+                seen.insert((r.min_txid, r.max_txid), (segment.path.clone(), r));
+                file
+            })
+            .collect())
     }
 
     /// Of `records` (from [`FileReplica::journal_records`]), those that continue the chain from
@@ -477,43 +543,57 @@ impl FileReplica {
         records: Vec<(journal::Record, Vec<u8>)>,
         newest: u64,
     ) -> Vec<(ReplicaFile, Arc<Vec<u8>>)> {
-        let mut tail = Vec::new();
+        self.journal_points(records, newest, false)
+    }
+
+    /// [`FileReplica::journal_tail`], and with `fine` the records at or before `newest` too (the
+    /// fine points inside the layout's files), each verified (one that does not is left out).
+    pub fn journal_points(
+        &self,
+        records: Vec<(journal::Record, Vec<u8>)>,
+        newest: u64,
+        fine: bool,
+    ) -> Vec<(ReplicaFile, Arc<Vec<u8>>)> {
+        let verified = |record: &journal::Record, bytes: &[u8]| {
+            verify_ltx(bytes, String::new)
+                .is_ok_and(|h| (h.min_txid, h.max_txid) == (record.min_txid, record.max_txid))
+        };
+        let file = |record: &journal::Record| ReplicaFile {
+            level: journal::JOURNAL_LEVEL,
+            min_txid: record.min_txid,
+            max_txid: record.max_txid,
+            size: record.len,
+            created_at_ms: record.created_at_ms,
+        };
+        let mut found = Vec::new();
         let mut current = newest;
         for (record, bytes) in records {
             if record.max_txid <= current {
+                if fine && record.max_txid <= newest && verified(&record, &bytes) {
+                    found.push((file(&record), Arc::new(bytes)));
+                }
                 continue;
             }
             if record.min_txid > current + 1 {
                 break;
             }
-            let verified = verify_ltx(bytes.as_slice(), String::new)
-                .is_ok_and(|h| (h.min_txid, h.max_txid) == (record.min_txid, record.max_txid));
-            if !verified {
+            if !verified(&record, &bytes) {
                 tracing::warn!(journal = %journal::path(&self.root).display(), min_txid = record.min_txid, max_txid = record.max_txid, "a journal record does not verify; the journal ends before it");
                 break;
             }
             current = record.max_txid;
-            tail.push((
-                ReplicaFile {
-                    level: journal::JOURNAL_LEVEL,
-                    min_txid: record.min_txid,
-                    max_txid: record.max_txid,
-                    size: record.len,
-                    created_at_ms: record.created_at_ms,
-                },
-                Arc::new(bytes),
-            ));
+            found.push((file(&record), Arc::new(bytes)));
         }
         let mut seen = self.journal_seen.lock().unwrap_or_else(|p| p.into_inner());
         // Kept across listings (a clone may plan from an earlier one), within twice a journal.
         if seen.values().map(|b| b.len() as u64).sum::<u64>() > 2 * journal::JOURNAL_BYTES {
             seen.clear();
         }
-        for (f, b) in &tail {
+        for (f, b) in &found {
             seen.insert((f.min_txid, f.max_txid), b.clone());
         }
         drop(seen);
-        tail
+        found
     }
 
     /// Fsyncs the root, `ltx/` and every level's directory that exists.
@@ -556,7 +636,16 @@ impl FileReplica {
             if let Some(bytes) = seen {
                 return Ok(bytes.as_ref().clone());
             }
-            return journal::read_all(&self.root)?
+            let located = self
+                .segment_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned();
+            if let Some((path, record)) = located {
+                return journal::read_record(&path, &record);
+            }
+            return journal::read_after(&self.root, file.min_txid.saturating_sub(1))?
                 .into_iter()
                 .find(|(r, _)| (r.min_txid, r.max_txid) == key)
                 .map(|(_, b)| b)
@@ -567,7 +656,7 @@ impl FileReplica {
                         std::io::Error::new(
                             std::io::ErrorKind::NotFound,
                             format!(
-                                "no record of txids {}-{} (its segment removed once the layout held it?)",
+                                "no record of txids {}-{} (its segment removed past the fine window?)",
                                 file.min_txid, file.max_txid
                             ),
                         ),
@@ -855,6 +944,75 @@ mod tests {
         assert_eq!(names(&level0), [ltx::file_name(1, 1), ltx::file_name(2, 2)]);
     }
 
+    /// An LTX file of TXIDs `min..=max` (one page), made at `max` seconds.
+    fn ltx_range(min: u64, max: u64) -> Vec<u8> {
+        let header = ltx::Header::new(512, 1, min, max, 1_000 * max as i64);
+        let mut enc = ltx::Encoder::new(Vec::new(), header).expect("header");
+        enc.encode_page(1, &[max as u8; 512]).expect("page");
+        enc.finish(0).expect("finish").0
+    }
+
+    #[test]
+    fn a_fine_log_restores_every_point_inside_the_layouts_merged_files() {
+        use crate::restore::{Target, plan};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let r = FileReplica::new(root);
+        // The journal: TXID t listed at t s - 0.5 s and made at t s, in laps of 2 KiB.
+        let mut w = journal::Writer::open(root, 2 << 10).expect("journal");
+        for t in 1..=40u64 {
+            let f = ltx_file(t);
+            if w.room() < journal::record_len(f.len() as u64) {
+                w.new_lap().expect("lap");
+            }
+            w.append(&[(&f, 1_000 * t as i64 - 500)]).expect("append");
+        }
+        assert!(journal::segments(root).expect("segments").len() >= 3);
+        // The layout: the snapshot, then a file merging each ten TXIDs, up to 31.
+        r.put(0, &ltx_file(1), Some(500)).expect("put");
+        for (a, b) in [(2, 11), (12, 21), (22, 31)] {
+            r.put(0, &ltx_range(a, b), Some(1_000 * a as i64 - 500))
+                .expect("put");
+        }
+        let replica = Replica::File(r.clone());
+        for t in 1..=40 {
+            let p = plan(&replica, Target::Txid(t)).expect("a fine point");
+            assert_eq!(p.txid, t);
+        }
+        assert_eq!(plan(&replica, Target::Latest).expect("latest").txid, 40);
+        let inside = replica
+            .list_restorable()
+            .expect("list")
+            .iter()
+            .filter(|f| f.level == journal::JOURNAL_LEVEL && f.max_txid <= 31)
+            .count();
+        assert_eq!(inside, 0, "the latest state lists no point inside the layout");
+        // Inside a merged file, between two points: exact, from the fine points.
+        let p = plan(&replica, Target::Time(15_200)).expect("exact");
+        assert_eq!((p.txid, p.point_ms), (15, 15_000));
+        assert!(p.files.iter().any(|f| f.0 == journal::JOURNAL_LEVEL));
+        // Among TXID 16's commits (listed at 15.5 s, made at 16 s): refused, never older.
+        let e = plan(&replica, Target::Time(15_700)).expect_err("inexact");
+        assert!(e.to_string().contains("txid 15"), "{e}");
+        // A segment past the fine window goes once the layout holds it, the oldest first.
+        assert_eq!(
+            journal::remove_segments_aged(root, 0, i64::MAX).expect("remove"),
+            0,
+            "never one the layout lacks"
+        );
+        let before = journal::segments(root).expect("segments");
+        let removed = journal::remove_segments_aged(root, 31, 12_000).expect("remove");
+        let after = journal::segments(root).expect("segments");
+        // The record after TXID 11 was listed at 11.5 s, the one after 12 at 12.5 s.
+        let aged = before.iter().take_while(|(_, last, _)| *last <= 11).count();
+        assert!(aged >= 1);
+        assert_eq!(removed, aged);
+        assert_eq!(after[..], before[aged..]);
+        for t in [25, 31, 35] {
+            assert_eq!(plan(&replica, Target::Txid(t)).expect("still").txid, t);
+        }
+    }
+
     #[test]
     fn the_journal_tail_continues_the_layout_and_ends_before_a_torn_record() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -865,7 +1023,7 @@ mod tests {
         w.append(&files.iter().map(|f| (f.as_slice(), 0)).collect::<Vec<_>>())
             .expect("append");
         let tail = |r: &FileReplica| -> Vec<u64> {
-            let records = r.journal_records().expect("records");
+            let records = r.journal_records(0).expect("records");
             let newest = r.newest_txid();
             r.journal_tail(records, newest)
                 .iter()

@@ -116,7 +116,7 @@ impl Writer {
     pub fn open(root: &Path, size: u64) -> Result<Writer> {
         let path = path(root);
         fs::create_dir_all(root).map_err(|e| Error::io("create replica directory", root, e))?;
-        let held = walk_file(&path)?;
+        let held = heads(&path, usize::MAX)?;
         if let (Some(first), Some(last)) = (held.first(), held.last()) {
             archive(root, first.min_txid, last.max_txid)?;
         } else if path.exists() {
@@ -253,19 +253,26 @@ fn zeros(root: &Path, to: &Path, size: u64) -> Result<()> {
     let mut temp = to.as_os_str().to_owned();
     temp.push(".tmp");
     let temp = PathBuf::from(temp);
-    let file = File::create(&temp).map_err(|e| Error::io("create journal", &temp, e))?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut at = 0;
-    while at < size {
-        let n = zeros
-            .len()
-            .min(usize::try_from(size - at).unwrap_or(usize::MAX));
-        file.write_all_at(&zeros[..n], at)
-            .map_err(|e| Error::io("fill journal", &temp, e))?;
-        at += n as u64;
+    let filled = (|| {
+        let file = File::create(&temp).map_err(|e| Error::io("create journal", &temp, e))?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < size {
+            let n = zeros
+                .len()
+                .min(usize::try_from(size - at).unwrap_or(usize::MAX));
+            file.write_all_at(&zeros[..n], at)
+                .map_err(|e| Error::io("fill journal", &temp, e))?;
+            at += n as u64;
+        }
+        file.sync_all()
+            .map_err(|e| Error::io("fsync journal", &temp, e))
+    })();
+    // A full disk leaves no half-made file behind.
+    if let Err(e) = filled {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
     }
-    file.sync_all()
-        .map_err(|e| Error::io("fsync journal", &temp, e))?;
     fs::rename(&temp, to).map_err(|e| Error::io("rename journal", to, e))?;
     sync_dir(root)
 }
@@ -337,6 +344,17 @@ pub fn segments(root: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
     Ok(found)
 }
 
+/// How many files the journal, its spare and its segments under `root` make, and their bytes
+/// (what can be read of them).
+pub fn files(root: &Path) -> (u64, u64) {
+    let mut paths = vec![path(root), root.join(SPARE_NAME)];
+    paths.extend(segments(root).unwrap_or_default().into_iter().map(|(_, _, p)| p));
+    paths
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok())
+        .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
+}
+
 /// Removes the segments under `root` whose records all end at or before `txid` (the layout
 /// holds them); returns how many.
 pub fn remove_segments_through(root: &Path, txid: u64) -> Result<usize> {
@@ -353,15 +371,20 @@ pub fn remove_segments_through(root: &Path, txid: u64) -> Result<usize> {
     Ok(removed)
 }
 
-/// The records of the segments and then the journal under `root`, with their LTX bytes, in the
-/// order written (each file from offset 0 to the first head that does not check or does not
-/// follow the record before); none when there are none. The journal is read first and whole, the
-/// segments after it: a lap archived meanwhile is found in its segment, so the records are those
-/// of one moment or later, never fewer. Their LTX bytes are not verified here.
-pub fn read_all(root: &Path) -> Result<Vec<(Record, Vec<u8>)>> {
+/// The records of the journal under `root` and of the segments holding a TXID after `after`,
+/// with their LTX bytes, in the order written (each file from offset 0 to the first head that does
+/// not check or does not follow the record before); none when there are none. The journal is read
+/// first and whole, the segments after it: a lap archived meanwhile is found in its segment, so
+/// the records are those of one moment or later, never fewer. Their LTX bytes are not verified
+/// here. Segments wholly at or before `after` are not read: a replica keeps an hour of them for
+/// its fine points (see [`segment_records`]).
+pub fn read_after(root: &Path, after: u64) -> Result<Vec<(Record, Vec<u8>)>> {
     let journal = read(&path(root))?;
     let mut all = Vec::new();
-    for (_, _, segment) in segments(root)? {
+    for (_, _, segment) in segments(root)?
+        .into_iter()
+        .filter(|(_, last, _)| *last > after)
+    {
         // One removed meanwhile reads as empty: the layout holds it.
         all.extend(with_bytes(&read(&segment)?));
     }
@@ -389,15 +412,124 @@ fn with_bytes(bytes: &[u8]) -> Vec<(Record, Vec<u8>)> {
         .collect()
 }
 
-/// The records of the segments and the journal under `root` (see [`read_all`]), without their
+/// The records of the segments and the journal under `root` (see [`read_after`]), without their
 /// bytes.
 pub fn scan(root: &Path) -> Result<Vec<Record>> {
-    Ok(read_all(root)?.into_iter().map(|(r, _)| r).collect())
+    Ok(read_after(root, 0)?.into_iter().map(|(r, _)| r).collect())
 }
 
-/// The records of one journal or segment file, without their bytes; none when it is missing.
-fn walk_file(path: &Path) -> Result<Vec<Record>> {
-    Ok(walk(&read(path)?))
+/// The newest TXID the journal or a segment under `root` holds (0: none), reading the journal
+/// and the segments' names only.
+pub fn newest_txid(root: &Path) -> Result<u64> {
+    let journal = walk(&read(&path(root))?).last().map_or(0, |r| r.max_txid);
+    let segments = segments(root)?.last().map_or(0, |(_, last, _)| *last);
+    Ok(journal.max(segments))
+}
+
+/// The records of the segment at `path`, read head by head (a few hundred small reads, not its
+/// 16 MiB); none when it is missing. A segment never changes once archived, so where a record's
+/// bytes are ([`Record::offset`], [`Record::len`]) stays true until it is removed.
+pub fn segment_records(path: &Path) -> Result<Vec<Record>> {
+    heads(path, usize::MAX)
+}
+
+/// The first record of the journal or segment at `path`, read alone.
+pub fn first_record(path: &Path) -> Result<Option<Record>> {
+    Ok(heads(path, 1)?.into_iter().next())
+}
+
+/// Reads `record`'s LTX bytes from the segment at `path` (see [`segment_records`]).
+pub fn read_record(path: &Path, record: &Record) -> Result<Vec<u8>> {
+    let file = File::open(path).map_err(|e| Error::io("open journal segment", path, e))?;
+    let len = usize::try_from(record.len).unwrap_or(usize::MAX);
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, record.offset)
+        .map_err(|e| Error::io("read journal segment", path, e))?;
+    Ok(bytes)
+}
+
+/// Removes the oldest segments under `root` while the layout holds them (their last TXID at or
+/// before `held`) and every record in them was listed before `before_ms` (the next segment's, or
+/// the journal's, first record was); returns how many. Reads at most the first head of the
+/// segment after the last one removed.
+pub fn remove_segments_aged(root: &Path, held: u64, before_ms: i64) -> Result<usize> {
+    let listed = segments(root)?;
+    let mut removed = 0;
+    for (i, (_, last, segment)) in listed.iter().enumerate() {
+        if *last > held {
+            break;
+        }
+        let next = match listed.get(i + 1) {
+            Some((_, _, next)) => next.clone(),
+            None => path(root),
+        };
+        // A record after this segment's last was listed no earlier than it was.
+        match first_record(&next)? {
+            Some(r) if r.created_at_ms < before_ms => {}
+            _ => break,
+        }
+        match fs::remove_file(segment) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove journal segment", segment, e)),
+        }
+    }
+    Ok(removed)
+}
+
+/// The first `max` records of the file at `path`, read by head: each head and LTX header with one
+/// read, checked as [`walk`] does.
+fn heads(path: &Path, max: usize) -> Result<Vec<Record>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("open journal", path, e)),
+    };
+    let size = file
+        .metadata()
+        .map_err(|e| Error::io("read journal metadata", path, e))?
+        .len();
+    let mut records: Vec<Record> = Vec::new();
+    let mut buf = [0u8; HEAD + ltx::HEADER_SIZE];
+    let mut at = 0u64;
+    while records.len() < max && at + buf.len() as u64 <= size {
+        file.read_exact_at(&mut buf, at)
+            .map_err(|e| Error::io("read journal", path, e))?;
+        let Some(record) = parse(&buf, at, size, records.last()) else {
+            break;
+        };
+        at = aligned(record.offset + record.len);
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// The record whose head and LTX header are `head` (at least [`HEAD`] plus an LTX header's
+/// bytes), at offset `at` of a file of `size` bytes, after `before`: None where a walk ends (zeros,
+/// a torn append, a head that does not check, or TXIDs that do not follow `before`).
+fn parse(head: &[u8], at: u64, size: u64, before: Option<&Record>) -> Option<Record> {
+    if head.get(..4)? != MAGIC {
+        return None;
+    }
+    let len = u64::from(u32::from_le_bytes(head[4..8].try_into().ok()?));
+    let created_at_ms = i64::from_le_bytes(head[8..16].try_into().ok()?);
+    let start = at + HEAD as u64;
+    let header = head.get(HEAD..HEAD + ltx::HEADER_SIZE)?;
+    if len < ltx::HEADER_SIZE as u64 || start + len > size || head[16..24] != check(head, header) {
+        return None;
+    }
+    let decoded = ltx::Header::decode(header.try_into().ok()?).ok()?;
+    // An older lap's record, left by a ring journal of an earlier build.
+    if before.is_some_and(|r| decoded.min_txid <= r.max_txid) {
+        return None;
+    }
+    Some(Record {
+        offset: start,
+        len,
+        created_at_ms,
+        min_txid: decoded.min_txid,
+        max_txid: decoded.max_txid,
+    })
 }
 
 /// A journal's or segment's bytes; none when it is missing.
@@ -411,42 +543,16 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 
 fn walk(bytes: &[u8]) -> Vec<Record> {
     let mut records: Vec<Record> = Vec::new();
-    let mut at = 0usize;
-    while let Some(head) = bytes.get(at..at + HEAD) {
-        if head[..4] != MAGIC {
-            break;
-        }
-        let len = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default()) as usize;
-        let created_at_ms = i64::from_le_bytes(head[8..16].try_into().unwrap_or_default());
-        let start = at + HEAD;
-        let Some(header) = bytes.get(start..start + ltx::HEADER_SIZE) else {
+    let mut at = 0u64;
+    while let Some(head) = usize::try_from(at)
+        .ok()
+        .and_then(|at| bytes.get(at..at + HEAD + ltx::HEADER_SIZE))
+    {
+        let Some(record) = parse(head, at, bytes.len() as u64, records.last()) else {
             break;
         };
-        if len < ltx::HEADER_SIZE
-            || start + len > bytes.len()
-            || head[16..24] != check(head, header)
-        {
-            break;
-        }
-        let Ok(decoded) = ltx::Header::decode(header.try_into().unwrap_or(&[0; ltx::HEADER_SIZE]))
-        else {
-            break;
-        };
-        // An older lap's record, left by a ring journal of an earlier build.
-        if records
-            .last()
-            .is_some_and(|r| decoded.min_txid <= r.max_txid)
-        {
-            break;
-        }
-        records.push(Record {
-            offset: start as u64,
-            len: len as u64,
-            created_at_ms,
-            min_txid: decoded.min_txid,
-            max_txid: decoded.max_txid,
-        });
-        at = usize::try_from(aligned((start + len) as u64)).unwrap_or(usize::MAX);
+        at = aligned(record.offset + record.len);
+        records.push(record);
     }
     records
 }
@@ -479,7 +585,7 @@ mod tests {
             .map(|r| (r.min_txid, r.max_txid, r.created_at_ms))
             .collect();
         assert_eq!(ranges, vec![(1, 1, 10), (2, 3, 20), (4, 4, 30)]);
-        assert_eq!(read_all(dir.path()).unwrap()[1].1, b);
+        assert_eq!(read_after(dir.path(), 0).unwrap()[1].1, b);
 
         // A crash in the middle of the last append: its head does not check.
         let file = File::options().write(true).open(path(dir.path())).unwrap();
@@ -536,7 +642,7 @@ mod tests {
             (1..=txid).collect::<Vec<_>>(),
             "every record, in order"
         );
-        let all = read_all(root).unwrap();
+        let all = read_after(root, 0).unwrap();
         assert_eq!(all[0].1, ltx_file(1, 1), "a segment's record reads back");
 
         // Reopening archives what the journal held, and starts empty.

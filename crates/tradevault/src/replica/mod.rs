@@ -187,23 +187,44 @@ impl Replica {
         Ok(all)
     }
 
-    /// What a restore may use: [`Replica::list_all`], and on a file replica the records of its
-    /// sync journal and its segments that continue past the layout's newest file (level
-    /// [`journal::JOURNAL_LEVEL`], verified, up to the first that does not verify).
+    /// What a restore of the latest state may use (see [`Replica::list_restorable_for`]).
+    pub fn list_restorable(&self) -> Result<Vec<ReplicaFile>> {
+        self.list_restorable_for(crate::restore::Target::Latest)
+    }
+
+    /// What a restore of `target` may use: [`Replica::list_all`], and on a file replica the
+    /// records of its journal and segments that continue past the layout's newest file (level
+    /// [`journal::JOURNAL_LEVEL`], verified, up to the first that does not verify), and the
+    /// fine points around `target`: the records of the segments between the layout's last file
+    /// before it and the first record after it (the layout of a replica with a fine log has a
+    /// file a second; its segments keep every shipment for the fine window, several hundred
+    /// thousand records an hour, so only the few segments a target needs are read).
     ///
     /// The journal and its segments are read before the layout is listed: a segment removed by
     /// then is in the layout, so the records past the layout's newest file continue it with no
     /// gap.
-    pub fn list_restorable(&self) -> Result<Vec<ReplicaFile>> {
-        let journal = match self {
-            Replica::File(r) => r.journal_records()?,
-            Replica::S3(_) => Vec::new(),
+    pub fn list_restorable_for(&self, target: crate::restore::Target) -> Result<Vec<ReplicaFile>> {
+        let Replica::File(r) = self else {
+            return self.list_all();
         };
+        let journal = r.journal_records(r.newest_txid())?;
         let mut all = self.list_all()?;
-        if let Replica::File(r) = self {
-            let newest = all.iter().map(|f| f.max_txid).max().unwrap_or(0);
-            all.extend(r.journal_tail(journal, newest).into_iter().map(|(f, _)| f));
-        }
+        let newest = all.iter().map(|f| f.max_txid).max().unwrap_or(0);
+        // The journal's own records inside the layout's files are fine points too.
+        let fine = target != crate::restore::Target::Latest;
+        let read: Vec<ReplicaFile> = r
+            .journal_points(journal, newest, fine)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        // Past the layout, the verified tail serves (a torn record ends it).
+        let more: Vec<ReplicaFile> = fine_points(r, &all, target)?
+            .into_iter()
+            .filter(|f| f.max_txid <= newest)
+            .filter(|f| !read.iter().any(|g| g.min_txid == f.min_txid))
+            .collect();
+        all.extend(read);
+        all.extend(more);
         Ok(all)
     }
 
@@ -294,6 +315,56 @@ impl Replica {
             Replica::S3(r) => r.delete(file),
         }
     }
+}
+
+/// The records of the segments of `r` that a restore of `target` may need beside `layout` (the
+/// replica's files): for a TXID, those from the layout's last file ending at or before it up to
+/// it; for a time, those from the start of the layout's file listed last by then up to the first
+/// record listed after it. None for the latest state (the tail past the layout serves it).
+fn fine_points(
+    r: &FileReplica,
+    layout: &[ReplicaFile],
+    target: crate::restore::Target,
+) -> Result<Vec<ReplicaFile>> {
+    use crate::restore::Target;
+    let (from, upto) = match target {
+        Target::Latest => return Ok(Vec::new()),
+        Target::Txid(t) => {
+            let reached = layout.iter().map(|f| f.max_txid).filter(|m| *m <= t).max();
+            (reached.unwrap_or(0) + 1, Bound::Txid(t))
+        }
+        Target::Time(ms) | Target::AtOrBefore(ms) => {
+            let from = layout
+                .iter()
+                .filter(|f| f.created_at_ms <= ms && f.level != SNAPSHOT_LEVEL)
+                .max_by_key(|f| (f.created_at_ms, f.max_txid))
+                .map_or(1, |f| f.min_txid);
+            (from, Bound::Time(ms))
+        }
+    };
+    let mut points = Vec::new();
+    for s in r.segments()? {
+        if s.last < from {
+            continue;
+        }
+        let after = match upto {
+            Bound::Txid(t) => s.first > t,
+            Bound::Time(ms) => s.first_ms.is_none_or(|t| t > ms),
+        };
+        points.extend(r.segment_points(&s)?);
+        // For a time, the first segment listed after it holds the point after it.
+        if after {
+            break;
+        }
+    }
+    Ok(points)
+}
+
+/// Where [`fine_points`] stops.
+#[derive(Clone, Copy)]
+enum Bound {
+    Txid(u64),
+    Time(i64),
 }
 
 /// Reads a whole LTX file from `r` and verifies it (every page decoded, the checksum last);

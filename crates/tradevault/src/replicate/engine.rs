@@ -29,6 +29,9 @@ use crate::wal::WalReader;
 /// The least time between two shipments to the local log in async mode: commits arriving
 /// meanwhile go into one file. Bounds the files per second; adds at most this to the loss window.
 const MIN_GAP: Duration = Duration::from_millis(8);
+/// With a fine log, the longest a shipment waits for the local log (and so for the replicas'
+/// layouts): their journals hold it meanwhile (see [`Db::fine_log`]).
+const FINE_GAP: Duration = Duration::from_secs(1);
 /// How often status, metrics and the local log's pruning are brought up to date.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// The local log's size beyond which its oldest files go even if a replica still needs them (that
@@ -197,6 +200,13 @@ pub(crate) struct Db {
     /// The shipper writes the local log merged, at most one file per [`MIN_GAP`] (see
     /// [`Replicator::defer_local`]): uploaders then link its files rather than merge them.
     deferred_local: AtomicBool,
+    /// Every replica is a file replica and answers do not wait for them (async mode): each
+    /// replica's journal gets every shipment and keeps its segments for the fine window, and the
+    /// local log, so the layouts, gets a file per second (see [`Db::fine_log`]).
+    fine_log: AtomicBool,
+    /// A journal waits for the layout (a new lap with an older segment the layout lacks): the
+    /// local log's next write goes after [`MIN_GAP`], not the fine log's second.
+    hurry_local: AtomicBool,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -345,6 +355,29 @@ impl Db {
         self.deferred_local.load(Ordering::Relaxed)
     }
 
+    /// Whether the replicas keep a fine log: in async mode, when every replica is a file
+    /// replica, each one's journal (`replica::journal`) gets every shipment with one `fdatasync`
+    /// (the loss window), keeps its full laps as segments for the fine window (the 10 ms points),
+    /// and the layout gets one merged file a second. A new file in the layout per shipment, made
+    /// durable, cost more than P1's 10% of a core by itself (ARCHITECTURE.md, "Decisions").
+    pub(crate) fn fine_log(&self) -> bool {
+        self.fine_log.load(Ordering::Relaxed)
+    }
+
+    /// How long shipments wait for the local log at most, when it is written merged.
+    pub(crate) fn local_gap(&self) -> Duration {
+        if self.fine_log() && !self.hurry_local.load(Ordering::Relaxed) {
+            FINE_GAP
+        } else {
+            MIN_GAP
+        }
+    }
+
+    /// Asks for the local log's next write after [`MIN_GAP`] (see [`Db::hurry_local`]).
+    pub(crate) fn hurry_local(&self) {
+        self.hurry_local.store(true, Ordering::Relaxed);
+    }
+
     /// Creates the local log's next file ahead (see [`FileReplica::prepare`]): call it when no
     /// answer waits for this thread, since creating a file is the slow part of a shipment.
     pub(crate) fn prepare_local(&self) {
@@ -366,9 +399,7 @@ impl Db {
 /// read: its uploader then finds it).
 fn file_replica_newest(r: &FileReplica) -> u64 {
     let files = r.newest_txid();
-    let journal = crate::replica::journal::scan(r.root())
-        .map(|records| records.iter().map(|f| f.max_txid).max().unwrap_or(0))
-        .unwrap_or(0);
+    let journal = crate::replica::journal::newest_txid(r.root()).unwrap_or(0);
     files.max(journal)
 }
 
@@ -568,6 +599,8 @@ impl Engine {
             shipper_done: AtomicBool::new(false),
             shipping_seq: Arc::default(),
             deferred_local: AtomicBool::new(false),
+            fine_log: AtomicBool::new(false),
+            hurry_local: AtomicBool::new(false),
             clock,
         });
         crate::metrics::replication_started(
@@ -592,7 +625,15 @@ impl Engine {
             // Before anything asks whether shipments go through a journal.
             db.lock().sync_replicas = needed;
         }
-        // In sync mode, a file replica's journal thread gets each shipment from the shipper.
+        let all_files = spec
+            .replicas
+            .iter()
+            .all(|r| matches!(r.replica, Replica::File(_)));
+        if gate.is_none() && all_files && !spec.replicas.is_empty() {
+            db.fine_log.store(true, Ordering::Relaxed);
+        }
+        // In sync mode and with a fine log, a file replica's journal thread gets each shipment
+        // from the shipper.
         let handoffs: Vec<Option<Arc<super::journal::Handoff>>> = spec
             .replicas
             .iter()
@@ -601,11 +642,12 @@ impl Engine {
         let fed: Vec<Arc<super::journal::Handoff>> = handoffs.iter().flatten().cloned().collect();
         // When the journals alone can answer the writer, nothing waits for the local log: it is
         // written merged rather than a file per commit. (A sync mode counting an S3 replica
-        // waits for its upload from the local log, and keeps the file per commit.)
-        if let Some((_, needed)) = gate
-            && !fed.is_empty()
-            && fed.len() >= needed
-        {
+        // waits for its upload from the local log, and keeps the file per commit.) With a fine
+        // log, the journals hold every shipment and the local log is written once a second.
+        let journals_answer = gate
+            .as_ref()
+            .is_some_and(|(_, needed)| !fed.is_empty() && fed.len() >= *needed);
+        if db.fine_log() || journals_answer {
             replicator.defer_local(true);
             db.deferred_local.store(true, Ordering::Relaxed);
         }
@@ -896,7 +938,7 @@ impl Shipper<'_> {
             // Shipments waiting for the local log (sync mode) go in by this time at the latest.
             let flush_at = if db.local_deferred() {
                 let r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
-                r.pending_since().map(|t| t + MIN_GAP)
+                r.pending_since().map(|t| t + db.local_gap())
             } else {
                 None
             };
@@ -992,6 +1034,16 @@ impl Shipper<'_> {
                 changed_at = Instant::now();
             }
             let wanted = db.lock().snapshot_wanted;
+            // A fine log's shipments waiting for the local log go in once the oldest waited its
+            // gap, whether or not the program commits again.
+            let flush_due = db.local_deferred() && {
+                let r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
+                r.pending_since()
+                    .is_some_and(|t| t.elapsed() >= db.local_gap())
+            };
+            if flush_due && look == seen {
+                self.flush_local();
+            }
             if first || look != seen || wanted || stopping {
                 // Let commits arriving meanwhile join this file.
                 let since = self.last_ship.elapsed();
@@ -1106,7 +1158,7 @@ impl Shipper<'_> {
         self.last_ship = Instant::now();
         // What waits for the local log goes in once the oldest of it waited MIN_GAP (as async
         // mode's shipments do), or once it is large; even if this read failed.
-        let flush = if r.pending_since().is_some_and(|t| t.elapsed() >= MIN_GAP)
+        let flush = if r.pending_since().is_some_and(|t| t.elapsed() >= db.local_gap())
             || r.pending_bytes() >= PENDING_BYTES_MAX
         {
             r.flush_local()
@@ -1228,6 +1280,7 @@ impl Shipper<'_> {
         if flushed.is_empty() {
             return;
         }
+        self.db.hurry_local.store(false, Ordering::Relaxed);
         let mut st = self.db.lock();
         for (f, made) in flushed {
             st.status.txid = st.status.txid.max(f.max_txid);

@@ -28,9 +28,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// Most shipments waiting for one journal thread; past it the oldest go (the layout carries them).
 const QUEUE_MAX: usize = 4096;
 
-/// Whether shipments to `replica` go through its sync journal: sync mode, a file replica.
+/// Whether shipments to `replica` go through its journal: a file replica, in sync mode or with a
+/// fine log ([`Db::fine_log`]).
 pub(crate) fn journaled(db: &Db, replica: &Replica) -> bool {
-    db.sync_mode() && matches!(replica, Replica::File(_))
+    (db.sync_mode() || db.fine_log()) && matches!(replica, Replica::File(_))
 }
 
 /// One shipment, as the shipper encoded it.
@@ -252,8 +253,12 @@ impl Journal<'_> {
             .max()
     }
 
-    /// Removes the segments whose records the layout holds (`layout`: its newest TXID).
+    /// Removes the segments whose records the layout holds (`layout`: its newest TXID); with a
+    /// fine log they stay for the fine window, and the maintenance thread removes them.
     fn remove_segments(&self, layout: u64) {
+        if self.db.fine_log() {
+            return;
+        }
         if let Err(e) = crate::replica::journal::remove_segments_through(self.root, layout) {
             tracing::warn!(replica = %self.name, error = %crate::store::writer::error_chain(&e), "could not remove the journal segments the layout holds; retrying at the next lap");
         }
@@ -310,6 +315,7 @@ impl Journal<'_> {
             }
             if !r.layout_wanted {
                 r.layout_wanted = true;
+                self.db.hurry_local();
                 changed.notify_all();
                 quiet.notify_all();
             }

@@ -74,23 +74,15 @@ pub(crate) fn run(db: &Db, index: usize, spec: ReplicaSpec) {
     // A directory is listed from a TXID on cheaply, every few seconds; an object store is listed
     // whole (a request per thousand files), so it compacts in the minute's pass, from its listing.
     let local = matches!(m.spec.replica, Replica::File(_));
-    let journal_root = match &m.spec.replica {
-        Replica::File(r) if super::journal::journaled(db, &m.spec.replica) => {
-            Some(r.root().to_owned())
-        }
-        _ => None,
+    let journaled = super::journal::journaled(db, &m.spec.replica);
+    let root = match &m.spec.replica {
+        Replica::File(r) => Some(r.root().to_owned()),
+        Replica::S3(_) => None,
     };
     while !db.stopping() {
         let now = db.now_ms();
-        // The sync journal's next lap starts in a file made here, not on the commits' path.
-        if let Some(root) = &journal_root
-            && let Err(e) =
-                crate::replica::journal::make_spare(root, crate::replica::journal::JOURNAL_BYTES)
-        {
-            m.failed(
-                "could not make the sync journal's spare file; the next lap makes it",
-                &e,
-            );
+        if let Some(root) = &root {
+            m.segments(root, journaled, now);
         }
         // Level 1, retention and the snapshot schedule, from a whole listing, which also tells
         // where each level stands (then their own merges do).
@@ -136,6 +128,35 @@ impl Maintainer<'_> {
     fn failed(&self, what: &str, e: &Error) {
         let error = crate::store::writer::error_chain(e);
         tracing::warn!(database = %self.db.name, replica = %self.spec.name, error = %error, "{what}");
+    }
+
+    /// Makes the journal's spare file, so that its next lap starts in a file made here, not on
+    /// the commits' path (`journaled`: the replica has a journal); removes the segments the
+    /// layout holds, with a fine log once they are past the fine window.
+    fn segments(&self, root: &std::path::Path, journaled: bool, now: i64) {
+        use crate::replica::journal;
+        if journaled && let Err(e) = journal::make_spare(root, journal::JOURNAL_BYTES) {
+            self.failed(
+                "could not make the journal's spare file; the next lap makes it",
+                &e,
+            );
+        }
+        let held = {
+            let st = self.db.lock();
+            let r = &st.status.replicas[self.index];
+            (r.foreign_to == 0).then(|| r.txid.unwrap_or(0))
+        };
+        let Some(held) = held.filter(|h| *h > 0) else {
+            return;
+        };
+        let removed = if self.db.fine_log() {
+            journal::remove_segments_aged(root, held, now - self.spec.retention.fine_ms)
+        } else {
+            journal::remove_segments_through(root, held)
+        };
+        if let Err(e) = removed {
+            self.failed("could not remove old journal segments; retrying", &e);
+        }
     }
 
     /// Raises each level's progress to the newest TXID its files in `files` reach.
@@ -499,6 +520,11 @@ pub(super) fn set_window(
         .iter()
         .max_by_key(|f| (f.created_at_ms, f.max_txid))
         .map(|f| made(replica, f));
+    // A file replica's journal, its spare and its segments, beside its LTX files.
+    let (journal_files, journal_bytes) = match replica {
+        Replica::File(r) => crate::replica::journal::files(r.root()),
+        Replica::S3(_) => (0, 0),
+    };
     let mut st = db.lock();
     let r = &mut st.status.replicas[index];
     let (more_files, more_bytes, end) = match uploaded {
@@ -513,4 +539,6 @@ pub(super) fn set_window(
     r.window_end_ms = end;
     r.files = Some(files.len() as u64 + more_files);
     r.bytes = Some(files.iter().map(|f| f.size).sum::<u64>() + more_bytes);
+    r.journal_files = journal_files;
+    r.journal_bytes = journal_bytes;
 }

@@ -81,14 +81,23 @@ pub struct ReplicaStatus {
     pub files: Option<u64>,
     /// Bytes on the replica, as of the last maintenance pass.
     pub bytes: Option<u64>,
+    /// A file replica's journal files (the journal, its spare and its segments: see
+    /// `replica::journal`), as of the last maintenance pass; not in `files`.
+    #[serde(default)]
+    pub journal_files: u64,
+    /// Their bytes; not in `bytes`.
+    #[serde(default)]
+    pub journal_bytes: u64,
     /// The store commit every write up to which is on this replica (sync mode).
     #[serde(skip)]
     pub commit_seq: u64,
     /// The uploader has found where the replica is (and replayed its journal into the layout).
     #[serde(skip)]
     pub discovered: bool,
-    /// The newest TXID in the replica's sync journal, in sync mode (0: none).
-    #[serde(skip)]
+    /// The newest TXID in a file replica's journal, in sync mode or with a fine log (0: none):
+    /// ahead of `txid` by what has not reached the replica's `ltx/` files yet (with a fine log, up
+    /// to a second).
+    #[serde(default)]
     pub journal_txid: u64,
     /// The replica holds another history up to this TXID until this history's snapshot past it
     /// is uploaded (0: it does not): nothing is credited to it meanwhile.

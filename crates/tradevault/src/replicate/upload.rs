@@ -216,7 +216,7 @@ impl Uploader<'_> {
     /// can start a new lap.
     fn discover(&mut self) -> Result<()> {
         let journal = match &self.spec.replica {
-            Replica::File(r) => r.journal_records()?,
+            Replica::File(r) => r.journal_records(r.newest_txid())?,
             Replica::S3(_) => Vec::new(),
         };
         let journal_max = journal.iter().map(|(r, _)| r.max_txid).max().unwrap_or(0);
@@ -233,7 +233,10 @@ impl Uploader<'_> {
             // without the directory's fsync).
             r.sync_dirs()?;
             let newest = all.iter().map(|f| f.max_txid).max().unwrap_or(0);
-            if let Err(e) = crate::replica::journal::remove_segments_through(r.root(), newest) {
+            // With a fine log they stay for the fine window (the maintenance thread removes them).
+            if !self.db.fine_log()
+                && let Err(e) = crate::replica::journal::remove_segments_through(r.root(), newest)
+            {
                 tracing::warn!(replica = %self.spec.name, error = %crate::store::writer::error_chain(&e), "could not remove the journal segments the layout holds; the journal's next lap retries");
             }
         }

@@ -39,7 +39,7 @@ pub struct Plan {
 pub fn plan(replica: &Replica, target: Target) -> Result<Plan> {
     let mut attempts = 0;
     loop {
-        match plan_listed(replica, &replica.list_restorable()?, target) {
+        match plan_listed(replica, &replica.list_restorable_for(target)?, target) {
             // A live replica's compaction deleted a listed file before its header was read.
             Err(e) if e.is_not_found() && attempts < RELIST_MAX => attempts += 1,
             planned => return planned,
@@ -204,7 +204,7 @@ pub fn plan_after(
     state_min_ms: i64,
     state_max_ms: i64,
 ) -> Result<Plan> {
-    let all = replica.list_restorable()?;
+    let all = replica.list_restorable_for(target)?;
     let full = plan_listed(replica, &all, target)?;
     plan_after_listed(&all, &full, state_min_ms, state_max_ms, &|f| {
         replica.header_time(f)
@@ -386,9 +386,12 @@ fn starts_after(
 }
 
 /// Whether `f` merges the points of a period (a second, a minute, an hour): finer files may
-/// reach the points inside it. A snapshot is one point, whatever its level.
+/// reach the points inside it. A snapshot is one point, whatever its level; a level-0 file
+/// merges several points when it holds several TXIDs (a fine log's layout writes one a second,
+/// and its journal's records are the points inside).
 fn coarse(f: &ReplicaFile) -> bool {
-    (1..SNAPSHOT_LEVEL).contains(&f.level) && f.min_txid != 1
+    f.min_txid != 1
+        && ((1..SNAPSHOT_LEVEL).contains(&f.level) || f.level == 0 && f.max_txid > f.min_txid)
 }
 
 /// The refusal of a time `ms` that falls among the commits of `last`, made up to `made_ms`: the
