@@ -448,3 +448,112 @@ fn a_dead_replica_is_retried_with_backoff_while_commits_go_on() {
         dead.failures
     );
 }
+
+/// With only file replicas in async mode, each replica keeps a fine log: its journal gets every
+/// shipment, full laps stay as segments, and `ltx/` gets a file a second. Every shipment inside
+/// those merged files restores exactly, by TXID and by time, to what the writer had committed.
+#[test]
+fn a_fine_log_restores_every_shipment_inside_the_layouts_seconds() {
+    use tradevault::clock::SystemClock;
+    use tradevault::replica::journal;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = crate::fills_db(&db);
+    let root = dir.path().join("replica");
+    let replica = Replica::from(FileReplica::new(&root));
+    let engine = Engine::start(
+        vec![DatabaseSpec {
+            name: "bot".into(),
+            source: Source::External(db.clone()),
+            replicas: vec![ReplicaSpec {
+                name: "r".into(),
+                replica: replica.clone(),
+                sync_interval: Duration::ZERO,
+                retention: Retention::default(),
+            }],
+            poll_interval: Duration::from_millis(2),
+            checkpoint_wal_bytes: 64 << 20,
+        }],
+        Arc::new(SystemClock) as Arc<dyn Clock>,
+    )
+    .expect("start");
+    let now = || SystemClock.now().as_millisecond();
+    // Bursts of five commits of 64 KiB that LZ4 cannot shrink (20 MiB in all, more than a
+    // journal's lap), 20 ms apart: (row, a time before its commit, a time after it).
+    let mut commits = Vec::new();
+    for i in 0..320i64 {
+        let before = now();
+        conn.execute(
+            "INSERT INTO fills (id, qty) VALUES (?1, hex(randomblob(32768)))",
+            [i],
+        )
+        .expect("insert");
+        commits.push((i, before, now()));
+        if i % 5 == 4 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // A clean stop writes what waits for the local log, and the layout gets it.
+    engine.stop();
+    assert!(
+        !journal::segments(&root).expect("segments").is_empty(),
+        "a full lap stays as a segment"
+    );
+    let merged: Vec<_> = replica
+        .list(0)
+        .expect("list")
+        .into_iter()
+        .filter(|f| f.min_txid != 1 && f.max_txid > f.min_txid)
+        .collect();
+    assert!(merged.len() >= 3, "files merging several shipments: {merged:?}");
+    let restored = |target: Target, name: String| -> (u64, Vec<i64>) {
+        let plan = restore::plan(&replica, target).expect("plan");
+        let out = dir.path().join(name);
+        restore::apply(&replica, &plan, &out).expect("apply");
+        let ids = crate::rows(&out).into_iter().map(|(id, _)| id).collect();
+        std::fs::remove_file(&out).expect("remove");
+        (plan.txid, ids)
+    };
+    // By TXID: every point inside three merged files is a whole prefix of the rows, growing.
+    let mut last_rows = 0;
+    let mut exact_times = 0;
+    for f in merged.iter().take(3) {
+        for t in f.min_txid..=f.max_txid {
+            let (txid, ids) = restored(Target::Txid(t), format!("x{t}.db"));
+            assert_eq!(txid, t);
+            assert_eq!(ids, (0..ids.len() as i64).collect::<Vec<_>>(), "txid {t}");
+            assert!(ids.len() >= last_rows, "txid {t}");
+            last_rows = ids.len();
+        }
+        // By time: at a point's header time, when the next point's commits had not begun, the
+        // state holds every commit made by then and none begun after.
+        let points: Vec<_> = replica
+            .list_restorable_for(Target::Txid(f.max_txid))
+            .expect("list")
+            .into_iter()
+            .filter(|p| p.level == journal::JOURNAL_LEVEL && p.max_txid <= f.max_txid)
+            .filter(|p| p.min_txid >= f.min_txid)
+            .collect();
+        assert_eq!(points.len() as u64, f.max_txid - f.min_txid + 1);
+        for pair in points.windows(2) {
+            let made = replica.header_time(&pair[0]).expect("header");
+            if made >= pair[1].created_at_ms {
+                continue;
+            }
+            let (txid, ids) = restored(Target::Time(made), format!("t{made}.db"));
+            assert_eq!(txid, pair[0].max_txid);
+            for (id, before, after) in &commits {
+                if *after <= made {
+                    assert!(ids.contains(id), "row {id} committed by {made}");
+                }
+                if *before > made {
+                    assert!(!ids.contains(id), "row {id} begun after {made}");
+                }
+            }
+            exact_times += 1;
+        }
+    }
+    assert!(exact_times > 0, "a time between two bursts restores exactly");
+    let (_, ids) = restored(Target::Latest, "latest.db".into());
+    assert_eq!(ids, (0..320).collect::<Vec<_>>());
+}
