@@ -141,13 +141,14 @@ trait Job: Send {
         false
     }
     /// Runs an exclusive job, then syncs `wal` if given (what it committed is durable before its
-    /// answer); returns the cause if it failed in a way that poisons the writer.
+    /// answer); a failure that poisons the writer poisons `health` before the answer goes, so
+    /// that whoever gets it finds the writer refusing.
     fn run_exclusive(
         self: Box<Self>,
         _conn: &mut Connection,
         _wal: Option<&mut WalSync>,
-    ) -> Option<String> {
-        None
+        _health: &WriterHealth,
+    ) {
     }
 }
 
@@ -180,7 +181,8 @@ where
         self: Box<Self>,
         conn: &mut Connection,
         wal: Option<&mut WalSync>,
-    ) -> Option<String> {
+        health: &WriterHealth,
+    ) {
         let ExclusiveJob { f, reply } = *self;
         let mut result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
             Ok(r) => r,
@@ -197,13 +199,12 @@ where
                 message: wal.failed(&e),
             });
         }
-        let fatal = match &result {
-            Err(e @ Error::Internal { .. }) => Some(error_chain(e)),
-            Err(e) if e.is_fatal() => Some(error_chain(e)),
-            _ => None,
-        };
+        match &result {
+            Err(e @ Error::Internal { .. }) => health.poison(error_chain(e)),
+            Err(e) if e.is_fatal() => health.poison(error_chain(e)),
+            _ => {}
+        }
         let _ = reply.send(result);
-        fatal
     }
 }
 
@@ -486,11 +487,7 @@ fn run(
         if first.exclusive() {
             match health.poisoned() {
                 Some(cause) => first.refuse(Error::Poisoned { cause }),
-                None => {
-                    if let Some(cause) = first.run_exclusive(&mut conn, opts.wal_sync.as_mut()) {
-                        health.poison(cause);
-                    }
-                }
+                None => first.run_exclusive(&mut conn, opts.wal_sync.as_mut(), &health),
             }
             continue;
         }
