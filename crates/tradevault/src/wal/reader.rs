@@ -72,6 +72,24 @@ pub struct WalReader {
     buf: Vec<u8>,
     buf_at: u64,
     buf_len: usize,
+    /// How much the next read asks for (doubling from `READ_MIN` to `READ_MAX`).
+    ramp: usize,
+}
+
+thread_local! {
+    /// The read-ahead buffer of the last reader dropped on this thread, for the next one: a
+    /// shipper opens a reader at each look at the WAL (a hundred or more a second), and zeroing a
+    /// new buffer each time cost it as much as reading the frames did.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Drop for WalReader {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.len() <= READ_MAX {
+            SPARE.with(|s| s.set(buf));
+        }
+    }
 }
 
 impl WalReader {
@@ -103,9 +121,10 @@ impl WalReader {
             file,
             header,
             position,
-            buf: Vec::new(),
+            buf: SPARE.with(std::cell::Cell::take),
             buf_at: 0,
             buf_len: 0,
+            ramp: READ_MIN,
         }))
     }
 
@@ -187,7 +206,8 @@ impl WalReader {
         if offset >= self.buf_at && end <= self.buf_at + self.buf_len as u64 {
             return Ok(true);
         }
-        let want = (self.buf.len() * 2).clamp(READ_MIN, READ_MAX).max(len);
+        let want = self.ramp.max(len);
+        self.ramp = (self.ramp * 2).min(READ_MAX);
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         }
@@ -195,7 +215,7 @@ impl WalReader {
         while filled < len {
             match self
                 .file
-                .read_at(&mut self.buf[filled..], offset + filled as u64)
+                .read_at(&mut self.buf[filled..want], offset + filled as u64)
             {
                 Ok(0) => break,
                 Ok(n) => filled += n,
