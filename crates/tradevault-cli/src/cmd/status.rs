@@ -246,10 +246,10 @@ fn print_entry(e: &Entry, now: i64) {
         };
         t.add_row(vec![
             r.name.clone(),
-            match r.txid {
-                Some(t) if r.journal_txid > t => format!("{t} (journal {})", r.journal_txid),
-                Some(t) => t.to_string(),
-                None => "?".into(),
+            match (r.txid, r.layout_txid) {
+                (Some(t), Some(l)) => format!("{t} (ltx/ {l})"),
+                (Some(t), None) => t.to_string(),
+                (None, _) => "?".into(),
             },
             time(r.txid_time_ms),
             format!("{:.3} s", r.lag_seconds),

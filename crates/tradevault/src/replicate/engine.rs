@@ -831,7 +831,7 @@ impl Engine {
             for (_, _, release) in held {
                 release(Err("the server stopped before replicas confirmed".into()));
             }
-            let st = db.lock().status.clone();
+            let st = db.lock().status.reported();
             let _ = status::write(&db.local_dir, &st);
         }
     }
@@ -1179,6 +1179,7 @@ impl Shipper<'_> {
                 st.synced_once = true;
                 if let Synced::Deferred { txid } = synced {
                     st.shipped_txid = st.shipped_txid.max(txid);
+                    (st.status.shipped_txid, st.status.shipped_time_ms) = (txid, Some(made));
                 }
                 if matches!(
                     synced,
@@ -1572,7 +1573,7 @@ impl Shipper<'_> {
             }
             st.status.clone()
         };
-        if let Err(e) = status::write(&db.local_dir, &snapshot) {
+        if let Err(e) = status::write(&db.local_dir, &snapshot.reported()) {
             tracing::debug!(error = %e, "could not write the status file");
         }
         if let Err(e) = prune_local(db, &snapshot) {

@@ -237,8 +237,14 @@ impl Journal<'_> {
             self.writer = Some(writer);
             self.journaled = rest[run - 1].txid;
             let seq = rest[run - 1].seq;
+            let made = rest[run - 1]
+                .bytes
+                .as_deref()
+                .and_then(|b| b.get(..ltx::HEADER_SIZE)?.try_into().ok())
+                .and_then(|h| ltx::Header::decode(h).ok())
+                .map(|h| h.timestamp_ms);
             rest = &rest[run..];
-            self.confirm(seq);
+            self.confirm(seq, made);
         }
     }
 
@@ -274,12 +280,13 @@ impl Journal<'_> {
     /// commits up to `seq`) and sends the answers that releases. The record is durable here
     /// before the shipper has written it into the local log, let alone recorded it: the
     /// shipment's own `seq` credits it without waiting for that.
-    fn confirm(&self, seq: u64) {
+    fn confirm(&self, seq: u64, made: Option<i64>) {
         let released = {
             let mut st = self.db.lock();
             let seq = Db::commit_seq_at(&st, self.journaled).max(seq);
             let r = &mut st.status.replicas[self.index];
             r.journal_txid = self.journaled;
+            r.journal_time_ms = made.or(r.journal_time_ms);
             r.commit_seq = r.commit_seq.max(seq);
             // Records the file for the gate (unless the shipper did) and credits every replica
             // that holds it, this one included.

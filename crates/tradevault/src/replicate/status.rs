@@ -41,6 +41,32 @@ pub struct DatabaseStatus {
     pub last_error: Option<String>,
     /// Each replica.
     pub replicas: Vec<ReplicaStatus>,
+    /// The newest TXID shipped, when past `txid`: held in the replicas' journals, waiting for
+    /// the local log (a fine log writes it once a second).
+    #[serde(skip)]
+    pub shipped_txid: u64,
+    /// When that shipment was made.
+    #[serde(skip)]
+    pub shipped_time_ms: Option<i64>,
+}
+
+impl DatabaseStatus {
+    /// What `tradevault status` reports: positions as `restore` reaches them, counting what the
+    /// replicas' journals hold past the local log and their `ltx/` files (the engine itself
+    /// measures both against the local log, which its uploaders follow).
+    pub fn reported(&self) -> DatabaseStatus {
+        let mut s = self.clone();
+        if s.shipped_txid > s.txid {
+            (s.txid, s.txid_time_ms) = (s.shipped_txid, s.shipped_time_ms);
+        }
+        for r in &mut s.replicas {
+            if r.journal_txid > r.txid.unwrap_or(0) && r.foreign_to == 0 {
+                r.layout_txid = r.txid;
+                (r.txid, r.txid_time_ms) = (Some(r.journal_txid), r.journal_time_ms);
+            }
+        }
+        s
+    }
 }
 
 /// One replica, as last reported.
@@ -99,6 +125,13 @@ pub struct ReplicaStatus {
     /// to a second).
     #[serde(default)]
     pub journal_txid: u64,
+    /// When the journal's newest record was made.
+    #[serde(skip)]
+    pub journal_time_ms: Option<i64>,
+    /// In `tradevault status`, when the journal is ahead: the newest TXID in the replica's `ltx/`
+    /// files (`txid` is then the journal's, the point `restore` reaches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout_txid: Option<u64>,
     /// The replica holds another history up to this TXID until this history's snapshot past it
     /// is uploaded (0: it does not): nothing is credited to it meanwhile.
     #[serde(skip)]
