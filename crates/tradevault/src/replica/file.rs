@@ -986,7 +986,10 @@ mod tests {
             .iter()
             .filter(|f| f.level == journal::JOURNAL_LEVEL && f.max_txid <= 31)
             .count();
-        assert_eq!(inside, 0, "the latest state lists no point inside the layout");
+        assert_eq!(
+            inside, 0,
+            "the latest state lists no point inside the layout"
+        );
         // Inside a merged file, between two points: exact, from the fine points.
         let p = plan(&replica, Target::Time(15_200)).expect("exact");
         assert_eq!((p.txid, p.point_ms), (15, 15_000));

@@ -348,7 +348,12 @@ pub fn segments(root: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
 /// (what can be read of them).
 pub fn files(root: &Path) -> (u64, u64) {
     let mut paths = vec![path(root), root.join(SPARE_NAME)];
-    paths.extend(segments(root).unwrap_or_default().into_iter().map(|(_, _, p)| p));
+    paths.extend(
+        segments(root)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, _, p)| p),
+    );
     paths
         .iter()
         .filter_map(|p| fs::metadata(p).ok())

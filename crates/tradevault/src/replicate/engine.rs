@@ -1158,7 +1158,9 @@ impl Shipper<'_> {
         self.last_ship = Instant::now();
         // What waits for the local log goes in once the oldest of it waited MIN_GAP (as async
         // mode's shipments do), or once it is large; even if this read failed.
-        let flush = if r.pending_since().is_some_and(|t| t.elapsed() >= db.local_gap())
+        let flush = if r
+            .pending_since()
+            .is_some_and(|t| t.elapsed() >= db.local_gap())
             || r.pending_bytes() >= PENDING_BYTES_MAX
         {
             r.flush_local()

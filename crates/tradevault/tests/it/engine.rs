@@ -505,7 +505,10 @@ fn a_fine_log_restores_every_shipment_inside_the_layouts_seconds() {
         .into_iter()
         .filter(|f| f.min_txid != 1 && f.max_txid > f.min_txid)
         .collect();
-    assert!(merged.len() >= 3, "files merging several shipments: {merged:?}");
+    assert!(
+        merged.len() >= 3,
+        "files merging several shipments: {merged:?}"
+    );
     let restored = |target: Target, name: String| -> (u64, Vec<i64>) {
         let plan = restore::plan(&replica, target).expect("plan");
         let out = dir.path().join(name);
@@ -553,7 +556,10 @@ fn a_fine_log_restores_every_shipment_inside_the_layouts_seconds() {
             exact_times += 1;
         }
     }
-    assert!(exact_times > 0, "a time between two bursts restores exactly");
+    assert!(
+        exact_times > 0,
+        "a time between two bursts restores exactly"
+    );
     let (_, ids) = restored(Target::Latest, "latest.db".into());
     assert_eq!(ids, (0..320).collect::<Vec<_>>());
 }
