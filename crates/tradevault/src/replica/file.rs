@@ -645,10 +645,27 @@ impl FileReplica {
             if let Some((path, record)) = located {
                 return journal::read_record(&path, &record);
             }
-            return journal::read_after(&self.root, file.min_txid.saturating_sub(1))?
+            // The journal, then a segment named for a range holding it (a listing by another
+            // instance, or one whose locations were dropped): a lap archived between the two
+            // reads is found in its segment.
+            let in_journal = journal::read_after(&self.root, u64::MAX)?
                 .into_iter()
-                .find(|(r, _)| (r.min_txid, r.max_txid) == key)
-                .map(|(_, b)| b)
+                .find(|(r, _)| (r.min_txid, r.max_txid) == key);
+            if let Some((_, bytes)) = in_journal {
+                return Ok(bytes);
+            }
+            let mut in_segment = None;
+            for (first, last, path) in journal::segments(&self.root)? {
+                if first <= file.min_txid && file.max_txid <= last {
+                    in_segment = journal::segment_records(&path)?
+                        .into_iter()
+                        .find(|r| (r.min_txid, r.max_txid) == key)
+                        .map(|r| (path, r));
+                }
+            }
+            return in_segment
+                .map(|(path, record)| journal::read_record(&path, &record))
+                .transpose()?
                 .ok_or_else(|| {
                     Error::io(
                         "read journal record",
@@ -656,7 +673,7 @@ impl FileReplica {
                         std::io::Error::new(
                             std::io::ErrorKind::NotFound,
                             format!(
-                                "no record of txids {}-{} (its segment removed past the fine window?)",
+                                "no record of txids {}-{} (its segment was removed: the layout holds it, or it was past the fine window)",
                                 file.min_txid, file.max_txid
                             ),
                         ),

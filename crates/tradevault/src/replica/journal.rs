@@ -1,6 +1,6 @@
-//! A file replica's sync journal: `<root>/tradevault-journal`, one preallocated file into which
-//! sync mode appends each shipment (its LTX file, whole) with one `fdatasync`, before the
-//! shipment is in the replica's `ltx/` layout.
+//! A file replica's journal: `<root>/tradevault-journal`, one preallocated file into which sync
+//! mode and the fine log (see `replicate::engine::Db::fine_log`) append each shipment (its LTX
+//! file, whole) with one `fdatasync`, before the shipment is in the replica's `ltx/` layout.
 //!
 //! Why: a new file in the layout costs a new inode, an fsync of it and one of its directory
 //! (0.6-0.8 ms on this machine's ext4), where overwriting a few KiB of a file whose blocks are
@@ -15,8 +15,10 @@
 //! `<root>/tradevault-segments/` as `<first TXID>-<last TXID>.tvj` (16 hex digits each), and a new
 //! lap starts in a zero-filled file (the spare, `tradevault-journal.spare`, made ahead off the
 //! hot path by [`make_spare`], or made then). So a new lap never waits for the layout, and no
-//! record is overwritten: a segment is deleted once the layout holds it (see
-//! `replicate::journal`). A reader walks the segments in name order, then the journal, each from
+//! record is overwritten: a segment is deleted once the layout holds it, in sync mode (see
+//! `replicate::journal`), and with a fine log once it is also past the fine window
+//! ([`remove_segments_aged`]). Opening a journal cuts off the records at its end whose bytes do
+//! not verify (a torn append) before archiving it. A reader walks the segments in name order, then the journal, each from
 //! offset 0 to the first head that does not check (zeros, or the torn end of an append a crash
 //! cut) or whose TXIDs do not follow the record before (the older lap a ring journal of an
 //! earlier build left).
@@ -116,7 +118,7 @@ impl Writer {
     pub fn open(root: &Path, size: u64) -> Result<Writer> {
         let path = path(root);
         fs::create_dir_all(root).map_err(|e| Error::io("create replica directory", root, e))?;
-        let held = heads(&path, usize::MAX)?;
+        let held = cut_torn(&path, heads(&path, usize::MAX)?)?;
         if let (Some(first), Some(last)) = (held.first(), held.last()) {
             archive(root, first.min_txid, last.max_txid)?;
         } else if path.exists() {
@@ -245,6 +247,41 @@ impl Writer {
         (self.first_txid, self.last_txid) = (first, last);
         Ok(())
     }
+}
+
+/// Of `held`, the records of the journal at `path`, those up to the last whose bytes verify: a
+/// crash tears only the last append, but an append may hold several records, and a torn one's
+/// head may have reached the disk without all of its bytes. The heads of those cut off are
+/// zeroed (durably) before the journal is archived, so that no reader of its segment lists them.
+fn cut_torn(path: &Path, mut held: Vec<Record>) -> Result<Vec<Record>> {
+    if held.is_empty() {
+        return Ok(held);
+    }
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open journal", path, e))?;
+    let mut cut = false;
+    while let Some(last) = held.last() {
+        let mut bytes = vec![0u8; usize::try_from(last.len).unwrap_or(0)];
+        file.read_exact_at(&mut bytes, last.offset)
+            .map_err(|e| Error::io("read journal", path, e))?;
+        let whole = super::verify_ltx(bytes.as_slice(), String::new)
+            .is_ok_and(|h| (h.min_txid, h.max_txid) == (last.min_txid, last.max_txid));
+        if whole {
+            break;
+        }
+        file.write_all_at(&[0u8; HEAD], last.offset - HEAD as u64)
+            .map_err(|e| Error::io("write journal", path, e))?;
+        cut = true;
+        held.pop();
+    }
+    if cut {
+        file.sync_data()
+            .map_err(|e| Error::io("fdatasync journal", path, e))?;
+    }
+    Ok(held)
 }
 
 /// Writes a zero-filled file of `size` bytes at `to` (through a temporary name, fsynced, with
@@ -661,6 +698,36 @@ mod tests {
         assert_eq!(remove_segments_through(root, first_lap).unwrap(), 1);
         let found: Vec<u64> = scan(root).unwrap().iter().map(|r| r.max_txid).collect();
         assert_eq!(found, (first_lap + 1..=txid + 1).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_off_before_its_lap_is_archived() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut w = Writer::open(root, 64 << 10).unwrap();
+        w.append(&[(&ltx_file(1, 1), 0), (&ltx_file(2, 2), 0)])
+            .unwrap();
+        let last = scan(root).unwrap()[1].clone();
+        // Its head reached the disk, the end of its bytes did not.
+        let file = File::options().write(true).open(path(root)).unwrap();
+        file.write_all_at(&[0u8; 16], last.offset + last.len - 16)
+            .unwrap();
+        drop(file);
+        Writer::open(root, 64 << 10).unwrap();
+        let archived = segments(root).unwrap();
+        assert_eq!(
+            archived
+                .iter()
+                .map(|(a, b, _)| (*a, *b))
+                .collect::<Vec<_>>(),
+            vec![(1, 1)]
+        );
+        let kept: Vec<u64> = segment_records(&archived[0].2)
+            .unwrap()
+            .iter()
+            .map(|r| r.max_txid)
+            .collect();
+        assert_eq!(kept, vec![1], "the torn record is not listed");
     }
 
     #[test]

@@ -334,9 +334,11 @@ fn fine_points(
             (reached.unwrap_or(0) + 1, Bound::Txid(t))
         }
         Target::Time(ms) | Target::AtOrBefore(ms) => {
+            // Levels 0 and 1 are listed at their first point's time; a coarser file is listed
+            // when made, and would send the search back an hour.
             let from = layout
                 .iter()
-                .filter(|f| f.created_at_ms <= ms && f.level != SNAPSHOT_LEVEL)
+                .filter(|f| f.created_at_ms <= ms && f.level <= 1 && f.min_txid != 1)
                 .max_by_key(|f| (f.created_at_ms, f.max_txid))
                 .map_or(1, |f| f.min_txid);
             (from, Bound::Time(ms))
@@ -344,7 +346,8 @@ fn fine_points(
     };
     let mut points = Vec::new();
     for s in r.segments()? {
-        if s.last < from {
+        // (One with no record was removed meanwhile.)
+        if s.last < from || s.first_ms.is_none() {
             continue;
         }
         let after = match upto {

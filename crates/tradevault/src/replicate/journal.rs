@@ -1,13 +1,14 @@
-//! In sync mode, one thread per file replica appends each shipment to the replica's sync journal
-//! (`replica::journal`) with one `fdatasync` and releases the answers it makes durable there; the
-//! uploader puts the same points into the replica's `ltx/` layout a few milliseconds later,
-//! merged (see `upload`). A commit therefore waits for one data fsync on the replica, not for a
-//! new file, its fsync and its directory's.
+//! In sync mode and with a fine log, one thread per file replica appends each shipment to the
+//! replica's journal (`replica::journal`) with one `fdatasync` and releases the answers it makes
+//! durable there; the uploader puts the same points into the replica's `ltx/` layout a few
+//! milliseconds later (a second, with a fine log), merged (see `upload`). A commit therefore
+//! waits for one data fsync on the replica, not for a new file, its fsync and its directory's.
 //!
 //! The thread starts once the uploader has found the replica and replayed what the journal held
 //! into the layout; it journals only shipments that continue the layout or its own last record, so
 //! the journal is always a continuation of the layout. A full journal is archived as a segment and
-//! the next lap starts at once; segments the layout holds are removed at each lap. At most one
+//! the next lap starts at once; in sync mode segments the layout holds are removed at each lap
+//! (with a fine log they stay for the fine window: `replicate::maintain`). At most one
 //! segment the layout lacks is kept: a lap that would make a second waits for the layout (and
 //! hurries it), so the journal and its segments stay within a few laps on disk and in a reader's
 //! memory. A shipment too large for the journal, or a failing write, is left to the uploader,

@@ -478,6 +478,11 @@ fn a_fine_log_restores_every_shipment_inside_the_layouts_seconds() {
     )
     .expect("start");
     let now = || SystemClock.now().as_millisecond();
+    // The journal continues the layout once it holds the snapshot: shipments before that wait
+    // in memory.
+    eventually("the snapshot on the replica", || {
+        engine.status()[0].replicas[0].txid.is_some_and(|t| t >= 1)
+    });
     // Bursts of five commits of 64 KiB that LZ4 cannot shrink (20 MiB in all, more than a
     // journal's lap), 20 ms apart: (row, a time before its commit, a time after it).
     let mut commits = Vec::new();
@@ -562,4 +567,82 @@ fn a_fine_log_restores_every_shipment_inside_the_layouts_seconds() {
     );
     let (_, ids) = restored(Target::Latest, "latest.db".into());
     assert_eq!(ids, (0..320).collect::<Vec<_>>());
+}
+
+/// A fine log keeps its segments for the fine window, even once `ltx/` holds them, and removes
+/// them past it, by the engine's clock.
+#[test]
+fn a_fine_logs_segments_stay_for_the_fine_window_then_go() {
+    use tradevault::replica::journal;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.db");
+    let conn = crate::fills_db(&db);
+    let t0 = jiff::Timestamp::from_second(1_795_000_000).expect("t0");
+    let clock = Arc::new(ManualClock::new(t0));
+    let at = |ms: i64| t0 + jiff::SignedDuration::from_millis(ms);
+    let root = dir.path().join("replica");
+    let replica = Replica::from(FileReplica::new(&root));
+    let engine = Engine::start(
+        vec![DatabaseSpec {
+            name: "bot".into(),
+            source: Source::External(db.clone()),
+            replicas: vec![ReplicaSpec {
+                name: "r".into(),
+                replica: replica.clone(),
+                sync_interval: Duration::ZERO,
+                retention: Retention {
+                    window_ms: 10 * MINUTE,
+                    fine_ms: MINUTE,
+                    snapshot_ms: 10 * MINUTE,
+                },
+            }],
+            poll_interval: Duration::from_millis(2),
+            checkpoint_wal_bytes: 64 << 20,
+        }],
+        clock.clone() as Arc<dyn Clock>,
+    )
+    .expect("start");
+    eventually("the snapshot on the replica", || {
+        engine.status()[0].replicas[0].txid.is_some_and(|t| t >= 1)
+    });
+    // 48 MiB that LZ4 cannot shrink, a commit a millisecond: three laps of the journal. Paced
+    // (256 KiB per 20 ms), so that a debug build's shipper keeps up and each shipment goes to the
+    // journal (at most a quarter of it).
+    for i in 0..768i64 {
+        clock.set(at(i));
+        conn.execute(
+            "INSERT INTO fills (id, qty) VALUES (?1, hex(randomblob(32768)))",
+            [i],
+        )
+        .expect("insert");
+        if i % 4 == 3 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let segments = || journal::segments(&root).expect("segments");
+    eventually("two laps archived and held by ltx/", || {
+        let s = segments();
+        s.len() >= 2
+            && replica
+                .list_all()
+                .is_ok_and(|all| all.iter().map(|f| f.max_txid).max() >= s.last().map(|l| l.1))
+    });
+    let first = segments()[0].clone();
+    // A maintenance pass (it removes segments first, then counts the journal's files) inside the
+    // fine window leaves them.
+    clock.set(at(10_000));
+    eventually("a maintenance pass", || {
+        engine.status()[0].replicas[0].journal_files > 0
+    });
+    assert_eq!(segments()[0], first, "held, but inside the fine window");
+    // Past it, they go, oldest first, every one the layout holds.
+    clock.set(at(2 * MINUTE));
+    eventually("the segments past the fine window removed", || {
+        segments().iter().all(|s| s.0 > first.1)
+    });
+    let plan = restore::plan(&replica, Target::Latest).expect("plan");
+    let out = dir.path().join("latest.db");
+    restore::apply(&replica, &plan, &out).expect("apply");
+    assert_eq!(crate::rows(&out).len(), 768);
+    drop(engine);
 }
