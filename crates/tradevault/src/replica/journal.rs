@@ -421,35 +421,39 @@ pub fn remove_segments_through(root: &Path, txid: u64) -> Result<usize> {
 /// here. Segments wholly at or before `after` are not read: a replica keeps an hour of them for
 /// its fine points (see [`segment_records`]).
 pub fn read_after(root: &Path, after: u64) -> Result<Vec<(Record, Vec<u8>)>> {
-    let journal = read(&path(root))?;
+    let journal = read_records(&path(root))?;
     let mut all = Vec::new();
     for (_, _, segment) in segments(root)?
         .into_iter()
         .filter(|(_, last, _)| *last > after)
     {
         // One removed meanwhile reads as empty: the layout holds it.
-        all.extend(with_bytes(&read(&segment)?));
+        all.extend(read_records(&segment)?);
     }
     let newest = all
         .last()
         .map_or(0, |(r, _): &(Record, Vec<u8>)| r.max_txid);
     // A lap archived after the journal was read is in both: its records once.
-    all.extend(
-        with_bytes(&journal)
-            .into_iter()
-            .filter(|(r, _)| r.min_txid > newest),
-    );
+    all.extend(journal.into_iter().filter(|(r, _)| r.min_txid > newest));
     Ok(all)
 }
 
-fn with_bytes(bytes: &[u8]) -> Vec<(Record, Vec<u8>)> {
-    walk(bytes)
+/// The records of the journal or segment at `path`, with their bytes, read through one open
+/// file (heads first, then each record's bytes): a journal archived and replaced meanwhile is
+/// still the file that was opened. None when it is missing.
+fn read_records(path: &Path) -> Result<Vec<(Record, Vec<u8>)>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("open journal", path, e)),
+    };
+    file_heads(&file, path, usize::MAX)?
         .into_iter()
         .map(|r| {
-            let at = usize::try_from(r.offset).unwrap_or(0);
-            let len = usize::try_from(r.len).unwrap_or(0);
-            let ltx = bytes[at..at + len].to_vec();
-            (r, ltx)
+            let mut bytes = vec![0u8; usize::try_from(r.len).unwrap_or(0)];
+            file.read_exact_at(&mut bytes, r.offset)
+                .map_err(|e| Error::io("read journal", path, e))?;
+            Ok((r, bytes))
         })
         .collect()
 }
@@ -463,7 +467,9 @@ pub fn scan(root: &Path) -> Result<Vec<Record>> {
 /// The newest TXID the journal or a segment under `root` holds (0: none), reading the journal
 /// and the segments' names only.
 pub fn newest_txid(root: &Path) -> Result<u64> {
-    let journal = walk(&read(&path(root))?).last().map_or(0, |r| r.max_txid);
+    let journal = heads(&path(root), usize::MAX)?
+        .last()
+        .map_or(0, |r| r.max_txid);
     let segments = segments(root)?.last().map_or(0, |(_, last, _)| *last);
     Ok(journal.max(segments))
 }
@@ -520,13 +526,17 @@ pub fn remove_segments_aged(root: &Path, held: u64, before_ms: i64) -> Result<us
 }
 
 /// The first `max` records of the file at `path`, read by head: each head and LTX header with one
-/// read, checked as [`walk`] does.
+/// read, checked by [`parse`].
 fn heads(path: &Path, max: usize) -> Result<Vec<Record>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("open journal", path, e)),
-    };
+    match File::open(path) {
+        Ok(file) => file_heads(&file, path, max),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("open journal", path, e)),
+    }
+}
+
+/// [`heads`] of an open `file` (at `path`).
+fn file_heads(file: &File, path: &Path, max: usize) -> Result<Vec<Record>> {
     let size = file
         .metadata()
         .map_err(|e| Error::io("read journal metadata", path, e))?
@@ -572,31 +582,6 @@ fn parse(head: &[u8], at: u64, size: u64, before: Option<&Record>) -> Option<Rec
         min_txid: decoded.min_txid,
         max_txid: decoded.max_txid,
     })
-}
-
-/// A journal's or segment's bytes; none when it is missing.
-fn read(path: &Path) -> Result<Vec<u8>> {
-    match fs::read(path) {
-        Ok(b) => Ok(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(Error::io("read journal", path, e)),
-    }
-}
-
-fn walk(bytes: &[u8]) -> Vec<Record> {
-    let mut records: Vec<Record> = Vec::new();
-    let mut at = 0u64;
-    while let Some(head) = usize::try_from(at)
-        .ok()
-        .and_then(|at| bytes.get(at..at + HEAD + ltx::HEADER_SIZE))
-    {
-        let Some(record) = parse(head, at, bytes.len() as u64, records.last()) else {
-            break;
-        };
-        at = aligned(record.offset + record.len);
-        records.push(record);
-    }
-    records
 }
 
 #[cfg(test)]
