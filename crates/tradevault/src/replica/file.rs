@@ -645,27 +645,8 @@ impl FileReplica {
             if let Some((path, record)) = located {
                 return journal::read_record(&path, &record);
             }
-            // The journal, then a segment named for a range holding it (a listing by another
-            // instance, or one whose locations were dropped): a lap archived between the two
-            // reads is found in its segment.
-            let in_journal = journal::read_after(&self.root, u64::MAX)?
-                .into_iter()
-                .find(|(r, _)| (r.min_txid, r.max_txid) == key);
-            if let Some((_, bytes)) = in_journal {
-                return Ok(bytes);
-            }
-            let mut in_segment = None;
-            for (first, last, path) in journal::segments(&self.root)? {
-                if first <= file.min_txid && file.max_txid <= last {
-                    in_segment = journal::segment_records(&path)?
-                        .into_iter()
-                        .find(|r| (r.min_txid, r.max_txid) == key)
-                        .map(|r| (path, r));
-                }
-            }
-            return in_segment
-                .map(|(path, record)| journal::read_record(&path, &record))
-                .transpose()?
+            // A listing by another instance, or one whose locations were dropped.
+            return journal::find_record(&self.root, file.min_txid, file.max_txid)?
                 .ok_or_else(|| {
                     Error::io(
                         "read journal record",

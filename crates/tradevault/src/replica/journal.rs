@@ -18,10 +18,9 @@
 //! record is overwritten: a segment is deleted once the layout holds it, in sync mode (see
 //! `replicate::journal`), and with a fine log once it is also past the fine window
 //! ([`remove_segments_aged`]). Opening a journal cuts off the records at its end whose bytes do
-//! not verify (a torn append) before archiving it. A reader walks the segments in name order, then the journal, each from
-//! offset 0 to the first head that does not check (zeros, or the torn end of an append a crash
-//! cut) or whose TXIDs do not follow the record before (the older lap a ring journal of an
-//! earlier build left).
+//! not verify (a torn append) before archiving it. A reader walks each file from offset 0 to the
+//! first head that does not check (zeros, or the torn end of an append a crash cut) or whose
+//! TXIDs do not follow the record before (the older lap a ring journal of an earlier build left).
 //! Whatever a walk finds is an LTX file verified by its own checksum before use, and used only
 //! where it continues the chain from the layout's newest file (see
 //! [`FileReplica::journal_tail`](super::FileReplica::journal_tail)).
@@ -264,9 +263,7 @@ fn cut_torn(path: &Path, mut held: Vec<Record>) -> Result<Vec<Record>> {
         .map_err(|e| Error::io("open journal", path, e))?;
     let mut cut = false;
     while let Some(last) = held.last() {
-        let mut bytes = vec![0u8; usize::try_from(last.len).unwrap_or(0)];
-        file.read_exact_at(&mut bytes, last.offset)
-            .map_err(|e| Error::io("read journal", path, e))?;
+        let bytes = record_bytes(&file, path, last)?;
         let whole = super::verify_ltx(bytes.as_slice(), String::new)
             .is_ok_and(|h| (h.min_txid, h.max_txid) == (last.min_txid, last.max_txid));
         if whole {
@@ -416,8 +413,9 @@ pub fn remove_segments_through(root: &Path, txid: u64) -> Result<usize> {
 /// The records of the journal under `root` and of the segments holding a TXID after `after`,
 /// with their LTX bytes, in the order written (each file from offset 0 to the first head that does
 /// not check or does not follow the record before); none when there are none. The journal is read
-/// first and whole, the segments after it: a lap archived meanwhile is found in its segment, so
-/// the records are those of one moment or later, never fewer. Their LTX bytes are not verified
+/// first (through one open file: see [`read_records`]), the segments after it: a lap archived
+/// meanwhile is found in its segment, so the records are those of one moment or later, never
+/// fewer. Their LTX bytes are not verified
 /// here. Segments wholly at or before `after` are not read: a replica keeps an hour of them for
 /// its fine points (see [`segment_records`]).
 pub fn read_after(root: &Path, after: u64) -> Result<Vec<(Record, Vec<u8>)>> {
@@ -450,12 +448,18 @@ fn read_records(path: &Path) -> Result<Vec<(Record, Vec<u8>)>> {
     file_heads(&file, path, usize::MAX)?
         .into_iter()
         .map(|r| {
-            let mut bytes = vec![0u8; usize::try_from(r.len).unwrap_or(0)];
-            file.read_exact_at(&mut bytes, r.offset)
-                .map_err(|e| Error::io("read journal", path, e))?;
+            let bytes = record_bytes(&file, path, &r)?;
             Ok((r, bytes))
         })
         .collect()
+}
+
+/// `record`'s LTX bytes, read from `file` (at `path`).
+fn record_bytes(file: &File, path: &Path, record: &Record) -> Result<Vec<u8>> {
+    let mut bytes = vec![0u8; usize::try_from(record.len).unwrap_or(0)];
+    file.read_exact_at(&mut bytes, record.offset)
+        .map_err(|e| Error::io("read journal", path, e))?;
+    Ok(bytes)
 }
 
 /// The records of the segments and the journal under `root` (see [`read_after`]), without their
@@ -489,11 +493,30 @@ pub fn first_record(path: &Path) -> Result<Option<Record>> {
 /// Reads `record`'s LTX bytes from the segment at `path` (see [`segment_records`]).
 pub fn read_record(path: &Path, record: &Record) -> Result<Vec<u8>> {
     let file = File::open(path).map_err(|e| Error::io("open journal segment", path, e))?;
-    let len = usize::try_from(record.len).unwrap_or(usize::MAX);
-    let mut bytes = vec![0u8; len];
-    file.read_exact_at(&mut bytes, record.offset)
-        .map_err(|e| Error::io("read journal segment", path, e))?;
-    Ok(bytes)
+    record_bytes(&file, path, record)
+}
+
+/// The LTX bytes of the record of TXIDs `min..=max` under `root`: from the journal, or else from
+/// the segment named for a range holding it (the journal is read first: a lap archived meanwhile
+/// is in its segment); None when neither holds it.
+pub fn find_record(root: &Path, min: u64, max: u64) -> Result<Option<Vec<u8>>> {
+    let in_journal = read_records(&path(root))?
+        .into_iter()
+        .find(|(r, _)| (r.min_txid, r.max_txid) == (min, max));
+    if let Some((_, bytes)) = in_journal {
+        return Ok(Some(bytes));
+    }
+    let Some((_, _, segment)) = segments(root)?
+        .into_iter()
+        .find(|(first, last, _)| *first <= min && max <= *last)
+    else {
+        return Ok(None);
+    };
+    segment_records(&segment)?
+        .iter()
+        .find(|r| (r.min_txid, r.max_txid) == (min, max))
+        .map(|r| read_record(&segment, r))
+        .transpose()
 }
 
 /// Removes the oldest segments under `root` while the layout holds them (their last TXID at or

@@ -352,7 +352,7 @@ fn fine_points(
         }
         let after = match upto {
             Bound::Txid(t) => s.first > t,
-            Bound::Time(ms) => s.first_ms.is_none_or(|t| t > ms),
+            Bound::Time(ms) => s.first_ms.is_some_and(|t| t > ms),
         };
         points.extend(r.segment_points(&s)?);
         // For a time, the first segment listed after it holds the point after it.

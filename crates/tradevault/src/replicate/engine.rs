@@ -197,7 +197,7 @@ pub(crate) struct Db {
     /// before each read of the WAL, handed with the shipment to the journals, which credit it
     /// as soon as it is durable there, without waiting for the local log's file.
     shipping_seq: Arc<AtomicU64>,
-    /// The shipper writes the local log merged, at most one file per [`MIN_GAP`] (see
+    /// The shipper writes the local log merged, at most one file per [`Db::local_gap`] (see
     /// [`Replicator::defer_local`]): uploaders then link its files rather than merge them.
     deferred_local: AtomicBool,
     /// Every replica is a file replica and answers do not wait for them (async mode): each
@@ -220,9 +220,6 @@ pub(crate) struct State {
     pub(crate) snapshot_wanted: bool,
     /// A replica holds files up to this TXID from a history we do not know: number past it.
     pub(crate) raise_txid: u64,
-    /// The newest TXID shipped, in the local log or still waiting for it (see
-    /// [`Replicator::defer_local`]).
-    shipped_txid: u64,
     /// (TXID, last store commit in it or in an earlier file), for the sync gate: sorted by both.
     shipped: VecDeque<(u64, u64)>,
     /// Answers held until enough replicas have their commit: (commit, deadline, release).
@@ -578,6 +575,7 @@ impl Engine {
                     path: path.clone(),
                     pid: std::process::id(),
                     txid: replicator.txid(),
+                    shipped_txid: replicator.txid(),
                     replicas,
                     ..DatabaseStatus::default()
                 },
@@ -585,7 +583,6 @@ impl Engine {
                 synced_once: false,
                 snapshot_wanted: false,
                 raise_txid: 0,
-                shipped_txid: replicator.txid(),
                 shipped: VecDeque::new(),
                 held: VecDeque::new(),
                 sync_replicas: 0,
@@ -776,7 +773,7 @@ impl Engine {
                     });
                 }
                 let shipped = st.synced_once;
-                let local = st.status.txid.max(st.shipped_txid);
+                let local = st.status.txid.max(st.status.shipped_txid);
                 if shipped
                     && st
                         .status
@@ -935,13 +932,8 @@ impl Shipper<'_> {
         self.checkpoint_store(store, &link, busy_timeout_ms, Some(pin));
         let mut next_checkpoint = Instant::now();
         loop {
-            // Shipments waiting for the local log (sync mode) go in by this time at the latest.
-            let flush_at = if db.local_deferred() {
-                let r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
-                r.pending_since().map(|t| t + db.local_gap())
-            } else {
-                None
-            };
+            // Shipments waiting for the local log go in by this time at the latest.
+            let flush_at = self.flush_at();
             let (seq, first) = {
                 let mut l = link.lock();
                 while l.first_unshipped_ms.is_none()
@@ -1036,12 +1028,7 @@ impl Shipper<'_> {
             let wanted = db.lock().snapshot_wanted;
             // A fine log's shipments waiting for the local log go in once the oldest waited its
             // gap, whether or not the program commits again.
-            let flush_due = db.local_deferred() && {
-                let r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
-                r.pending_since()
-                    .is_some_and(|t| t.elapsed() >= db.local_gap())
-            };
-            if flush_due && look == seen {
+            if look == seen && self.flush_at().is_some_and(|at| Instant::now() >= at) {
                 self.flush_local();
             }
             if first || look != seen || wanted || stopping {
@@ -1156,8 +1143,8 @@ impl Shipper<'_> {
         // The clock counts whole milliseconds: one more is strictly after every commit read.
         let result = r.sync_with(first_ms, &|| db.now_ms() + 1);
         self.last_ship = Instant::now();
-        // What waits for the local log goes in once the oldest of it waited MIN_GAP (as async
-        // mode's shipments do), or once it is large; even if this read failed.
+        // What waits for the local log goes in once the oldest of it waited its gap
+        // (`Db::local_gap`), or once it is large; even if this read failed.
         let flush = if r
             .pending_since()
             .is_some_and(|t| t.elapsed() >= db.local_gap())
@@ -1180,7 +1167,6 @@ impl Shipper<'_> {
                 st.status.last_error = flush_error;
                 st.synced_once = true;
                 if let Synced::Deferred { txid } = synced {
-                    st.shipped_txid = st.shipped_txid.max(txid);
                     (st.status.shipped_txid, st.status.shipped_time_ms) = (txid, Some(made));
                 }
                 if matches!(
@@ -1238,6 +1224,16 @@ impl Shipper<'_> {
                 false
             }
         }
+    }
+
+    /// When what waits for the local log (see [`Replicator::defer_local`]) is due there: its
+    /// oldest shipment's time plus [`Db::local_gap`]; None when nothing waits.
+    fn flush_at(&self) -> Option<Instant> {
+        if !self.db.local_deferred() {
+            return None;
+        }
+        let r = self.replicator.lock().unwrap_or_else(|p| p.into_inner());
+        r.pending_since().map(|t| t + self.db.local_gap())
     }
 
     /// Writes what waits for the local log (see [`Replicator::defer_local`]) and tells the
@@ -1758,7 +1754,6 @@ mod tests {
             synced_once: false,
             snapshot_wanted: false,
             raise_txid: 0,
-            shipped_txid: 0,
             shipped: VecDeque::new(),
             held: VecDeque::new(),
             sync_replicas: 0,

@@ -41,8 +41,9 @@ pub struct DatabaseStatus {
     pub last_error: Option<String>,
     /// Each replica.
     pub replicas: Vec<ReplicaStatus>,
-    /// The newest TXID shipped, when past `txid`: held in the replicas' journals, waiting for
-    /// the local log (a fine log writes it once a second).
+    /// The newest TXID shipped, in the local log or still waiting for it (see
+    /// `Replicator::defer_local`): past `txid`, it is held in the replicas' journals only (a
+    /// fine log writes the local log once a second).
     #[serde(skip)]
     pub shipped_txid: u64,
     /// When that shipment was made.

@@ -462,18 +462,7 @@ fn a_fine_log_restores_every_shipment_inside_the_layouts_seconds() {
     let root = dir.path().join("replica");
     let replica = Replica::from(FileReplica::new(&root));
     let engine = Engine::start(
-        vec![DatabaseSpec {
-            name: "bot".into(),
-            source: Source::External(db.clone()),
-            replicas: vec![ReplicaSpec {
-                name: "r".into(),
-                replica: replica.clone(),
-                sync_interval: Duration::ZERO,
-                retention: Retention::default(),
-            }],
-            poll_interval: Duration::from_millis(2),
-            checkpoint_wal_bytes: 64 << 20,
-        }],
+        crate::external_spec(&db, &replica, 64 << 20),
         Arc::new(SystemClock) as Arc<dyn Clock>,
     )
     .expect("start");
@@ -582,26 +571,13 @@ fn a_fine_logs_segments_stay_for_the_fine_window_then_go() {
     let at = |ms: i64| t0 + jiff::SignedDuration::from_millis(ms);
     let root = dir.path().join("replica");
     let replica = Replica::from(FileReplica::new(&root));
-    let engine = Engine::start(
-        vec![DatabaseSpec {
-            name: "bot".into(),
-            source: Source::External(db.clone()),
-            replicas: vec![ReplicaSpec {
-                name: "r".into(),
-                replica: replica.clone(),
-                sync_interval: Duration::ZERO,
-                retention: Retention {
-                    window_ms: 10 * MINUTE,
-                    fine_ms: MINUTE,
-                    snapshot_ms: 10 * MINUTE,
-                },
-            }],
-            poll_interval: Duration::from_millis(2),
-            checkpoint_wal_bytes: 64 << 20,
-        }],
-        clock.clone() as Arc<dyn Clock>,
-    )
-    .expect("start");
+    let mut spec = crate::external_spec(&db, &replica, 64 << 20);
+    spec[0].replicas[0].retention = Retention {
+        window_ms: 10 * MINUTE,
+        fine_ms: MINUTE,
+        snapshot_ms: 10 * MINUTE,
+    };
+    let engine = Engine::start(spec, clock.clone() as Arc<dyn Clock>).expect("start");
     eventually("the snapshot on the replica", || {
         engine.status()[0].replicas[0].txid.is_some_and(|t| t >= 1)
     });
