@@ -133,7 +133,7 @@ impl<'a> RowCheck<'a> {
     }
 
     pub(super) fn row(&mut self, rowid: i64, payload: &[u8]) -> Result<(), Why> {
-        let end = record(payload, &mut self.fields)?;
+        let end = record(payload, &mut self.fields)?.end;
         if let Some(rows) = self.rows {
             self.test(rows, payload, end)?;
         }
@@ -213,28 +213,6 @@ fn may_be_number(text: &[u8]) -> bool {
             .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E'))
 }
 
-/// Every varint of a record's header is in its fewest bytes: none starts with a byte that adds
-/// only a continuation (0x80).
-fn canonical_header(payload: &[u8]) -> bool {
-    let Ok((header, _)) = super::varint(payload, 0) else {
-        return false;
-    };
-    let header = usize::try_from(header)
-        .unwrap_or(usize::MAX)
-        .min(payload.len());
-    let mut at = 0;
-    while at < header {
-        if payload[at] == 0x80 {
-            return false;
-        }
-        match super::varint(payload, at) {
-            Ok((_, n)) => at += n,
-            Err(_) => return false,
-        }
-    }
-    true
-}
-
 /// A record header no longer than SQLite reads (98,307 bytes).
 fn short_header(payload: &[u8]) -> bool {
     super::varint(payload, 0).is_ok_and(|(n, _)| n <= 98_307)
@@ -268,13 +246,14 @@ impl<'a> IndexCheck<'a> {
 
     pub(super) fn entry(&mut self, payload: &[u8]) -> Result<(), Why> {
         // SQLite reads the rowid from the payload's last bytes: they must be the last field's.
-        if record(payload, &mut self.fields)? != payload.len() {
+        let header = record(payload, &mut self.fields)?;
+        if header.end != payload.len() {
             return Err("an index entry has bytes past its rowid");
         }
         // SQLite's lookups read a header's varints as SQLite writes them, in fewest bytes (a
         // type from its first byte, the next field at the usual distance): a longer one that
         // decodes to the same value misleads them (a review found it).
-        if !canonical_header(payload) {
+        if !header.canonical {
             return Err("an index entry's header has a varint longer than it needs");
         }
         let keys = &self.index.keys;

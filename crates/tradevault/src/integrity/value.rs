@@ -52,18 +52,29 @@ fn serial_len(serial: u64) -> usize {
     }
 }
 
+/// A record's header, parsed by [`record`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Header {
+    /// Where the last field's bytes end.
+    pub(super) end: usize,
+    /// Every varint of the header is in its fewest bytes: none starts with a byte that adds only
+    /// a continuation (0x80), as SQLite writes them.
+    pub(super) canonical: bool,
+}
+
 /// Parses a record's header into `fields`; the fields' bytes must lie within the payload.
-/// Returns where the last field's bytes end.
 #[inline]
-pub(super) fn record(payload: &[u8], fields: &mut Vec<Field>) -> std::result::Result<usize, Why> {
+pub(super) fn record(payload: &[u8], fields: &mut Vec<Field>) -> std::result::Result<Header, Why> {
     fields.clear();
     let (header, mut pos) = varint(payload, 0)?;
     let header = usize::try_from(header).map_err(|_| "a record header is too long")?;
     if header > payload.len() || header < pos {
         return Err("a record header runs off its payload");
     }
+    let mut padded = payload[0] == 0x80;
     let mut body = header;
     while pos < header {
+        padded |= payload[pos] == 0x80;
         let (serial, n) = varint(payload, pos)?;
         pos += n;
         if matches!(serial, 10 | 11) {
@@ -75,7 +86,10 @@ pub(super) fn record(payload: &[u8], fields: &mut Vec<Field>) -> std::result::Re
     if pos != header || body > payload.len() {
         return Err("a record's fields run off its payload");
     }
-    Ok(body)
+    Ok(Header {
+        end: body,
+        canonical: !padded,
+    })
 }
 
 /// A value as a lookup compares it.
