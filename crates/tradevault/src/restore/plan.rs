@@ -114,10 +114,24 @@ pub fn plan_files(
                     time(made_ms)
                 )));
             }
+            // The newest point, at the time it was made: the listing of a file that merges a
+            // second of points (a fine log's layout) is its first commit's, up to a second
+            // earlier.
+            let newest_point = points.last().and_then(|(txid, _)| {
+                all.iter()
+                    .filter(|f| f.max_txid == *txid)
+                    .max_by_key(|f| f.created_at_ms)
+            });
+            let said = newest_point.map_or_else(
+                || "none".to_owned(),
+                |f| {
+                    let made_ms = made(f, header_time).unwrap_or(f.created_at_ms);
+                    format!("txid {} at {}", f.max_txid, time(made_ms))
+                },
+            );
             return Err(impossible(format!(
-                "{} is after the newest replicated point ({}); restore the latest instead",
+                "{} is after the newest replicated point ({said}); restore the latest instead",
                 time(ms),
-                describe(&points[points.len().saturating_sub(1)..])
             )));
         }
     }
@@ -543,6 +557,29 @@ mod tests {
             size: 100,
             created_at_ms,
         }
+    }
+
+    #[test]
+    fn a_time_after_a_fine_logs_newest_point_names_the_time_it_was_made() {
+        // The layout's merged second 2-9 is listed at its first commit (20 s) and made at 21 s;
+        // the journal's record of TXID 9 is listed at 20.99 s and made at 21 s too.
+        let all = vec![
+            file(9, 1, 1, 10_000),
+            file(0, 2, 9, 20_000),
+            file(100, 9, 9, 20_990),
+        ];
+        let made = |f: &ReplicaFile| -> Result<i64> {
+            Ok(match f.max_txid {
+                1 => 10_000,
+                _ => 21_000,
+            })
+        };
+        let err = plan_files(&all, "r", Target::Time(22_000), &made).expect_err("after");
+        assert!(
+            err.to_string()
+                .contains("after the newest replicated point (txid 9 at 1970-01-01T00:00:21Z)"),
+            "{err}"
+        );
     }
 
     #[test]
