@@ -1557,16 +1557,8 @@ impl Shipper<'_> {
             let mut st = db.lock();
             st.status.wal_bytes = wal_bytes;
             st.status.updated_at_ms = now;
-            let local = st.status.txid;
-            for r in &mut st.status.replicas {
-                // Behind: the time since it last held everything the local log had.
-                let behind = r.txid.is_none_or(|t| t < local);
-                r.lag_seconds = if behind {
-                    r.caught_up_at_ms
-                        .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0)
-                } else {
-                    0.0
-                };
+            st.status.measure_lags(now);
+            for r in &st.status.replicas {
                 crate::metrics::replication_lag(&db.name, &r.name, r.lag_seconds);
             }
             st.status.clone()

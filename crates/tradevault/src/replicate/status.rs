@@ -70,6 +70,34 @@ impl DatabaseStatus {
     }
 }
 
+impl DatabaseStatus {
+    /// Sets each replica's lag at `now`: the seconds since it last held everything. A replica
+    /// whose journal gets each shipment (a fine log, sync mode) holds what its journal holds,
+    /// and so must hold every shipment; it is behind only while one is on its way, since the
+    /// newest record it holds was made. Any other replica must hold what the local log has,
+    /// and is behind since it last did (its layout trailing a fine log's merged second, or
+    /// an S3 replica between uploads).
+    pub fn measure_lags(&mut self, now_ms: i64) {
+        let local = self.txid;
+        let shipped = self.shipped_txid.max(local);
+        let age = |since: Option<i64>| since.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
+        for r in &mut self.replicas {
+            let layout = r.txid.unwrap_or(0);
+            r.lag_seconds = if r.journal_txid > 0 && r.journal_txid >= layout && r.foreign_to == 0 {
+                if r.journal_txid < shipped {
+                    age(r.journal_time_ms)
+                } else {
+                    0.0
+                }
+            } else if r.txid.is_none_or(|t| t < local) {
+                age(r.caught_up_at_ms)
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
 /// One replica, as last reported.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaStatus {
@@ -248,6 +276,39 @@ impl Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_whose_journal_holds_every_shipment_is_not_behind_its_layout() {
+        let replica = |txid, journal_txid, journal_time_ms| ReplicaStatus {
+            txid: Some(txid),
+            caught_up_at_ms: Some(1_000),
+            journal_txid,
+            journal_time_ms,
+            ..ReplicaStatus::default()
+        };
+        let mut st = DatabaseStatus {
+            txid: 10,
+            shipped_txid: 12,
+            replicas: vec![
+                // A fine log: ltx/ at 9, the journal at 12, all shipped.
+                replica(9, 12, Some(4_990)),
+                // Its journal one shipment short, its newest record made at 4.99 s.
+                replica(9, 11, Some(4_990)),
+                // No journal (an S3 replica): behind the local log since 1 s.
+                replica(9, 0, None),
+                // No journal, caught up with the local log.
+                replica(10, 0, None),
+            ],
+            ..DatabaseStatus::default()
+        };
+        st.measure_lags(5_000);
+        let lags: Vec<f64> = st.replicas.iter().map(|r| r.lag_seconds).collect();
+        assert_eq!(lags, [0.0, 0.01, 4.0, 0.0]);
+        // A journal holding another history counts for nothing.
+        st.replicas[0].foreign_to = 20;
+        st.measure_lags(5_000);
+        assert_eq!(st.replicas[0].lag_seconds, 4.0);
+    }
 
     #[test]
     fn a_registration_replaces_the_previous_one_of_the_same_file() {
