@@ -64,6 +64,10 @@ impl DatabaseStatus {
             if r.journal_txid > r.txid.unwrap_or(0) && r.foreign_to == 0 {
                 r.layout_txid = r.txid;
                 (r.txid, r.txid_time_ms) = (Some(r.journal_txid), r.journal_time_ms);
+                // The window reaches the journal's newest point too, once it has a start.
+                if r.window_start_ms.is_some() {
+                    r.window_end_ms = r.window_end_ms.max(r.journal_time_ms);
+                }
             }
         }
         s
@@ -308,6 +312,37 @@ mod tests {
         st.replicas[0].foreign_to = 20;
         st.measure_lags(5_000);
         assert_eq!(st.replicas[0].lag_seconds, 4.0);
+    }
+
+    #[test]
+    fn a_report_counts_the_journals_points_past_the_layout() {
+        let mut st = DatabaseStatus {
+            txid: 10,
+            txid_time_ms: Some(4_000),
+            shipped_txid: 12,
+            shipped_time_ms: Some(4_990),
+            replicas: vec![ReplicaStatus {
+                txid: Some(9),
+                txid_time_ms: Some(3_900),
+                window_start_ms: Some(1_000),
+                window_end_ms: Some(3_900),
+                journal_txid: 12,
+                journal_time_ms: Some(4_990),
+                ..ReplicaStatus::default()
+            }],
+            ..DatabaseStatus::default()
+        };
+        let r = st.reported();
+        assert_eq!((r.txid, r.txid_time_ms), (12, Some(4_990)));
+        let replica = &r.replicas[0];
+        assert_eq!(
+            (replica.txid, replica.layout_txid, replica.window_end_ms),
+            (Some(12), Some(9), Some(4_990))
+        );
+        // Without a window yet (no listing), none is made up.
+        st.replicas[0].window_start_ms = None;
+        st.replicas[0].window_end_ms = None;
+        assert_eq!(st.reported().replicas[0].window_end_ms, None);
     }
 
     #[test]
