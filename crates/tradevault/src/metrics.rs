@@ -40,7 +40,8 @@ pub const REPLICATION_BYTES_TOTAL: &str = "tradevault_replication_bytes_total";
 pub const REPLICATION_ERRORS_TOTAL: &str = "tradevault_replication_errors_total";
 /// The newest TXID on a replica, by `replica`.
 pub const REPLICATION_TXID: &str = "tradevault_replication_txid";
-/// Seconds since a replica last received everything committed, by `replica`.
+/// Seconds since a replica last held everything shipped (what `tradevault restore` reaches from
+/// it; see `DatabaseStatus::measure_lags`), by `replica`.
 pub const REPLICATION_LAG_SECONDS: &str = "tradevault_replication_lag_seconds";
 /// Checkpoints of the replication engine that truncated a WAL, by `database`; 0 from the start.
 pub const REPLICATION_CHECKPOINTS_TOTAL: &str = "tradevault_replication_checkpoints_total";

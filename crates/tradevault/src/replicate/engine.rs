@@ -637,6 +637,9 @@ impl Engine {
             .map(|r| super::journal::journaled(&db, &r.replica).then(Arc::default))
             .collect();
         let fed: Vec<Arc<super::journal::Handoff>> = handoffs.iter().flatten().cloned().collect();
+        for (r, h) in db.lock().status.replicas.iter_mut().zip(&handoffs) {
+            r.journaled = h.is_some();
+        }
         // When the journals alone can answer the writer, nothing waits for the local log: it is
         // written merged rather than a file per commit. (A sync mode counting an S3 replica
         // waits for its upload from the local log, and keeps the file per commit.) With a fine

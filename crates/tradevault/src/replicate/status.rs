@@ -76,27 +76,31 @@ impl DatabaseStatus {
 
 impl DatabaseStatus {
     /// Sets each replica's lag at `now`: the seconds since it last held everything. A replica
-    /// whose journal gets each shipment (a fine log, sync mode) holds what its journal holds,
-    /// and so must hold every shipment; it is behind only while one is on its way, since the
-    /// newest record it holds was made. Any other replica must hold what the local log has,
-    /// and is behind since it last did (its layout trailing a fine log's merged second, or
-    /// an S3 replica between uploads).
+    /// whose journal gets each shipment (a fine log, sync mode) holds what its journal or its
+    /// layout holds, and must hold every shipment (a fine log keeps the local log up to a
+    /// second behind them): it is behind since its journal's newest record was made, or, with
+    /// none ahead of the layout, since the layout last caught up. Any other replica must hold
+    /// what the local log has, and is behind since it last did (an S3 replica between uploads).
+    /// The `ltx/` files of a journaled replica may trail while the journal keeps up: that is
+    /// no lag for `tradevault restore`, and shows in `layout_txid` and in failures.
     pub fn measure_lags(&mut self, now_ms: i64) {
         let local = self.txid;
         let shipped = self.shipped_txid.max(local);
         let age = |since: Option<i64>| since.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
         for r in &mut self.replicas {
             let layout = r.txid.unwrap_or(0);
-            r.lag_seconds = if r.journal_txid > 0 && r.journal_txid >= layout && r.foreign_to == 0 {
-                if r.journal_txid < shipped {
-                    age(r.journal_time_ms)
-                } else {
-                    0.0
-                }
-            } else if r.txid.is_none_or(|t| t < local) {
-                age(r.caught_up_at_ms)
+            let journal = if r.foreign_to == 0 { r.journal_txid } else { 0 };
+            let (held, wanted) = if r.journaled && r.foreign_to == 0 {
+                (layout.max(journal), shipped)
             } else {
+                (layout, local)
+            };
+            r.lag_seconds = if r.txid.is_some() && held >= wanted {
                 0.0
+            } else if journal > layout {
+                age(r.journal_time_ms)
+            } else {
+                age(r.caught_up_at_ms)
             };
         }
     }
@@ -113,7 +117,9 @@ pub struct ReplicaStatus {
     pub txid: Option<u64>,
     /// When the newest file on it was made (its header time: the point `restore` names).
     pub txid_time_ms: Option<i64>,
-    /// Seconds since it last held everything the local log had (0 when caught up).
+    /// Seconds since it last held everything (0 when caught up): everything shipped, for a
+    /// replica whose journal gets each shipment; else everything the local log had (see
+    /// [`DatabaseStatus::measure_lags`]).
     pub lag_seconds: f64,
     /// The last file uploaded by this process: `<level>/<min>-<max>.ltx`.
     pub last_file: Option<String>,
@@ -161,6 +167,10 @@ pub struct ReplicaStatus {
     /// When the journal's newest record was made.
     #[serde(skip)]
     pub journal_time_ms: Option<i64>,
+    /// A journal gets each shipment (sync mode, a fine log): the replica must hold every
+    /// shipment, not only what the local log has.
+    #[serde(skip)]
+    pub journaled: bool,
     /// In `tradevault status`, when the journal is ahead: the newest TXID in the replica's `ltx/`
     /// files (`txid` is then the journal's, the point `restore` reaches).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,35 +293,45 @@ mod tests {
 
     #[test]
     fn a_replica_whose_journal_holds_every_shipment_is_not_behind_its_layout() {
-        let replica = |txid, journal_txid, journal_time_ms| ReplicaStatus {
+        let replica = |txid, journaled, journal_txid, journal_time_ms| ReplicaStatus {
             txid: Some(txid),
             caught_up_at_ms: Some(1_000),
+            journaled,
             journal_txid,
             journal_time_ms,
             ..ReplicaStatus::default()
         };
+        // The local log is at 10; 11 and 12 were shipped to the journals only (a fine log).
         let mut st = DatabaseStatus {
             txid: 10,
             shipped_txid: 12,
             replicas: vec![
-                // A fine log: ltx/ at 9, the journal at 12, all shipped.
-                replica(9, 12, Some(4_990)),
+                // ltx/ at 9, the journal at 12: it holds everything.
+                replica(9, true, 12, Some(4_990)),
                 // Its journal one shipment short, its newest record made at 4.99 s.
-                replica(9, 11, Some(4_990)),
+                replica(9, true, 11, Some(4_990)),
+                // A journal that never wrote (failing): ltx/ caught up with the local log at
+                // 1 s, but not with what was shipped.
+                replica(10, true, 0, None),
                 // No journal (an S3 replica): behind the local log since 1 s.
-                replica(9, 0, None),
+                replica(9, false, 0, None),
                 // No journal, caught up with the local log.
-                replica(10, 0, None),
+                replica(10, false, 0, None),
             ],
             ..DatabaseStatus::default()
         };
         st.measure_lags(5_000);
         let lags: Vec<f64> = st.replicas.iter().map(|r| r.lag_seconds).collect();
-        assert_eq!(lags, [0.0, 0.01, 4.0, 0.0]);
+        assert_eq!(lags, [0.0, 0.01, 4.0, 4.0, 0.0]);
         // A journal holding another history counts for nothing.
         st.replicas[0].foreign_to = 20;
         st.measure_lags(5_000);
         assert_eq!(st.replicas[0].lag_seconds, 4.0);
+        // Not listed yet: behind, whatever the numbers say.
+        st.replicas[4].txid = None;
+        st.txid = 0;
+        st.measure_lags(5_000);
+        assert_eq!(st.replicas[4].lag_seconds, 4.0);
     }
 
     #[test]

@@ -114,24 +114,38 @@ pub fn plan_files(
                     time(made_ms)
                 )));
             }
-            // The newest point, at the time it was made: the listing of a file that merges a
-            // second of points (a fine log's layout) is its first commit's, up to a second
-            // earlier.
-            let newest_point = points.last().and_then(|(txid, _)| {
-                all.iter()
-                    .filter(|f| f.max_txid == *txid)
-                    .max_by_key(|f| f.created_at_ms)
-            });
-            let said = newest_point.map_or_else(
-                || "none".to_owned(),
-                |f| {
-                    let made_ms = made(f, header_time).unwrap_or(f.created_at_ms);
-                    format!("txid {} at {}", f.max_txid, time(made_ms))
-                },
-            );
+            // The newest point, at the time it was made (the first of its files' header times:
+            // the listing of a file that merges a second of points, a fine log's layout, is its
+            // first commit's, up to a second earlier; an hourly merge ending there is made an
+            // hour later).
+            let mut newest_point: Option<(&ReplicaFile, i64)> = None;
+            if let Some(&(txid, _)) = points.last() {
+                for f in all.iter().filter(|f| f.max_txid == txid) {
+                    let made_ms = made(f, header_time)?;
+                    // On a tie, the file listed last: the fewest commits between its times.
+                    if newest_point.is_none_or(|(g, m)| {
+                        (made_ms, std::cmp::Reverse(f.created_at_ms))
+                            < (m, std::cmp::Reverse(g.created_at_ms))
+                    }) {
+                        newest_point = Some((f, made_ms));
+                    }
+                }
+            }
+            let Some((last, made_ms)) = newest_point else {
+                return Err(impossible(format!(
+                    "{} is after the newest replicated point (none); restore the latest instead",
+                    time(ms)
+                )));
+            };
+            // Made after the time: the time falls among its commits.
+            if ms < made_ms {
+                return Err(inexact(all, ms, last, made_ms, header_time));
+            }
             return Err(impossible(format!(
-                "{} is after the newest replicated point ({said}); restore the latest instead",
+                "{} is after the newest replicated point (txid {} at {}); restore the latest instead",
                 time(ms),
+                last.max_txid,
+                time(made_ms)
             )));
         }
     }
@@ -578,6 +592,30 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("after the newest replicated point (txid 9 at 1970-01-01T00:00:21Z)"),
+            "{err}"
+        );
+        // After the record's listing but before it was made: among its commits, which the
+        // record (9..=9) bounds more closely than the merged second (2..=9).
+        let err = plan_files(&all, "r", Target::Time(20_995), &made).expect_err("among");
+        assert!(
+            matches!(
+                err,
+                Error::Invalid {
+                    code: "not_exact",
+                    ..
+                }
+            ) && err.to_string().contains("transactions 9..=9"),
+            "{err}"
+        );
+        // An hourly merge ending at a snapshot's TXID is made long after it: the point is the
+        // snapshot's.
+        let quiet = vec![file(9, 1, 5, 10_000), file(3, 1, 5, 3_600_000)];
+        let made =
+            |f: &ReplicaFile| -> Result<i64> { Ok(if f.level == 9 { 10_000 } else { 3_600_000 }) };
+        let err = plan_files(&quiet, "r", Target::Time(3_700_000), &made).expect_err("after");
+        assert!(
+            err.to_string()
+                .contains("after the newest replicated point (txid 5 at 1970-01-01T00:00:10Z)"),
             "{err}"
         );
     }
