@@ -72,9 +72,7 @@ impl DatabaseStatus {
         }
         s
     }
-}
 
-impl DatabaseStatus {
     /// Sets each replica's lag at `now`: the seconds since it last held everything. A replica
     /// whose journal gets each shipment (a fine log, sync mode) holds what its journal or its
     /// layout holds, and must hold every shipment (a fine log keeps the local log up to a
