@@ -256,7 +256,11 @@ fn print_entry(e: &Entry, now: i64) {
             super::human_bytes(r.bytes_uploaded),
             r.files.map_or("-".into(), |f| f.to_string()),
             window,
-            r.last_error.clone().unwrap_or_default(),
+            match (&r.last_error, &r.journal_error) {
+                (Some(e), _) => e.clone(),
+                (None, Some(e)) => format!("journal: {e}"),
+                (None, None) => String::new(),
+            },
         ]);
     }
     outln!("{t}\n");

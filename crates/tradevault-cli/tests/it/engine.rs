@@ -750,6 +750,19 @@ fn a_replica_on_a_full_disk_catches_up_once_space_is_freed() {
             .as_str()
             .is_some_and(|e| e.contains("space"))
     });
+    // Its journal (16 MiB) cannot be made either: status says so, and meanwhile the layout
+    // gets the local log every few milliseconds.
+    eventually(
+        "the journal's failure to show",
+        Duration::from_secs(20),
+        || {
+            i += 1;
+            insert(i);
+            status_of(&db)["replicas"][1]["journal_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("space"))
+        },
+    );
     // The other replica is not held up.
     for _ in 0..20 {
         i += 1;

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -207,6 +207,9 @@ pub(crate) struct Db {
     /// A journal waits for the layout (a new lap with an older segment the layout lacks): the
     /// local log's next write goes after [`MIN_GAP`], not the fine log's second.
     hurry_local: AtomicBool,
+    /// Journals whose last attempt failed: while any does, the layouts alone hold what it would
+    /// have, so the local log goes out every [`MIN_GAP`], as it would without a fine log.
+    failing_journals: AtomicUsize,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -363,10 +366,23 @@ impl Db {
 
     /// How long shipments wait for the local log at most, when it is written merged.
     pub(crate) fn local_gap(&self) -> Duration {
-        if self.fine_log() && !self.hurry_local.load(Ordering::Relaxed) {
+        if self.fine_log()
+            && !self.hurry_local.load(Ordering::Relaxed)
+            && self.failing_journals.load(Ordering::Relaxed) == 0
+        {
             FINE_GAP
         } else {
             MIN_GAP
+        }
+    }
+
+    /// A journal's attempt failed (`true`) or succeeded again (`false`) after failing: see
+    /// [`Db::local_gap`].
+    pub(crate) fn journal_failing(&self, failing: bool) {
+        if failing {
+            self.failing_journals.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failing_journals.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -598,6 +614,7 @@ impl Engine {
             deferred_local: AtomicBool::new(false),
             fine_log: AtomicBool::new(false),
             hurry_local: AtomicBool::new(false),
+            failing_journals: AtomicUsize::new(0),
             clock,
         });
         crate::metrics::replication_started(

@@ -234,7 +234,11 @@ impl Journal<'_> {
                 self.wait_for_layout(self.journaled);
                 return;
             }
-            self.failures = 0;
+            if self.failures > 0 {
+                self.failures = 0;
+                self.db.journal_failing(false);
+                self.db.lock().status.replicas[self.index].journal_error = None;
+            }
             self.writer = Some(writer);
             self.journaled = rest[run - 1].txid;
             let seq = rest[run - 1].seq;
@@ -304,6 +308,11 @@ impl Journal<'_> {
     }
 
     fn failed(&mut self, e: &crate::error::Error) {
+        if self.failures == 0 {
+            self.db.journal_failing(true);
+        }
+        self.db.lock().status.replicas[self.index].journal_error =
+            Some(crate::store::writer::error_chain(e));
         self.failures += 1;
         if self.failures == 1 || self.failures.is_power_of_two() {
             tracing::warn!(replica = %self.name, error = %crate::store::writer::error_chain(e), failures = self.failures, "the sync journal failed; the replica's layout uploads confirm commits meanwhile");

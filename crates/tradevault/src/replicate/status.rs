@@ -169,6 +169,10 @@ pub struct ReplicaStatus {
     /// shipment, not only what the local log has.
     #[serde(skip)]
     pub journaled: bool,
+    /// Why the replica's journal failed, while it does (its layout then holds every shipment,
+    /// from the local log written every few milliseconds meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_error: Option<String>,
     /// In `tradevault status`, when the journal is ahead: the newest TXID in the replica's `ltx/`
     /// files (`txid` is then the journal's, the point `restore` reaches).
     #[serde(default, skip_serializing_if = "Option::is_none")]
