@@ -58,6 +58,17 @@ pub struct Segment {
     pub path: PathBuf,
 }
 
+/// A journal record as a file of level [`journal::JOURNAL_LEVEL`].
+fn record_file(record: &journal::Record) -> ReplicaFile {
+    ReplicaFile {
+        level: journal::JOURNAL_LEVEL,
+        min_txid: record.min_txid,
+        max_txid: record.max_txid,
+        size: record.len,
+        created_at_ms: record.created_at_ms,
+    }
+}
+
 /// An empty file under a temporary name, created before it is needed. Removed if never used.
 #[derive(Debug)]
 struct Spare {
@@ -520,13 +531,7 @@ impl FileReplica {
         Ok(records
             .into_iter()
             .map(|r| {
-                let file = ReplicaFile {
-                    level: journal::JOURNAL_LEVEL,
-                    min_txid: r.min_txid,
-                    max_txid: r.max_txid,
-                    size: r.len,
-                    created_at_ms: r.created_at_ms,
-                };
+                let file = record_file(&r);
                 seen.insert((r.min_txid, r.max_txid), (segment.path.clone(), r));
                 file
             })
@@ -558,19 +563,12 @@ impl FileReplica {
             verify_ltx(bytes, String::new)
                 .is_ok_and(|h| (h.min_txid, h.max_txid) == (record.min_txid, record.max_txid))
         };
-        let file = |record: &journal::Record| ReplicaFile {
-            level: journal::JOURNAL_LEVEL,
-            min_txid: record.min_txid,
-            max_txid: record.max_txid,
-            size: record.len,
-            created_at_ms: record.created_at_ms,
-        };
         let mut found = Vec::new();
         let mut current = newest;
         for (record, bytes) in records {
             if record.max_txid <= current {
                 if fine && record.max_txid <= newest && verified(&record, &bytes) {
-                    found.push((file(&record), Arc::new(bytes)));
+                    found.push((record_file(&record), Arc::new(bytes)));
                 }
                 continue;
             }
@@ -582,7 +580,7 @@ impl FileReplica {
                 break;
             }
             current = record.max_txid;
-            found.push((file(&record), Arc::new(bytes)));
+            found.push((record_file(&record), Arc::new(bytes)));
         }
         let mut seen = self.journal_seen.lock().unwrap_or_else(|p| p.into_inner());
         // Kept across listings (a clone may plan from an earlier one), within twice a journal.

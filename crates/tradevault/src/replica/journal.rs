@@ -500,11 +500,19 @@ pub fn read_record(path: &Path, record: &Record) -> Result<Vec<u8>> {
 /// the segment named for a range holding it (the journal is read first: a lap archived meanwhile
 /// is in its segment); None when neither holds it.
 pub fn find_record(root: &Path, min: u64, max: u64) -> Result<Option<Vec<u8>>> {
-    let in_journal = read_records(&path(root))?
-        .into_iter()
-        .find(|(r, _)| (r.min_txid, r.max_txid) == (min, max));
-    if let Some((_, bytes)) = in_journal {
-        return Ok(Some(bytes));
+    let journal = path(root);
+    match File::open(&journal) {
+        // Its heads, then the one record's bytes, through the file opened.
+        Ok(file) => {
+            let found = file_heads(&file, &journal, usize::MAX)?
+                .into_iter()
+                .find(|r| (r.min_txid, r.max_txid) == (min, max));
+            if let Some(r) = found {
+                return record_bytes(&file, &journal, &r).map(Some);
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("open journal", &journal, e)),
     }
     let Some((_, _, segment)) = segments(root)?
         .into_iter()
@@ -706,6 +714,22 @@ mod tests {
         assert_eq!(remove_segments_through(root, first_lap).unwrap(), 1);
         let found: Vec<u64> = scan(root).unwrap().iter().map(|r| r.max_txid).collect();
         assert_eq!(found, (first_lap + 1..=txid + 1).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_record_is_found_in_the_journal_or_in_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut w = Writer::open(root, 64 << 10).unwrap();
+        w.append(&[(&ltx_file(1, 1), 0), (&ltx_file(2, 3), 0)])
+            .unwrap();
+        w.new_lap().unwrap();
+        w.append(&[(&ltx_file(4, 4), 0)]).unwrap();
+        assert_eq!(segments(root).unwrap().len(), 1);
+        assert_eq!(find_record(root, 2, 3).unwrap(), Some(ltx_file(2, 3)));
+        assert_eq!(find_record(root, 4, 4).unwrap(), Some(ltx_file(4, 4)));
+        assert_eq!(find_record(root, 2, 2).unwrap(), None, "only whole records");
+        assert_eq!(find_record(root, 5, 5).unwrap(), None);
     }
 
     #[test]

@@ -218,10 +218,10 @@ impl Replica {
             .map(|(f, _)| f)
             .collect();
         // Past the layout, the verified tail serves (a torn record ends it).
+        let listed: std::collections::HashSet<u64> = read.iter().map(|f| f.min_txid).collect();
         let more: Vec<ReplicaFile> = fine_points(r, &all, target)?
             .into_iter()
-            .filter(|f| f.max_txid <= newest)
-            .filter(|f| !read.iter().any(|g| g.min_txid == f.min_txid))
+            .filter(|f| f.max_txid <= newest && !listed.contains(&f.min_txid))
             .collect();
         all.extend(read);
         all.extend(more);

@@ -386,7 +386,8 @@ impl Db {
         }
     }
 
-    /// Asks for the local log's next write after [`MIN_GAP`] (see [`Db::hurry_local`]).
+    /// Asks for the local log's next write after [`MIN_GAP`], not the fine log's second (the
+    /// next write clears it).
     pub(crate) fn hurry_local(&self) {
         self.hurry_local.store(true, Ordering::Relaxed);
     }

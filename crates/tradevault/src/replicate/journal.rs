@@ -311,12 +311,12 @@ impl Journal<'_> {
         if self.failures == 0 {
             self.db.journal_failing(true);
         }
-        self.db.lock().status.replicas[self.index].journal_error =
-            Some(crate::store::writer::error_chain(e));
+        let error = crate::store::writer::error_chain(e);
         self.failures += 1;
         if self.failures == 1 || self.failures.is_power_of_two() {
-            tracing::warn!(replica = %self.name, error = %crate::store::writer::error_chain(e), failures = self.failures, "the sync journal failed; the replica's layout uploads confirm commits meanwhile");
+            tracing::warn!(replica = %self.name, error = %error, failures = self.failures, "the journal failed; the replica's layout uploads confirm commits meanwhile");
         }
+        self.db.lock().status.replicas[self.index].journal_error = Some(error);
         self.db.sleep(Duration::from_millis(
             (10u64 << self.failures.min(9)).min(5_000),
         ));

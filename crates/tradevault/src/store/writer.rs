@@ -199,10 +199,10 @@ where
                 message: wal.failed(&e),
             });
         }
-        match &result {
-            Err(e @ Error::Internal { .. }) => health.poison(error_chain(e)),
-            Err(e) if e.is_fatal() => health.poison(error_chain(e)),
-            _ => {}
+        if let Err(e) = &result
+            && (matches!(e, Error::Internal { .. }) || e.is_fatal())
+        {
+            health.poison(error_chain(e));
         }
         let _ = reply.send(result);
     }

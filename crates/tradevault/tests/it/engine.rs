@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tradevault::clock::{Clock, ManualClock};
+use tradevault::clock::Clock;
 use tradevault::replica::{FileReplica, Replica};
 use tradevault::replicate::{DatabaseSpec, Engine, ReplicaSpec, Retention, Source};
 use tradevault::restore::{self, Target};
@@ -48,9 +48,7 @@ fn compaction_snapshots_and_retention_follow_the_clock() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("bot.db");
     let conn = crate::fills_db(&db);
-    let t0 = jiff::Timestamp::from_second(1_795_000_000).expect("t0");
-    let clock = Arc::new(ManualClock::new(t0));
-    let at = |ms: i64| t0 + jiff::SignedDuration::from_millis(ms);
+    let (clock, at) = crate::manual_clock(1_795_000_000);
     let root = dir.path().join("replica");
     let replica = Replica::from(FileReplica::new(&root));
     let engine = Engine::start(
@@ -566,9 +564,7 @@ fn a_fine_logs_segments_stay_for_the_fine_window_then_go() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("bot.db");
     let conn = crate::fills_db(&db);
-    let t0 = jiff::Timestamp::from_second(1_795_000_000).expect("t0");
-    let clock = Arc::new(ManualClock::new(t0));
-    let at = |ms: i64| t0 + jiff::SignedDuration::from_millis(ms);
+    let (clock, at) = crate::manual_clock(1_795_000_000);
     let root = dir.path().join("replica");
     let replica = Replica::from(FileReplica::new(&root));
     let mut spec = crate::external_spec(&db, &replica, 64 << 20);
@@ -616,9 +612,6 @@ fn a_fine_logs_segments_stay_for_the_fine_window_then_go() {
     eventually("the segments past the fine window removed", || {
         segments().iter().all(|s| s.0 > first.1)
     });
-    let plan = restore::plan(&replica, Target::Latest).expect("plan");
-    let out = dir.path().join("latest.db");
-    restore::apply(&replica, &plan, &out).expect("apply");
-    assert_eq!(crate::rows(&out).len(), 768);
+    assert_eq!(restored_rows(&replica, dir.path(), "latest.db").len(), 768);
     drop(engine);
 }

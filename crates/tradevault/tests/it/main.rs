@@ -20,6 +20,18 @@ pub fn fills_db(db: &std::path::Path) -> rusqlite::Connection {
     conn
 }
 
+/// A manual clock set to `second` (since the epoch), and the time `ms` milliseconds after it.
+pub fn manual_clock(
+    second: i64,
+) -> (
+    std::sync::Arc<tradevault::clock::ManualClock>,
+    impl Fn(i64) -> jiff::Timestamp,
+) {
+    let t0 = jiff::Timestamp::from_second(second).expect("t0");
+    let clock = std::sync::Arc::new(tradevault::clock::ManualClock::new(t0));
+    (clock, move |ms| t0 + jiff::SignedDuration::from_millis(ms))
+}
+
 /// Table contents of a test database's `fills`, for comparing states whatever their page layout.
 pub fn rows(db: &std::path::Path) -> Vec<(i64, String)> {
     let conn = rusqlite::Connection::open(db).expect("open");

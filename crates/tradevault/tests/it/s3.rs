@@ -920,16 +920,14 @@ async fn credentials_from_the_config_win_over_the_environment() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_engine_merges_an_s3_replicas_points_into_coarser_files() {
     use crate::engine::eventually;
-    use tradevault::clock::{Clock, ManualClock};
+    use tradevault::clock::Clock;
     use tradevault::replicate::{DatabaseSpec, Engine, ReplicaSpec, Retention, Source};
     let root = tempfile::tempdir().expect("tempdir");
     let addr = serve(root.path()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("bot.db");
     let conn = crate::fills_db(&db);
-    let t0 = jiff::Timestamp::from_second(1_795_000_020).expect("t0");
-    let clock = Arc::new(ManualClock::new(t0));
-    let at = |ms: i64| t0 + jiff::SignedDuration::from_millis(ms);
+    let (clock, at) = crate::manual_clock(1_795_000_020);
     let s3 = replica(addr, "bot");
     let engine = Engine::start(
         vec![DatabaseSpec {
